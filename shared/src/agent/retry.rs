@@ -1,0 +1,104 @@
+//! Retries of one model call: exponential backoff with full jitter and a cap, only for
+//! transient failures, honouring the provider's `retry-after`, and never starting a wait that
+//! would end after the deadline (the task is better handed back to the queue than killed
+//! mid-wait by the Lambda timeout).
+
+use std::time::Duration;
+
+use backon::{Backoff, Retryable as _};
+use tokio::time::Instant;
+
+use crate::llm::{Model, ModelError, ModelRequest, ModelResponse};
+
+/// How hard to try one model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The first backoff's upper bound.
+    pub base: Duration,
+    /// No backoff is drawn from above this.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 4, base: Duration::from_millis(500), cap: Duration::from_secs(20) }
+    }
+}
+
+/// "Full jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter"): each wait is drawn
+/// uniformly from `[0, min(cap, base × 2^n)]`, which spreads retrying clients apart best.
+#[derive(Debug)]
+struct FullJitter {
+    policy: RetryPolicy,
+    retries: u32,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retries + 1 >= self.policy.max_attempts {
+            return None;
+        }
+        let ceiling = self.policy.base.saturating_mul(1 << self.retries.min(20)).min(self.policy.cap);
+        self.retries += 1;
+        Some(ceiling.mul_f64(fastrand::f64()))
+    }
+}
+
+impl FullJitter {
+    fn new(policy: RetryPolicy) -> impl Backoff {
+        Self { policy, retries: 0 }
+    }
+}
+
+/// Calls `model`, retrying transient failures under `policy` until `deadline`.
+pub async fn complete_with_retries(
+    model: &dyn Model,
+    request: &ModelRequest,
+    policy: RetryPolicy,
+    deadline: Option<Instant>,
+) -> Result<ModelResponse, ModelError> {
+    let mut attempt = 1u32;
+    (|| model.complete(request))
+        .retry(FullJitter::new(policy))
+        .sleep(tokio::time::sleep)
+        .when(ModelError::is_transient)
+        .adjust(|e, backoff| {
+            // The provider knows its own load better than our schedule does.
+            let wait = e.retry_after().or(backoff).filter(|_| backoff.is_some())?;
+            match deadline {
+                Some(d) if Instant::now() + wait >= d => None,
+                _ => Some(wait),
+            }
+        })
+        .notify(|e, wait| {
+            tracing::warn!(model = model.id(), attempt, wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
+            attempt += 1;
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_growing_ceiling_and_the_cap() {
+        let policy = RetryPolicy { max_attempts: 8, base: Duration::from_millis(100), cap: Duration::from_millis(500) };
+        let waits: Vec<_> = FullJitter { policy, retries: 0 }.collect();
+        assert_eq!(waits.len(), 7);
+        for (n, w) in waits.iter().enumerate() {
+            let ceiling = Duration::from_millis(100 * (1 << n)).min(Duration::from_millis(500));
+            assert!(*w <= ceiling, "wait {n} = {w:?} over {ceiling:?}");
+        }
+    }
+
+    #[test]
+    fn one_attempt_means_no_retry() {
+        let policy = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+        assert_eq!(FullJitter { policy, retries: 0 }.count(), 0);
+    }
+}

@@ -1,0 +1,28 @@
+//! agentq's library: everything the Lambda functions share.
+//!
+//! - [`task`]: what a task is, how a submission is validated, the stored record;
+//! - [`usage`]: tokens, exact cost, the price table;
+//! - [`config`]: settings from the environment;
+//! - [`store`] and [`queue`]: DynamoDB and SQS behind small traits, with in-memory fakes;
+//! - [`llm`]: the model trait and the Anthropic client;
+//! - [`agent`]: the agent loop, its tools and retries (no AWS code);
+//! - [`http`]: the API error type and the one mapping from errors to responses;
+//! - [`telemetry`], [`aws`]: start-up plumbing.
+
+pub mod agent;
+pub mod aws;
+pub mod config;
+pub mod http;
+pub mod llm;
+pub mod queue;
+pub mod store;
+pub mod task;
+pub mod telemetry;
+pub mod usage;
+
+pub use config::Config;
+
+/// The current time, in UTC.
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

@@ -1,0 +1,267 @@
+//! The Anthropic Messages API over reqwest. There is no well-kept Rust client for it, and the
+//! part we need is small: one POST, its headers, its error shape and `retry-after`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::{Deserialize, Serialize};
+
+use super::{ContentBlock, Message, Model, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage, ToolSpec};
+use crate::config::Secret;
+
+/// The API version this client speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A client for one Anthropic model.
+#[derive(Debug, Clone)]
+pub struct AnthropicModel {
+    http: reqwest::Client,
+    url: String,
+    api_key: Secret,
+    model: String,
+    max_tokens: u32,
+    timeout: Duration,
+}
+
+impl AnthropicModel {
+    /// `http` is shared between models so connections are pooled; `base_url` is e.g.
+    /// `https://api.anthropic.com`.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Secret,
+        model: impl Into<String>,
+        max_tokens: u32,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            url: format!("{}/v1/messages", base_url.trim_end_matches('/')),
+            api_key,
+            model: model.into(),
+            max_tokens,
+            timeout,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [ToolSpec],
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    model: String,
+    content: Vec<ContentBlock>,
+    stop_reason: Option<StopReason>,
+    #[serde(default)]
+    usage: TokenUsage,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+}
+
+#[async_trait]
+impl Model for AnthropicModel {
+    fn id(&self) -> &str {
+        &self.model
+    }
+
+    async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        let body = WireRequest {
+            model: &self.model,
+            max_tokens: self.max_tokens,
+            system: request.system.as_deref(),
+            messages: &request.messages,
+            tools: &request.tools,
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .header("x-api-key", self.api_key.expose())
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .timeout(self.timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, self.timeout))?;
+
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let bytes = response.bytes().await.map_err(|e| transport_error(e, self.timeout))?;
+        if !status.is_success() {
+            return Err(status_error(status, &bytes, retry_after));
+        }
+        let wire: WireResponse =
+            serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
+        Ok(ModelResponse {
+            model: wire.model,
+            content: wire.content,
+            // A missing stop reason only happens mid-stream; treat it like the end of a turn.
+            stop_reason: wire.stop_reason.unwrap_or(StopReason::EndTurn),
+            usage: wire.usage,
+        })
+    }
+}
+
+fn transport_error(e: reqwest::Error, timeout: Duration) -> ModelError {
+    if e.is_timeout() {
+        ModelError::Timeout(timeout)
+    } else if e.is_decode() {
+        ModelError::Decode(e.to_string())
+    } else {
+        // The source chain holds the useful part ("connection refused"), not the top line.
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg = format!("{msg}: {s}");
+            source = s.source();
+        }
+        ModelError::Connect(msg)
+    }
+}
+
+fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> ModelError {
+    let (kind, message) = match serde_json::from_slice::<WireError>(body) {
+        Ok(w) => (w.error.kind, w.error.message),
+        Err(_) => (
+            "unknown".to_owned(),
+            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        ),
+    };
+    ModelError::Status { status: status.as_u16(), kind, message, retry_after }
+}
+
+/// `retry-after` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wiremock::matchers::{body_partial_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn client(server: &MockServer) -> AnthropicModel {
+        AnthropicModel::new(
+            reqwest::Client::new(),
+            &server.uri(),
+            Secret::new("sk-test"),
+            "claude-sonnet-4-5",
+            1024,
+            Duration::from_secs(5),
+        )
+    }
+
+    fn request() -> ModelRequest {
+        ModelRequest { system: None, messages: vec![Message::user_text("hi")], tools: vec![] }
+    }
+
+    #[tokio::test]
+    async fn a_call_sends_the_key_version_and_model_and_reads_the_answer() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/messages"))
+            .and(header("x-api-key", "sk-test"))
+            .and(header("anthropic-version", ANTHROPIC_VERSION))
+            .and(body_partial_json(json!({"model": "claude-sonnet-4-5", "max_tokens": 1024})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                "content": [{"type": "text", "text": "hello"}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": null}
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let r = client(&server).complete(&request()).await.unwrap();
+        assert_eq!(r.text(), "hello");
+        assert_eq!(r.stop_reason, StopReason::EndTurn);
+        assert_eq!(r.usage.input_tokens, 10);
+        assert_eq!(r.usage.cache_read_input_tokens, 0);
+    }
+
+    #[tokio::test]
+    async fn an_overload_is_transient_and_carries_retry_after() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(529)
+                    .insert_header("retry-after", "2")
+                    .set_body_json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+            )
+            .mount(&server)
+            .await;
+        let e = client(&server).complete(&request()).await.unwrap_err();
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert!(e.to_string().contains("overloaded_error"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_is_permanent_and_keeps_the_providers_message() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too big"}}),
+            ))
+            .mount(&server)
+            .await;
+        let e = client(&server).complete(&request()).await.unwrap_err();
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("max_tokens: too big"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_a_transient_connect_error() {
+        let m = AnthropicModel::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            Secret::new("k"),
+            "m",
+            1,
+            Duration::from_secs(2),
+        );
+        let e = m.complete(&request()).await.unwrap_err();
+        assert!(matches!(e, ModelError::Connect(_)), "{e:?}");
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "1.5".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The model side of the agent loop: a provider-neutral conversation format, a small
+//! `dyn`-compatible [`Model`] trait, and one module per provider.
+//!
+//! The conversation types follow the Anthropic Messages API, the richest of the formats we
+//! speak; other providers translate to and from them.
+
+pub mod anthropic;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use anthropic::AnthropicModel;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One block of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+    /// A block this version does not interpret (thinking, server tool results…), kept as
+    /// sent so it goes back to the provider unchanged.
+    #[serde(untagged)]
+    Other(Value),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentBlock>,
+}
+
+impl Message {
+    pub fn user_text(text: impl Into<String>) -> Self {
+        Self { role: Role::User, content: vec![ContentBlock::Text { text: text.into() }] }
+    }
+}
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Value,
+}
+
+/// One model call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndTurn,
+    ToolUse,
+    MaxTokens,
+    StopSequence,
+    Refusal,
+    PauseTurn,
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// Tokens one call used, as the provider reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub cache_creation_input_tokens: u64,
+    #[serde(default, deserialize_with = "null_as_zero")]
+    pub cache_read_input_tokens: u64,
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
+/// A model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelResponse {
+    /// The model that answered, as the provider names it.
+    pub model: String,
+    pub content: Vec<ContentBlock>,
+    pub stop_reason: StopReason,
+    pub usage: TokenUsage,
+}
+
+impl ModelResponse {
+    /// All text blocks, joined.
+    pub fn text(&self) -> String {
+        let texts: Vec<&str> = self
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        texts.join("\n")
+    }
+}
+
+/// A failed model call.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model API answered {status} ({kind}): {message}")]
+    Status { status: u16, kind: String, message: String, retry_after: Option<Duration> },
+    #[error("the model API did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not reach the model API: {0}")]
+    Connect(String),
+    #[error("the model API's answer could not be read: {0}")]
+    Decode(String),
+}
+
+impl ModelError {
+    /// Worth trying again: overloads, rate limits, server faults and network trouble. A 4xx
+    /// that blames the request (400, 401, 403, 404, 413) would fail the same way again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
+            Self::Timeout(_) | Self::Connect(_) => true,
+            Self::Decode(_) => false,
+        }
+    }
+
+    /// How long the provider asked us to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A model provider. Object-safe so a worker can hold a chain of `Box<dyn Model>`.
+#[async_trait]
+pub trait Model: Send + Sync {
+    /// The model id requests ask for; prices are looked up by it.
+    fn id(&self) -> &str;
+
+    async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_blocks_survive_a_round_trip() {
+        let raw = json!([
+            {"type": "thinking", "thinking": "hmm", "signature": "abc"},
+            {"type": "text", "text": "hi"},
+            {"type": "tool_use", "id": "t1", "name": "calculator", "input": {"expression": "1+1"}}
+        ]);
+        let blocks: Vec<ContentBlock> = serde_json::from_value(raw.clone()).unwrap();
+        assert!(matches!(blocks[0], ContentBlock::Other(_)));
+        assert!(matches!(blocks[1], ContentBlock::Text { .. }));
+        assert_eq!(serde_json::to_value(&blocks).unwrap(), raw);
+    }
+
+    #[test]
+    fn tool_results_omit_is_error_when_false() {
+        let ok = ContentBlock::ToolResult { tool_use_id: "t".into(), content: "2".into(), is_error: false };
+        assert_eq!(serde_json::to_value(ok).unwrap(), json!({"type": "tool_result", "tool_use_id": "t", "content": "2"}));
+    }
+
+    #[test]
+    fn unknown_stop_reasons_are_kept() {
+        let r: StopReason = serde_json::from_value(json!("model_context_window_exceeded")).unwrap();
+        assert_eq!(r, StopReason::Other("model_context_window_exceeded".into()));
+        assert_eq!(serde_json::from_value::<StopReason>(json!("pause_turn")).unwrap(), StopReason::PauseTurn);
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        let status = |s| ModelError::Status { status: s, kind: String::new(), message: String::new(), retry_after: None };
+        for s in [408, 409, 429, 500, 502, 503, 529] {
+            assert!(status(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 413] {
+            assert!(!status(s).is_transient(), "{s}");
+        }
+    }
+}

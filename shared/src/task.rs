@@ -1,0 +1,491 @@
+//! The task: what a client submits, how it is validated, and the record that tracks it from
+//! `queued` to a terminal state.
+//!
+//! A [`TaskRequest`] can only be built by parsing a request body, so a value of that type is
+//! always valid; handlers never re-check fields.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use ulid::Ulid;
+
+use crate::usage::Usage;
+
+/// Longest prompt accepted, in characters (the HTTP contract).
+pub const MAX_PROMPT_CHARS: usize = 100_000;
+/// Longest prompt accepted, in UTF-8 bytes: a DynamoDB item holds at most 400 KB, and the
+/// record carries more than the prompt.
+pub const MAX_PROMPT_BYTES: usize = 300_000;
+/// Largest `metadata` object accepted, serialized.
+pub const MAX_METADATA_BYTES: usize = 4 * 1024;
+pub const MAX_ITERATIONS_LIMIT: u32 = 50;
+pub const DEFAULT_MAX_ITERATIONS: u32 = 10;
+
+/// A task id: a ULID, so ids sort by creation time and carry 80 random bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId(Ulid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        Self(Ulid::generate())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The text is not a task id.
+#[derive(Debug, thiserror::Error)]
+#[error("not a task id")]
+pub struct InvalidTaskId;
+
+impl FromStr for TaskId {
+    type Err = InvalidTaskId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Crockford base32 decoding is case-insensitive, but one task must have one URL.
+        if s.len() != 26 || s.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(InvalidTaskId);
+        }
+        Ulid::from_string(s).map(Self).map_err(|_| InvalidTaskId)
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = InvalidTaskId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> Self {
+        id.to_string()
+    }
+}
+
+/// Which queue a task waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Default,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Default, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Default => "default",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl FromStr for Priority {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or(())
+    }
+}
+
+/// Where a task is in its life. `succeeded`, `failed` and `cancelled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing wrong with a request, named by the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Why a request body could not become a [`TaskRequest`].
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the request has invalid fields")]
+    Invalid(Vec<FieldError>),
+}
+
+/// A validated task submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    prompt: String,
+    priority: Priority,
+    max_iterations: u32,
+    metadata: Option<Map<String, Value>>,
+}
+
+impl TaskRequest {
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+    pub fn max_iterations(&self) -> u32 {
+        self.max_iterations
+    }
+    pub fn metadata(&self) -> Option<&Map<String, Value>> {
+        self.metadata.as_ref()
+    }
+
+    /// Parses a JSON body, collecting every field error rather than stopping at the first,
+    /// so a client fixes its request in one round trip.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
+        let Value::Object(mut fields) = value else {
+            return Err(RequestError::Invalid(vec![FieldError::new(
+                "",
+                "the body must be a JSON object",
+            )]));
+        };
+        let mut errors = Vec::new();
+
+        let prompt = match fields.remove("prompt") {
+            None => {
+                errors.push(FieldError::new("prompt", "is required"));
+                None
+            }
+            Some(Value::String(p)) => {
+                let chars = p.chars().count();
+                if p.trim().is_empty() {
+                    errors.push(FieldError::new("prompt", "must not be empty"));
+                } else if chars > MAX_PROMPT_CHARS {
+                    errors.push(FieldError::new(
+                        "prompt",
+                        format!("is {chars} characters long; the limit is {MAX_PROMPT_CHARS}"),
+                    ));
+                } else if p.len() > MAX_PROMPT_BYTES {
+                    errors.push(FieldError::new(
+                        "prompt",
+                        format!("is {} bytes as UTF-8; the limit is {MAX_PROMPT_BYTES}", p.len()),
+                    ));
+                }
+                Some(p)
+            }
+            Some(other) => {
+                errors.push(FieldError::new("prompt", format!("must be a string, not {}", kind(&other))));
+                None
+            }
+        };
+
+        let priority = match fields.remove("priority") {
+            None => Priority::default(),
+            Some(Value::String(s)) => s.parse().unwrap_or_else(|()| {
+                errors.push(FieldError::new("priority", "must be one of \"high\", \"default\", \"low\""));
+                Priority::default()
+            }),
+            Some(other) => {
+                errors.push(FieldError::new("priority", format!("must be a string, not {}", kind(&other))));
+                Priority::default()
+            }
+        };
+
+        let max_iterations = match fields.remove("max_iterations") {
+            None => DEFAULT_MAX_ITERATIONS,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n @ 1..) if n <= u64::from(MAX_ITERATIONS_LIMIT) => n as u32,
+                _ => {
+                    errors.push(FieldError::new(
+                        "max_iterations",
+                        format!("must be an integer from 1 to {MAX_ITERATIONS_LIMIT}"),
+                    ));
+                    DEFAULT_MAX_ITERATIONS
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "max_iterations",
+                    format!("must be an integer, not {}", kind(&other)),
+                ));
+                DEFAULT_MAX_ITERATIONS
+            }
+        };
+
+        let metadata = match fields.remove("metadata") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => {
+                let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > MAX_METADATA_BYTES {
+                    errors.push(FieldError::new(
+                        "metadata",
+                        format!("is {size} bytes serialized; the limit is {MAX_METADATA_BYTES}"),
+                    ));
+                }
+                Some(m)
+            }
+            Some(other) => {
+                errors.push(FieldError::new("metadata", format!("must be an object, not {}", kind(&other))));
+                None
+            }
+        };
+
+        let mut unknown: Vec<_> = fields.keys().cloned().collect();
+        unknown.sort();
+        errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
+
+        match (prompt, errors.is_empty()) {
+            (Some(prompt), true) => Ok(Self { prompt, priority, max_iterations, metadata }),
+            _ => Err(RequestError::Invalid(errors)),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Why a task failed, in words a client can act on. `code` is stable; `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into() }
+    }
+}
+
+/// The final answer of a task that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub text: String,
+    /// The model stopped because it hit its output token limit: the text may be cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// The stored state of a task: the one record every function reads and the worker updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub prompt: String,
+    pub max_iterations: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Model calls made so far.
+    #[serde(default)]
+    pub step: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    #[serde(default)]
+    pub usage: Usage,
+    /// The model that gave the latest answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// How many times a worker has claimed the task.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl TaskRecord {
+    /// A new task, as stored before it is enqueued.
+    pub fn new(request: TaskRequest, now: OffsetDateTime) -> Self {
+        Self {
+            task_id: TaskId::new(),
+            status: TaskStatus::Queued,
+            priority: request.priority,
+            prompt: request.prompt,
+            max_iterations: request.max_iterations,
+            metadata: request.metadata,
+            created_at: now,
+            updated_at: now,
+            step: 0,
+            result: None,
+            error: None,
+            usage: Usage::default(),
+            model: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// The SQS message body for a task. It names the task and nothing else: the prompt stays in
+/// the store, and no secret ever travels through the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskMessage {
+    pub task_id: TaskId,
+    pub priority: Priority,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(body: &str) -> Vec<FieldError> {
+        match TaskRequest::parse(body.as_bytes()) {
+            Err(RequestError::Invalid(e)) => e,
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    fn fields_of(body: &str) -> Vec<String> {
+        errors_of(body).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_minimal_request_gets_the_defaults() {
+        let r = TaskRequest::parse(br#"{"prompt":"hi"}"#).unwrap();
+        assert_eq!(r.prompt(), "hi");
+        assert_eq!(r.priority(), Priority::Default);
+        assert_eq!(r.max_iterations(), 10);
+        assert!(r.metadata().is_none());
+    }
+
+    #[test]
+    fn a_full_request_keeps_every_field() {
+        let r = TaskRequest::parse(
+            br#"{"prompt":"hi","priority":"high","max_iterations":50,"metadata":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.priority(), Priority::High);
+        assert_eq!(r.max_iterations(), 50);
+        assert_eq!(r.metadata().unwrap()["a"], 1);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_rejected_as_such() {
+        assert!(matches!(TaskRequest::parse(b"{prompt"), Err(RequestError::NotJson(_))));
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_rejected() {
+        assert_eq!(fields_of("[1]"), [""]);
+    }
+
+    #[test]
+    fn every_bad_field_is_named_in_one_answer() {
+        let mut f = fields_of(r#"{"prompt":"","priority":"urgent","max_iterations":0,"colour":1}"#);
+        f.sort();
+        assert_eq!(f, ["colour", "max_iterations", "priority", "prompt"]);
+    }
+
+    #[test]
+    fn a_missing_prompt_is_required() {
+        assert_eq!(errors_of("{}")[0], FieldError::new("prompt", "is required"));
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        assert_eq!(fields_of(r#"{"prompt":5}"#), ["prompt"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_iterations":"5"}"#), ["max_iterations"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_iterations":2.5}"#), ["max_iterations"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","metadata":[1]}"#), ["metadata"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","priority":1}"#), ["priority"]);
+    }
+
+    #[test]
+    fn out_of_range_iterations_are_rejected() {
+        assert_eq!(fields_of(r#"{"prompt":"x","max_iterations":51}"#), ["max_iterations"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_iterations":-1}"#), ["max_iterations"]);
+    }
+
+    #[test]
+    fn a_whitespace_prompt_counts_as_empty() {
+        assert_eq!(fields_of(r#"{"prompt":"  \n"}"#), ["prompt"]);
+    }
+
+    #[test]
+    fn prompt_length_is_counted_in_characters() {
+        let ok = format!(r#"{{"prompt":"{}"}}"#, "é".repeat(MAX_PROMPT_CHARS));
+        assert!(TaskRequest::parse(ok.as_bytes()).is_ok());
+        let long = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(MAX_PROMPT_CHARS + 1));
+        assert_eq!(fields_of(&long), ["prompt"]);
+    }
+
+    #[test]
+    fn metadata_over_4_kb_is_rejected() {
+        let big = format!(r#"{{"prompt":"x","metadata":{{"k":"{}"}}}}"#, "v".repeat(4096));
+        assert_eq!(fields_of(&big), ["metadata"]);
+    }
+
+    #[test]
+    fn task_ids_round_trip_and_reject_garbage() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("not-an-id".parse::<TaskId>().is_err());
+        assert!(id.to_string().to_lowercase().parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn task_ids_sort_by_creation() {
+        let a = TaskId::new();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = TaskId::new();
+        assert!(a.to_string() < b.to_string());
+    }
+}
