@@ -8,6 +8,8 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::queue::QueueError;
+use crate::store::StoreError;
 use crate::task::FieldError;
 
 /// Largest request body accepted.
@@ -96,6 +98,25 @@ impl From<ApiError> for Response<Body> {
             _ => {}
         }
         response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "task store call failed");
+                Self::Unavailable("the task store is unavailable; try again shortly".into())
+            }
+            StoreError::Conflict => Self::Unexpected(anyhow::anyhow!("unexpected conflicting write")),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        tracing::error!(error = format!("{:#}", e.0), "task queue call failed");
+        Self::Unavailable("the task queue is unavailable; try again shortly".into())
     }
 }
 

@@ -6,10 +6,12 @@
 //! - [`store`] and [`queue`]: DynamoDB and SQS behind small traits, with in-memory fakes;
 //! - [`llm`]: the model trait and the Anthropic client;
 //! - [`agent`]: the agent loop, its tools and retries (no AWS code);
+//! - [`api`]: the JSON shapes of the HTTP API;
 //! - [`http`]: the API error type and the one mapping from errors to responses;
 //! - [`telemetry`], [`aws`]: start-up plumbing.
 
 pub mod agent;
+pub mod api;
 pub mod aws;
 pub mod config;
 pub mod http;

@@ -1,1 +1,21 @@
-fn main() {}
+//! Lambda entry point for the status function: build the clients once, then serve.
+
+use std::sync::Arc;
+
+use agentq::store::DynamoStore;
+use lambda_http::{Error, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    agentq::telemetry::init();
+    let config = agentq::Config::from_env()?;
+    let sdk = agentq::aws::sdk_config().await;
+    let app = status::App {
+        store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
+    };
+    lambda_http::run(service_fn(|req| {
+        let app = &app;
+        async move { Ok::<_, std::convert::Infallible>(status::handle(app, req).await) }
+    }))
+    .await
+}

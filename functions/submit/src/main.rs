@@ -1,1 +1,24 @@
-fn main() {}
+//! Lambda entry point for the submit function: build the clients once, then serve.
+
+use std::sync::Arc;
+
+use agentq::queue::SqsQueue;
+use agentq::store::DynamoStore;
+use lambda_http::{Error, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    agentq::telemetry::init();
+    let config = agentq::Config::from_env()?;
+    let sdk = agentq::aws::sdk_config().await;
+    let app = submit::App {
+        store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
+        queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.require_queue_url()?)),
+        model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
+    };
+    lambda_http::run(service_fn(|req| {
+        let app = &app;
+        async move { Ok::<_, std::convert::Infallible>(submit::handle(app, req).await) }
+    }))
+    .await
+}

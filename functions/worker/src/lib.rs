@@ -1,1 +1,247 @@
-//! placeholder
+//! The worker function: runs the tasks of one SQS batch, concurrently (the model is I/O-bound,
+//! and one slow task must not hold the others up).
+//!
+//! Per message: decode it, claim the task with a conditional write (so a duplicate delivery
+//! never runs it twice), run the agent loop with a checkpoint that writes progress and renews
+//! the lease after every step, and write the terminal state. What SQS should do next follows
+//! from the outcome:
+//!
+//! | outcome                                              | message        |
+//! |------------------------------------------------------|----------------|
+//! | terminal state written, or task already terminal     | deleted        |
+//! | undecodable message, unknown task (permanent)        | deleted, logged|
+//! | model unavailable, deadline near, store unavailable  | retried        |
+//! | another live delivery is running the task            | retried        |
+//!
+//! On the last delivery SQS will make (`maxReceiveCount`), a task that still cannot finish is
+//! marked `failed` before its message goes to the dead-letter queue, so no client waits on a
+//! task that will never end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, RetryPolicy, ToolRegistry, run_agent};
+use agentq::llm::Model;
+use agentq::store::{Claim, Finish, Lease, Progress, StoreError, TaskRun};
+use agentq::task::{TaskError, TaskId, TaskMessage, TaskStatus};
+use agentq::usage::{PriceTable, Usage};
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::LambdaEvent;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+/// The function's dependencies, built once per cold start.
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Arc<dyn TaskRun>,
+    pub model: Arc<dyn Model>,
+    pub tools: ToolRegistry,
+    pub prices: PriceTable,
+    pub retry: RetryPolicy,
+    /// The queue's `maxReceiveCount`.
+    pub max_receive_count: u32,
+    /// Time kept in hand before the invocation's deadline.
+    pub deadline_margin: Duration,
+}
+
+/// What to tell SQS about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delete it: the task is finished, or the message can never be processed.
+    Done,
+    /// Leave it to come back after its visibility timeout.
+    Retry,
+}
+
+/// Handles one SQS batch; failed records go back through `batchItemFailures`.
+pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    let deadline = Deadline::from_epoch_millis(event.context.deadline);
+    let runs = event.payload.records.iter().map(|record| {
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let span = tracing::info_span!("message", message_id = %message_id, task_id = tracing::field::Empty);
+        async move { (message_id, process(worker, record, deadline).await) }.instrument(span)
+    });
+    let mut response = SqsBatchResponse::default();
+    for (message_id, disposition) in futures::future::join_all(runs).await {
+        if disposition == Disposition::Retry {
+            response.add_failure(message_id);
+        }
+    }
+    Ok(response)
+}
+
+/// The invocation's deadline, on both clocks: wall time for the lease stored in the table,
+/// monotonic time for our own timers.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    wall: OffsetDateTime,
+    instant: Instant,
+}
+
+impl Deadline {
+    fn from_epoch_millis(ms: u64) -> Self {
+        let now = agentq::now();
+        let wall = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now);
+        // A missing or past deadline (a hand-made event) leaves a minute to work.
+        let left = if wall > now { (wall - now).unsigned_abs() } else { Duration::from_secs(60) };
+        Self { wall: now + left, instant: Instant::now() + left }
+    }
+}
+
+/// Processes one message and says what SQS should do with it.
+async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Disposition {
+    let body = record.body.as_deref().unwrap_or_default();
+    let message: TaskMessage = match serde_json::from_str(body) {
+        Ok(m) => m,
+        Err(e) => {
+            // Retrying cannot make it decodable: drop it, loudly (the body may hold anything,
+            // so only its size is logged).
+            tracing::error!(error = %e, body_bytes = body.len(), "undecodable message; acknowledged without processing");
+            return Disposition::Done;
+        }
+    };
+    let id = message.task_id;
+    tracing::Span::current().record("task_id", tracing::field::display(id));
+    let receive_count: u32 =
+        record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+    let last_delivery = receive_count >= worker.max_receive_count;
+
+    let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
+    let task = match worker.store.claim(id, &lease, agentq::now()).await {
+        Ok(Claim::Claimed(task)) => task,
+        Ok(Claim::NotFound) => {
+            tracing::error!("message for an unknown task; acknowledged without processing");
+            return Disposition::Done;
+        }
+        Ok(Claim::Terminal(status)) => {
+            tracing::info!(%status, "task already finished; duplicate delivery acknowledged");
+            return Disposition::Done;
+        }
+        Ok(Claim::Leased { until }) => {
+            tracing::info!(lease_until = %until, "task is running under another delivery; retrying later");
+            return Disposition::Retry;
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{:#}", anyhow::Error::from(e)), "could not claim the task; retrying later");
+            return Disposition::Retry;
+        }
+    };
+    let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds();
+    tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, "task claimed");
+
+    // Usage already spent by earlier attempts stays on the bill.
+    let mut checkpoint = StoreCheckpoint {
+        store: worker.store.as_ref(),
+        id,
+        lease: lease.clone(),
+        base_usage: task.usage,
+        lease_until: deadline.wall,
+        lost: false,
+    };
+    let started = Instant::now();
+    let limits = Limits { retry: worker.retry, deadline: Some(deadline.instant - worker.deadline_margin) };
+    let agent_task = AgentTask { prompt: &task.prompt, max_iterations: task.max_iterations };
+    // A model call in flight when time runs out is abandoned, leaving half the margin to write.
+    let run = tokio::time::timeout_at(
+        deadline.instant - worker.deadline_margin / 2,
+        run_agent(worker.model.as_ref(), &worker.tools, &worker.prices, agent_task, limits, &mut checkpoint),
+    )
+    .await;
+    let lost = checkpoint.lost;
+    let (outcome, steps, mut usage, model) = match run {
+        Ok(r) => (r.outcome, r.steps, r.usage, r.model),
+        Err(_) => (
+            Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
+            0,
+            Usage::default(),
+            None,
+        ),
+    };
+    usage += task.usage;
+
+    let finish = |status, result, error| Finish { status, result, error, step: steps, usage, model: model.clone(), now: agentq::now() };
+    let (write, disposition) = match outcome {
+        Outcome::Succeeded(result) => (Some(finish(TaskStatus::Succeeded, Some(result), None)), Disposition::Done),
+        Outcome::Failed(error) => (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Done),
+        Outcome::Interrupted(error) if last_delivery => {
+            tracing::error!(code = %error.code, receive_count, "last delivery and the task cannot finish: failing it; the message goes to the dead-letter queue");
+            (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Retry)
+        }
+        Outcome::Interrupted(error) => {
+            tracing::warn!(code = %error.code, message = %error.message, receive_count, "task interrupted; giving it back to the queue");
+            if let Err(e) = worker.store.release(id, &lease, agentq::now()).await {
+                log_store_error("could not release the task; its lease will expire", e);
+            }
+            (None, Disposition::Retry)
+        }
+        Outcome::Abandoned(why) if lost => {
+            tracing::warn!(reason = %why, "lease lost to another delivery; stopping without writing");
+            (None, Disposition::Done)
+        }
+        Outcome::Abandoned(why) => {
+            tracing::error!(reason = %why, "could not record progress; retrying later");
+            (None, Disposition::Retry)
+        }
+    };
+    let Some(finish) = write else { return disposition };
+    match worker.store.finish(id, &lease, &finish).await {
+        Ok(()) => {
+            tracing::info!(
+                status = %finish.status,
+                iterations = finish.step,
+                cost_usd = finish.usage.cost_usd(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                error_code = finish.error.as_ref().map(|e| e.code.as_str()),
+                "task finished"
+            );
+            disposition
+        }
+        Err(StoreError::Conflict) => {
+            tracing::warn!("lease lost before the result was written; the other delivery owns the task");
+            Disposition::Done
+        }
+        Err(e) => {
+            log_store_error("could not write the task's result; retrying later", e);
+            Disposition::Retry
+        }
+    }
+}
+
+fn log_store_error(what: &str, e: StoreError) {
+    tracing::error!(error = format!("{:#}", anyhow::Error::from(e)), "{what}");
+}
+
+/// Writes progress after each step and renews the lease; notices when the lease was lost.
+struct StoreCheckpoint<'a> {
+    store: &'a dyn TaskRun,
+    id: TaskId,
+    lease: Lease,
+    base_usage: Usage,
+    lease_until: OffsetDateTime,
+    lost: bool,
+}
+
+#[async_trait]
+impl Checkpoint for StoreCheckpoint<'_> {
+    async fn step(&mut self, step: u32, usage: &Usage, model: &str) -> Result<(), anyhow::Error> {
+        let mut total = self.base_usage;
+        total += *usage;
+        let progress = Progress {
+            step,
+            usage: total,
+            model: Some(model.to_owned()),
+            lease_until: self.lease_until,
+            now: agentq::now(),
+        };
+        match self.store.progress(self.id, &self.lease, &progress).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => {
+                self.lost = true;
+                Err(anyhow::anyhow!("the lease is no longer ours"))
+            }
+            Err(e) => Err(anyhow::Error::from(e).context("writing progress")),
+        }
+    }
+}

@@ -26,6 +26,11 @@ impl MemoryStore {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Ids of every stored task.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.tasks.lock().expect("poisoned").keys().copied().collect()
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             Err(StoreError::Unavailable(anyhow::anyhow!("memory store set down")))

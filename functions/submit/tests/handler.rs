@@ -1,0 +1,221 @@
+//! The submit handler on the `events/` fixture, with in-memory store and queue.
+
+use std::sync::Arc;
+
+use agentq::queue::MemoryQueue;
+use agentq::store::{MemoryStore, TaskRead};
+use agentq::task::{Priority, TaskStatus};
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+use submit::App;
+
+struct Fixture {
+    app: App,
+    store: Arc<MemoryStore>,
+    queue: Arc<MemoryQueue>,
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(MemoryStore::new());
+    let queue = Arc::new(MemoryQueue::new());
+    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true };
+    Fixture { app, store, queue }
+}
+
+/// The fixture event with `edit` applied.
+fn event(edit: impl FnOnce(&mut Value)) -> Request {
+    let mut v: Value = serde_json::from_str(include_str!("../../../events/submit.json")).unwrap();
+    edit(&mut v);
+    lambda_http::request::from_str(&v.to_string()).unwrap()
+}
+
+fn post(body: &str) -> Request {
+    event(|v| v["body"] = json!(body))
+}
+
+fn get(path: &str) -> Request {
+    event(|v| {
+        v["routeKey"] = json!(format!("GET {path}"));
+        v["rawPath"] = json!(path);
+        v["requestContext"]["http"]["method"] = json!("GET");
+        v["requestContext"]["http"]["path"] = json!(path);
+        v.as_object_mut().unwrap().remove("body");
+    })
+}
+
+fn json_of(r: &Response<Body>) -> Value {
+    serde_json::from_slice(r.body().as_ref()).unwrap()
+}
+
+fn problem_fields(r: &Response<Body>) -> Vec<String> {
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    json_of(r)["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn submit_returns_202_and_a_location_for_a_valid_task() {
+    let f = fixture();
+    let r = submit::handle(&f.app, event(|_| {})).await;
+    assert_eq!(r.status(), 202);
+    let body = json_of(&r);
+    let id = body["task_id"].as_str().unwrap();
+    assert_eq!(body["status"], "queued");
+    assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(r.headers()["location"], format!("/v1/tasks/{id}"));
+
+    let stored = f.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Queued);
+    assert_eq!(stored.prompt, "What is 6 * 7?");
+    assert_eq!(stored.max_iterations, 5);
+    let sent = f.queue.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].task_id.to_string(), id);
+    assert_eq!(sent[0].priority, Priority::High);
+}
+
+#[tokio::test]
+async fn a_base64_encoded_body_is_decoded() {
+    let f = fixture();
+    let r = submit::handle(
+        &f.app,
+        event(|v| {
+            v["body"] = json!("eyJwcm9tcHQiOiJoaSJ9"); // {"prompt":"hi"}
+            v["isBase64Encoded"] = json!(true);
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn invalid_fields_get_400_naming_each_field() {
+    let f = fixture();
+    let cases = [
+        (r#"{"prompt":"x","colour":"red"}"#, vec!["colour"]),
+        (r#"{"prompt":""}"#, vec!["prompt"]),
+        (r#"{"prompt":42}"#, vec!["prompt"]),
+        (r#"{}"#, vec!["prompt"]),
+        (r#"{"prompt":"x","priority":"urgent"}"#, vec!["priority"]),
+        (r#"{"prompt":"x","max_iterations":0}"#, vec!["max_iterations"]),
+        (r#"{"prompt":"x","max_iterations":51}"#, vec!["max_iterations"]),
+        (r#"{"prompt":"x","max_iterations":"3"}"#, vec!["max_iterations"]),
+        (r#"{"prompt":"x","metadata":"tag"}"#, vec!["metadata"]),
+    ];
+    for (body, fields) in cases {
+        let r = submit::handle(&f.app, post(body)).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(problem_fields(&r), fields, "{body}");
+        let p = json_of(&r);
+        assert_eq!(p["status"], 400);
+        assert!(p["type"].is_string() && p["title"].is_string() && p["detail"].is_string());
+    }
+    assert!(f.queue.sent().is_empty(), "nothing invalid is queued");
+}
+
+#[tokio::test]
+async fn a_prompt_over_100000_characters_is_rejected() {
+    let f = fixture();
+    let body = json!({"prompt": "a".repeat(100_001)}).to_string();
+    let r = submit::handle(&f.app, post(&body)).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(problem_fields(&r), ["prompt"]);
+}
+
+#[tokio::test]
+async fn metadata_over_4_kb_is_rejected() {
+    let f = fixture();
+    let body = json!({"prompt": "x", "metadata": {"blob": "b".repeat(5000)}}).to_string();
+    let r = submit::handle(&f.app, post(&body)).await;
+    assert_eq!(problem_fields(&r), ["metadata"]);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_gets_400() {
+    let f = fixture();
+    let r = submit::handle(&f.app, post("prompt=hello")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_of(&r)["code"], "malformed_json");
+}
+
+#[tokio::test]
+async fn a_body_over_1_mib_gets_413() {
+    let f = fixture();
+    let body = json!({"prompt": "a".repeat(1024 * 1024)}).to_string();
+    let r = submit::handle(&f.app, post(&body)).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_declared_json_gets_415() {
+    let f = fixture();
+    let r = submit::handle(&f.app, event(|v| v["headers"]["content-type"] = json!("text/plain"))).await;
+    assert_eq!(r.status(), 415);
+    let r = submit::handle(&f.app, event(|v| { v["headers"].as_object_mut().unwrap().remove("content-type"); })).await;
+    assert_eq!(r.status(), 415);
+}
+
+#[tokio::test]
+async fn a_queue_failure_answers_503_and_marks_the_task_failed() {
+    let f = fixture();
+    f.queue.set_down(true);
+    let r = submit::handle(&f.app, event(|_| {})).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // The one record written must not wait for a worker that will never come.
+    let body = json_of(&r);
+    assert!(!body.to_string().contains("memory queue"), "no internals in the answer: {body}");
+    let ids = f.store.ids();
+    assert_eq!(ids.len(), 1);
+    let task = f.store.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.unwrap().code, "enqueue_failed");
+}
+
+#[tokio::test]
+async fn a_store_failure_answers_503_and_sends_nothing() {
+    let f = fixture();
+    f.store.set_down(true);
+    let r = submit::handle(&f.app, event(|_| {})).await;
+    assert_eq!(r.status(), 503);
+    assert!(f.queue.sent().is_empty());
+}
+
+#[tokio::test]
+async fn health_answers_without_touching_anything() {
+    let f = fixture();
+    f.store.set_down(true);
+    f.queue.set_down(true);
+    let r = submit::handle(&f.app, get("/health")).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn ready_reports_each_check() {
+    let f = fixture();
+    let r = submit::handle(&f.app, get("/ready")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(&r)["checks"], json!({"store": "ok", "queue": "ok", "model": "ok"}));
+
+    f.queue.set_down(true);
+    let r = submit::handle(&f.app, get("/ready")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_of(&r)["checks"], json!({"store": "ok", "queue": "unavailable", "model": "ok"}));
+
+    let unconfigured = App { model_configured: false, ..fixture().app };
+    let r = submit::handle(&unconfigured, get("/ready")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_of(&r)["checks"]["model"], "not configured");
+}
+
+#[tokio::test]
+async fn unknown_routes_get_404_and_wrong_methods_405() {
+    let f = fixture();
+    let r = submit::handle(&f.app, get("/v2/everything")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = submit::handle(&f.app, get("/v1/tasks")).await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+}
+

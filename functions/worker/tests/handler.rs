@@ -1,0 +1,216 @@
+//! The worker handler on the `events/` fixture, with the in-memory store and an in-process
+//! scripted model (the integration tests use a model over HTTP).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentq::agent::{RetryPolicy, ToolRegistry};
+use agentq::llm::{ContentBlock, Model, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage};
+use agentq::store::{Lease, MemoryStore, TaskCreate, TaskRead, TaskRun};
+use agentq::task::{TaskId, TaskRecord, TaskRequest, TaskStatus};
+use agentq::usage::PriceTable;
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+use worker::Worker;
+
+/// Answers every call with `end_turn`, after waiting at `gate` if one is set.
+struct FakeModel {
+    calls: AtomicUsize,
+    down: bool,
+    gate: Option<tokio::sync::Barrier>,
+}
+
+impl FakeModel {
+    fn up() -> Self {
+        Self { calls: AtomicUsize::new(0), down: false, gate: None }
+    }
+}
+
+#[async_trait]
+impl Model for FakeModel {
+    fn id(&self) -> &str {
+        "claude-haiku-4-5"
+    }
+    async fn complete(&self, _: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.wait().await;
+        }
+        if self.down {
+            return Err(ModelError::Status { status: 529, kind: "overloaded_error".into(), message: "Overloaded".into(), retry_after: None });
+        }
+        Ok(ModelResponse {
+            model: "claude-haiku-4-5".into(),
+            content: vec![ContentBlock::Text { text: "done".into() }],
+            stop_reason: StopReason::EndTurn,
+            usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
+        })
+    }
+}
+
+fn worker(store: Arc<MemoryStore>, model: Arc<FakeModel>) -> Worker {
+    Worker {
+        store,
+        model,
+        tools: ToolRegistry::builtin(),
+        prices: PriceTable::default(),
+        retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(2) },
+        max_receive_count: 3,
+        deadline_margin: Duration::from_secs(1),
+    }
+}
+
+async fn queued(store: &MemoryStore) -> TaskId {
+    let task = TaskRecord::new(TaskRequest::parse(br#"{"prompt":"hi"}"#).unwrap(), agentq::now());
+    store.create(&task).await.unwrap();
+    task.task_id
+}
+
+/// The fixture batch with its records' bodies replaced, all with one receive count.
+fn batch(bodies: &[String], receive_count: u32) -> LambdaEvent<SqsEvent> {
+    let mut v: Value = serde_json::from_str(include_str!("../../../events/worker.json")).unwrap();
+    let template = v["Records"][0].clone();
+    v["Records"] = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let mut r = template.clone();
+            r["messageId"] = json!(format!("m{i}"));
+            r["body"] = json!(body);
+            r["attributes"]["ApproximateReceiveCount"] = json!(receive_count.to_string());
+            r
+        })
+        .collect();
+    let mut context = Context::default();
+    context.deadline = (time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 60) * 1000;
+    LambdaEvent::new(serde_json::from_value(v).unwrap(), context)
+}
+
+fn message(id: TaskId) -> String {
+    json!({"task_id": id.to_string(), "priority": "default"}).to_string()
+}
+
+fn failures(r: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    r.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+}
+
+#[tokio::test]
+async fn the_fixture_batch_parses_and_unknown_tasks_are_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let model = Arc::new(FakeModel::up());
+    let event: LambdaEvent<SqsEvent> =
+        LambdaEvent::new(serde_json::from_str(include_str!("../../../events/worker.json")).unwrap(), Context::default());
+    let r = worker::handle(&worker(store, model.clone()), event).await.unwrap();
+    assert!(failures(&r).is_empty(), "a task nobody stored is never retried");
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_queued_task_runs_to_succeeded_with_its_cost() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let r = worker::handle(&worker(store.clone(), Arc::new(FakeModel::up())), batch(&[message(id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Succeeded);
+    assert_eq!(task.result.unwrap().text, "done");
+    // 10 input at $1/MTok + 2 output at $5/MTok.
+    assert_eq!(task.usage.cost_nanos, 10_000 + 10_000);
+    assert_eq!(task.step, 1);
+    assert_eq!(task.model.as_deref(), Some("claude-haiku-4-5"));
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_acknowledged_not_retried() {
+    let store = Arc::new(MemoryStore::new());
+    let r = worker::handle(&worker(store, Arc::new(FakeModel::up())), batch(&["not json".into(), "{}".into()], 1))
+        .await
+        .unwrap();
+    assert!(failures(&r).is_empty());
+}
+
+#[tokio::test]
+async fn a_finished_task_is_not_run_again() {
+    let store = Arc::new(MemoryStore::new());
+    let model = Arc::new(FakeModel::up());
+    let id = queued(&store).await;
+    let w = worker(store.clone(), model.clone());
+    worker::handle(&w, batch(&[message(id)], 1)).await.unwrap();
+    let r = worker::handle(&w, batch(&[message(id)], 2)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_task_leased_by_another_delivery_is_retried_later() {
+    let store = Arc::new(MemoryStore::new());
+    let model = Arc::new(FakeModel::up());
+    let id = queued(&store).await;
+    let other = Lease { owner: "elsewhere".into(), until: agentq::now() + time::Duration::minutes(5) };
+    store.claim(id, &other, agentq::now()).await.unwrap();
+    let r = worker::handle(&worker(store, model.clone()), batch(&[message(id)], 1)).await.unwrap();
+    assert_eq!(failures(&r), ["m0"]);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_task_whose_runner_died_is_taken_over_once_its_lease_expires() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let dead = Lease { owner: "dead".into(), until: agentq::now() - time::Duration::seconds(1) };
+    store.claim(id, &dead, agentq::now() - time::Duration::minutes(1)).await.unwrap();
+    let r = worker::handle(&worker(store.clone(), Arc::new(FakeModel::up())), batch(&[message(id)], 2)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_model_outage_gives_the_task_back_to_the_queue() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let model = Arc::new(FakeModel { down: true, ..FakeModel::up() });
+    let r = worker::handle(&worker(store.clone(), model), batch(&[message(id)], 1)).await.unwrap();
+    assert_eq!(failures(&r), ["m0"]);
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Queued);
+}
+
+#[tokio::test]
+async fn on_the_last_delivery_an_outage_fails_the_task_before_it_is_dead_lettered() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let model = Arc::new(FakeModel { down: true, ..FakeModel::up() });
+    let r = worker::handle(&worker(store.clone(), model), batch(&[message(id)], 3)).await.unwrap();
+    assert_eq!(failures(&r), ["m0"], "the message still goes to the DLQ for inspection");
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.unwrap().code, "models_unavailable");
+}
+
+#[tokio::test]
+async fn a_store_outage_retries_the_message() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    store.set_down(true);
+    let r = worker::handle(&worker(store, Arc::new(FakeModel::up())), batch(&[message(id)], 1)).await.unwrap();
+    assert_eq!(failures(&r), ["m0"]);
+}
+
+#[tokio::test]
+async fn the_records_of_a_batch_run_concurrently() {
+    // Each model call waits until all three are in flight: run one after another, the batch
+    // would never finish.
+    let store = Arc::new(MemoryStore::new());
+    let ids = [queued(&store).await, queued(&store).await, queued(&store).await];
+    let model = Arc::new(FakeModel { gate: Some(tokio::sync::Barrier::new(3)), ..FakeModel::up() });
+    let bodies: Vec<_> = ids.iter().map(|id| message(*id)).collect();
+    let w = worker(store.clone(), model);
+    let run = worker::handle(&w, batch(&bodies, 1));
+    let r = tokio::time::timeout(Duration::from_secs(10), run).await.expect("the batch ran its records one by one").unwrap();
+    assert!(failures(&r).is_empty());
+    for id in ids {
+        assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Succeeded);
+    }
+}
