@@ -1,1 +1,125 @@
-fn main() {}
+//! `agentq-local`: the local stack's helpers (see the crate docs). `make up` drives it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentq_local::deliver::{Delivery, LambdaInvoker};
+use agentq_local::fake_model::FakeModel;
+use agentq_local::gateway::Gateway;
+use agentq_local::template::Template;
+use anyhow::{Context as _, anyhow};
+use aws_sdk_sqs::types::QueueAttributeName;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Local stand-ins for API Gateway, the SQS event source and the model")]
+struct Cli {
+    /// The SAM template describing the stack.
+    #[arg(long, global = true, default_value = "template.yaml")]
+    template: PathBuf,
+    /// The stack name (`${AWS::StackName}` in resource names).
+    #[arg(long, global = true, default_value = "agentq", env = "STACK_NAME")]
+    stack: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the template's queues and tables; print the functions' environment as KEY=VALUE.
+    Provision,
+    /// Serve the HTTP API at one address and deliver queued messages to the worker.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// Where the Lambda Invoke API is served (`cargo lambda watch`).
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        lambda: String,
+        /// Receive loops per queue, at most the event source's MaximumConcurrency.
+        #[arg(long, default_value_t = 2)]
+        pollers: usize,
+    },
+    /// A scripted Anthropic Messages API.
+    FakeModel {
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    ).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Provision => {
+            let template = Template::load(&cli.template, &cli.stack)?;
+            let sdk = agentq::aws::sdk_config().await;
+            let done = agentq_local::provision::provision(&template, &agentq::aws::sqs(&sdk), &agentq::aws::dynamodb(&sdk)).await?;
+            for (k, v) in template.function_env(&done.refs) {
+                println!("{k}={v}");
+            }
+            Ok(())
+        }
+        Command::Serve { listen, lambda, pollers } => {
+            let template = Template::load(&cli.template, &cli.stack)?;
+            serve(&template, listen, &lambda, pollers).await
+        }
+        Command::FakeModel { listen, latency_ms } => {
+            let router = FakeModel { latency: Duration::from_millis(latency_ms) }.router();
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            tracing::info!(%listen, "fake model serving /v1/messages");
+            axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, pollers: usize) -> anyhow::Result<()> {
+    let sdk = agentq::aws::sdk_config().await;
+    let sqs = agentq::aws::sqs(&sdk);
+    let http = reqwest::Client::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let queues: HashMap<_, _> = template.queues()?.into_iter().map(|q| (q.logical_id.clone(), q)).collect();
+    let mut deliveries = Vec::new();
+    for source in template.sqs_sources()? {
+        let q = queues.get(&source.queue_logical_id).ok_or_else(|| anyhow!("no queue {}", source.queue_logical_id))?;
+        let url = sqs.get_queue_url().queue_name(&q.name).send().await
+            .with_context(|| format!("finding queue {} (run `agentq-local provision` first)", q.name))?
+            .queue_url.unwrap_or_default();
+        let attrs = sqs.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::QueueArn).send().await?;
+        let arn = attrs.attributes.and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned()).unwrap_or_default();
+        let delivery = Arc::new(Delivery { sqs: sqs.clone(), queue_url: url, queue_arn: arn, batch_size: source.batch_size, wait_seconds: 20 });
+        let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &source.function));
+        let n = pollers.min(source.max_concurrency as usize);
+        tracing::info!(queue = %q.name, function = %source.function, pollers = n, batch_size = source.batch_size, "delivering");
+        deliveries.push(tokio::spawn(delivery.run(invoker, n, stop_rx.clone())));
+    }
+
+    let router = Gateway::new(template.routes(), http, lambda).router();
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "gateway serving the HTTP API");
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    let _ = stop_tx.send(true);
+    for d in deliveries {
+        let _ = d.await;
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

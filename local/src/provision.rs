@@ -1,0 +1,136 @@
+//! Creates the template's queues and tables in the emulators, idempotently: running it twice
+//! changes nothing.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, anyhow};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::template::{QueueSpec, TableSpec, Template};
+
+/// What was created: the physical value of `!Ref` for each logical id (a queue's URL, a
+/// table's name), and each queue's ARN.
+#[derive(Debug, Clone, Default)]
+pub struct Provisioned {
+    pub refs: HashMap<String, String>,
+    pub arns: HashMap<String, String>,
+}
+
+/// Creates every queue and table of `template`.
+pub async fn provision(
+    template: &Template,
+    sqs: &aws_sdk_sqs::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
+) -> anyhow::Result<Provisioned> {
+    let mut out = Provisioned::default();
+    let mut queues = template.queues()?;
+    // Dead-letter queues first: the queues that redrive into them need their ARNs.
+    queues.sort_by_key(|q| q.redrive.is_some());
+    for q in &queues {
+        let dlq_arn = match &q.redrive {
+            Some((dlq, _)) => Some(out.arns.get(dlq).cloned().ok_or_else(|| anyhow!("{}: DLQ {dlq} not created", q.name))?),
+            None => None,
+        };
+        let (url, arn) = create_queue(sqs, q, dlq_arn.as_deref()).await?;
+        out.refs.insert(q.logical_id.clone(), url);
+        out.arns.insert(q.logical_id.clone(), arn);
+    }
+    for t in template.tables()? {
+        create_table(dynamodb, &t).await?;
+        out.refs.insert(t.logical_id.clone(), t.name.clone());
+    }
+    Ok(out)
+}
+
+/// Creates a queue (or finds it) with the spec's attributes; returns its URL and ARN.
+pub async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    q: &QueueSpec,
+    dlq_arn: Option<&str>,
+) -> anyhow::Result<(String, String)> {
+    let mut req = sqs.create_queue().queue_name(&q.name);
+    for (k, v) in &q.attributes {
+        req = req.attributes(QueueAttributeName::from(k.as_str()), v);
+    }
+    if let (Some(arn), Some((_, count))) = (dlq_arn, &q.redrive) {
+        let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": count}).to_string();
+        req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
+    }
+    let url = match req.send().await {
+        Ok(out) => out.queue_url.ok_or_else(|| anyhow!("CreateQueue returned no URL"))?,
+        // The queue exists with other attributes (an older template): bring them up to date.
+        Err(e) if e.code() == Some("QueueAlreadyExists") || e.code() == Some("QueueNameExists") => {
+            let url = sqs.get_queue_url().queue_name(&q.name).send().await?.queue_url.unwrap_or_default();
+            let mut set = sqs.set_queue_attributes().queue_url(&url);
+            for (k, v) in &q.attributes {
+                set = set.attributes(QueueAttributeName::from(k.as_str()), v);
+            }
+            set.send().await.map_err(|e| anyhow!("SetQueueAttributes {}: {}", q.name, DisplayErrorContext(&e)))?;
+            url
+        }
+        Err(e) => return Err(anyhow!("CreateQueue {}: {}", q.name, DisplayErrorContext(&e))),
+    };
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GetQueueAttributes {}: {}", q.name, DisplayErrorContext(&e)))?;
+    let arn = attrs
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| anyhow!("{} has no ARN", q.name))?;
+    Ok((url, arn))
+}
+
+/// Creates a table (or finds it) and turns on its TTL.
+pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
+    let keys = |schema: &[(String, String)]| -> anyhow::Result<Vec<KeySchemaElement>> {
+        schema
+            .iter()
+            .map(|(name, kind)| {
+                KeySchemaElement::builder().attribute_name(name).key_type(KeyType::from(kind.as_str())).build().map_err(Into::into)
+            })
+            .collect()
+    };
+    let mut req = dynamodb
+        .create_table()
+        .table_name(&t.name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_key_schema(Some(keys(&t.key_schema)?));
+    for (name, kind) in &t.attributes {
+        req = req.attribute_definitions(
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::from(kind.as_str())).build()?,
+        );
+    }
+    for (name, schema) in &t.indexes {
+        req = req.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .set_key_schema(Some(keys(schema)?))
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()?,
+        );
+    }
+    match req.send().await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("ResourceInUseException") => {}
+        Err(e) => return Err(anyhow!("CreateTable {}: {}", t.name, DisplayErrorContext(&e))),
+    }
+    if let Some(attr) = &t.ttl_attribute {
+        let spec = TimeToLiveSpecification::builder().attribute_name(attr).enabled(true).build()?;
+        match dynamodb.update_time_to_live().table_name(&t.name).time_to_live_specification(spec).send().await {
+            Ok(_) => {}
+            // Already enabled.
+            Err(e) if e.code() == Some("ValidationException") => {}
+            Err(e) => return Err(anyhow!("UpdateTimeToLive {}: {}", t.name, DisplayErrorContext(&e))).context("enabling TTL"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Reads template.yaml so the local stack is built from the same description as the deployed
+//! one: queue and table settings, HTTP routes, SQS event sources, function environments.
+//!
+//! Only what the local stack needs is resolved: `!Ref` to parameters (their defaults) and to
+//! resources (their local names or URLs), `!Sub` with `${AWS::StackName}`-style variables, and
+//! `!GetAtt X.Arn` for queues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_yaml::Value;
+use serde_yaml::value::TaggedValue;
+
+/// Local stand-ins for the pseudo parameters CloudFormation supplies.
+pub const LOCAL_REGION: &str = "us-east-1";
+pub const LOCAL_ACCOUNT: &str = "000000000000";
+
+/// A parsed template, bound to a stack name.
+#[derive(Debug, Clone)]
+pub struct Template {
+    doc: Value,
+    stack: String,
+}
+
+/// An `AWS::SQS::Queue`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub logical_id: String,
+    pub name: String,
+    /// SQS attributes by name (`VisibilityTimeout`, `MessageRetentionPeriod`…), as strings.
+    pub attributes: BTreeMap<String, String>,
+    /// The dead-letter queue's logical id and the receive count that sends messages there.
+    pub redrive: Option<(String, u32)>,
+}
+
+/// An `AWS::DynamoDB::Table`: its name and its key attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    pub logical_id: String,
+    pub name: String,
+    /// (attribute, type) pairs.
+    pub attributes: Vec<(String, String)>,
+    /// (attribute, HASH | RANGE) pairs.
+    pub key_schema: Vec<(String, String)>,
+    /// (index name, key schema) pairs; every index projects all attributes.
+    pub indexes: Vec<(String, Vec<(String, String)>)>,
+    pub ttl_attribute: Option<String>,
+}
+
+/// An HTTP API route: a method and path template served by a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `None` for the `$default` route.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// The function's binary name (what `cargo lambda` invokes).
+    pub function: String,
+}
+
+/// An SQS event source mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsSource {
+    pub queue_logical_id: String,
+    pub function: String,
+    pub batch_size: u32,
+    pub max_concurrency: u32,
+}
+
+impl Template {
+    pub fn load(path: &Path, stack: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text, stack)
+    }
+
+    pub fn parse(text: &str, stack: &str) -> anyhow::Result<Self> {
+        let doc: Value = serde_yaml::from_str(text).context("parsing the template")?;
+        Ok(Self { doc, stack: stack.to_owned() })
+    }
+
+    fn resources(&self, kind: &str) -> impl Iterator<Item = (&str, &Value)> {
+        self.doc["Resources"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter(move |(_, r)| r["Type"].as_str() == Some(kind))
+            .filter_map(|(id, r)| Some((id.as_str()?, r)))
+    }
+
+    /// The default of a parameter.
+    pub fn parameter(&self, name: &str) -> Option<String> {
+        scalar(&self.doc["Parameters"][name]["Default"])
+    }
+
+    /// Resolves a property value. `refs` gives the physical value of `!Ref <resource>`.
+    pub fn resolve(&self, v: &Value, refs: &HashMap<String, String>) -> anyhow::Result<String> {
+        if let Some(s) = scalar(v) {
+            return Ok(s);
+        }
+        let Value::Tagged(tagged) = v else { bail!("cannot resolve {v:?}") };
+        let TaggedValue { tag, value } = tagged.as_ref();
+        let arg = value.as_str().ok_or_else(|| anyhow!("{tag} takes a string here"))?;
+        match tag.to_string().as_str() {
+            "!Ref" => self.variable(arg, refs),
+            "!Sub" => {
+                let mut out = String::new();
+                let mut rest = arg;
+                while let Some(start) = rest.find("${") {
+                    let end = rest[start..].find('}').ok_or_else(|| anyhow!("unclosed ${{ in {arg:?}"))? + start;
+                    out.push_str(&rest[..start]);
+                    out.push_str(&self.variable(&rest[start + 2..end], refs)?);
+                    rest = &rest[end + 1..];
+                }
+                out.push_str(rest);
+                Ok(out)
+            }
+            "!GetAtt" => {
+                let (id, attr) = arg.split_once('.').ok_or_else(|| anyhow!("!GetAtt {arg} needs Resource.Attribute"))?;
+                let queue = self.queues()?.into_iter().find(|q| q.logical_id == id);
+                match (queue, attr) {
+                    (Some(q), "Arn") => Ok(format!("arn:aws:sqs:{LOCAL_REGION}:{LOCAL_ACCOUNT}:{}", q.name)),
+                    _ => bail!("!GetAtt {arg} is not supported locally"),
+                }
+            }
+            other => bail!("{other} is not supported locally"),
+        }
+    }
+
+    fn variable(&self, name: &str, refs: &HashMap<String, String>) -> anyhow::Result<String> {
+        match name {
+            "AWS::StackName" => Ok(self.stack.clone()),
+            "AWS::Region" => Ok(LOCAL_REGION.into()),
+            "AWS::AccountId" => Ok(LOCAL_ACCOUNT.into()),
+            _ => refs
+                .get(name)
+                .cloned()
+                .or_else(|| self.parameter(name))
+                .ok_or_else(|| anyhow!("{name} has no local value (a parameter without a default?)")),
+        }
+    }
+
+    pub fn queues(&self) -> anyhow::Result<Vec<QueueSpec>> {
+        let none = HashMap::new();
+        self.resources("AWS::SQS::Queue")
+            .map(|(id, r)| {
+                let p = &r["Properties"];
+                let name = self.resolve(&p["QueueName"], &none).with_context(|| format!("{id}.QueueName"))?;
+                let mut attributes = BTreeMap::new();
+                for key in ["VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"] {
+                    if !p[key].is_null() {
+                        attributes.insert(key.to_owned(), self.resolve(&p[key], &none)?);
+                    }
+                }
+                let redrive = match p.get("RedrivePolicy") {
+                    None => None,
+                    Some(rp) => {
+                        let Value::Tagged(t) = &rp["deadLetterTargetArn"] else { bail!("{id}: deadLetterTargetArn must be !GetAtt") };
+                        let target = t.value.as_str().and_then(|s| s.strip_suffix(".Arn")).ok_or_else(|| anyhow!("{id}: bad DLQ"))?;
+                        let count = self.resolve(&rp["maxReceiveCount"], &none)?.parse().context("maxReceiveCount")?;
+                        Some((target.to_owned(), count))
+                    }
+                };
+                Ok(QueueSpec { logical_id: id.to_owned(), name, attributes, redrive })
+            })
+            .collect()
+    }
+
+    pub fn tables(&self) -> anyhow::Result<Vec<TableSpec>> {
+        let none = HashMap::new();
+        let pairs = |v: &Value, a: &str, b: &str| -> Vec<(String, String)> {
+            v.as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some((scalar(&e[a])?, scalar(&e[b])?)))
+                .collect()
+        };
+        self.resources("AWS::DynamoDB::Table")
+            .map(|(id, r)| {
+                let p = &r["Properties"];
+                let ttl = &p["TimeToLiveSpecification"];
+                Ok(TableSpec {
+                    logical_id: id.to_owned(),
+                    name: self.resolve(&p["TableName"], &none).with_context(|| format!("{id}.TableName"))?,
+                    attributes: pairs(&p["AttributeDefinitions"], "AttributeName", "AttributeType"),
+                    key_schema: pairs(&p["KeySchema"], "AttributeName", "KeyType"),
+                    indexes: p["GlobalSecondaryIndexes"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| Some((scalar(&i["IndexName"])?, pairs(&i["KeySchema"], "AttributeName", "KeyType"))))
+                        .collect(),
+                    ttl_attribute: (ttl["Enabled"].as_bool() == Some(true)).then(|| scalar(&ttl["AttributeName"])).flatten(),
+                })
+            })
+            .collect()
+    }
+
+    /// Each serverless function's logical id, binary name and definition.
+    fn functions(&self) -> impl Iterator<Item = (&str, String, &Value)> {
+        self.resources("AWS::Serverless::Function").filter_map(|(id, r)| {
+            let binary = scalar(&r["Metadata"]["BuildProperties"]["Binary"])?;
+            Some((id, binary, r))
+        })
+    }
+
+    fn events<'a>(r: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        r["Properties"]["Events"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .map(|(_, e)| e)
+            .filter(move |e| e["Type"].as_str() == Some(kind))
+            .map(|e| &e["Properties"])
+    }
+
+    pub fn routes(&self) -> Vec<Route> {
+        self.functions()
+            .flat_map(|(_, function, r)| {
+                Self::events(r, "HttpApi").map(move |p| Route {
+                    method: scalar(&p["Method"]).map(|m| m.to_ascii_uppercase()),
+                    path: scalar(&p["Path"]),
+                    function: function.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn sqs_sources(&self) -> anyhow::Result<Vec<SqsSource>> {
+        let none = HashMap::new();
+        let mut out = Vec::new();
+        for (id, function, r) in self.functions() {
+            for p in Self::events(r, "SQS") {
+                let Value::Tagged(t) = &p["Queue"] else { bail!("{id}: SQS Queue must be !GetAtt Q.Arn") };
+                let queue = t.value.as_str().and_then(|s| s.strip_suffix(".Arn")).ok_or_else(|| anyhow!("{id}: bad queue"))?;
+                let batch_size = match &p["BatchSize"] {
+                    Value::Null => 10,
+                    v => self.resolve(v, &none)?.parse()?,
+                };
+                let max_concurrency = match &p["ScalingConfig"]["MaximumConcurrency"] {
+                    Value::Null => 2,
+                    v => self.resolve(v, &none)?.parse()?,
+                };
+                out.push(SqsSource { queue_logical_id: queue.to_owned(), function: function.clone(), batch_size, max_concurrency });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The environment every function gets (the global variables and each function's own,
+    /// merged), with references resolved through `refs`. Variables whose value has no local
+    /// meaning (a parameter without a default, like the API key) are left out for the caller
+    /// to supply.
+    pub fn function_env(&self, refs: &HashMap<String, String>) -> BTreeMap<String, String> {
+        let globals = self.doc["Globals"]["Function"]["Environment"]["Variables"].as_mapping().into_iter().flatten();
+        let own = self
+            .functions()
+            .flat_map(|(_, _, r)| r["Properties"]["Environment"]["Variables"].as_mapping().into_iter().flatten());
+        globals
+            .chain(own)
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), self.resolve(v, refs).ok()?)))
+            .collect()
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> Template {
+        Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), "agentq").unwrap()
+    }
+
+    #[test]
+    fn queues_resolve_with_their_dead_letter_queue() {
+        let queues = template().queues().unwrap();
+        let tasks = queues.iter().find(|q| q.name == "agentq-tasks").unwrap();
+        let (dlq, count) = tasks.redrive.clone().unwrap();
+        assert!((3..=5).contains(&count), "maxReceiveCount {count}");
+        assert!(queues.iter().any(|q| q.logical_id == dlq && q.name == "agentq-tasks-dlq"));
+    }
+
+    #[test]
+    fn the_visibility_timeout_is_at_least_six_times_the_worker_timeout() {
+        let t = template();
+        let sources = t.sqs_sources().unwrap();
+        let queues = t.queues().unwrap();
+        for s in sources {
+            let q = queues.iter().find(|q| q.logical_id == s.queue_logical_id).unwrap();
+            let visibility: u64 = q.attributes["VisibilityTimeout"].parse().unwrap();
+            let (_, _, f) = t.functions().find(|(_, b, _)| *b == s.function).unwrap();
+            let timeout: u64 = scalar(&f["Properties"]["Timeout"]).unwrap().parse().unwrap();
+            assert!(visibility >= 6 * timeout, "{}: {visibility} < 6 × {timeout}", q.name);
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_ttl_and_the_task_keys() {
+        let tables = template().tables().unwrap();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].name, "agentq-tasks");
+        assert_eq!(tables[0].key_schema, [("pk".into(), "HASH".into()), ("sk".into(), "RANGE".into())]);
+        assert_eq!(tables[0].ttl_attribute.as_deref(), Some("expires_at"));
+    }
+
+    #[test]
+    fn routes_name_their_functions() {
+        let routes = template().routes();
+        let find = |m: &str, p: &str| routes.iter().find(|r| r.method.as_deref() == Some(m) && r.path.as_deref() == Some(p)).map(|r| r.function.as_str());
+        assert_eq!(find("POST", "/v1/tasks"), Some("submit"));
+        assert_eq!(find("GET", "/v1/tasks/{id}"), Some("status"));
+        assert_eq!(find("GET", "/ready"), Some("submit"));
+        assert!(routes.iter().any(|r| r.path.is_none() && r.function == "submit"), "a $default route");
+    }
+
+    #[test]
+    fn function_env_resolves_refs_and_leaves_out_secrets() {
+        let refs = HashMap::from([
+            ("TasksTable".to_owned(), "agentq-tasks".to_owned()),
+            ("TaskQueue".to_owned(), "http://q".to_owned()),
+        ]);
+        let env = template().function_env(&refs);
+        assert_eq!(env["AGENTQ_TABLE"], "agentq-tasks");
+        assert_eq!(env["AGENTQ_QUEUE_URL"], "http://q");
+        assert_eq!(env["AGENTQ_MODEL"], "claude-sonnet-4-5");
+        assert!(!env.contains_key("ANTHROPIC_API_KEY"));
+    }
+}
