@@ -42,6 +42,17 @@ wait_for() {
   die "$name did not answer at $url within ${secs}s (log: $RUN/$name.log)"
 }
 
+# wait_listening NAME URL SECONDS: poll URL until it gives any HTTP answer.
+wait_listening() {
+  local name=$1 url=$2 secs=${3:-60} i
+  for ((i = 0; i < secs * 5; i++)); do
+    if curl -sS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
+    pid_alive "$name" || die "$name exited (log: $RUN/$name.log)"
+    sleep 0.2
+  done
+  die "$name did not listen at $url within ${secs}s (log: $RUN/$name.log)"
+}
+
 # pid_alive NAME: the process recorded in $RUN/NAME.pid is running.
 pid_alive() {
   local f="$RUN/$1.pid"

@@ -42,6 +42,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         pollers: usize,
     },
+    /// Submit one task through the HTTP API, wait for it to finish, print its final state.
+    /// Exits non-zero unless it succeeded.
+    Run {
+        #[arg(long, default_value = "http://127.0.0.1:3000", env = "AGENTQ_URL")]
+        url: String,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        prompt: String,
+    },
     /// A scripted Anthropic Messages API.
     FakeModel {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -71,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             let template = Template::load(&cli.template, &cli.stack)?;
             serve(&template, listen, &lambda, pollers).await
         }
+        Command::Run { url, timeout_secs, prompt } => run_task(&url, &prompt, Duration::from_secs(timeout_secs)).await,
         Command::FakeModel { listen, latency_ms } => {
             let router = FakeModel { latency: Duration::from_millis(latency_ms) }.router();
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -114,6 +124,35 @@ async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, 
         let _ = d.await;
     }
     Ok(())
+}
+
+async fn run_task(url: &str, prompt: &str, timeout: Duration) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(35)).build()?;
+    let base = url.trim_end_matches('/');
+    let response = http.post(format!("{base}/v1/tasks")).json(&serde_json::json!({"prompt": prompt})).send().await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("reading the submit response")?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        return Err(anyhow!("submit answered {status}: {body}"));
+    }
+    let id = body["task_id"].as_str().ok_or_else(|| anyhow!("no task_id in {body}"))?.to_owned();
+    eprintln!("submitted task {id}; waiting for it to finish");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let task: serde_json::Value = http.get(format!("{base}/v1/tasks/{id}")).send().await?.error_for_status()?.json().await?;
+        match task["status"].as_str() {
+            Some("succeeded") => {
+                println!("{}", serde_json::to_string_pretty(&task)?);
+                return Ok(());
+            }
+            Some("failed" | "cancelled") => {
+                println!("{}", serde_json::to_string_pretty(&task)?);
+                return Err(anyhow!("task {id} ended {}", task["status"]));
+            }
+            _ if tokio::time::Instant::now() > deadline => return Err(anyhow!("task {id} still {} after {timeout:?}", task["status"])),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 async fn shutdown() {

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make up`: installs what is missing, builds, starts the emulators, creates the queues and
+# table from template.yaml, runs the functions under `cargo lambda watch`, the local API
+# Gateway and SQS event source, and (without ANTHROPIC_API_KEY) a scripted fake model. Then it
+# runs one sample task through the system and returns with everything in the background.
+# Safe to run twice. `make down` stops it all.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+bash scripts/install.sh
+log "building (debug)"
+cargo build --quiet --workspace --bins
+bash scripts/emulators.sh start
+
+log "creating queues and table from template.yaml (stack $STACK_NAME)"
+declare -A env=()
+while IFS='=' read -r k v; do env[$k]=$v; done < <("$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" provision)
+
+if [[ -n ${ANTHROPIC_API_KEY:-} ]]; then
+  env[ANTHROPIC_API_KEY]=$ANTHROPIC_API_KEY
+  env[ANTHROPIC_BASE_URL]=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
+  log "model: ${env[ANTHROPIC_BASE_URL]} (ANTHROPIC_API_KEY is set)"
+else
+  start_bg fake-model "$ROOT/target/debug/agentq-local" fake-model --listen "127.0.0.1:$FAKE_MODEL_PORT"
+  wait_listening fake-model "http://127.0.0.1:$FAKE_MODEL_PORT/v1/messages" 30
+  env[ANTHROPIC_API_KEY]=local-fake-key
+  env[ANTHROPIC_BASE_URL]=${ANTHROPIC_BASE_URL:-http://127.0.0.1:$FAKE_MODEL_PORT}
+  cat >&2 <<BANNER
+
+  ************************************************************************
+  *  ANTHROPIC_API_KEY is not set: agentq is using the SCRIPTED FAKE      *
+  *  MODEL at ${env[ANTHROPIC_BASE_URL]}. Answers are canned, not real.
+  *  For a real model: make down && ANTHROPIC_API_KEY=sk-... make up      *
+  ************************************************************************
+
+BANNER
+fi
+[[ -n ${AGENTQ_MODEL:-} ]] && env[AGENTQ_MODEL]=$AGENTQ_MODEL
+for k in AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_SQS AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_DYNAMODB; do
+  env[$k]=${!k}
+done
+# The log shape functions have in AWS (LoggingConfig LogFormat: JSON).
+env[AWS_LAMBDA_LOG_FORMAT]=JSON
+env[AWS_LAMBDA_LOG_LEVEL]=${AWS_LAMBDA_LOG_LEVEL:-INFO}
+
+env_file="$RUN/functions.env"
+( umask 077; for k in "${!env[@]}"; do printf '%s=%s\n' "$k" "${env[$k]}"; done | sort > "$env_file" )
+
+log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
+start_bg lambda cargo lambda watch --quiet --env-file "$env_file" \
+  --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --concurrency "${LAMBDA_CONCURRENCY:-4}"
+log "starting the gateway and the SQS event source on :$AGENTQ_PORT"
+start_bg gateway "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" serve \
+  --listen "127.0.0.1:$AGENTQ_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --pollers "${AGENTQ_POLLERS:-2}"
+
+url="http://127.0.0.1:$AGENTQ_PORT"
+# The first invocation of each function starts it under cargo lambda: allow for that.
+wait_listening lambda "http://127.0.0.1:$LAMBDA_PORT" 60
+wait_for gateway "$url/health" 300
+wait_for gateway "$url/ready" 120
+
+log "running a sample task: \"What is 6 * 7?\""
+"$ROOT/target/debug/agentq-local" run --url "$url" --timeout-secs 180 "What is 6 * 7?"
+echo "agentq ready at $url"
