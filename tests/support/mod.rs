@@ -1,1 +1,231 @@
-//! support
+//! What the integration tests share: [`TestApp::spawn`] gives each test its own table, queue
+//! and dead-letter queue in the emulators (made from template.yaml's definitions, with a short
+//! visibility timeout), a fake model over HTTP (wiremock), and the real handlers wired to them.
+//! Messages reach the worker through the same local SQS event source `make up` runs.
+//!
+//! The emulators must be running (`make test` starts them; so does `make up`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentq::agent::{RetryPolicy, ToolRegistry};
+use agentq::config::Secret;
+use agentq::llm::AnthropicModel;
+use agentq::queue::SqsQueue;
+use agentq::store::DynamoStore;
+use agentq::usage::PriceTable;
+use agentq_local::deliver::{Delivery, Invoke, PollReport};
+use agentq_local::template::Template;
+use anyhow::Context as _;
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_sqs::types::QueueAttributeName;
+use lambda_http::Body;
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+use wiremock::MockServer;
+
+/// Deliveries before a message is dead-lettered, in the test queues.
+pub const MAX_RECEIVE_COUNT: u32 = 3;
+/// Visibility timeout of the test queues, so retries come back quickly.
+pub const VISIBILITY_SECS: u32 = 1;
+pub const MODEL: &str = "claude-sonnet-4-5";
+
+/// One test's slice of the system.
+pub struct TestApp {
+    pub submit: submit::App,
+    pub status: status::App,
+    pub worker: worker::Worker,
+    pub delivery: Delivery,
+    pub dlq_url: String,
+    pub sqs: aws_sdk_sqs::Client,
+    pub model: MockServer,
+}
+
+/// Points the SDK at the local emulators unless the environment already says where they are.
+fn default_endpoints() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: every test calls this before anything reads the environment, and `Once` makes
+    // the others wait until the one writer is done.
+    ONCE.call_once(|| for (k, v) in [
+        ("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4566"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            unsafe { std::env::set_var(k, v) };
+        }
+    });
+}
+
+impl TestApp {
+    /// Creates fresh resources named after a new ULID, and a fake model with no answers yet
+    /// (mount them on `model`).
+    pub async fn spawn() -> Self {
+        Self::try_spawn().await.expect("spawning the test app (are the emulators running? `make test` starts them)")
+    }
+
+    async fn try_spawn() -> anyhow::Result<Self> {
+        default_endpoints();
+        let sdk = agentq::aws::sdk_config().await;
+        let sqs = agentq::aws::sqs(&sdk);
+        let dynamodb = agentq::aws::dynamodb(&sdk);
+        let stack = format!("t{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), &stack)?;
+
+        let table = template.tables()?.into_iter().next().context("the template has no table")?;
+        agentq_local::provision::create_table(&dynamodb, &table).await?;
+
+        let queues = template.queues()?;
+        let mut dlq = queues.iter().find(|q| q.redrive.is_none()).context("no DLQ in the template")?.clone();
+        dlq.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
+        let (dlq_url, dlq_arn) = agentq_local::provision::create_queue(&sqs, &dlq, None).await?;
+        let mut queue = queues.iter().find(|q| q.redrive.is_some()).context("no task queue in the template")?.clone();
+        queue.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
+        queue.redrive = Some((dlq.logical_id.clone(), MAX_RECEIVE_COUNT));
+        let (queue_url, queue_arn) = agentq_local::provision::create_queue(&sqs, &queue, Some(&dlq_arn)).await?;
+
+        let retention = Duration::from_secs(86_400);
+        let store = Arc::new(DynamoStore::new(dynamodb, &table.name, retention));
+        let model = MockServer::start().await;
+        let llm = AnthropicModel::new(
+            reqwest::Client::new(),
+            &model.uri(),
+            Secret::new("test-key"),
+            MODEL,
+            1024,
+            Duration::from_secs(10),
+        );
+        Ok(Self {
+            submit: submit::App {
+                store: store.clone(),
+                queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
+                model_configured: true,
+            },
+            status: status::App { store: store.clone() },
+            worker: worker::Worker {
+                store,
+                model: Arc::new(llm),
+                tools: ToolRegistry::builtin(),
+                prices: PriceTable::default(),
+                retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(10), cap: Duration::from_millis(50) },
+                max_receive_count: MAX_RECEIVE_COUNT,
+                deadline_margin: Duration::from_secs(2),
+            },
+            delivery: Delivery { sqs: sqs.clone(), queue_url, queue_arn, batch_size: 10, wait_seconds: 1 },
+            dlq_url,
+            sqs,
+            model,
+        })
+    }
+
+    /// `POST /v1/tasks` with a JSON body; returns status and body.
+    pub async fn post_task(&self, body: &Value) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/submit.json")).unwrap();
+        event["body"] = json!(body.to_string());
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let r = submit::handle(&self.submit, req).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// Submits a task and returns its id.
+    pub async fn submit(&self, prompt: &str) -> String {
+        let (status, body) = self.post_task(&json!({"prompt": prompt})).await;
+        assert_eq!(status, 202, "{body}");
+        body["task_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /v1/tasks/{id}`; returns status and body.
+    pub async fn get_task(&self, id: &str) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/status.json")).unwrap();
+        event["rawPath"] = json!(format!("/v1/tasks/{id}"));
+        event["requestContext"]["http"]["path"] = event["rawPath"].clone();
+        event["pathParameters"]["id"] = json!(id);
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let r = status::handle(&self.status, req).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// Runs the local event source once (long-polling up to a second).
+    pub async fn deliver_once(&self) -> PollReport {
+        self.delivery.poll_once(&InProcess(self.worker.clone())).await.expect("delivering a batch")
+    }
+
+    /// Delivers until the task is terminal, or panics after `timeout`; returns the task.
+    pub async fn run_until_terminal(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (_, task) = self.get_task(id).await;
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return task;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "task {id} not terminal after {timeout:?}: {task}");
+            self.deliver_once().await;
+        }
+    }
+
+    /// Messages in a queue, visible or in flight.
+    pub async fn queue_depth(&self, url: &str) -> u64 {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let attrs = out.attributes.unwrap_or_default();
+        [QueueAttributeName::ApproximateNumberOfMessages, QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+            .iter()
+            .map(|k| attrs.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Sends a raw message body to the task queue.
+    pub async fn send_raw(&self, body: &str) {
+        self.sqs.send_message().queue_url(&self.delivery.queue_url).message_body(body).send().await.unwrap();
+    }
+
+    /// Requests the fake model has received, as JSON.
+    pub async fn model_requests(&self) -> Vec<Value> {
+        self.model
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .collect()
+    }
+}
+
+fn body_json(body: &Body) -> Value {
+    serde_json::from_slice(body.as_ref()).unwrap_or(Value::Null)
+}
+
+/// Invokes the worker's handler in this process, through the same event and response JSON the
+/// Lambda runtime would carry.
+struct InProcess(worker::Worker);
+
+#[async_trait]
+impl Invoke for InProcess {
+    async fn invoke(&self, event: Value) -> anyhow::Result<Value> {
+        let event: SqsEvent = serde_json::from_value(event)?;
+        let mut context = Context::default();
+        context.deadline = (time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 30) * 1000;
+        let response = worker::handle(&self.0, LambdaEvent::new(event, context)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::to_value(response)?)
+    }
+}
+
+/// A Messages API answer.
+pub fn message(content: Value, stop_reason: &str, usage: Value) -> Value {
+    json!({
+        "id": "msg_test", "type": "message", "role": "assistant", "model": MODEL,
+        "content": content, "stop_reason": stop_reason, "stop_sequence": null, "usage": usage
+    })
+}

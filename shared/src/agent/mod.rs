@@ -168,24 +168,26 @@ pub async fn run_agent(
 
 /// Runs every `tool_use` block of a turn, a few at a time, and answers them in order.
 async fn run_tools(tools: &ToolRegistry, content: &[ContentBlock]) -> Vec<ContentBlock> {
-    futures::stream::iter(content.iter().filter_map(|b| match b {
-        ContentBlock::ToolUse { id, name, input } => Some((id, name, input)),
-        _ => None,
-    }))
-    .map(|(id, name, input)| async move {
-        let started = Instant::now();
-        let out = tools.run(name, input).await;
-        tracing::info!(
-            tool = %name,
-            is_error = out.is_error,
-            latency_ms = started.elapsed().as_millis() as u64,
-            "tool ran"
-        );
-        ContentBlock::ToolResult { tool_use_id: id.clone(), content: out.content, is_error: out.is_error }
-    })
-    .buffered(TOOL_CONCURRENCY)
-    .collect()
-    .await
+    // Owned inputs keep the stream's future free of borrowed closure arguments, which the
+    // compiler cannot prove `Send` for every lifetime.
+    let calls: Vec<(String, String, serde_json::Value)> = content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+            _ => None,
+        })
+        .collect();
+    futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, call)))
+        .buffered(TOOL_CONCURRENCY)
+        .collect()
+        .await
+}
+
+async fn run_tool(tools: &ToolRegistry, (id, name, input): (String, String, serde_json::Value)) -> ContentBlock {
+    let started = Instant::now();
+    let out = tools.run(&name, &input).await;
+    tracing::info!(tool = %name, is_error = out.is_error, latency_ms = started.elapsed().as_millis() as u64, "tool ran");
+    ContentBlock::ToolResult { tool_use_id: id, content: out.content, is_error: out.is_error }
 }
 
 #[cfg(test)]
