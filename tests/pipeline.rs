@@ -113,9 +113,11 @@ async fn a_message_for_an_unknown_task_is_acknowledged_not_retried() {
 async fn a_failure_the_worker_reports_as_retryable_ends_in_the_dlq_after_max_receive_count_deliveries() {
     let app = TestApp::spawn().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(529).set_body_json(
-            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(529).set_body_json(
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ),
+        )
         .mount(&app.model)
         .await;
 

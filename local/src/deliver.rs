@@ -97,7 +97,10 @@ impl Delivery {
             Ok(response) => match failures(&response, &ids) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "unusable batch response; the whole batch will be retried");
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "unusable batch response; the whole batch will be retried"
+                    );
                     ids.iter().map(|s| s.to_string()).collect()
                 }
             },
@@ -133,12 +136,8 @@ impl Delivery {
 
     /// An SQS message as a Lambda event record.
     fn record(&self, m: &Message) -> Value {
-        let attributes: serde_json::Map<String, Value> = m
-            .attributes
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
-            .collect();
+        let attributes: serde_json::Map<String, Value> =
+            m.attributes.iter().flatten().map(|(k, v)| (k.as_str().to_owned(), json!(v))).collect();
         let message_attributes: serde_json::Map<String, Value> = m
             .message_attributes
             .iter()
@@ -204,7 +203,10 @@ mod tests {
     #[test]
     fn failures_are_read_from_the_response() {
         let batch = HashSet::from(["a", "b"]);
-        assert_eq!(failures(&json!({"batchItemFailures": [{"itemIdentifier": "b"}]}), &batch).unwrap(), HashSet::from(["b".to_owned()]));
+        assert_eq!(
+            failures(&json!({"batchItemFailures": [{"itemIdentifier": "b"}]}), &batch).unwrap(),
+            HashSet::from(["b".to_owned()])
+        );
         assert!(failures(&json!({"batchItemFailures": []}), &batch).unwrap().is_empty());
         assert!(failures(&json!(null), &batch).unwrap().is_empty());
     }

@@ -58,8 +58,7 @@ async fn messages(State(fake): State<Arc<FakeModel>>, headers: HeaderMap, body: 
         .filter(|b| b["type"] == "tool_result")
         .map(|b| b["content"].as_str().unwrap_or("").to_owned())
         .collect();
-    let offers_calculator =
-        request["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "calculator"));
+    let offers_calculator = request["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "calculator"));
 
     let (content, stop_reason) = match arithmetic(&prompt) {
         Some(expr) if offers_calculator && results.is_empty() => (
@@ -74,7 +73,10 @@ async fn messages(State(fake): State<Arc<FakeModel>>, headers: HeaderMap, body: 
                 Some(r) => format!("The answer is {r}."),
                 None => "Done.".to_owned(),
             };
-            (json!([{"type": "text", "text": format!("{answer} (fake model, digest={})", digest(&prompt))}]), "end_turn")
+            (
+                json!([{"type": "text", "text": format!("{answer} (fake model, digest={})", digest(&prompt))}]),
+                "end_turn",
+            )
         }
     };
     let output_tokens = (content.to_string().len() / 4).max(1);

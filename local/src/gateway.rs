@@ -57,8 +57,7 @@ impl Gateway {
                 }
             }
         }
-        best.map(|(r, p, _)| (r, p))
-            .or_else(|| self.routes.iter().find(|r| r.path.is_none()).map(|r| (r, Map::new())))
+        best.map(|(r, p, _)| (r, p)).or_else(|| self.routes.iter().find(|r| r.path.is_none()).map(|r| (r, Map::new())))
     }
 }
 
@@ -215,7 +214,8 @@ async fn invoke(gw: &Gateway, function: &str, event: &Value) -> anyhow::Result<R
             continue;
         }
         for v in vs.as_array().into_iter().flatten() {
-            builder = builder.header(HeaderName::try_from(k.as_str())?, HeaderValue::try_from(v.as_str().unwrap_or(""))?);
+            builder =
+                builder.header(HeaderName::try_from(k.as_str())?, HeaderValue::try_from(v.as_str().unwrap_or(""))?);
         }
     }
     for c in out["cookies"].as_array().into_iter().flatten() {

@@ -62,15 +62,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Provision => {
             let template = Template::load(&cli.template, &cli.stack)?;
             let sdk = agentq::aws::sdk_config().await;
-            let done = agentq_local::provision::provision(&template, &agentq::aws::sqs(&sdk), &agentq::aws::dynamodb(&sdk)).await?;
+            let done =
+                agentq_local::provision::provision(&template, &agentq::aws::sqs(&sdk), &agentq::aws::dynamodb(&sdk))
+                    .await?;
             for (k, v) in template.function_env(&done.refs) {
                 println!("{k}={v}");
             }
@@ -101,12 +103,24 @@ async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, 
     let mut deliveries = Vec::new();
     for source in template.sqs_sources()? {
         let q = queues.get(&source.queue_logical_id).ok_or_else(|| anyhow!("no queue {}", source.queue_logical_id))?;
-        let url = sqs.get_queue_url().queue_name(&q.name).send().await
+        let url = sqs
+            .get_queue_url()
+            .queue_name(&q.name)
+            .send()
+            .await
             .with_context(|| format!("finding queue {} (run `agentq-local provision` first)", q.name))?
-            .queue_url.unwrap_or_default();
-        let attrs = sqs.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::QueueArn).send().await?;
+            .queue_url
+            .unwrap_or_default();
+        let attrs =
+            sqs.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::QueueArn).send().await?;
         let arn = attrs.attributes.and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned()).unwrap_or_default();
-        let delivery = Arc::new(Delivery { sqs: sqs.clone(), queue_url: url, queue_arn: arn, batch_size: source.batch_size, wait_seconds: 20 });
+        let delivery = Arc::new(Delivery {
+            sqs: sqs.clone(),
+            queue_url: url,
+            queue_arn: arn,
+            batch_size: source.batch_size,
+            wait_seconds: 20,
+        });
         let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &source.function));
         let n = pollers.min(source.max_concurrency as usize);
         tracing::info!(queue = %q.name, function = %source.function, pollers = n, batch_size = source.batch_size, "delivering");
@@ -139,7 +153,8 @@ async fn run_task(url: &str, prompt: &str, timeout: Duration) -> anyhow::Result<
     eprintln!("submitted task {id}; waiting for it to finish");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let task: serde_json::Value = http.get(format!("{base}/v1/tasks/{id}")).send().await?.error_for_status()?.json().await?;
+        let task: serde_json::Value =
+            http.get(format!("{base}/v1/tasks/{id}")).send().await?.error_for_status()?.json().await?;
         match task["status"].as_str() {
             Some("succeeded") => {
                 println!("{}", serde_json::to_string_pretty(&task)?);
@@ -149,14 +164,17 @@ async fn run_task(url: &str, prompt: &str, timeout: Duration) -> anyhow::Result<
                 println!("{}", serde_json::to_string_pretty(&task)?);
                 return Err(anyhow!("task {id} ended {}", task["status"]));
             }
-            _ if tokio::time::Instant::now() > deadline => return Err(anyhow!("task {id} still {} after {timeout:?}", task["status"])),
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(anyhow!("task {id} still {} after {timeout:?}", task["status"]));
+            }
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
 
 async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -33,7 +33,9 @@ pub async fn provision(
     queues.sort_by_key(|q| q.redrive.is_some());
     for q in &queues {
         let dlq_arn = match &q.redrive {
-            Some((dlq, _)) => Some(out.arns.get(dlq).cloned().ok_or_else(|| anyhow!("{}: DLQ {dlq} not created", q.name))?),
+            Some((dlq, _)) => {
+                Some(out.arns.get(dlq).cloned().ok_or_else(|| anyhow!("{}: DLQ {dlq} not created", q.name))?)
+            }
             None => None,
         };
         let (url, arn) = create_queue(sqs, q, dlq_arn.as_deref()).await?;
@@ -95,7 +97,11 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
         schema
             .iter()
             .map(|(name, kind)| {
-                KeySchemaElement::builder().attribute_name(name).key_type(KeyType::from(kind.as_str())).build().map_err(Into::into)
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(KeyType::from(kind.as_str()))
+                    .build()
+                    .map_err(Into::into)
             })
             .collect()
     };
@@ -106,7 +112,10 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
         .set_key_schema(Some(keys(&t.key_schema)?));
     for (name, kind) in &t.attributes {
         req = req.attribute_definitions(
-            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::from(kind.as_str())).build()?,
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                .build()?,
         );
     }
     for (name, schema) in &t.indexes {
@@ -129,7 +138,9 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
             Ok(_) => {}
             // Already enabled.
             Err(e) if e.code() == Some("ValidationException") => {}
-            Err(e) => return Err(anyhow!("UpdateTimeToLive {}: {}", t.name, DisplayErrorContext(&e))).context("enabling TTL"),
+            Err(e) => {
+                return Err(anyhow!("UpdateTimeToLive {}: {}", t.name, DisplayErrorContext(&e))).context("enabling TTL");
+            }
         }
     }
     Ok(())

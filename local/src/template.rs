@@ -115,7 +115,8 @@ impl Template {
                 Ok(out)
             }
             "!GetAtt" => {
-                let (id, attr) = arg.split_once('.').ok_or_else(|| anyhow!("!GetAtt {arg} needs Resource.Attribute"))?;
+                let (id, attr) =
+                    arg.split_once('.').ok_or_else(|| anyhow!("!GetAtt {arg} needs Resource.Attribute"))?;
                 let queue = self.queues()?.into_iter().find(|q| q.logical_id == id);
                 match (queue, attr) {
                     (Some(q), "Arn") => Ok(format!("arn:aws:sqs:{LOCAL_REGION}:{LOCAL_ACCOUNT}:{}", q.name)),
@@ -146,7 +147,9 @@ impl Template {
                 let p = &r["Properties"];
                 let name = self.resolve(&p["QueueName"], &none).with_context(|| format!("{id}.QueueName"))?;
                 let mut attributes = BTreeMap::new();
-                for key in ["VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"] {
+                for key in
+                    ["VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"]
+                {
                     if !p[key].is_null() {
                         attributes.insert(key.to_owned(), self.resolve(&p[key], &none)?);
                     }
@@ -154,8 +157,14 @@ impl Template {
                 let redrive = match p.get("RedrivePolicy") {
                     None => None,
                     Some(rp) => {
-                        let Value::Tagged(t) = &rp["deadLetterTargetArn"] else { bail!("{id}: deadLetterTargetArn must be !GetAtt") };
-                        let target = t.value.as_str().and_then(|s| s.strip_suffix(".Arn")).ok_or_else(|| anyhow!("{id}: bad DLQ"))?;
+                        let Value::Tagged(t) = &rp["deadLetterTargetArn"] else {
+                            bail!("{id}: deadLetterTargetArn must be !GetAtt")
+                        };
+                        let target = t
+                            .value
+                            .as_str()
+                            .and_then(|s| s.strip_suffix(".Arn"))
+                            .ok_or_else(|| anyhow!("{id}: bad DLQ"))?;
                         let count = self.resolve(&rp["maxReceiveCount"], &none)?.parse().context("maxReceiveCount")?;
                         Some((target.to_owned(), count))
                     }
@@ -168,11 +177,7 @@ impl Template {
     pub fn tables(&self) -> anyhow::Result<Vec<TableSpec>> {
         let none = HashMap::new();
         let pairs = |v: &Value, a: &str, b: &str| -> Vec<(String, String)> {
-            v.as_sequence()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| Some((scalar(&e[a])?, scalar(&e[b])?)))
-                .collect()
+            v.as_sequence().into_iter().flatten().filter_map(|e| Some((scalar(&e[a])?, scalar(&e[b])?))).collect()
         };
         self.resources("AWS::DynamoDB::Table")
             .map(|(id, r)| {
@@ -187,9 +192,13 @@ impl Template {
                         .as_sequence()
                         .into_iter()
                         .flatten()
-                        .filter_map(|i| Some((scalar(&i["IndexName"])?, pairs(&i["KeySchema"], "AttributeName", "KeyType"))))
+                        .filter_map(|i| {
+                            Some((scalar(&i["IndexName"])?, pairs(&i["KeySchema"], "AttributeName", "KeyType")))
+                        })
                         .collect(),
-                    ttl_attribute: (ttl["Enabled"].as_bool() == Some(true)).then(|| scalar(&ttl["AttributeName"])).flatten(),
+                    ttl_attribute: (ttl["Enabled"].as_bool() == Some(true))
+                        .then(|| scalar(&ttl["AttributeName"]))
+                        .flatten(),
                 })
             })
             .collect()
@@ -231,7 +240,8 @@ impl Template {
         for (id, function, r) in self.functions() {
             for p in Self::events(r, "SQS") {
                 let Value::Tagged(t) = &p["Queue"] else { bail!("{id}: SQS Queue must be !GetAtt Q.Arn") };
-                let queue = t.value.as_str().and_then(|s| s.strip_suffix(".Arn")).ok_or_else(|| anyhow!("{id}: bad queue"))?;
+                let queue =
+                    t.value.as_str().and_then(|s| s.strip_suffix(".Arn")).ok_or_else(|| anyhow!("{id}: bad queue"))?;
                 let batch_size = match &p["BatchSize"] {
                     Value::Null => 10,
                     v => self.resolve(v, &none)?.parse()?,
@@ -240,7 +250,12 @@ impl Template {
                     Value::Null => 2,
                     v => self.resolve(v, &none)?.parse()?,
                 };
-                out.push(SqsSource { queue_logical_id: queue.to_owned(), function: function.clone(), batch_size, max_concurrency });
+                out.push(SqsSource {
+                    queue_logical_id: queue.to_owned(),
+                    function: function.clone(),
+                    batch_size,
+                    max_concurrency,
+                });
             }
         }
         Ok(out)
@@ -255,10 +270,7 @@ impl Template {
         let own = self
             .functions()
             .flat_map(|(_, _, r)| r["Properties"]["Environment"]["Variables"].as_mapping().into_iter().flatten());
-        globals
-            .chain(own)
-            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), self.resolve(v, refs).ok()?)))
-            .collect()
+        globals.chain(own).filter_map(|(k, v)| Some((k.as_str()?.to_owned(), self.resolve(v, refs).ok()?))).collect()
     }
 }
 
@@ -314,7 +326,12 @@ mod tests {
     #[test]
     fn routes_name_their_functions() {
         let routes = template().routes();
-        let find = |m: &str, p: &str| routes.iter().find(|r| r.method.as_deref() == Some(m) && r.path.as_deref() == Some(p)).map(|r| r.function.as_str());
+        let find = |m: &str, p: &str| {
+            routes
+                .iter()
+                .find(|r| r.method.as_deref() == Some(m) && r.path.as_deref() == Some(p))
+                .map(|r| r.function.as_str())
+        };
         assert_eq!(find("POST", "/v1/tasks"), Some("submit"));
         assert_eq!(find("GET", "/v1/tasks/{id}"), Some("status"));
         assert_eq!(find("GET", "/ready"), Some("submit"));

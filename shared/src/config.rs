@@ -83,7 +83,9 @@ impl Config {
         let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             match get(var) {
                 None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| ConfigError::new(var, format!("must be a whole number, got {v:?}"))),
+                Some(v) => {
+                    v.trim().parse().map_err(|_| ConfigError::new(var, format!("must be a whole number, got {v:?}")))
+                }
             }
         };
         let table_name = get("AGENTQ_TABLE").ok_or_else(|| ConfigError::new("AGENTQ_TABLE", "is not set"))?;

@@ -187,13 +187,9 @@ impl TaskRequest {
     /// Parses a JSON body, collecting every field error rather than stopping at the first,
     /// so a client fixes its request in one round trip.
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
+        let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
         let Value::Object(mut fields) = value else {
-            return Err(RequestError::Invalid(vec![FieldError::new(
-                "",
-                "the body must be a JSON object",
-            )]));
+            return Err(RequestError::Invalid(vec![FieldError::new("", "the body must be a JSON object")]));
         };
         let mut errors = Vec::new();
 
@@ -250,10 +246,7 @@ impl TaskRequest {
                 }
             },
             Some(other) => {
-                errors.push(FieldError::new(
-                    "max_iterations",
-                    format!("must be an integer, not {}", kind(&other)),
-                ));
+                errors.push(FieldError::new("max_iterations", format!("must be an integer, not {}", kind(&other))));
                 DEFAULT_MAX_ITERATIONS
             }
         };
@@ -408,10 +401,8 @@ mod tests {
 
     #[test]
     fn a_full_request_keeps_every_field() {
-        let r = TaskRequest::parse(
-            br#"{"prompt":"hi","priority":"high","max_iterations":50,"metadata":{"a":1}}"#,
-        )
-        .unwrap();
+        let r =
+            TaskRequest::parse(br#"{"prompt":"hi","priority":"high","max_iterations":50,"metadata":{"a":1}}"#).unwrap();
         assert_eq!(r.priority(), Priority::High);
         assert_eq!(r.max_iterations(), 50);
         assert_eq!(r.metadata().unwrap()["a"], 1);

@@ -161,6 +161,15 @@ mod tests {
         let mut a = tokens(1, 2, 3, 4);
         a.cost_nanos = 10;
         a += a;
-        assert_eq!(a, Usage { input_tokens: 2, output_tokens: 4, cache_read_input_tokens: 6, cache_creation_input_tokens: 8, cost_nanos: 20 });
+        assert_eq!(
+            a,
+            Usage {
+                input_tokens: 2,
+                output_tokens: 4,
+                cache_read_input_tokens: 6,
+                cache_creation_input_tokens: 8,
+                cost_nanos: 20
+            }
+        );
     }
 }

@@ -48,16 +48,18 @@ fn default_endpoints() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: every test calls this before anything reads the environment, and `Once` makes
     // the others wait until the one writer is done.
-    ONCE.call_once(|| for (k, v) in [
-        ("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:4566"),
-        ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4566"),
-        ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            unsafe { std::env::set_var(k, v) };
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:4566"),
+            ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4566"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ] {
+            if std::env::var_os(k).is_none() {
+                unsafe { std::env::set_var(k, v) };
+            }
         }
     });
 }
@@ -217,7 +219,8 @@ impl Invoke for InProcess {
         let event: SqsEvent = serde_json::from_value(event)?;
         let mut context = Context::default();
         context.deadline = (time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 30) * 1000;
-        let response = worker::handle(&self.0, LambdaEvent::new(event, context)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let response =
+            worker::handle(&self.0, LambdaEvent::new(event, context)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(serde_json::to_value(response)?)
     }
 }

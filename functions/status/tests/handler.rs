@@ -58,7 +58,13 @@ async fn a_running_task_shows_its_progress_and_model() {
     let task = stored(&store).await;
     store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
     let usage = Usage { input_tokens: 1000, output_tokens: 100, cost_nanos: 4_500_000, ..Usage::default() };
-    let progress = Progress { step: 2, usage, model: Some("claude-sonnet-4-5".into()), lease_until: lease().until, now: agentq::now() };
+    let progress = Progress {
+        step: 2,
+        usage,
+        model: Some("claude-sonnet-4-5".into()),
+        lease_until: lease().until,
+        now: agentq::now(),
+    };
     store.progress(task.task_id, &lease(), &progress).await.unwrap();
     let b = json_of(&status::handle(&App { store }, event(&task.task_id.to_string())).await);
     assert_eq!(b["status"], "running");
@@ -76,7 +82,8 @@ async fn terminal_tasks_show_their_result_or_error() {
     ] {
         let task = stored(&store).await;
         store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
-        let finish = Finish { status, result, error, step: 3, usage: Usage::default(), model: None, now: agentq::now() };
+        let finish =
+            Finish { status, result, error, step: 3, usage: Usage::default(), model: None, now: agentq::now() };
         store.finish(task.task_id, &lease(), &finish).await.unwrap();
         let b = json_of(&status::handle(&App { store: store.clone() }, event(&task.task_id.to_string())).await);
         assert_eq!(b["status"], status.as_str());

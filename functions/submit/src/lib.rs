@@ -63,7 +63,10 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         let error = TaskError::new("enqueue_failed", "the task could not be queued; submit it again");
         if let Err(store_err) = app.store.fail_unqueued(id, &error, agentq::now()).await {
             // Both AWS services failing at once leaves the record `queued`; say so loudly.
-            tracing::error!(error = format!("{:#}", anyhow::Error::from(store_err)), "could not mark an unqueued task failed");
+            tracing::error!(
+                error = format!("{:#}", anyhow::Error::from(store_err)),
+                "could not mark an unqueued task failed"
+            );
         }
         return Err(e.into());
     }
@@ -87,8 +90,10 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 /// per check but not detailed: the detail is in the log, not on an unauthenticated endpoint.
 async fn ready(app: &App) -> Response<Body> {
     let (store, queue) = tokio::join!(app.store.ping(), app.queue.ping());
-    let store_ok = store.map_err(|e| tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "readiness: store")).is_ok();
-    let queue_ok = queue.map_err(|e| tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "readiness: queue")).is_ok();
+    let store_ok =
+        store.map_err(|e| tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "readiness: store")).is_ok();
+    let queue_ok =
+        queue.map_err(|e| tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "readiness: queue")).is_ok();
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let checks = json!({
         "store": word(store_ok),

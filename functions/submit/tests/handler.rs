@@ -151,7 +151,13 @@ async fn a_body_that_is_not_declared_json_gets_415() {
     let f = fixture();
     let r = submit::handle(&f.app, event(|v| v["headers"]["content-type"] = json!("text/plain"))).await;
     assert_eq!(r.status(), 415);
-    let r = submit::handle(&f.app, event(|v| { v["headers"].as_object_mut().unwrap().remove("content-type"); })).await;
+    let r = submit::handle(
+        &f.app,
+        event(|v| {
+            v["headers"].as_object_mut().unwrap().remove("content-type");
+        }),
+    )
+    .await;
     assert_eq!(r.status(), 415);
 }
 
@@ -218,4 +224,3 @@ async fn unknown_routes_get_404_and_wrong_methods_405() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
 }
-

@@ -104,8 +104,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     };
     let id = message.task_id;
     tracing::Span::current().record("task_id", tracing::field::display(id));
-    let receive_count: u32 =
-        record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+    let receive_count: u32 = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
     let last_delivery = receive_count >= worker.max_receive_count;
 
     let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
@@ -124,7 +123,10 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             return Disposition::Retry;
         }
         Err(e) => {
-            tracing::error!(error = format!("{:#}", anyhow::Error::from(e)), "could not claim the task; retrying later");
+            tracing::error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "could not claim the task; retrying later"
+            );
             return Disposition::Retry;
         }
     };
@@ -152,16 +154,21 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     let lost = checkpoint.lost;
     let (outcome, steps, mut usage, model) = match run {
         Ok(r) => (r.outcome, r.steps, r.usage, r.model),
-        Err(_) => (
-            Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
-            0,
-            Usage::default(),
-            None,
-        ),
+        Err(_) => {
+            (Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")), 0, Usage::default(), None)
+        }
     };
     usage += task.usage;
 
-    let finish = |status, result, error| Finish { status, result, error, step: steps, usage, model: model.clone(), now: agentq::now() };
+    let finish = |status, result, error| Finish {
+        status,
+        result,
+        error,
+        step: steps,
+        usage,
+        model: model.clone(),
+        now: agentq::now(),
+    };
     let (write, disposition) = match outcome {
         Outcome::Succeeded(result) => (Some(finish(TaskStatus::Succeeded, Some(result), None)), Disposition::Done),
         Outcome::Failed(error) => (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Done),

@@ -40,7 +40,12 @@ impl Model for FakeModel {
             gate.wait().await;
         }
         if self.down {
-            return Err(ModelError::Status { status: 529, kind: "overloaded_error".into(), message: "Overloaded".into(), retry_after: None });
+            return Err(ModelError::Status {
+                status: 529,
+                kind: "overloaded_error".into(),
+                message: "Overloaded".into(),
+                retry_after: None,
+            });
         }
         Ok(ModelResponse {
             model: "claude-haiku-4-5".into(),
@@ -101,8 +106,10 @@ fn failures(r: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> 
 async fn the_fixture_batch_parses_and_unknown_tasks_are_acknowledged() {
     let store = Arc::new(MemoryStore::new());
     let model = Arc::new(FakeModel::up());
-    let event: LambdaEvent<SqsEvent> =
-        LambdaEvent::new(serde_json::from_str(include_str!("../../../events/worker.json")).unwrap(), Context::default());
+    let event: LambdaEvent<SqsEvent> = LambdaEvent::new(
+        serde_json::from_str(include_str!("../../../events/worker.json")).unwrap(),
+        Context::default(),
+    );
     let r = worker::handle(&worker(store, model.clone()), event).await.unwrap();
     assert!(failures(&r).is_empty(), "a task nobody stored is never retried");
     assert_eq!(model.calls.load(Ordering::SeqCst), 0);
@@ -208,7 +215,10 @@ async fn the_records_of_a_batch_run_concurrently() {
     let bodies: Vec<_> = ids.iter().map(|id| message(*id)).collect();
     let w = worker(store.clone(), model);
     let run = worker::handle(&w, batch(&bodies, 1));
-    let r = tokio::time::timeout(Duration::from_secs(10), run).await.expect("the batch ran its records one by one").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the batch ran its records one by one")
+        .unwrap();
     assert!(failures(&r).is_empty());
     for id in ids {
         assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Succeeded);

@@ -80,8 +80,10 @@ pub async fn run_agent(
     limits: Limits,
     checkpoint: &mut dyn Checkpoint,
 ) -> Report {
-    let mut request = ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
-    let mut report = Report { outcome: Outcome::Abandoned(String::new()), steps: 0, usage: Usage::default(), model: None };
+    let mut request =
+        ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
+    let mut report =
+        Report { outcome: Outcome::Abandoned(String::new()), steps: 0, usage: Usage::default(), model: None };
 
     let outcome = loop {
         if report.steps >= task.max_iterations {
@@ -97,7 +99,10 @@ pub async fn run_agent(
         let response = match complete_with_retries(model, &request, limits.retry, limits.deadline).await {
             Ok(r) => r,
             Err(e) if e.is_transient() => {
-                break Outcome::Interrupted(TaskError::new("models_unavailable", format!("the model is unavailable: {e}")));
+                break Outcome::Interrupted(TaskError::new(
+                    "models_unavailable",
+                    format!("the model is unavailable: {e}"),
+                ));
             }
             Err(e) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
         };
@@ -113,7 +118,9 @@ pub async fn run_agent(
         let price = prices.price(&response.model).or_else(|| prices.price(model.id()));
         match price {
             Some(p) => usage.cost_nanos = p.cost_nanos(&usage),
-            None => tracing::error!(model = %response.model, "no price for the model that answered; its cost is counted as 0"),
+            None => {
+                tracing::error!(model = %response.model, "no price for the model that answered; its cost is counted as 0")
+            }
         }
         report.usage += usage;
         report.model = Some(response.model.clone());

@@ -49,7 +49,7 @@ impl Iterator for FullJitter {
 }
 
 impl FullJitter {
-    fn new(policy: RetryPolicy) -> impl Backoff {
+    fn backoff(policy: RetryPolicy) -> impl Backoff {
         Self { policy, retries: 0 }
     }
 }
@@ -63,7 +63,7 @@ pub async fn complete_with_retries(
 ) -> Result<ModelResponse, ModelError> {
     let mut attempt = 1u32;
     (|| model.complete(request))
-        .retry(FullJitter::new(policy))
+        .retry(FullJitter::backoff(policy))
         .sleep(tokio::time::sleep)
         .when(ModelError::is_transient)
         .adjust(|e, backoff| {

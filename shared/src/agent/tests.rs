@@ -39,7 +39,12 @@ fn answer(stop: StopReason, content: Vec<ContentBlock>) -> Result<ModelResponse,
         model: "claude-sonnet-4-5-20250929".into(),
         content,
         stop_reason: stop,
-        usage: TokenUsage { input_tokens: 100, output_tokens: 10, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 },
+        usage: TokenUsage {
+            input_tokens: 100,
+            output_tokens: 10,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
+        },
     })
 }
 
@@ -48,7 +53,12 @@ fn text(t: &str) -> Vec<ContentBlock> {
 }
 
 fn overloaded() -> Result<ModelResponse, ModelError> {
-    Err(ModelError::Status { status: 529, kind: "overloaded_error".into(), message: "Overloaded".into(), retry_after: None })
+    Err(ModelError::Status {
+        status: 529,
+        kind: "overloaded_error".into(),
+        message: "Overloaded".into(),
+        retry_after: None,
+    })
 }
 
 #[derive(Default)]
@@ -66,7 +76,10 @@ impl Checkpoint for Steps {
 }
 
 fn limits() -> Limits {
-    Limits { retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(1), cap: Duration::from_millis(5) }, deadline: None }
+    Limits {
+        retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(1), cap: Duration::from_millis(5) },
+        deadline: None,
+    }
 }
 
 async fn run(model: &Scripted, max_iterations: u32) -> (Report, Steps) {
@@ -100,7 +113,11 @@ async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
     let model = Scripted::new(vec![
         answer(
             StopReason::ToolUse,
-            vec![ContentBlock::ToolUse { id: "tu_1".into(), name: "calculator".into(), input: json!({"expression": "6 * 7"}) }],
+            vec![ContentBlock::ToolUse {
+                id: "tu_1".into(),
+                name: "calculator".into(),
+                input: json!({"expression": "6 * 7"}),
+            }],
         ),
         answer(StopReason::EndTurn, text("It is 42.")),
     ]);
@@ -122,7 +139,11 @@ async fn a_failing_tool_goes_back_to_the_model_as_an_error_result() {
         answer(
             StopReason::ToolUse,
             vec![
-                ContentBlock::ToolUse { id: "a".into(), name: "calculator".into(), input: json!({"expression": "1 +"}) },
+                ContentBlock::ToolUse {
+                    id: "a".into(),
+                    name: "calculator".into(),
+                    input: json!({"expression": "1 +"}),
+                },
                 ContentBlock::ToolUse { id: "b".into(), name: "nope".into(), input: json!({}) },
             ],
         ),
@@ -141,7 +162,11 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
     let tool_turn = || {
         answer(
             StopReason::ToolUse,
-            vec![ContentBlock::ToolUse { id: "t".into(), name: "calculator".into(), input: json!({"expression": "1"}) }],
+            vec![ContentBlock::ToolUse {
+                id: "t".into(),
+                name: "calculator".into(),
+                input: json!({"expression": "1"}),
+            }],
         )
     };
     let model = Scripted::new(vec![tool_turn(), tool_turn()]);
@@ -167,7 +192,8 @@ async fn a_refusal_fails_the_task() {
 
 #[tokio::test]
 async fn pause_turn_sends_the_turn_back_to_continue() {
-    let model = Scripted::new(vec![answer(StopReason::PauseTurn, text("thinking")), answer(StopReason::EndTurn, text("done"))]);
+    let model =
+        Scripted::new(vec![answer(StopReason::PauseTurn, text("thinking")), answer(StopReason::EndTurn, text("done"))]);
     let (report, _) = run(&model, 10).await;
     assert!(matches!(&report.outcome, Outcome::Succeeded(r) if r.text == "done"));
     assert_eq!(model.requests.lock().unwrap()[1].messages.len(), 2);
@@ -199,7 +225,9 @@ async fn a_rejected_request_fails_at_once_with_the_providers_message() {
         retry_after: None,
     })]);
     let (report, _) = run(&model, 10).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error" && e.message.contains("prompt is too long")));
+    assert!(
+        matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error" && e.message.contains("prompt is too long"))
+    );
     assert_eq!(model.calls(), 1);
 }
 

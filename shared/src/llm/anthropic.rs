@@ -110,8 +110,7 @@ impl Model for AnthropicModel {
         if !status.is_success() {
             return Err(status_error(status, &bytes, retry_after));
         }
-        let wire: WireResponse =
-            serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
+        let wire: WireResponse = serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
         Ok(ModelResponse {
             model: wire.model,
             content: wire.content,
@@ -142,10 +141,7 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> ModelError {
 fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> ModelError {
     let (kind, message) = match serde_json::from_slice::<WireError>(body) {
         Ok(w) => (w.error.kind, w.error.message),
-        Err(_) => (
-            "unknown".to_owned(),
-            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-        ),
+        Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
     };
     ModelError::Status { status: status.as_u16(), kind, message, retry_after }
 }
@@ -210,11 +206,9 @@ mod tests {
     async fn an_overload_is_transient_and_carries_retry_after() {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
-            .respond_with(
-                ResponseTemplate::new(529)
-                    .insert_header("retry-after", "2")
-                    .set_body_json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
-            )
+            .respond_with(ResponseTemplate::new(529).insert_header("retry-after", "2").set_body_json(
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ))
             .mount(&server)
             .await;
         let e = client(&server).complete(&request()).await.unwrap_err();

@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn tool_results_omit_is_error_when_false() {
         let ok = ContentBlock::ToolResult { tool_use_id: "t".into(), content: "2".into(), is_error: false };
-        assert_eq!(serde_json::to_value(ok).unwrap(), json!({"type": "tool_result", "tool_use_id": "t", "content": "2"}));
+        assert_eq!(
+            serde_json::to_value(ok).unwrap(),
+            json!({"type": "tool_result", "tool_use_id": "t", "content": "2"})
+        );
     }
 
     #[test]
@@ -207,7 +210,8 @@ mod tests {
 
     #[test]
     fn only_transient_statuses_are_retried() {
-        let status = |s| ModelError::Status { status: s, kind: String::new(), message: String::new(), retry_after: None };
+        let status =
+            |s| ModelError::Status { status: s, kind: String::new(), message: String::new(), retry_after: None };
         for s in [408, 409, 429, 500, 502, 503, 529] {
             assert!(status(s).is_transient(), "{s}");
         }

@@ -61,9 +61,7 @@ fn rfc3339(t: OffsetDateTime) -> AttributeValue {
 }
 
 fn attr<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
-    serde_dynamo::to_attribute_value(v)
-        .context("serializing an attribute")
-        .map_err(StoreError::Unavailable)
+    serde_dynamo::to_attribute_value(v).context("serializing an attribute").map_err(StoreError::Unavailable)
 }
 
 /// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
@@ -141,9 +139,7 @@ impl TaskCreate for DynamoStore {
             lease_until: None,
             expires_at: expires.unix_timestamp(),
         };
-        let item = serde_dynamo::to_item(&item)
-            .context("serializing a task")
-            .map_err(StoreError::Unavailable)?;
+        let item = serde_dynamo::to_item(&item).context("serializing a task").map_err(StoreError::Unavailable)?;
         self.client
             .put_item()
             .table_name(&self.table)
@@ -257,9 +253,7 @@ impl TaskRun for DynamoStore {
             set.push_str(", #model = :model");
             values.push((":model", s(model)));
         }
-        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None)
-            .await
-            .map(drop)
+        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None).await.map(drop)
     }
 
     async fn finish(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
@@ -285,9 +279,7 @@ impl TaskRun for DynamoStore {
             values.push((":model", s(model)));
         }
         set.push_str(" REMOVE #lease_owner, #lease_until");
-        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None)
-            .await
-            .map(drop)
+        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None).await.map(drop)
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError> {
@@ -311,12 +303,7 @@ impl TaskRun for DynamoStore {
 #[async_trait]
 impl StorePing for DynamoStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| sdk_error("DescribeTable", e))?;
+        self.client.describe_table().table_name(&self.table).send().await.map_err(|e| sdk_error("DescribeTable", e))?;
         Ok(())
     }
 }
@@ -327,8 +314,7 @@ mod tests {
 
     #[test]
     fn placeholders_are_found_in_expressions() {
-        let names: Vec<_> =
-            attribute_names("SET #status = :s, #lease_until = :u REMOVE #a_b").collect();
+        let names: Vec<_> = attribute_names("SET #status = :s, #lease_until = :u REMOVE #a_b").collect();
         assert_eq!(names, ["status", "lease_until", "a_b"]);
     }
 }

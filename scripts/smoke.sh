@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Brings the whole stack up (as `make up` does) on its own ports and stack name, so it never
+# touches a developer's running stack, sends tasks and bad requests with curl through the
+# local API Gateway, and takes the stack down again.
+set -euo pipefail
+export AGENTQ_RUN="$(cd "$(dirname "$0")/.." && pwd)/.run/smoke"
+export AGENTQ_PORT=${SMOKE_PORT:-3100} LAMBDA_PORT=${SMOKE_LAMBDA_PORT:-9100} FAKE_MODEL_PORT=${SMOKE_MODEL_PORT:-8189}
+export STACK_NAME=agentq-smoke
+unset ANTHROPIC_API_KEY ANTHROPIC_BASE_URL
+source "$(dirname "$0")/common.sh"
+
+cleanup() { for name in gateway lambda fake-model; do stop_bg "$name"; done; }
+trap cleanup EXIT
+
+bash "$ROOT/scripts/up.sh" | tee "$RUN/up.out"
+url="http://127.0.0.1:$AGENTQ_PORT"
+grep -q "^agentq ready at $url\$" "$RUN/up.out" || die "make up did not print its ready line"
+
+fail() { die "smoke: $*"; }
+expect() { # expect STATUS CURL-ARGS...: the request answers STATUS
+  local want=$1; shift
+  local got
+  got=$(curl -sS -o "$RUN/body" -w '%{http_code}' "$@")
+  [[ $got == "$want" ]] || fail "$* answered $got, wanted $want: $(cat "$RUN/body")"
+}
+
+log "smoke: a task submitted with curl succeeds"
+expect 202 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{"prompt":"What is 12 * 12?","priority":"high"}'
+id=$(sed -E 's/.*"task_id":"([^"]+)".*/\1/' "$RUN/body")
+for _ in $(seq 1 120); do
+  expect 200 "$url/v1/tasks/$id"
+  grep -q '"status":"\(succeeded\|failed\|cancelled\)"' "$RUN/body" && break
+  sleep 0.5
+done
+grep -q '"status":"succeeded"' "$RUN/body" || fail "task $id did not succeed: $(cat "$RUN/body")"
+grep -q '144' "$RUN/body" || fail "task $id's result lacks the calculator's answer: $(cat "$RUN/body")"
+
+log "smoke: bad input gets problem+json 4xx"
+expect 400 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{"prompt":""}'
+grep -q '"field":"prompt"' "$RUN/body" || fail "the 400 does not name the field"
+expect 400 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{not json'
+expect 415 -X POST "$url/v1/tasks" -H 'content-type: text/plain' -d 'hello'
+head -c 1100000 /dev/zero | tr '\0' 'a' | sed 's/^/{"prompt":"/; s/$/"}/' > "$RUN/big.json"
+expect 413 -X POST "$url/v1/tasks" -H 'content-type: application/json' --data-binary @"$RUN/big.json"
+expect 404 "$url/v1/tasks/01KB3Z5Q9V1W7E6D8C4B2A0F9G"
+expect 404 "$url/v1/tasks/not-an-id"
+expect 404 "$url/nowhere"
+expect 200 "$url/health"
+expect 200 "$url/ready"
+log "smoke: passed"
