@@ -139,7 +139,8 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
             // Already enabled.
             Err(e) if e.code() == Some("ValidationException") => {}
             Err(e) => {
-                return Err(anyhow!("UpdateTimeToLive {}: {}", t.name, DisplayErrorContext(&e))).context("enabling TTL");
+                return Err(anyhow!("UpdateTimeToLive {}: {}", t.name, DisplayErrorContext(&e)))
+                    .context("enabling TTL");
             }
         }
     }
