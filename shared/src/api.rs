@@ -1,6 +1,8 @@
 //! The JSON shapes of the HTTP API, shared by the handlers and by anything that reads them
 //! (tests, the local tools).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -58,6 +60,8 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     pub usage: UsageView,
+    /// Usage and cost per model that answered (more than one after a fallback).
+    pub usage_by_model: BTreeMap<String, UsageView>,
     /// Model calls made.
     pub iterations: u32,
     /// The model that gave the latest answer, once one has.
@@ -75,6 +79,7 @@ impl From<&TaskRecord> for TaskView {
             result: r.result.clone(),
             error: r.error.clone(),
             usage: r.usage.into(),
+            usage_by_model: r.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             iterations: r.step,
             model: r.model.clone(),
         }

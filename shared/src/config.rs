@@ -42,12 +42,48 @@ impl ConfigError {
     }
 }
 
-/// How the worker reaches its model.
+/// Which API a model is reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Anthropic,
+    OpenAi,
+    Bedrock,
+}
+
+/// One entry of the model chain: `anthropic:claude-sonnet-4-5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub provider: Provider,
+    pub model: String,
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (provider, model) = s.trim().split_once(':').ok_or_else(|| format!("{s:?} is not provider:model"))?;
+        let provider = match provider {
+            "anthropic" => Provider::Anthropic,
+            "openai" => Provider::OpenAi,
+            "bedrock" => Provider::Bedrock,
+            other => return Err(format!("unknown provider {other:?} (anthropic, openai or bedrock)")),
+        };
+        if model.is_empty() {
+            return Err(format!("{s:?} names no model"));
+        }
+        Ok(Self { provider, model: model.to_owned() })
+    }
+}
+
+/// How the worker reaches its models.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    /// The chain, in fallback order.
+    pub chain: Vec<ModelSpec>,
     pub base_url: String,
     pub api_key: Option<Secret>,
-    pub model: String,
+    pub openai_base_url: String,
+    pub openai_api_key: Option<Secret>,
     pub max_tokens: u32,
     /// Per-request timeout of one model call.
     pub timeout: Duration,
@@ -55,6 +91,22 @@ pub struct ModelConfig {
     pub max_attempts: u32,
     /// Cap of one backoff wait (before jitter).
     pub max_backoff: Duration,
+    /// Consecutive unusable calls that open a model's circuit, and how long it stays open.
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+}
+
+/// The tools a deployment offers.
+#[derive(Debug, Clone)]
+pub struct ToolConfig {
+    /// Hosts `http_get` may fetch; empty means the tool is not offered.
+    pub http_get_hosts: Vec<String>,
+    pub http_get_max_bytes: usize,
+    pub http_get_timeout: Duration,
+    /// Tools served by the operator's HTTP endpoints.
+    pub http_tools: Vec<crate::agent::tools::HttpToolSpec>,
+    /// Key of the HMAC signature on HTTP tool calls.
+    pub signing_secret: Option<Secret>,
 }
 
 /// Everything the functions read from their environment.
@@ -71,6 +123,14 @@ pub struct Config {
     pub deadline_margin: Duration,
     /// How long task records are kept (DynamoDB TTL).
     pub task_retention: Duration,
+    pub tools: ToolConfig,
+    /// Budget of a task that names none, in nano-dollars.
+    pub default_max_cost_nanos: Option<u64>,
+    /// First and largest wait before a task whose models were all down is tried again.
+    pub retry_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// What a client reads when every model stayed down through every delivery.
+    pub unavailable_message: String,
 }
 
 impl Config {
@@ -94,20 +154,65 @@ impl Config {
             Some(json) => PriceTable::with_overrides(&json)
                 .map_err(|e| ConfigError::new("AGENTQ_PRICES", format!("is not a valid price table: {e}")))?,
         };
+        let chain_text = get("AGENTQ_MODELS").unwrap_or_else(|| {
+            format!("anthropic:{}", get("AGENTQ_MODEL").unwrap_or_else(|| "claude-sonnet-4-5".into()))
+        });
+        let chain = chain_text
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse::<ModelSpec>().map_err(|e| ConfigError::new("AGENTQ_MODELS", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if chain.is_empty() {
+            return Err(ConfigError::new("AGENTQ_MODELS", "names no model"));
+        }
+        let usd = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(var)
+                .map(|v| match v.trim().parse::<f64>() {
+                    Ok(x) if x > 0.0 && x.is_finite() => Ok((x * 1e9).round() as u64),
+                    _ => Err(ConfigError::new(var, format!("must be a positive number of dollars, got {v:?}"))),
+                })
+                .transpose()
+        };
+        let http_tools = match (get("AGENTQ_HTTP_TOOLS"), get("AGENTQ_HTTP_TOOLS_FILE")) {
+            (Some(json), _) => serde_json::from_str(&json)
+                .map_err(|e| ConfigError::new("AGENTQ_HTTP_TOOLS", format!("is not a valid tool list: {e}")))?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::new("AGENTQ_HTTP_TOOLS_FILE", format!("{path}: {e}")))?;
+                serde_json::from_str(&text).map_err(|e| {
+                    ConfigError::new("AGENTQ_HTTP_TOOLS_FILE", format!("{path} is not a valid tool list: {e}"))
+                })?
+            }
+            (None, None) => Vec::new(),
+        };
+        let tools = ToolConfig {
+            http_get_hosts: get("AGENTQ_HTTP_GET_ALLOWED_HOSTS")
+                .map(|h| h.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+            http_get_max_bytes: number("AGENTQ_HTTP_GET_MAX_BYTES", 1024 * 1024)? as usize,
+            http_get_timeout: Duration::from_secs(number("AGENTQ_HTTP_GET_TIMEOUT_SECS", 10)?),
+            http_tools,
+            signing_secret: get("AGENTQ_TOOL_SIGNING_SECRET").map(Secret::new),
+        };
         let model = ModelConfig {
+            chain,
             base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
             api_key: get("ANTHROPIC_API_KEY").map(Secret::new),
-            model: get("AGENTQ_MODEL").unwrap_or_else(|| "claude-sonnet-4-5".into()),
+            openai_base_url: get("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            openai_api_key: get("OPENAI_API_KEY").map(Secret::new),
             max_tokens: u32::try_from(number("AGENTQ_MAX_TOKENS", 4096)?)
                 .map_err(|_| ConfigError::new("AGENTQ_MAX_TOKENS", "is too large"))?,
             timeout: Duration::from_secs(number("AGENTQ_MODEL_TIMEOUT_SECS", 120)?),
             max_attempts: number("AGENTQ_MODEL_MAX_ATTEMPTS", 4)?.clamp(1, 20) as u32,
             max_backoff: Duration::from_secs(number("AGENTQ_MODEL_MAX_BACKOFF_SECS", 20)?),
+            breaker_threshold: number("AGENTQ_BREAKER_THRESHOLD", 5)?.max(1) as u32,
+            breaker_cooldown: Duration::from_secs(number("AGENTQ_BREAKER_COOLDOWN_SECS", 30)?),
         };
-        if prices.price(&model.model).is_none() {
+        // Cost must be known to the cent: a model without a price is a deployment error.
+        if let Some(m) = model.chain.iter().find(|m| prices.price(&m.model).is_none()) {
             return Err(ConfigError::new(
-                "AGENTQ_MODEL",
-                format!("names {:?}, which has no price: add it to AGENTQ_PRICES", model.model),
+                "AGENTQ_MODELS",
+                format!("names {:?}, which has no price: add it to AGENTQ_PRICES", m.model),
             ));
         }
         Ok(Self {
@@ -118,6 +223,13 @@ impl Config {
             max_receive_count: number("AGENTQ_MAX_RECEIVE_COUNT", 5)?.max(1) as u32,
             deadline_margin: Duration::from_secs(number("AGENTQ_DEADLINE_MARGIN_SECS", 10)?),
             task_retention: Duration::from_secs(number("AGENTQ_TASK_RETENTION_DAYS", 30)? * 86_400),
+            tools,
+            default_max_cost_nanos: usd("AGENTQ_DEFAULT_MAX_COST_USD")?,
+            retry_delay: Duration::from_secs(number("AGENTQ_RETRY_DELAY_SECS", 30)?),
+            retry_max_delay: Duration::from_secs(number("AGENTQ_RETRY_MAX_DELAY_SECS", 900)?.min(43_200)),
+            unavailable_message: get("AGENTQ_UNAVAILABLE_MESSAGE").unwrap_or_else(|| {
+                "The AI models are unavailable right now. Please submit the task again later.".into()
+            }),
         })
     }
 
@@ -142,7 +254,7 @@ mod tests {
         assert_eq!(config(&[]).unwrap_err().var, "AGENTQ_TABLE");
         let c = config(&[("AGENTQ_TABLE", "t")]).unwrap();
         assert_eq!(c.model.base_url, "https://api.anthropic.com");
-        assert_eq!(c.model.model, "claude-sonnet-4-5");
+        assert_eq!(c.model.chain, [ModelSpec { provider: Provider::Anthropic, model: "claude-sonnet-4-5".into() }]);
         assert_eq!(c.max_receive_count, 5);
         assert!(c.require_queue_url().is_err());
     }
@@ -154,9 +266,46 @@ mod tests {
     }
 
     #[test]
+    fn the_model_chain_is_read_in_order() {
+        let c = config(&[
+            ("AGENTQ_TABLE", "t"),
+            (
+                "AGENTQ_MODELS",
+                "anthropic:claude-sonnet-4-5, openai:gpt-4o-mini,bedrock:anthropic.claude-haiku-4-5-20251001-v1:0",
+            ),
+        ])
+        .unwrap();
+        let providers: Vec<_> = c.model.chain.iter().map(|m| m.provider).collect();
+        assert_eq!(providers, [Provider::Anthropic, Provider::OpenAi, Provider::Bedrock]);
+        assert_eq!(c.model.chain[2].model, "anthropic.claude-haiku-4-5-20251001-v1:0");
+        let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_MODELS", "azure:gpt")]).unwrap_err();
+        assert!(e.problem.contains("unknown provider"), "{e}");
+    }
+
+    #[test]
+    fn http_tools_and_budgets_are_read() {
+        let c = config(&[
+            ("AGENTQ_TABLE", "t"),
+            ("AGENTQ_DEFAULT_MAX_COST_USD", "0.50"),
+            ("AGENTQ_HTTP_GET_ALLOWED_HOSTS", "example.com, *.docs.rs"),
+            (
+                "AGENTQ_HTTP_TOOLS",
+                r#"[{"name":"lookup","description":"d","input_schema":{"type":"object"},"url":"https://x/y"}]"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.default_max_cost_nanos, Some(500_000_000));
+        assert_eq!(c.tools.http_get_hosts, ["example.com", "*.docs.rs"]);
+        assert_eq!(c.tools.http_tools[0].name, "lookup");
+        assert_eq!(c.tools.http_tools[0].timeout_secs, 30);
+        let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", "[{}]")]).unwrap_err();
+        assert_eq!(e.var, "AGENTQ_HTTP_TOOLS");
+    }
+
+    #[test]
     fn a_model_without_a_price_is_refused_at_start() {
         let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_MODEL", "mystery-1")]).unwrap_err();
-        assert_eq!(e.var, "AGENTQ_MODEL");
+        assert_eq!(e.var, "AGENTQ_MODELS");
         let ok = config(&[
             ("AGENTQ_TABLE", "t"),
             ("AGENTQ_MODEL", "mystery-1"),

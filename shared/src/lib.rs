@@ -8,7 +8,7 @@
 //! - [`agent`]: the agent loop, its tools and retries (no AWS code);
 //! - [`api`]: the JSON shapes of the HTTP API;
 //! - [`http`]: the API error type and the one mapping from errors to responses;
-//! - [`telemetry`], [`aws`]: start-up plumbing.
+//! - [`telemetry`], [`aws`], [`wiring`]: start-up plumbing.
 
 pub mod agent;
 pub mod api;
@@ -21,6 +21,7 @@ pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod usage;
+pub mod wiring;
 
 pub use config::Config;
 

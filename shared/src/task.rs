@@ -4,6 +4,7 @@
 //! A [`TaskRequest`] can only be built by parsing a request body, so a value of that type is
 //! always valid; handlers never re-check fields.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -161,6 +162,18 @@ pub enum RequestError {
     Invalid(Vec<FieldError>),
 }
 
+/// What a deployment lets a request choose from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// Model ids a request may name (the model chain).
+    pub models: Vec<String>,
+    /// Tool names a request may restrict itself to.
+    pub tools: Vec<String>,
+}
+
+/// Largest per-task budget a request may set, in dollars.
+pub const MAX_COST_USD_LIMIT: f64 = 1_000.0;
+
 /// A validated task submission.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRequest {
@@ -168,6 +181,9 @@ pub struct TaskRequest {
     priority: Priority,
     max_iterations: u32,
     metadata: Option<Map<String, Value>>,
+    model: Option<String>,
+    tools: Option<Vec<String>>,
+    max_cost_nanos: Option<u64>,
 }
 
 impl TaskRequest {
@@ -183,10 +199,20 @@ impl TaskRequest {
     pub fn metadata(&self) -> Option<&Map<String, Value>> {
         self.metadata.as_ref()
     }
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+    pub fn tools(&self) -> Option<&[String]> {
+        self.tools.as_deref()
+    }
+    pub fn max_cost_nanos(&self) -> Option<u64> {
+        self.max_cost_nanos
+    }
 
     /// Parses a JSON body, collecting every field error rather than stopping at the first,
-    /// so a client fixes its request in one round trip.
-    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+    /// so a client fixes its request in one round trip. `allowed` says which models and tools
+    /// a request may name.
+    pub fn parse(body: &[u8], allowed: &Allowed) -> Result<Self, RequestError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
         let Value::Object(mut fields) = value else {
             return Err(RequestError::Invalid(vec![FieldError::new("", "the body must be a JSON object")]));
@@ -269,12 +295,73 @@ impl TaskRequest {
             }
         };
 
+        let model = match fields.remove("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) if allowed.models.contains(&m) => Some(m),
+            Some(Value::String(m)) => {
+                errors.push(FieldError::new(
+                    "model",
+                    format!("{m:?} is not an allowed model; choose one of {}", allowed.models.join(", ")),
+                ));
+                None
+            }
+            Some(other) => {
+                errors.push(FieldError::new("model", format!("must be a string, not {}", kind(&other))));
+                None
+            }
+        };
+
+        let tools = match fields.remove("tools") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => {
+                let mut names = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(name) if !allowed.tools.contains(&name) => errors.push(FieldError::new(
+                            "tools",
+                            format!("{name:?} is not a known tool; known: {}", allowed.tools.join(", ")),
+                        )),
+                        Value::String(name) if names.contains(&name) => {}
+                        Value::String(name) => names.push(name),
+                        other => {
+                            errors.push(FieldError::new("tools", format!("must hold strings, not {}", kind(&other))))
+                        }
+                    }
+                }
+                Some(names)
+            }
+            Some(other) => {
+                errors.push(FieldError::new("tools", format!("must be an array of tool names, not {}", kind(&other))));
+                None
+            }
+        };
+
+        let max_cost_nanos = match fields.remove("max_cost_usd") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(usd) if usd > 0.0 && usd <= MAX_COST_USD_LIMIT => Some((usd * 1e9).round() as u64),
+                _ => {
+                    errors.push(FieldError::new(
+                        "max_cost_usd",
+                        format!("must be more than 0 and at most {MAX_COST_USD_LIMIT}"),
+                    ));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new("max_cost_usd", format!("must be a number, not {}", kind(&other))));
+                None
+            }
+        };
+
         let mut unknown: Vec<_> = fields.keys().cloned().collect();
         unknown.sort();
         errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
 
         match (prompt, errors.is_empty()) {
-            (Some(prompt), true) => Ok(Self { prompt, priority, max_iterations, metadata }),
+            (Some(prompt), true) => {
+                Ok(Self { prompt, priority, max_iterations, metadata, model, tools, max_cost_nanos })
+            }
             _ => Err(RequestError::Invalid(errors)),
         }
     }
@@ -342,6 +429,18 @@ pub struct TaskRecord {
     /// How many times a worker has claimed the task.
     #[serde(default)]
     pub attempts: u32,
+    /// Usage and cost per model that answered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage_by_model: BTreeMap<String, Usage>,
+    /// The model the request asked for (the head of its chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<String>,
+    /// The tools the request restricted itself to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// The request's cost budget, in nano-dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_nanos: Option<u64>,
 }
 
 impl TaskRecord {
@@ -362,6 +461,10 @@ impl TaskRecord {
             usage: Usage::default(),
             model: None,
             attempts: 0,
+            usage_by_model: BTreeMap::new(),
+            requested_model: request.model,
+            tools: request.tools,
+            max_cost_nanos: request.max_cost_nanos,
         }
     }
 }
@@ -379,8 +482,19 @@ pub struct TaskMessage {
 mod tests {
     use super::*;
 
+    fn allowed() -> Allowed {
+        Allowed {
+            models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
+            tools: vec!["calculator".into(), "current_time".into()],
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<TaskRequest, RequestError> {
+        TaskRequest::parse(body, &allowed())
+    }
+
     fn errors_of(body: &str) -> Vec<FieldError> {
-        match TaskRequest::parse(body.as_bytes()) {
+        match parse(body.as_bytes()) {
             Err(RequestError::Invalid(e)) => e,
             other => panic!("expected field errors, got {other:?}"),
         }
@@ -392,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_minimal_request_gets_the_defaults() {
-        let r = TaskRequest::parse(br#"{"prompt":"hi"}"#).unwrap();
+        let r = parse(br#"{"prompt":"hi"}"#).unwrap();
         assert_eq!(r.prompt(), "hi");
         assert_eq!(r.priority(), Priority::Default);
         assert_eq!(r.max_iterations(), 10);
@@ -401,8 +515,7 @@ mod tests {
 
     #[test]
     fn a_full_request_keeps_every_field() {
-        let r =
-            TaskRequest::parse(br#"{"prompt":"hi","priority":"high","max_iterations":50,"metadata":{"a":1}}"#).unwrap();
+        let r = parse(br#"{"prompt":"hi","priority":"high","max_iterations":50,"metadata":{"a":1}}"#).unwrap();
         assert_eq!(r.priority(), Priority::High);
         assert_eq!(r.max_iterations(), 50);
         assert_eq!(r.metadata().unwrap()["a"], 1);
@@ -410,7 +523,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_json_is_rejected_as_such() {
-        assert!(matches!(TaskRequest::parse(b"{prompt"), Err(RequestError::NotJson(_))));
+        assert!(matches!(parse(b"{prompt"), Err(RequestError::NotJson(_))));
     }
 
     #[test]
@@ -453,7 +566,7 @@ mod tests {
     #[test]
     fn prompt_length_is_counted_in_characters() {
         let ok = format!(r#"{{"prompt":"{}"}}"#, "é".repeat(MAX_PROMPT_CHARS));
-        assert!(TaskRequest::parse(ok.as_bytes()).is_ok());
+        assert!(parse(ok.as_bytes()).is_ok());
         let long = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(MAX_PROMPT_CHARS + 1));
         assert_eq!(fields_of(&long), ["prompt"]);
     }
@@ -462,6 +575,26 @@ mod tests {
     fn metadata_over_4_kb_is_rejected() {
         let big = format!(r#"{{"prompt":"x","metadata":{{"k":"{}"}}}}"#, "v".repeat(4096));
         assert_eq!(fields_of(&big), ["metadata"]);
+    }
+
+    #[test]
+    fn a_request_may_choose_an_allowed_model_tools_and_a_budget() {
+        let r = parse(
+            br#"{"prompt":"x","model":"claude-haiku-4-5","tools":["calculator","calculator"],"max_cost_usd":0.25}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model(), Some("claude-haiku-4-5"));
+        assert_eq!(r.tools(), Some(&["calculator".to_owned()][..]));
+        assert_eq!(r.max_cost_nanos(), Some(250_000_000));
+    }
+
+    #[test]
+    fn unknown_models_and_tools_and_bad_budgets_are_rejected() {
+        assert_eq!(fields_of(r#"{"prompt":"x","model":"gpt-5"}"#), ["model"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","tools":["rm"]}"#), ["tools"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","tools":"calculator"}"#), ["tools"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":0}"#), ["max_cost_usd"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":"1"}"#), ["max_cost_usd"]);
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl Price {
 }
 
 /// Prices by model id. A dated id (`claude-sonnet-4-5-20250929`) takes the price of the
-/// longest listed id it starts with.
+/// longest listed id it starts with; a Bedrock id (`us.anthropic.claude-haiku-4-5-…-v1:0`) is
+/// matched without its region and vendor prefixes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PriceTable(BTreeMap<String, Price>);
@@ -87,6 +88,12 @@ impl Default for PriceTable {
             ("claude-haiku-4-5", Price::new(1.0, 5.0, 1.25, 0.10)),
             ("claude-3-5-haiku", Price::new(0.80, 4.0, 1.0, 0.08)),
             ("claude-3-haiku", Price::new(0.25, 1.25, 0.30, 0.03)),
+            // OpenAI bills cached input at a discount and has no cache-write charge.
+            ("gpt-4o", Price::new(2.50, 10.0, 0.0, 1.25)),
+            ("gpt-4o-mini", Price::new(0.15, 0.60, 0.0, 0.075)),
+            ("gpt-4.1", Price::new(2.0, 8.0, 0.0, 0.50)),
+            ("gpt-4.1-mini", Price::new(0.40, 1.60, 0.0, 0.10)),
+            ("gpt-4.1-nano", Price::new(0.10, 0.40, 0.0, 0.025)),
         ];
         Self(table.into_iter().map(|(m, p)| (m.to_owned(), p)).collect())
     }
@@ -102,12 +109,22 @@ impl PriceTable {
     }
 
     pub fn price(&self, model: &str) -> Option<&Price> {
-        self.0.get(model).or_else(|| {
-            self.0
-                .iter()
-                .filter(|(id, _)| model.starts_with(id.as_str()))
-                .max_by_key(|(id, _)| id.len())
-                .map(|(_, p)| p)
+        let lookup = |name: &str| {
+            self.0.get(name).or_else(|| {
+                self.0
+                    .iter()
+                    .filter(|(id, _)| name.starts_with(id.as_str()))
+                    .max_by_key(|(id, _)| id.len())
+                    .map(|(_, p)| p)
+            })
+        };
+        lookup(model).or_else(|| {
+            let mut bare = model;
+            for prefix in ["global.", "us.", "eu.", "apac.", "us-gov."] {
+                bare = bare.strip_prefix(prefix).unwrap_or(bare);
+            }
+            let bare = bare.split_once('.').map_or(bare, |(_, rest)| rest);
+            (bare != model).then(|| lookup(bare)).flatten()
         })
     }
 }
@@ -142,6 +159,9 @@ mod tests {
         assert_eq!(p.price("claude-sonnet-4-5-20250929"), p.price("claude-sonnet-4-5"));
         assert_eq!(p.price("claude-opus-4-1-20250805"), p.price("claude-opus-4-1"));
         assert!(p.price("gpt-unknown").is_none());
+        assert_eq!(p.price("us.anthropic.claude-haiku-4-5-20251001-v1:0"), p.price("claude-haiku-4-5"));
+        assert_eq!(p.price("anthropic.claude-3-haiku-20240307-v1:0"), p.price("claude-3-haiku"));
+        assert_eq!(p.price("gpt-4o-mini-2024-07-18"), p.price("gpt-4o-mini"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
 use agentq::config::Secret;
-use agentq::llm::AnthropicModel;
-use agentq::queue::SqsQueue;
+use agentq::llm::{AnthropicModel, BreakerPolicy, Model, ModelChain};
+use agentq::queue::{SqsQueue, SqsRequeue};
 use agentq::store::DynamoStore;
 use agentq::usage::PriceTable;
 use agentq_local::deliver::{Delivery, Invoke, PollReport};
@@ -31,6 +31,8 @@ pub const MAX_RECEIVE_COUNT: u32 = 3;
 /// Visibility timeout of the test queues, so retries come back quickly.
 pub const VISIBILITY_SECS: u32 = 1;
 pub const MODEL: &str = "claude-sonnet-4-5";
+/// The second model of the default chain.
+pub const FALLBACK: &str = "claude-haiku-4-5";
 
 /// One test's slice of the system.
 pub struct TestApp {
@@ -66,12 +68,30 @@ fn default_endpoints() {
 
 impl TestApp {
     /// Creates fresh resources named after a new ULID, and a fake model with no answers yet
-    /// (mount them on `model`).
+    /// (mount them on `model`). The chain is two Anthropic models on that server,
+    /// [`MODEL`] then [`FALLBACK`].
     pub async fn spawn() -> Self {
-        Self::try_spawn().await.expect("spawning the test app (are the emulators running? `make test` starts them)")
+        Self::spawn_with(|uri| {
+            [MODEL, FALLBACK]
+                .into_iter()
+                .map(|m| {
+                    let key = Secret::new("test-key");
+                    let model = AnthropicModel::new(reqwest::Client::new(), uri, key, m, 1024, Duration::from_secs(10));
+                    Arc::new(model) as Arc<dyn Model>
+                })
+                .collect()
+        })
+        .await
     }
 
-    async fn try_spawn() -> anyhow::Result<Self> {
+    /// Like [`spawn`](Self::spawn), with the chain `models` builds from the fake's base URL.
+    pub async fn spawn_with(models: impl FnOnce(&str) -> Vec<Arc<dyn Model>>) -> Self {
+        Self::try_spawn(models)
+            .await
+            .expect("spawning the test app (are the emulators running? `make test` starts them)")
+    }
+
+    async fn try_spawn(models: impl FnOnce(&str) -> Vec<Arc<dyn Model>>) -> anyhow::Result<Self> {
         default_endpoints();
         let sdk = agentq::aws::sdk_config().await;
         let sqs = agentq::aws::sqs(&sdk);
@@ -94,29 +114,32 @@ impl TestApp {
         let retention = Duration::from_secs(86_400);
         let store = Arc::new(DynamoStore::new(dynamodb, &table.name, retention));
         let model = MockServer::start().await;
-        let llm = AnthropicModel::new(
-            reqwest::Client::new(),
-            &model.uri(),
-            Secret::new("test-key"),
-            MODEL,
-            1024,
-            Duration::from_secs(10),
-        );
+        let chain =
+            ModelChain::new(models(&model.uri()), BreakerPolicy { threshold: 100, cooldown: Duration::from_secs(1) });
+        let tools = ToolRegistry::builtin();
+        let allowed = agentq::task::Allowed { models: chain.ids(), tools: tools.names() };
         Ok(Self {
             submit: submit::App {
                 store: store.clone(),
                 queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
                 model_configured: true,
+                allowed,
             },
             status: status::App { store: store.clone() },
             worker: worker::Worker {
                 store,
-                model: Arc::new(llm),
-                tools: ToolRegistry::builtin(),
+                models: chain,
+                tools,
                 prices: PriceTable::default(),
                 retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(10), cap: Duration::from_millis(50) },
+                requeue: Arc::new(SqsRequeue::new(sqs.clone())),
                 max_receive_count: MAX_RECEIVE_COUNT,
                 deadline_margin: Duration::from_secs(2),
+                default_max_cost_nanos: None,
+                // Short, so a task given back comes round again within a test.
+                retry_delay: Duration::from_secs(1),
+                retry_max_delay: Duration::from_secs(2),
+                unavailable_message: "The models are unavailable; try again later.".into(),
             },
             delivery: Delivery { sqs: sqs.clone(), queue_url, queue_arn, batch_size: 10, wait_seconds: 1 },
             dlq_url,

@@ -22,7 +22,7 @@ fn json_of(r: &Response<Body>) -> Value {
 }
 
 async fn stored(store: &MemoryStore) -> TaskRecord {
-    let req = TaskRequest::parse(br#"{"prompt":"secret prompt","max_iterations":7}"#).unwrap();
+    let req = TaskRequest::parse(br#"{"prompt":"secret prompt","max_iterations":7}"#, &Default::default()).unwrap();
     let task = TaskRecord::new(req, agentq::now());
     store.create(&task).await.unwrap();
     task
@@ -61,6 +61,7 @@ async fn a_running_task_shows_its_progress_and_model() {
     let progress = Progress {
         step: 2,
         usage,
+        usage_by_model: [("claude-sonnet-4-5".to_owned(), usage)].into(),
         model: Some("claude-sonnet-4-5".into()),
         lease_until: lease().until,
         now: agentq::now(),
@@ -71,6 +72,7 @@ async fn a_running_task_shows_its_progress_and_model() {
     assert_eq!(b["progress"], json!({"step": 2, "max_steps": 7}));
     assert_eq!(b["usage"]["cost_usd"], 0.0045);
     assert_eq!(b["model"], "claude-sonnet-4-5");
+    assert_eq!(b["usage_by_model"]["claude-sonnet-4-5"]["cost_usd"], 0.0045);
 }
 
 #[tokio::test]
@@ -82,8 +84,16 @@ async fn terminal_tasks_show_their_result_or_error() {
     ] {
         let task = stored(&store).await;
         store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
-        let finish =
-            Finish { status, result, error, step: 3, usage: Usage::default(), model: None, now: agentq::now() };
+        let finish = Finish {
+            status,
+            result,
+            error,
+            step: 3,
+            usage: Usage::default(),
+            usage_by_model: Default::default(),
+            model: None,
+            now: agentq::now(),
+        };
         store.finish(task.task_id, &lease(), &finish).await.unwrap();
         let b = json_of(&status::handle(&App { store: store.clone() }, event(&task.task_id.to_string())).await);
         assert_eq!(b["status"], status.as_str());

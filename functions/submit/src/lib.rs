@@ -11,7 +11,7 @@ use agentq::api::Accepted;
 use agentq::http::{ApiError, json_body, json_response, respond};
 use agentq::queue::TaskQueue;
 use agentq::store::{StorePing, TaskCreate};
-use agentq::task::{RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
+use agentq::task::{Allowed, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
 use lambda_http::http::header::{HeaderValue, LOCATION};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -28,6 +28,8 @@ pub struct App {
     pub queue: Arc<dyn TaskQueue>,
     /// A model endpoint and key are configured, so tasks can run (reported by `/ready`).
     pub model_configured: bool,
+    /// The models and tools a request may name.
+    pub allowed: Allowed,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -49,7 +51,7 @@ fn not_allowed(req: &Request, allowed: &'static str) -> ApiError {
 
 #[tracing::instrument(skip_all, fields(task_id))]
 async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    let request = TaskRequest::parse(json_body(req)?).map_err(|e| match e {
+    let request = TaskRequest::parse(json_body(req)?, &app.allowed).map_err(|e| match e {
         RequestError::NotJson(msg) => ApiError::MalformedJson(msg),
         RequestError::Invalid(errors) => ApiError::Validation(errors),
     })?;

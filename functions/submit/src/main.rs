@@ -11,10 +11,16 @@ async fn main() -> Result<(), Error> {
     agentq::telemetry::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
+    let http = reqwest::Client::new();
+    let allowed = agentq::task::Allowed {
+        models: agentq::wiring::model_ids(&config),
+        tools: agentq::wiring::tool_registry(&config, &http)?.names(),
+    };
     let app = submit::App {
         store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
         queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.require_queue_url()?)),
         model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
+        allowed,
     };
     lambda_http::run(service_fn(|req| {
         let app = &app;

@@ -18,7 +18,11 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let queue = Arc::new(MemoryQueue::new());
-    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true };
+    let allowed = agentq::task::Allowed {
+        models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
+        tools: vec!["calculator".into()],
+    };
+    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed };
     Fixture { app, store, queue }
 }
 
@@ -74,6 +78,19 @@ async fn submit_returns_202_and_a_location_for_a_valid_task() {
 }
 
 #[tokio::test]
+async fn a_request_may_pick_an_allowed_model_tools_and_a_budget() {
+    let f = fixture();
+    let body = r#"{"prompt":"x","model":"claude-haiku-4-5","tools":["calculator"],"max_cost_usd":0.5}"#;
+    let r = submit::handle(&f.app, post(body)).await;
+    assert_eq!(r.status(), 202);
+    let id = json_of(&r)["task_id"].as_str().unwrap().parse().unwrap();
+    let task = f.store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.requested_model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(task.tools, Some(vec!["calculator".to_owned()]));
+    assert_eq!(task.max_cost_nanos, Some(500_000_000));
+}
+
+#[tokio::test]
 async fn a_base64_encoded_body_is_decoded() {
     let f = fixture();
     let r = submit::handle(
@@ -100,6 +117,9 @@ async fn invalid_fields_get_400_naming_each_field() {
         (r#"{"prompt":"x","max_iterations":51}"#, vec!["max_iterations"]),
         (r#"{"prompt":"x","max_iterations":"3"}"#, vec!["max_iterations"]),
         (r#"{"prompt":"x","metadata":"tag"}"#, vec!["metadata"]),
+        (r#"{"prompt":"x","model":"gpt-5"}"#, vec!["model"]),
+        (r#"{"prompt":"x","tools":["shell"]}"#, vec!["tools"]),
+        (r#"{"prompt":"x","max_cost_usd":-1}"#, vec!["max_cost_usd"]),
     ];
     for (body, fields) in cases {
         let r = submit::handle(&f.app, post(body)).await;

@@ -13,15 +13,19 @@
 //! | model unavailable, deadline near, store unavailable  | retried        |
 //! | another live delivery is running the task            | retried        |
 //!
-//! On the last delivery SQS will make (`maxReceiveCount`), a task that still cannot finish is
-//! marked `failed` before its message goes to the dead-letter queue, so no client waits on a
-//! task that will never end.
+//! A task given back because every model was down is kept out of sight for a growing delay
+//! (`ChangeMessageVisibility`: 30 s, 60 s, 120 s… up to a cap), not retried at once. On the
+//! last delivery SQS will make (`maxReceiveCount`), a task that still cannot finish is marked
+//! `failed` (`models_unavailable`, with the deployment's message for users) before its message
+//! goes to the dead-letter queue, so no client waits on a task that will never end.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, RetryPolicy, ToolRegistry, run_agent};
-use agentq::llm::Model;
+use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, Report, RetryPolicy, ToolRegistry, run_agent};
+use agentq::llm::ModelChain;
+use agentq::queue::Requeue;
 use agentq::store::{Claim, Finish, Lease, Progress, StoreError, TaskRun};
 use agentq::task::{TaskError, TaskId, TaskMessage, TaskStatus};
 use agentq::usage::{PriceTable, Usage};
@@ -36,14 +40,32 @@ use tracing::Instrument as _;
 #[derive(Clone)]
 pub struct Worker {
     pub store: Arc<dyn TaskRun>,
-    pub model: Arc<dyn Model>,
+    pub models: ModelChain,
     pub tools: ToolRegistry,
     pub prices: PriceTable,
     pub retry: RetryPolicy,
+    pub requeue: Arc<dyn Requeue>,
     /// The queue's `maxReceiveCount`.
     pub max_receive_count: u32,
     /// Time kept in hand before the invocation's deadline.
     pub deadline_margin: Duration,
+    /// Budget of tasks that set none, in nano-dollars.
+    pub default_max_cost_nanos: Option<u64>,
+    /// First and largest delay before a task whose models were down is tried again.
+    pub retry_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// What clients read when the models stayed down through every delivery.
+    pub unavailable_message: String,
+}
+
+impl Worker {
+    /// How long a task given back after its `receive_count`th delivery stays out of sight:
+    /// the delay doubles with each delivery, up to the cap, with a little jitter so tasks that
+    /// failed together do not all come back together.
+    pub fn retry_delay_for(&self, receive_count: u32) -> Duration {
+        let doubled = self.retry_delay.saturating_mul(1 << receive_count.saturating_sub(1).min(16));
+        doubled.min(self.retry_max_delay).mul_f64(1.0 + fastrand::f64() * 0.1)
+    }
 }
 
 /// What to tell SQS about one message.
@@ -139,47 +161,85 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         id,
         lease: lease.clone(),
         base_usage: task.usage,
+        base_by_model: task.usage_by_model.clone(),
         lease_until: deadline.wall,
         lost: false,
     };
+    let models = match &task.requested_model {
+        Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
+            tracing::warn!(model = %m, "the requested model is no longer in the chain; using the whole chain");
+            worker.models.clone()
+        }),
+        None => worker.models.clone(),
+    };
+    let tools = task.tools.as_deref().map_or_else(|| worker.tools.clone(), |names| worker.tools.subset(names));
     let started = Instant::now();
     let limits = Limits { retry: worker.retry, deadline: Some(deadline.instant - worker.deadline_margin) };
-    let agent_task = AgentTask { prompt: &task.prompt, max_iterations: task.max_iterations };
+    let task_id = id.to_string();
+    let agent_task = AgentTask {
+        task_id: &task_id,
+        prompt: &task.prompt,
+        max_iterations: task.max_iterations,
+        max_cost_nanos: task.max_cost_nanos.or(worker.default_max_cost_nanos),
+        spent_nanos: task.usage.cost_nanos,
+    };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
     let run = tokio::time::timeout_at(
         deadline.instant - worker.deadline_margin / 2,
-        run_agent(worker.model.as_ref(), &worker.tools, &worker.prices, agent_task, limits, &mut checkpoint),
+        run_agent(&models, &tools, &worker.prices, agent_task, limits, &mut checkpoint),
     )
     .await;
     let lost = checkpoint.lost;
-    let (outcome, steps, mut usage, model) = match run {
-        Ok(r) => (r.outcome, r.steps, r.usage, r.model),
-        Err(_) => {
-            (Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")), 0, Usage::default(), None)
-        }
-    };
-    usage += task.usage;
+    let report = run.unwrap_or_else(|_| Report {
+        outcome: Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
+        steps: 0,
+        usage: Usage::default(),
+        usage_by_model: BTreeMap::new(),
+        model: None,
+    });
+    let usage = checkpoint.total(&report.usage);
+    let usage_by_model = checkpoint.total_by_model(&report.usage_by_model);
 
     let finish = |status, result, error| Finish {
         status,
         result,
         error,
-        step: steps,
+        step: report.steps,
         usage,
-        model: model.clone(),
+        usage_by_model: usage_by_model.clone(),
+        model: report.model.clone(),
         now: agentq::now(),
     };
-    let (write, disposition) = match outcome {
+    let (write, disposition) = match report.outcome.clone() {
         Outcome::Succeeded(result) => (Some(finish(TaskStatus::Succeeded, Some(result), None)), Disposition::Done),
         Outcome::Failed(error) => (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Done),
         Outcome::Interrupted(error) if last_delivery => {
-            tracing::error!(code = %error.code, receive_count, "last delivery and the task cannot finish: failing it; the message goes to the dead-letter queue");
+            tracing::error!(code = %error.code, detail = %error.message, receive_count, "last delivery and the task cannot finish: failing it; the message goes to the dead-letter queue");
+            // Users get the deployment's words; the provider's error stays in the log.
+            let error = match error.code.as_str() {
+                "models_unavailable" => TaskError::new("models_unavailable", worker.unavailable_message.clone()),
+                _ => error,
+            };
             (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Retry)
         }
         Outcome::Interrupted(error) => {
-            tracing::warn!(code = %error.code, message = %error.message, receive_count, "task interrupted; giving it back to the queue");
+            let delay = match error.code.as_str() {
+                "models_unavailable" => worker.retry_delay_for(receive_count),
+                // Out of time, not out of luck: the next delivery may start at once.
+                _ => Duration::ZERO,
+            };
+            tracing::warn!(code = %error.code, detail = %error.message, receive_count, retry_in_s = delay.as_secs(), "task interrupted; giving it back to the queue");
             if let Err(e) = worker.store.release(id, &lease, agentq::now()).await {
                 log_store_error("could not release the task; its lease will expire", e);
+            }
+            let (arn, receipt) = (record.event_source_arn.as_deref(), record.receipt_handle.as_deref());
+            if let (Some(arn), Some(receipt)) = (arn, receipt) {
+                if let Err(e) = worker.requeue.retry_after(arn, receipt, delay).await {
+                    tracing::warn!(
+                        error = format!("{:#}", e.0),
+                        "could not set the retry delay; the queue's visibility timeout applies"
+                    );
+                }
             }
             (None, Disposition::Retry)
         }
@@ -225,19 +285,36 @@ struct StoreCheckpoint<'a> {
     store: &'a dyn TaskRun,
     id: TaskId,
     lease: Lease,
+    /// Spent by earlier attempts.
     base_usage: Usage,
+    base_by_model: BTreeMap<String, Usage>,
     lease_until: OffsetDateTime,
     lost: bool,
 }
 
+impl StoreCheckpoint<'_> {
+    fn total(&self, run: &Usage) -> Usage {
+        let mut total = self.base_usage;
+        total += *run;
+        total
+    }
+
+    fn total_by_model(&self, run: &BTreeMap<String, Usage>) -> BTreeMap<String, Usage> {
+        let mut total = self.base_by_model.clone();
+        for (model, usage) in run {
+            *total.entry(model.clone()).or_default() += *usage;
+        }
+        total
+    }
+}
+
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
-    async fn step(&mut self, step: u32, usage: &Usage, model: &str) -> Result<(), anyhow::Error> {
-        let mut total = self.base_usage;
-        total += *usage;
+    async fn step(&mut self, step: u32, report: &Report, model: &str) -> Result<(), anyhow::Error> {
         let progress = Progress {
             step,
-            usage: total,
+            usage: self.total(&report.usage),
+            usage_by_model: self.total_by_model(&report.usage_by_model),
             model: Some(model.to_owned()),
             lease_until: self.lease_until,
             now: agentq::now(),

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use agentq::agent::{RetryPolicy, ToolRegistry};
-use agentq::llm::AnthropicModel;
+use agentq::agent::RetryPolicy;
+use agentq::queue::SqsRequeue;
 use agentq::store::DynamoStore;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -11,18 +11,22 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     agentq::telemetry::init();
     let config = agentq::Config::from_env()?;
-    let api_key = config.model.api_key.clone().ok_or("configuration: ANTHROPIC_API_KEY is not set")?;
     let sdk = agentq::aws::sdk_config().await;
     let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
     let m = &config.model;
     let worker = worker::Worker {
         store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
-        model: Arc::new(AnthropicModel::new(http, &m.base_url, api_key, &m.model, m.max_tokens, m.timeout)),
-        tools: ToolRegistry::builtin(),
+        models: agentq::wiring::model_chain(&config, &http, &sdk)?,
+        tools: agentq::wiring::tool_registry(&config, &http)?,
         prices: config.prices.clone(),
         retry: RetryPolicy { max_attempts: m.max_attempts, cap: m.max_backoff, ..RetryPolicy::default() },
+        requeue: Arc::new(SqsRequeue::new(agentq::aws::sqs(&sdk))),
         max_receive_count: config.max_receive_count,
         deadline_margin: config.deadline_margin,
+        default_max_cost_nanos: config.default_max_cost_nanos,
+        retry_delay: config.retry_delay,
+        retry_max_delay: config.retry_max_delay,
+        unavailable_message: config.unavailable_message.clone(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| worker::handle(&worker, event))).await
 }

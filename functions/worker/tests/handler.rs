@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
-use agentq::llm::{ContentBlock, Model, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage};
+use agentq::llm::{
+    BreakerPolicy, ContentBlock, Model, ModelChain, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage,
+};
+use agentq::queue::MemoryRequeue;
 use agentq::store::{Lease, MemoryStore, TaskCreate, TaskRead, TaskRun};
 use agentq::task::{TaskId, TaskRecord, TaskRequest, TaskStatus};
 use agentq::usage::PriceTable;
@@ -57,19 +60,28 @@ impl Model for FakeModel {
 }
 
 fn worker(store: Arc<MemoryStore>, model: Arc<FakeModel>) -> Worker {
+    worker_with(store, model, Arc::new(MemoryRequeue::new()))
+}
+
+fn worker_with(store: Arc<MemoryStore>, model: Arc<FakeModel>, requeue: Arc<MemoryRequeue>) -> Worker {
     Worker {
         store,
-        model,
+        models: ModelChain::new(vec![model as Arc<dyn Model>], BreakerPolicy::default()),
         tools: ToolRegistry::builtin(),
         prices: PriceTable::default(),
         retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(2) },
+        requeue,
         max_receive_count: 3,
         deadline_margin: Duration::from_secs(1),
+        default_max_cost_nanos: None,
+        retry_delay: Duration::from_secs(30),
+        retry_max_delay: Duration::from_secs(900),
+        unavailable_message: "Try again later.".into(),
     }
 }
 
 async fn queued(store: &MemoryStore) -> TaskId {
-    let task = TaskRecord::new(TaskRequest::parse(br#"{"prompt":"hi"}"#).unwrap(), agentq::now());
+    let task = TaskRecord::new(TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap(), agentq::now());
     store.create(&task).await.unwrap();
     task.task_id
 }
@@ -175,13 +187,28 @@ async fn a_task_whose_runner_died_is_taken_over_once_its_lease_expires() {
 }
 
 #[tokio::test]
-async fn a_model_outage_gives_the_task_back_to_the_queue() {
+async fn a_model_outage_gives_the_task_back_to_the_queue_with_a_growing_delay() {
     let store = Arc::new(MemoryStore::new());
-    let id = queued(&store).await;
+    let requeue = Arc::new(MemoryRequeue::new());
     let model = Arc::new(FakeModel { down: true, ..FakeModel::up() });
-    let r = worker::handle(&worker(store.clone(), model), batch(&[message(id)], 1)).await.unwrap();
-    assert_eq!(failures(&r), ["m0"]);
-    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Queued);
+    let w = worker_with(store.clone(), model, requeue.clone());
+    let id = queued(&store).await;
+    for receive_count in [1, 2] {
+        let r = worker::handle(&w, batch(&[message(id)], receive_count)).await.unwrap();
+        assert_eq!(failures(&r), ["m0"]);
+        assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Queued);
+    }
+    let delays: Vec<u64> = requeue.delays().iter().map(|(_, d)| d.as_secs()).collect();
+    assert!((30..=33).contains(&delays[0]) && (60..=66).contains(&delays[1]), "{delays:?}");
+}
+
+#[test]
+fn retry_delays_double_up_to_the_cap() {
+    let w = worker(Arc::new(MemoryStore::new()), Arc::new(FakeModel::up()));
+    let secs = |n| w.retry_delay_for(n).as_secs();
+    assert!((30..=33).contains(&secs(1)));
+    assert!((240..=264).contains(&secs(4)));
+    assert!((900..=990).contains(&secs(10)));
 }
 
 #[tokio::test]
@@ -193,7 +220,9 @@ async fn on_the_last_delivery_an_outage_fails_the_task_before_it_is_dead_lettere
     assert_eq!(failures(&r), ["m0"], "the message still goes to the DLQ for inspection");
     let task = store.get(id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error.unwrap().code, "models_unavailable");
+    let error = task.error.unwrap();
+    assert_eq!(error.code, "models_unavailable");
+    assert_eq!(error.message, "Try again later.", "users read the deployment's message, not the provider's");
 }
 
 #[tokio::test]

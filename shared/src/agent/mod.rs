@@ -1,23 +1,24 @@
 //! The agent loop: call the model, run the tools it asks for, send their results back, until
-//! it answers or the step budget runs out. It knows nothing of AWS: the worker hands it a
-//! model, tools and a [`Checkpoint`] that persists each step.
+//! it answers or a budget (steps, cost, time) runs out. It knows nothing of AWS: the worker
+//! hands it a model chain, tools and a [`Checkpoint`] that persists each step.
 //!
 //! Stop reasons: `end_turn` and `stop_sequence` end the task with the answer; `tool_use` runs
 //! the tools; `pause_turn` sends the turn back so the model can go on; `max_tokens` ends the
 //! task with the text so far, flagged `truncated` (continuing would spend more on an answer
 //! the caller sized with `AGENTQ_MAX_TOKENS`); `refusal` fails it with code `refused`.
 
-pub mod retry;
 pub mod tools;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use tokio::time::Instant;
 
-pub use retry::{RetryPolicy, complete_with_retries};
-pub use tools::{Tool, ToolError, ToolOutput, ToolRegistry};
+use std::collections::BTreeMap;
 
-use crate::llm::{ContentBlock, Message, Model, ModelRequest, Role, StopReason};
+pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+
+pub use crate::llm::RetryPolicy;
+use crate::llm::{ChainError, ContentBlock, Message, ModelChain, ModelRequest, Role, StopReason};
 use crate::task::{TaskError, TaskResult};
 use crate::usage::{PriceTable, Usage};
 
@@ -27,8 +28,14 @@ const TOOL_CONCURRENCY: usize = 8;
 /// What to run.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentTask<'a> {
+    /// Passed to tools (idempotency keys).
+    pub task_id: &'a str,
     pub prompt: &'a str,
     pub max_iterations: u32,
+    /// Stop once the run has cost this much (nano-dollars), counting `spent_nanos`.
+    pub max_cost_nanos: Option<u64>,
+    /// Already spent on this task by earlier attempts.
+    pub spent_nanos: u64,
 }
 
 /// When to stop trying.
@@ -42,9 +49,9 @@ pub struct Limits {
 /// Persists each step; the worker's implementation writes progress and renews its lease.
 #[async_trait]
 pub trait Checkpoint: Send {
-    /// Called after every model call with the totals so far. An error stops the run: the
-    /// task is no longer ours to run.
-    async fn step(&mut self, step: u32, usage: &Usage, model: &str) -> Result<(), anyhow::Error>;
+    /// Called after every model call with the run so far. An error stops the run: the task is
+    /// no longer ours to run.
+    async fn step(&mut self, step: u32, report: &Report, model: &str) -> Result<(), anyhow::Error>;
 }
 
 /// How a run ended.
@@ -67,13 +74,15 @@ pub struct Report {
     /// Model calls made.
     pub steps: u32,
     pub usage: Usage,
+    /// Usage and cost per model that answered.
+    pub usage_by_model: BTreeMap<String, Usage>,
     /// The model that gave the last answer.
     pub model: Option<String>,
 }
 
 /// Runs one task to an [`Outcome`].
 pub async fn run_agent(
-    model: &dyn Model,
+    models: &ModelChain,
     tools: &ToolRegistry,
     prices: &PriceTable,
     task: AgentTask<'_>,
@@ -82,8 +91,14 @@ pub async fn run_agent(
 ) -> Report {
     let mut request =
         ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
-    let mut report =
-        Report { outcome: Outcome::Abandoned(String::new()), steps: 0, usage: Usage::default(), model: None };
+    let mut report = Report {
+        outcome: Outcome::Abandoned(String::new()),
+        steps: 0,
+        usage: Usage::default(),
+        usage_by_model: BTreeMap::new(),
+        model: None,
+    };
+    let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| task.spent_nanos + usage.cost_nanos >= max);
 
     let outcome = loop {
         if report.steps >= task.max_iterations {
@@ -92,19 +107,23 @@ pub async fn run_agent(
                 format!("the model did not finish within {} steps", task.max_iterations),
             ));
         }
+        if over_budget(&report.usage) {
+            break budget_exceeded(task.max_cost_nanos);
+        }
         if limits.deadline.is_some_and(|d| Instant::now() >= d) {
             break Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time; the task will resume"));
         }
 
-        let response = match complete_with_retries(model, &request, limits.retry, limits.deadline).await {
+        let (response, model_id) = match models.complete(&request, limits.retry, limits.deadline).await {
             Ok(r) => r,
-            Err(e) if e.is_transient() => {
+            Err(ChainError::Unavailable(e)) => {
+                let detail = e.map_or_else(|| "every model's circuit is open".to_owned(), |e| e.to_string());
                 break Outcome::Interrupted(TaskError::new(
                     "models_unavailable",
-                    format!("the model is unavailable: {e}"),
+                    format!("no model is available: {detail}"),
                 ));
             }
-            Err(e) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
+            Err(ChainError::Rejected(e)) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
         };
 
         report.steps += 1;
@@ -115,7 +134,8 @@ pub async fn run_agent(
             cache_creation_input_tokens: response.usage.cache_creation_input_tokens,
             cost_nanos: 0,
         };
-        let price = prices.price(&response.model).or_else(|| prices.price(model.id()));
+        // The configured id is what the operator priced; the provider may answer with an alias.
+        let price = prices.price(&model_id).or_else(|| prices.price(&response.model));
         match price {
             Some(p) => usage.cost_nanos = p.cost_nanos(&usage),
             None => {
@@ -123,7 +143,8 @@ pub async fn run_agent(
             }
         }
         report.usage += usage;
-        report.model = Some(response.model.clone());
+        *report.usage_by_model.entry(model_id.clone()).or_default() += usage;
+        report.model = Some(model_id.clone());
         tracing::info!(
             step = report.steps,
             model = %response.model,
@@ -133,8 +154,12 @@ pub async fn run_agent(
             "model answered"
         );
 
-        if let Err(e) = checkpoint.step(report.steps, &report.usage, &response.model).await {
+        if let Err(e) = checkpoint.step(report.steps, &report, &model_id).await {
             break Outcome::Abandoned(format!("{e:#}"));
+        }
+        // A finished answer is delivered even if it crossed the budget: it is paid for.
+        if over_budget(&report.usage) && response.stop_reason != StopReason::EndTurn {
+            break budget_exceeded(task.max_cost_nanos);
         }
 
         match response.stop_reason {
@@ -151,7 +176,9 @@ pub async fn run_agent(
                 request.messages.push(Message { role: Role::Assistant, content: response.content });
             }
             StopReason::ToolUse => {
-                let results = run_tools(tools, &response.content).await;
+                let context =
+                    ToolContext { task_id: task.task_id.to_owned(), step: report.steps, ..ToolContext::default() };
+                let results = run_tools(tools, &context, &response.content).await;
                 if results.is_empty() {
                     break Outcome::Failed(TaskError::new(
                         "model_error",
@@ -173,8 +200,13 @@ pub async fn run_agent(
     report
 }
 
+fn budget_exceeded(max: Option<u64>) -> Outcome {
+    let max_usd = max.unwrap_or_default() as f64 / 1e9;
+    Outcome::Failed(TaskError::new("budget_exceeded", format!("the task reached its cost budget of ${max_usd}")))
+}
+
 /// Runs every `tool_use` block of a turn, a few at a time, and answers them in order.
-async fn run_tools(tools: &ToolRegistry, content: &[ContentBlock]) -> Vec<ContentBlock> {
+async fn run_tools(tools: &ToolRegistry, context: &ToolContext, content: &[ContentBlock]) -> Vec<ContentBlock> {
     // Owned inputs keep the stream's future free of borrowed closure arguments, which the
     // compiler cannot prove `Send` for every lifetime.
     let calls: Vec<(String, String, serde_json::Value)> = content
@@ -184,15 +216,19 @@ async fn run_tools(tools: &ToolRegistry, content: &[ContentBlock]) -> Vec<Conten
             _ => None,
         })
         .collect();
-    futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, call)))
+    futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, context, call)))
         .buffered(TOOL_CONCURRENCY)
         .collect()
         .await
 }
 
-async fn run_tool(tools: &ToolRegistry, (id, name, input): (String, String, serde_json::Value)) -> ContentBlock {
+async fn run_tool(
+    tools: &ToolRegistry,
+    context: &ToolContext,
+    (id, name, input): (String, String, serde_json::Value),
+) -> ContentBlock {
     let started = Instant::now();
-    let out = tools.run(&name, &input).await;
+    let out = tools.run(&name, &input, &context.for_call(&id)).await;
     tracing::info!(tool = %name, is_error = out.is_error, latency_ms = started.elapsed().as_millis() as u64, "tool ran");
     ContentBlock::ToolResult { tool_use_id: id, content: out.content, is_error: out.is_error }
 }

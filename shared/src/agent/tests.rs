@@ -1,22 +1,26 @@
 //! The loop against a scripted in-process model: every stop reason, retries, budgets.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::*;
-use crate::llm::{ModelError, ModelResponse, TokenUsage};
+use crate::llm::{BreakerPolicy, Model, ModelError, ModelResponse, TokenUsage};
 
 struct Scripted {
+    id: &'static str,
     answers: Mutex<VecDeque<Result<ModelResponse, ModelError>>>,
     requests: Mutex<Vec<ModelRequest>>,
 }
 
 impl Scripted {
     fn new(answers: Vec<Result<ModelResponse, ModelError>>) -> Self {
-        Self { answers: Mutex::new(answers.into()), requests: Mutex::default() }
+        Self::named("claude-sonnet-4-5", answers)
+    }
+    fn named(id: &'static str, answers: Vec<Result<ModelResponse, ModelError>>) -> Self {
+        Self { id, answers: Mutex::new(answers.into()), requests: Mutex::default() }
     }
     fn calls(&self) -> usize {
         self.requests.lock().unwrap().len()
@@ -26,7 +30,7 @@ impl Scripted {
 #[async_trait]
 impl Model for Scripted {
     fn id(&self) -> &str {
-        "claude-sonnet-4-5"
+        self.id
     }
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         self.requests.lock().unwrap().push(request.clone());
@@ -66,13 +70,23 @@ struct Steps(Vec<(u32, Usage)>, bool);
 
 #[async_trait]
 impl Checkpoint for Steps {
-    async fn step(&mut self, step: u32, usage: &Usage, _model: &str) -> Result<(), anyhow::Error> {
+    async fn step(&mut self, step: u32, report: &Report, _model: &str) -> Result<(), anyhow::Error> {
         if self.1 {
             anyhow::bail!("lease lost");
         }
-        self.0.push((step, *usage));
+        self.0.push((step, report.usage));
         Ok(())
     }
+}
+
+/// A chain of the given models, sharing nothing with other tests.
+fn chain(models: Vec<Arc<Scripted>>) -> ModelChain {
+    let models: Vec<Arc<dyn Model>> = models.into_iter().map(|m| m as Arc<dyn Model>).collect();
+    ModelChain::new(models, BreakerPolicy { threshold: 2, cooldown: Duration::from_secs(60) })
+}
+
+fn task(max_iterations: u32) -> AgentTask<'static> {
+    AgentTask { task_id: "T", prompt: "what is 6 * 7?", max_iterations, max_cost_nanos: None, spent_nanos: 0 }
 }
 
 fn limits() -> Limits {
@@ -82,35 +96,32 @@ fn limits() -> Limits {
     }
 }
 
-async fn run(model: &Scripted, max_iterations: u32) -> (Report, Steps) {
+async fn run_task(models: &ModelChain, task: AgentTask<'_>, limits: Limits) -> (Report, Steps) {
     let mut steps = Steps::default();
-    let report = run_agent(
-        model,
-        &ToolRegistry::builtin(),
-        &PriceTable::default(),
-        AgentTask { prompt: "what is 6 * 7?", max_iterations },
-        limits(),
-        &mut steps,
-    )
-    .await;
+    let report = run_agent(models, &ToolRegistry::builtin(), &PriceTable::default(), task, limits, &mut steps).await;
     (report, steps)
+}
+
+async fn run(model: &Arc<Scripted>, max_iterations: u32) -> (Report, Steps) {
+    run_task(&chain(vec![model.clone()]), task(max_iterations), limits()).await
 }
 
 #[tokio::test]
 async fn an_end_turn_answer_succeeds_with_its_text_and_priced_usage() {
-    let model = Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]);
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]));
     let (report, steps) = run(&model, 10).await;
     assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "42".into(), truncated: false }));
     assert_eq!(report.steps, 1);
     // 100 input at $3/MTok + 10 output at $15/MTok = 300_000 + 150_000 n$.
     assert_eq!(report.usage.cost_nanos, 450_000);
-    assert_eq!(report.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
+    assert_eq!(report.model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(report.usage_by_model["claude-sonnet-4-5"], report.usage);
     assert_eq!(steps.0, [(1, report.usage)]);
 }
 
 #[tokio::test]
 async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
-    let model = Scripted::new(vec![
+    let model = Arc::new(Scripted::new(vec![
         answer(
             StopReason::ToolUse,
             vec![ContentBlock::ToolUse {
@@ -120,7 +131,7 @@ async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
             }],
         ),
         answer(StopReason::EndTurn, text("It is 42.")),
-    ]);
+    ]));
     let (report, steps) = run(&model, 10).await;
     assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "It is 42.".into(), truncated: false }));
     assert_eq!(steps.0.len(), 2);
@@ -135,7 +146,7 @@ async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
 
 #[tokio::test]
 async fn a_failing_tool_goes_back_to_the_model_as_an_error_result() {
-    let model = Scripted::new(vec![
+    let model = Arc::new(Scripted::new(vec![
         answer(
             StopReason::ToolUse,
             vec![
@@ -148,7 +159,7 @@ async fn a_failing_tool_goes_back_to_the_model_as_an_error_result() {
             ],
         ),
         answer(StopReason::EndTurn, text("sorry")),
-    ]);
+    ]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(report.outcome, Outcome::Succeeded(_)));
     let second = &model.requests.lock().unwrap()[1];
@@ -169,7 +180,7 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
             }],
         )
     };
-    let model = Scripted::new(vec![tool_turn(), tool_turn()]);
+    let model = Arc::new(Scripted::new(vec![tool_turn(), tool_turn()]));
     let (report, _) = run(&model, 2).await;
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "max_iterations_exceeded"));
     assert_eq!(report.steps, 2);
@@ -178,22 +189,24 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
 
 #[tokio::test]
 async fn max_tokens_ends_with_the_text_flagged_truncated() {
-    let model = Scripted::new(vec![answer(StopReason::MaxTokens, text("The answer is"))]);
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::MaxTokens, text("The answer is"))]));
     let (report, _) = run(&model, 10).await;
     assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "The answer is".into(), truncated: true }));
 }
 
 #[tokio::test]
 async fn a_refusal_fails_the_task() {
-    let model = Scripted::new(vec![answer(StopReason::Refusal, vec![])]);
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::Refusal, vec![])]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "refused"));
 }
 
 #[tokio::test]
 async fn pause_turn_sends_the_turn_back_to_continue() {
-    let model =
-        Scripted::new(vec![answer(StopReason::PauseTurn, text("thinking")), answer(StopReason::EndTurn, text("done"))]);
+    let model = Arc::new(Scripted::new(vec![
+        answer(StopReason::PauseTurn, text("thinking")),
+        answer(StopReason::EndTurn, text("done")),
+    ]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(&report.outcome, Outcome::Succeeded(r) if r.text == "done"));
     assert_eq!(model.requests.lock().unwrap()[1].messages.len(), 2);
@@ -201,7 +214,7 @@ async fn pause_turn_sends_the_turn_back_to_continue() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_within_one_step() {
-    let model = Scripted::new(vec![overloaded(), overloaded(), answer(StopReason::EndTurn, text("ok"))]);
+    let model = Arc::new(Scripted::new(vec![overloaded(), overloaded(), answer(StopReason::EndTurn, text("ok"))]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(report.outcome, Outcome::Succeeded(_)));
     assert_eq!(report.steps, 1);
@@ -210,7 +223,7 @@ async fn transient_failures_are_retried_within_one_step() {
 
 #[tokio::test]
 async fn a_model_that_stays_down_interrupts_the_run_for_a_later_retry() {
-    let model = Scripted::new(vec![overloaded(), overloaded(), overloaded()]);
+    let model = Arc::new(Scripted::new(vec![overloaded(), overloaded(), overloaded()]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == "models_unavailable"));
     assert_eq!(model.calls(), 3);
@@ -218,12 +231,12 @@ async fn a_model_that_stays_down_interrupts_the_run_for_a_later_retry() {
 
 #[tokio::test]
 async fn a_rejected_request_fails_at_once_with_the_providers_message() {
-    let model = Scripted::new(vec![Err(ModelError::Status {
+    let model = Arc::new(Scripted::new(vec![Err(ModelError::Status {
         status: 400,
         kind: "invalid_request_error".into(),
         message: "prompt is too long".into(),
         retry_after: None,
-    })]);
+    })]));
     let (report, _) = run(&model, 10).await;
     assert!(
         matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error" && e.message.contains("prompt is too long"))
@@ -233,17 +246,15 @@ async fn a_rejected_request_fails_at_once_with_the_providers_message() {
 
 #[tokio::test]
 async fn a_retry_that_would_outlive_the_deadline_is_not_started() {
-    let model = Scripted::new(vec![Err(ModelError::Status {
+    let model = Arc::new(Scripted::new(vec![Err(ModelError::Status {
         status: 429,
         kind: "rate_limit_error".into(),
         message: "slow down".into(),
         retry_after: Some(Duration::from_secs(60)),
-    })]);
-    let mut steps = Steps::default();
+    })]));
     let limits = Limits { deadline: Some(Instant::now() + Duration::from_secs(5)), ..limits() };
-    let task = AgentTask { prompt: "x", max_iterations: 3 };
     let started = Instant::now();
-    let report = run_agent(&model, &ToolRegistry::builtin(), &PriceTable::default(), task, limits, &mut steps).await;
+    let (report, _) = run_task(&chain(vec![model.clone()]), task(3), limits).await;
     assert!(matches!(&report.outcome, Outcome::Interrupted(_)));
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(model.calls(), 1);
@@ -251,9 +262,108 @@ async fn a_retry_that_would_outlive_the_deadline_is_not_started() {
 
 #[tokio::test]
 async fn a_refused_checkpoint_abandons_the_run() {
-    let model = Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]);
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]));
     let mut steps = Steps(vec![], true);
-    let task = AgentTask { prompt: "x", max_iterations: 3 };
-    let report = run_agent(&model, &ToolRegistry::builtin(), &PriceTable::default(), task, limits(), &mut steps).await;
+    let report =
+        run_agent(&chain(vec![model]), &ToolRegistry::builtin(), &PriceTable::default(), task(3), limits(), &mut steps)
+            .await;
     assert!(matches!(report.outcome, Outcome::Abandoned(_)));
+}
+
+#[tokio::test]
+async fn a_model_that_stays_down_hands_over_to_the_next_in_the_chain() {
+    let primary = Arc::new(Scripted::named("claude-sonnet-4-5", vec![overloaded(), overloaded(), overloaded()]));
+    let fallback = Arc::new(Scripted::named("claude-haiku-4-5", vec![answer(StopReason::EndTurn, text("from haiku"))]));
+    let (report, _) = run_task(&chain(vec![primary.clone(), fallback.clone()]), task(3), limits()).await;
+    assert!(matches!(&report.outcome, Outcome::Succeeded(r) if r.text == "from haiku"));
+    assert_eq!(report.model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(primary.calls(), 3, "the primary had its retries");
+    // Priced as haiku: 100 × $1 + 10 × $5 per MTok.
+    assert_eq!(report.usage_by_model["claude-haiku-4-5"].cost_nanos, 150_000);
+}
+
+#[tokio::test]
+async fn an_unauthorized_model_is_skipped_without_retries() {
+    let denied = || {
+        Err(ModelError::Status {
+            status: 401,
+            kind: "authentication_error".into(),
+            message: "bad key".into(),
+            retry_after: None,
+        })
+    };
+    let primary = Arc::new(Scripted::named("claude-sonnet-4-5", vec![denied()]));
+    let fallback = Arc::new(Scripted::named("claude-haiku-4-5", vec![answer(StopReason::EndTurn, text("ok"))]));
+    let (report, _) = run_task(&chain(vec![primary.clone(), fallback]), task(3), limits()).await;
+    assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+    assert_eq!(primary.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_request_does_not_burn_the_chain() {
+    let bad = Err(ModelError::Status {
+        status: 400,
+        kind: "invalid_request_error".into(),
+        message: "nope".into(),
+        retry_after: None,
+    });
+    let primary = Arc::new(Scripted::named("claude-sonnet-4-5", vec![bad]));
+    let fallback = Arc::new(Scripted::named("claude-haiku-4-5", vec![]));
+    let (report, _) = run_task(&chain(vec![primary, fallback.clone()]), task(3), limits()).await;
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error"));
+    assert_eq!(fallback.calls(), 0);
+}
+
+#[tokio::test]
+async fn an_open_circuit_skips_the_model_on_later_calls() {
+    let primary = Arc::new(Scripted::named("claude-sonnet-4-5", (0..6).map(|_| overloaded()).collect()));
+    let fallback = Arc::new(Scripted::named(
+        "claude-haiku-4-5",
+        (0..3).map(|_| answer(StopReason::EndTurn, text("ok"))).collect(),
+    ));
+    let models = chain(vec![primary.clone(), fallback]);
+    for _ in 0..3 {
+        let (report, _) = run_task(&models, task(3), limits()).await;
+        assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+    }
+    // Threshold 2: two runs of 3 attempts each opened the circuit; the third run skipped it.
+    assert_eq!(primary.calls(), 6);
+}
+
+#[tokio::test]
+async fn every_model_down_interrupts_with_models_unavailable() {
+    let a = Arc::new(Scripted::named("claude-sonnet-4-5", (0..3).map(|_| overloaded()).collect()));
+    let b = Arc::new(Scripted::named("claude-haiku-4-5", (0..3).map(|_| overloaded()).collect()));
+    let (report, _) = run_task(&chain(vec![a, b]), task(3), limits()).await;
+    assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == "models_unavailable"));
+}
+
+#[tokio::test]
+async fn a_run_stops_at_its_budget_with_the_usage_so_far() {
+    let tool_turn = || {
+        answer(
+            StopReason::ToolUse,
+            vec![ContentBlock::ToolUse {
+                id: "t".into(),
+                name: "calculator".into(),
+                input: json!({"expression": "1"}),
+            }],
+        )
+    };
+    let model = Arc::new(Scripted::new(vec![tool_turn(), tool_turn(), tool_turn()]));
+    // Each call costs 450_000 n$; a budget of 800_000 allows the second call to start, not a third.
+    let budget = AgentTask { max_cost_nanos: Some(800_000), ..task(10) };
+    let (report, _) = run_task(&chain(vec![model.clone()]), budget, limits()).await;
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"), "{:?}", report.outcome);
+    assert_eq!(model.calls(), 2);
+    assert_eq!(report.usage.cost_nanos, 900_000);
+}
+
+#[tokio::test]
+async fn spending_from_earlier_attempts_counts_against_the_budget() {
+    let model = Arc::new(Scripted::new(vec![]));
+    let spent = AgentTask { max_cost_nanos: Some(1_000), spent_nanos: 1_000, ..task(10) };
+    let (report, _) = run_task(&chain(vec![model.clone()]), spent, limits()).await;
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"));
+    assert_eq!(model.calls(), 0);
 }

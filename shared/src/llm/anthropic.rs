@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
+use super::http::send_json;
 use super::{ContentBlock, Message, Model, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage, ToolSpec};
 use crate::config::Secret;
 
@@ -67,18 +66,6 @@ struct WireResponse {
     usage: TokenUsage,
 }
 
-#[derive(Deserialize)]
-struct WireError {
-    error: WireErrorBody,
-}
-
-#[derive(Deserialize)]
-struct WireErrorBody {
-    #[serde(rename = "type")]
-    kind: String,
-    message: String,
-}
-
 #[async_trait]
 impl Model for AnthropicModel {
     fn id(&self) -> &str {
@@ -93,23 +80,14 @@ impl Model for AnthropicModel {
             messages: &request.messages,
             tools: &request.tools,
         };
-        let response = self
+        let request = self
             .http
             .post(&self.url)
             .header("x-api-key", self.api_key.expose())
             .header("anthropic-version", ANTHROPIC_VERSION)
             .timeout(self.timeout)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.timeout))?;
-
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|e| transport_error(e, self.timeout))?;
-        if !status.is_success() {
-            return Err(status_error(status, &bytes, retry_after));
-        }
+            .json(&body);
+        let bytes = send_json(request, self.timeout).await?;
         let wire: WireResponse = serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
         Ok(ModelResponse {
             model: wire.model,
@@ -119,41 +97,6 @@ impl Model for AnthropicModel {
             usage: wire.usage,
         })
     }
-}
-
-fn transport_error(e: reqwest::Error, timeout: Duration) -> ModelError {
-    if e.is_timeout() {
-        ModelError::Timeout(timeout)
-    } else if e.is_decode() {
-        ModelError::Decode(e.to_string())
-    } else {
-        // The source chain holds the useful part ("connection refused"), not the top line.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg = format!("{msg}: {s}");
-            source = s.source();
-        }
-        ModelError::Connect(msg)
-    }
-}
-
-fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> ModelError {
-    let (kind, message) = match serde_json::from_slice::<WireError>(body) {
-        Ok(w) => (w.error.kind, w.error.message),
-        Err(_) => ("unknown".to_owned(), String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
-    };
-    ModelError::Status { status: status.as_u16(), kind, message, retry_after }
-}
-
-/// `retry-after` in seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -244,18 +187,5 @@ mod tests {
         let e = m.complete(&request()).await.unwrap_err();
         assert!(matches!(e, ModelError::Connect(_)), "{e:?}");
         assert!(e.is_transient());
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "1.5".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
-        h.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
     }
 }

@@ -5,6 +5,11 @@
 //! speak; other providers translate to and from them.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod chain;
+mod http;
+pub mod openai;
+pub mod retry;
 
 use std::time::Duration;
 
@@ -13,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use anthropic::AnthropicModel;
+pub use bedrock::BedrockModel;
+pub use chain::{BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
+pub use openai::OpenAiModel;
+pub use retry::{RetryPolicy, complete_with_retries};
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +163,11 @@ impl ModelError {
             Self::Timeout(_) | Self::Connect(_) => true,
             Self::Decode(_) => false,
         }
+    }
+
+    /// The request itself is at fault (malformed, too large): no model would take it.
+    pub fn is_request_fault(&self) -> bool {
+        matches!(self, Self::Status { status: 400 | 413 | 422, .. })
     }
 
     /// How long the provider asked us to wait, if it said.

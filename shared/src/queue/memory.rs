@@ -50,3 +50,28 @@ impl TaskQueue for MemoryQueue {
         self.check()
     }
 }
+
+/// Records the delays asked for, for handler tests.
+#[derive(Debug, Default)]
+pub struct MemoryRequeue {
+    delays: Mutex<Vec<(String, std::time::Duration)>>,
+}
+
+impl MemoryRequeue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// (receipt handle, delay) pairs, in order.
+    pub fn delays(&self) -> Vec<(String, std::time::Duration)> {
+        self.delays.lock().expect("poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl super::Requeue for MemoryRequeue {
+    async fn retry_after(&self, _: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), QueueError> {
+        self.delays.lock().expect("poisoned").push((receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+}

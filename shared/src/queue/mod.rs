@@ -4,10 +4,12 @@
 mod memory;
 mod sqs;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-pub use memory::MemoryQueue;
-pub use sqs::SqsQueue;
+pub use memory::{MemoryQueue, MemoryRequeue};
+pub use sqs::{SqsQueue, SqsRequeue};
 
 use crate::task::TaskMessage;
 
@@ -21,4 +23,12 @@ pub trait TaskQueue: Send + Sync {
 
     /// A cheap call that proves the queue answers, for `/ready`.
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// Puts a message the worker is giving back out of sight for a while, so a task whose
+/// models are down is not retried at once (SQS `ChangeMessageVisibility`).
+#[async_trait]
+pub trait Requeue: Send + Sync {
+    /// `queue_arn` is the record's `eventSourceARN`.
+    async fn retry_after(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
 }

@@ -240,10 +240,13 @@ impl TaskRun for DynamoStore {
     }
 
     async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<(), StoreError> {
-        let mut set = "SET #step = :step, #usage = :usage, #lease_until = :until, #updated_at = :now".to_owned();
+        let mut set =
+            "SET #step = :step, #usage = :usage, #usage_by_model = :by_model, #lease_until = :until, #updated_at = :now"
+                .to_owned();
         let mut values = vec![
             (":step", n(p.step)),
             (":usage", attr(&p.usage)?),
+            (":by_model", attr(&p.usage_by_model)?),
             (":until", n(millis(p.lease_until))),
             (":now", rfc3339(p.now)),
             (":running", s(TaskStatus::Running.as_str())),
@@ -257,11 +260,14 @@ impl TaskRun for DynamoStore {
     }
 
     async fn finish(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
-        let mut set = "SET #status = :status, #step = :step, #usage = :usage, #updated_at = :now".to_owned();
+        let mut set =
+            "SET #status = :status, #step = :step, #usage = :usage, #usage_by_model = :by_model, #updated_at = :now"
+                .to_owned();
         let mut values = vec![
             (":status", s(f.status.as_str())),
             (":step", n(f.step)),
             (":usage", attr(&f.usage)?),
+            (":by_model", attr(&f.usage_by_model)?),
             (":now", rfc3339(f.now)),
             (":running", s(TaskStatus::Running.as_str())),
             (":owner", s(&lease.owner)),

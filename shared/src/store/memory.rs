@@ -119,6 +119,7 @@ impl TaskRun for MemoryStore {
         self.with_leased(id, lease, |rec, held| {
             rec.step = p.step;
             rec.usage = p.usage;
+            rec.usage_by_model.clone_from(&p.usage_by_model);
             if p.model.is_some() {
                 rec.model.clone_from(&p.model);
             }
@@ -134,6 +135,7 @@ impl TaskRun for MemoryStore {
             rec.status = f.status;
             rec.step = f.step;
             rec.usage = f.usage;
+            rec.usage_by_model.clone_from(&f.usage_by_model);
             if f.result.is_some() {
                 rec.result.clone_from(&f.result);
             }

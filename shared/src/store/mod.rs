@@ -9,6 +9,8 @@
 mod dynamodb;
 mod memory;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -53,6 +55,7 @@ pub enum Claim {
 pub struct Progress {
     pub step: u32,
     pub usage: Usage,
+    pub usage_by_model: BTreeMap<String, Usage>,
     pub model: Option<String>,
     /// The lease is renewed with every step.
     pub lease_until: OffsetDateTime,
@@ -67,6 +70,7 @@ pub struct Finish {
     pub error: Option<TaskError>,
     pub step: u32,
     pub usage: Usage,
+    pub usage_by_model: BTreeMap<String, Usage>,
     pub model: Option<String>,
     pub now: OffsetDateTime,
 }

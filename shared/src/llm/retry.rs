@@ -8,7 +8,7 @@ use std::time::Duration;
 use backon::{Backoff, Retryable as _};
 use tokio::time::Instant;
 
-use crate::llm::{Model, ModelError, ModelRequest, ModelResponse};
+use super::{Model, ModelError, ModelRequest, ModelResponse};
 
 /// How hard to try one model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,267 @@
+//! `http_get`: fetch a URL for the model, guarded so a prompt cannot turn the worker into a
+//! proxy into the network it runs in (SSRF).
+//!
+//! - Only hosts on the configured allowlist (`example.com`, or `*.example.com` for its
+//!   subdomains), over http or https.
+//! - The host is resolved here and every address checked **after** resolution: loopback,
+//!   private, link-local (the cloud metadata service at 169.254.169.254 included), CGNAT,
+//!   multicast, documentation and reserved ranges are refused, IPv6 too (IPv4-mapped and NAT64
+//!   forms are unwrapped). The connection then goes to the address that was checked, not to a
+//!   second lookup, so DNS rebinding cannot slip a private address in between.
+//! - Redirects are followed by hand, at most three, each hop checked like the first.
+//! - A time limit for the whole fetch and a size limit on the body (a longer body is cut, and
+//!   the result says so).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::{Tool, ToolContext, ToolError};
+use crate::llm::ToolSpec;
+
+/// What `http_get` may reach.
+#[derive(Debug, Clone)]
+pub struct HttpGetPolicy {
+    /// Hosts that may be fetched: exact names, or `*.example.com` for subdomains.
+    pub allowed_hosts: Vec<String>,
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    pub max_redirects: usize,
+    /// Which resolved addresses may be contacted: [`is_public_address`] outside tests.
+    pub address_filter: fn(IpAddr) -> bool,
+}
+
+impl HttpGetPolicy {
+    pub fn new(allowed_hosts: Vec<String>) -> Self {
+        Self {
+            allowed_hosts: allowed_hosts
+                .into_iter()
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            max_bytes: 1024 * 1024,
+            timeout: Duration::from_secs(10),
+            max_redirects: 3,
+            address_filter: is_public_address,
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
+            Some(parent) => host.strip_suffix(parent).is_some_and(|sub| sub.ends_with('.')),
+            None => *allowed == host,
+        })
+    }
+}
+
+/// Addresses on the public internet. Everything a worker could reach only from inside its
+/// network is refused.
+pub fn is_public_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            let s = v6.segments();
+            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_public_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local, fd00:ec2::254 (metadata) among them
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated) and the like
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || a >= 240) // reserved
+}
+
+pub struct HttpGet {
+    spec: ToolSpec,
+    policy: HttpGetPolicy,
+}
+
+impl HttpGet {
+    pub fn new(policy: HttpGetPolicy) -> Self {
+        let hosts = policy.allowed_hosts.join(", ");
+        Self {
+            spec: ToolSpec {
+                name: "http_get".into(),
+                description: format!(
+                    "Fetches a web page or API response with HTTP GET and returns its status and body \
+                     (at most {} bytes). Only these hosts may be fetched: {hosts}.",
+                    policy.max_bytes
+                ),
+                input_schema: json!({
+                    "type": "object",
+                    "properties": {"url": {"type": "string", "description": "an http or https URL", "maxLength": 2048}},
+                    "required": ["url"],
+                    "additionalProperties": false
+                }),
+            },
+            policy,
+        }
+    }
+
+    /// Checks a URL and returns the address to connect to.
+    async fn vet(&self, url: &reqwest::Url) -> Result<SocketAddr, ToolError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ToolError(format!("refused: only http and https URLs may be fetched, not {}", url.scheme())));
+        }
+        let host = url.host_str().ok_or_else(|| ToolError("refused: the URL has no host".into()))?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if !self.policy.host_allowed(bare) {
+            return Err(ToolError(format!("refused: {host} is not on the allowlist of hosts")));
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((bare, port))
+                .await
+                .map_err(|e| ToolError(format!("cannot resolve {host}: {e}")))?
+                .collect(),
+        };
+        // Every address must be public: a name that also resolves inside could be made to.
+        if let Some(bad) = addrs.iter().find(|a| !(self.policy.address_filter)(a.ip())) {
+            return Err(ToolError(format!("refused: {host} resolves to {}, which is not a public address", bad.ip())));
+        }
+        addrs.into_iter().next().ok_or_else(|| ToolError(format!("{host} has no address")))
+    }
+
+    async fn fetch(&self, mut url: reqwest::Url) -> Result<String, ToolError> {
+        for hop in 0..=self.policy.max_redirects {
+            let addr = self.vet(&url).await?;
+            let host = url.host_str().unwrap_or_default().to_owned();
+            // Pin the connection to the vetted address; no second lookup happens.
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .resolve(&host, addr)
+                .build()
+                .map_err(|e| ToolError(format!("cannot build the HTTP client: {e}")))?;
+            let mut response =
+                client.get(url.clone()).send().await.map_err(|e| ToolError(format!("fetching {url} failed: {e}")))?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| ToolError(format!("{url} answered {status} without a Location")))?;
+                url = url.join(location).map_err(|e| ToolError(format!("bad redirect to {location:?}: {e}")))?;
+                if hop == self.policy.max_redirects {
+                    break;
+                }
+                continue;
+            }
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let mut body = Vec::new();
+            let mut cut = false;
+            while let Some(chunk) =
+                response.chunk().await.map_err(|e| ToolError(format!("reading {url} failed: {e}")))?
+            {
+                let room = self.policy.max_bytes - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    cut = true;
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut text = format!("HTTP {status}\ncontent-type: {content_type}\n\n{}", String::from_utf8_lossy(&body));
+            if cut {
+                text.push_str(&format!("\n[cut: the body is longer than {} bytes]", self.policy.max_bytes));
+            }
+            return if status.is_success() { Ok(text) } else { Err(ToolError(text)) };
+        }
+        Err(ToolError(format!("refused: more than {} redirects", self.policy.max_redirects)))
+    }
+}
+
+#[async_trait]
+impl Tool for HttpGet {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, input: &Value, _: &ToolContext) -> Result<String, ToolError> {
+        let raw = input["url"].as_str().unwrap_or_default();
+        let url = reqwest::Url::parse(raw).map_err(|e| ToolError(format!("not a URL: {raw:?} ({e})")))?;
+        tokio::time::timeout(self.policy.timeout, self.fetch(url))
+            .await
+            .map_err(|_| ToolError(format!("the fetch took longer than {:?}", self.policy.timeout)))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_are_not_public() {
+        for a in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public_address(ip(a)), "{a} passed as public");
+        }
+        for a in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public_address(ip(a)), "{a} refused");
+        }
+    }
+
+    #[test]
+    fn the_allowlist_matches_hosts_and_wildcard_subdomains() {
+        let p = HttpGetPolicy::new(vec!["example.com".into(), "*.docs.rs".into()]);
+        assert!(p.host_allowed("example.com") && p.host_allowed("EXAMPLE.com."));
+        assert!(!p.host_allowed("evil-example.com") && !p.host_allowed("sub.example.com"));
+        assert!(p.host_allowed("serde.docs.rs") && !p.host_allowed("docs.rs") && !p.host_allowed("xdocs.rs"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Builds the model chain and the tool registry from configuration, once per cold start.
+
+use std::sync::Arc;
+
+use crate::agent::ToolRegistry;
+use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
+use crate::config::{Config, ConfigError, Provider};
+use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
+
+/// The chain of `AGENTQ_MODELS`, each model behind its own circuit breaker.
+///
+/// `http` is shared so connections are pooled; `sdk` is only used for Bedrock.
+pub fn model_chain(
+    config: &Config,
+    http: &reqwest::Client,
+    sdk: &aws_config::SdkConfig,
+) -> Result<ModelChain, ConfigError> {
+    let m = &config.model;
+    let bedrock =
+        m.chain.iter().any(|s| s.provider == Provider::Bedrock).then(|| aws_sdk_bedrockruntime::Client::new(sdk));
+    let models = m
+        .chain
+        .iter()
+        .map(|spec| -> Result<Arc<dyn Model>, ConfigError> {
+            Ok(match spec.provider {
+                Provider::Anthropic => {
+                    let key = m.api_key.clone().ok_or(ConfigError {
+                        var: "ANTHROPIC_API_KEY",
+                        problem: format!("is not set, and the chain has {}", spec.model),
+                    })?;
+                    Arc::new(AnthropicModel::new(http.clone(), &m.base_url, key, &spec.model, m.max_tokens, m.timeout))
+                }
+                Provider::OpenAi => Arc::new(OpenAiModel::new(
+                    http.clone(),
+                    &m.openai_base_url,
+                    m.openai_api_key.clone(),
+                    &spec.model,
+                    m.max_tokens,
+                    m.timeout,
+                )),
+                Provider::Bedrock => {
+                    Arc::new(BedrockModel::new(bedrock.clone().expect("built above"), &spec.model, m.max_tokens))
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ModelChain::new(models, BreakerPolicy { threshold: m.breaker_threshold, cooldown: m.breaker_cooldown }))
+}
+
+/// The model ids a request may name.
+pub fn model_ids(config: &Config) -> Vec<String> {
+    config.model.chain.iter().map(|m| m.model.clone()).collect()
+}
+
+/// The built-ins, `http_get` when hosts are allowed, and the configured HTTP tools.
+pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegistry, SchemaError> {
+    let t = &config.tools;
+    let mut registry = ToolRegistry::builtin();
+    if !t.http_get_hosts.is_empty() {
+        let mut policy = HttpGetPolicy::new(t.http_get_hosts.clone());
+        policy.max_bytes = t.http_get_max_bytes;
+        policy.timeout = t.http_get_timeout;
+        registry = registry.with(HttpGet::new(policy))?;
+    }
+    for spec in &t.http_tools {
+        registry = registry.with(HttpTool::new(spec.clone(), http.clone(), t.signing_secret.clone()))?;
+    }
+    Ok(registry)
+}
