@@ -5,16 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentq_tests::{MAX_RECEIVE_COUNT, TestApp, message};
-use serde_json::{Value, json};
+use agentq_tests::{CalculatorScript, MAX_RECEIVE_COUNT, TestApp, answer};
+use serde_json::json;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, Request, ResponseTemplate};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn answer(text: &str, usage: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(message(json!([{"type": "text", "text": text}]), "end_turn", usage))
-}
 
 #[tokio::test]
 async fn a_submitted_task_reaches_succeeded_with_the_models_text_usage_and_cost() {
@@ -44,30 +40,6 @@ async fn a_submitted_task_reaches_succeeded_with_the_models_text_usage_and_cost(
     let sent = &app.model_requests().await[0];
     assert_eq!(sent["messages"][0]["content"][0]["text"], "What is the capital of France?");
     assert_eq!(app.queue_depth(&app.delivery.queue_url).await, 0, "the message was deleted");
-}
-
-/// Asks for the calculator until a tool result comes back, then answers with it.
-struct CalculatorScript;
-
-impl Respond for CalculatorScript {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let body: Value = serde_json::from_slice(&request.body).unwrap();
-        let result = body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
-            .find(|b| b["type"] == "tool_result");
-        let usage = json!({"input_tokens": 50, "output_tokens": 10});
-        match result {
-            None => ResponseTemplate::new(200).set_body_json(message(
-                json!([{"type": "tool_use", "id": "toolu_1", "name": "calculator", "input": {"expression": "6 * 7"}}]),
-                "tool_use",
-                usage,
-            )),
-            Some(r) => answer(&format!("The answer is {}.", r["content"].as_str().unwrap()), usage),
-        }
-    }
 }
 
 #[tokio::test]
@@ -135,6 +107,14 @@ async fn a_failure_the_worker_reports_as_retryable_ends_in_the_dlq_after_max_rec
     let (_, task) = app.get_task(&id).await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["code"], "models_unavailable");
+    assert_eq!(
+        task["error"]["message"], "The models are unavailable; try again later.",
+        "the deployment's words, not the provider's"
+    );
+    // Both models of the chain were tried on every delivery.
+    let asked: std::collections::HashSet<String> =
+        app.model_requests().await.iter().map(|r| r["model"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_http::Body;
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use wiremock::MockServer;
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
 /// Deliveries before a message is dead-lettered, in the test queues.
 pub const MAX_RECEIVE_COUNT: u32 = 3;
@@ -254,4 +254,60 @@ pub fn message(content: Value, stop_reason: &str, usage: Value) -> Value {
         "id": "msg_test", "type": "message", "role": "assistant", "model": MODEL,
         "content": content, "stop_reason": stop_reason, "stop_sequence": null, "usage": usage
     })
+}
+
+/// An `end_turn` answer with `text`.
+pub fn answer(text: &str, usage: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(message(json!([{"type": "text", "text": text}]), "end_turn", usage))
+}
+
+/// The text of a request's first user message.
+pub fn prompt_of(body: &Value) -> String {
+    body["messages"][0]["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The first `tool_result` block anywhere in an Anthropic-format request.
+pub fn tool_result_of(body: &Value) -> Option<Value> {
+    body["messages"]
+        .as_array()?
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["type"] == "tool_result")
+}
+
+/// Asks for the calculator until a tool result comes back, then answers with it.
+/// Every answer uses 50 input and 10 output tokens.
+pub struct CalculatorScript;
+
+impl Respond for CalculatorScript {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let usage = json!({"input_tokens": 50, "output_tokens": 10});
+        match tool_result_of(&body) {
+            None => ResponseTemplate::new(200).set_body_json(message(
+                json!([{"type": "tool_use", "id": "toolu_1", "name": "calculator", "input": {"expression": "6 * 7"}}]),
+                "tool_use",
+                usage,
+            )),
+            Some(r) => answer(&format!("The answer is {}.", r["content"].as_str().unwrap_or_default()), usage),
+        }
+    }
+}
+
+impl TestApp {
+    /// Delivers until every task is terminal, or panics after `timeout`; returns the tasks.
+    pub async fn run_all_until_terminal(&self, ids: &[String], timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut tasks = Vec::new();
+            for id in ids {
+                tasks.push(self.get_task(id).await.1);
+            }
+            if tasks.iter().all(|t| matches!(t["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))) {
+                return tasks;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "tasks not terminal after {timeout:?}: {tasks:?}");
+            self.deliver_once().await;
+        }
+    }
 }

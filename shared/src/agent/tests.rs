@@ -367,3 +367,57 @@ async fn spending_from_earlier_attempts_counts_against_the_budget() {
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"));
     assert_eq!(model.calls(), 0);
 }
+
+#[tokio::test]
+async fn tool_calls_of_one_turn_run_concurrently() {
+    use crate::agent::tools::{HttpTool, HttpToolSpec};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    // Each call takes 400 ms; the server notes when each one arrives.
+    let server = MockServer::start().await;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(move |_: &wiremock::Request| {
+            seen.lock().unwrap().push(std::time::Instant::now());
+            ResponseTemplate::new(200).set_body_string("slow result").set_delay(Duration::from_millis(400))
+        })
+        .mount(&server)
+        .await;
+    let spec = HttpToolSpec {
+        name: "slow".into(),
+        description: "takes its time".into(),
+        input_schema: json!({"type": "object"}),
+        url: server.uri(),
+        timeout_secs: 5,
+        max_attempts: 1,
+    };
+    let tools = ToolRegistry::new().with(HttpTool::new(spec, reqwest::Client::new(), None)).unwrap();
+    let call = |id: &str| ContentBlock::ToolUse { id: id.into(), name: "slow".into(), input: json!({}) };
+    let model = Arc::new(Scripted::new(vec![
+        answer(StopReason::ToolUse, vec![call("a"), call("b")]),
+        answer(StopReason::EndTurn, text("done")),
+    ]));
+    let mut steps = Steps::default();
+    let report =
+        run_agent(&chain(vec![model.clone()]), &tools, &PriceTable::default(), task(3), limits(), &mut steps).await;
+    assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1].duration_since(arrivals[0]);
+    assert!(
+        gap < Duration::from_millis(400),
+        "the second call started {gap:?} after the first: they ran one after the other"
+    );
+    // Results go back in the order the model asked.
+    let results = &model.requests.lock().unwrap()[1].messages[2].content;
+    let ids: Vec<_> = results
+        .iter()
+        .map(|b| match b {
+            ContentBlock::ToolResult { tool_use_id, .. } => tool_use_id.as_str(),
+            _ => "",
+        })
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}

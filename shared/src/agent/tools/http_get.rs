@@ -221,6 +221,8 @@ impl Tool for HttpGet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -263,5 +265,98 @@ mod tests {
         assert!(p.host_allowed("example.com") && p.host_allowed("EXAMPLE.com."));
         assert!(!p.host_allowed("evil-example.com") && !p.host_allowed("sub.example.com"));
         assert!(p.host_allowed("serde.docs.rs") && !p.host_allowed("docs.rs") && !p.host_allowed("xdocs.rs"));
+    }
+
+    async fn get(policy: HttpGetPolicy, url: &str) -> Result<String, ToolError> {
+        HttpGet::new(policy).call(&json!({"url": url}), &ToolContext::default()).await
+    }
+
+    fn refused(r: Result<String, ToolError>) -> String {
+        let e = r.expect_err("the fetch should have been refused").0;
+        assert!(e.starts_with("refused"), "{e}");
+        e
+    }
+
+    #[tokio::test]
+    async fn internal_addresses_are_refused_even_when_allowlisted() {
+        let hosts = ["127.0.0.1", "169.254.169.254", "[::1]", "::1", "10.0.0.1", "localhost"];
+        let policy = HttpGetPolicy::new(hosts.iter().map(|h| h.to_string()).collect());
+        for url in
+            ["http://127.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]:8080/", "http://10.0.0.1/"]
+        {
+            let e = refused(get(policy.clone(), url).await);
+            assert!(e.contains("not a public address"), "{url}: {e}");
+        }
+        // A name that resolves to loopback is refused after resolution.
+        let e = refused(get(policy, "http://localhost:9/").await);
+        assert!(e.contains("not a public address"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn hosts_off_the_allowlist_and_other_schemes_are_refused() {
+        let policy = HttpGetPolicy::new(vec!["example.com".into()]);
+        assert!(refused(get(policy.clone(), "https://example.org/").await).contains("allowlist"));
+        assert!(refused(get(policy, "file:///etc/passwd").await).contains("http"));
+    }
+
+    /// A policy that lets the test server on loopback through, and nothing else internal.
+    fn test_policy() -> HttpGetPolicy {
+        let mut p = HttpGetPolicy::new(vec!["127.0.0.1".into(), "169.254.169.254".into(), "10.0.0.1".into()]);
+        p.address_filter = |ip| ip == IpAddr::from([127, 0, 0, 1]) || is_public_address(ip);
+        p
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_an_internal_address_is_refused() {
+        let server = MockServer::start().await;
+        for (from, to) in [
+            ("/meta", "http://169.254.169.254/latest/meta-data/"),
+            ("/private", "http://10.0.0.1/admin"),
+            ("/away", "https://example.net/"),
+        ] {
+            Mock::given(method("GET"))
+                .and(path(from))
+                .respond_with(ResponseTemplate::new(302).insert_header("location", to))
+                .mount(&server)
+                .await;
+        }
+        for from in ["/meta", "/private", "/away"] {
+            refused(get(test_policy(), &format!("{}{from}", server.uri())).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_three_times_at_most() {
+        let server = MockServer::start().await;
+        // /r0 → /r1 → /r2 → /r3 → /r4 (200): from /r1 it takes three hops, from /r0 four.
+        for i in 0..4 {
+            Mock::given(method("GET"))
+                .and(path(format!("/r{i}")))
+                .respond_with(ResponseTemplate::new(302).insert_header("location", format!("/r{}", i + 1)))
+                .mount(&server)
+                .await;
+        }
+        Mock::given(method("GET"))
+            .and(path("/r4"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&server)
+            .await;
+        assert!(get(test_policy(), &format!("{}/r1", server.uri())).await.is_ok(), "three redirects are fine");
+        assert!(refused(get(test_policy(), &format!("{}/r0", server.uri())).await).contains("more than 3 redirects"));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_cut_and_says_so() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(5000)))
+            .mount(&server)
+            .await;
+        let mut policy = test_policy();
+        policy.max_bytes = 1000;
+        let text = get(policy, &server.uri()).await.unwrap();
+        assert!(text.starts_with("HTTP 200"));
+        assert!(text.contains(&"x".repeat(1000)) && !text.contains(&"x".repeat(1001)));
+        assert!(text.ends_with("[cut: the body is longer than 1000 bytes]"));
     }
 }

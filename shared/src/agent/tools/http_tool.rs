@@ -145,6 +145,77 @@ impl Tool for HttpTool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use wiremock::matchers::{header, method};
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+    fn tool(server: &MockServer, attempts: usize) -> HttpTool {
+        let spec = HttpToolSpec {
+            name: "lookup".into(),
+            description: "looks things up".into(),
+            input_schema: json!({"type": "object"}),
+            url: format!("{}/hooks/lookup", server.uri()),
+            timeout_secs: 5,
+            max_attempts: attempts,
+        };
+        HttpTool::new(spec, reqwest::Client::new(), Some(Secret::new("s3cret")))
+    }
+
+    fn ctx() -> ToolContext {
+        ToolContext { task_id: "01TASK".into(), step: 2, tool_use_id: "toolu_9".into() }
+    }
+
+    #[tokio::test]
+    async fn a_call_posts_the_input_signed_with_an_idempotency_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(header("idempotency-key", "01TASK:2:toolu_9"))
+            .respond_with(|req: &Request| {
+                let ts: i64 = req.headers["x-agentq-timestamp"].to_str().unwrap().parse().unwrap();
+                let expected = signature(&Secret::new("s3cret"), ts, &req.body);
+                if req.headers["x-agentq-signature"] != expected.as_str() {
+                    return ResponseTemplate::new(401);
+                }
+                assert_eq!(serde_json::from_slice::<Value>(&req.body).unwrap(), json!({"q": "rust"}));
+                ResponseTemplate::new(200).set_body_string("found it")
+            })
+            .expect(1)
+            .mount(&server)
+            .await;
+        assert_eq!(tool(&server, 3).call(&json!({"q": "rust"}), &ctx()).await.unwrap(), "found it");
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_with_the_same_idempotency_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).up_to_n_times(2).mount(&server).await;
+        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_string("ok")).mount(&server).await;
+        assert_eq!(tool(&server, 3).call(&json!({}), &ctx()).await.unwrap(), "ok");
+        let keys: Vec<_> =
+            server.received_requests().await.unwrap().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.iter().all(|k| k == "01TASK:2:toolu_9"));
+    }
+
+    #[tokio::test]
+    async fn the_last_failure_becomes_the_error_and_client_errors_are_not_retried() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503).set_body_string("down"))
+            .mount(&server)
+            .await;
+        let e = tool(&server, 2).call(&json!({}), &ctx()).await.unwrap_err();
+        assert!(e.0.contains("503") && e.0.contains("down"), "{e}");
+        assert_eq!(server.received_requests().await.unwrap().len(), 2);
+
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(422).set_body_string("bad input"))
+            .mount(&server)
+            .await;
+        assert!(tool(&server, 3).call(&json!({}), &ctx()).await.is_err());
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    }
 
     #[test]
     fn the_signature_is_an_hmac_of_timestamp_and_body() {
