@@ -36,7 +36,12 @@ else
 
 BANNER
 fi
-[[ -n ${AGENTQ_MODEL:-} ]] && env[AGENTQ_MODEL]=$AGENTQ_MODEL
+# Settings from the caller's environment override the template's (README, Configuration).
+local_only=" AGENTQ_PORT AGENTQ_RUN AGENTQ_TOOLS AGENTQ_POLLERS AGENTQ_URL "
+for k in $(compgen -e | grep -E '^(AGENTQ_|OPENAI_)'); do
+  [[ $local_only == *" $k "* ]] || env[$k]=${!k}
+done
+if [[ -n ${AGENTQ_MODEL:-} && -z ${AGENTQ_MODELS:-} ]]; then env[AGENTQ_MODELS]="anthropic:$AGENTQ_MODEL"; fi
 for k in AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_SQS AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_DYNAMODB; do
   env[$k]=${!k}
 done

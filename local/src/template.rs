@@ -347,7 +347,7 @@ mod tests {
         let env = template().function_env(&refs);
         assert_eq!(env["AGENTQ_TABLE"], "agentq-tasks");
         assert_eq!(env["AGENTQ_QUEUE_URL"], "http://q");
-        assert_eq!(env["AGENTQ_MODEL"], "claude-sonnet-4-5");
+        assert_eq!(env["AGENTQ_MODELS"], "anthropic:claude-sonnet-4-5,anthropic:claude-haiku-4-5");
         assert!(!env.contains_key("ANTHROPIC_API_KEY"));
     }
 }
