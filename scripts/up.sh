@@ -50,7 +50,11 @@ env[AWS_LAMBDA_LOG_FORMAT]=JSON
 env[AWS_LAMBDA_LOG_LEVEL]=${AWS_LAMBDA_LOG_LEVEL:-INFO}
 
 env_file="$RUN/functions.env"
-( umask 077; for k in "${!env[@]}"; do printf '%s=%s\n' "$k" "${env[$k]}"; done | sort > "$env_file" )
+# Values are double-quoted for cargo-lambda's dotenv parser; empty ones mean "unset".
+( umask 077; for k in "${!env[@]}"; do
+    v=${env[$k]}
+    if [[ -n $v ]]; then v=${v//\\/\\\\}; v=${v//\"/\\\"}; v=${v//\$/\\\$}; printf '%s="%s"\n' "$k" "$v"; fi
+  done | sort > "$env_file" )
 
 log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
 start_bg lambda cargo lambda watch --quiet --env-file "$env_file" \

@@ -262,15 +262,24 @@ impl Template {
     }
 
     /// The environment every function gets (the global variables and each function's own,
-    /// merged), with references resolved through `refs`. Variables whose value has no local
-    /// meaning (a parameter without a default, like the API key) are left out for the caller
-    /// to supply.
+    /// merged), with references resolved through `refs`. Secrets (`NoEcho` parameters) and
+    /// values with no local meaning are left out for the caller to supply.
     pub fn function_env(&self, refs: &HashMap<String, String>) -> BTreeMap<String, String> {
         let globals = self.doc["Globals"]["Function"]["Environment"]["Variables"].as_mapping().into_iter().flatten();
         let own = self
             .functions()
             .flat_map(|(_, _, r)| r["Properties"]["Environment"]["Variables"].as_mapping().into_iter().flatten());
-        globals.chain(own).filter_map(|(k, v)| Some((k.as_str()?.to_owned(), self.resolve(v, refs).ok()?))).collect()
+        globals
+            .chain(own)
+            .filter(|(_, v)| !self.is_secret(v))
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), self.resolve(v, refs).ok()?)))
+            .collect()
+    }
+
+    /// A `!Ref` to a `NoEcho` parameter: a secret the caller supplies, never the template.
+    fn is_secret(&self, v: &Value) -> bool {
+        let Value::Tagged(t) = v else { return false };
+        t.tag == "!Ref" && t.value.as_str().is_some_and(|p| self.doc["Parameters"][p]["NoEcho"].as_bool() == Some(true))
     }
 }
 
@@ -348,6 +357,6 @@ mod tests {
         assert_eq!(env["AGENTQ_TABLE"], "agentq-tasks");
         assert_eq!(env["AGENTQ_QUEUE_URL"], "http://q");
         assert_eq!(env["AGENTQ_MODELS"], "anthropic:claude-sonnet-4-5,anthropic:claude-haiku-4-5");
-        assert!(!env.contains_key("ANTHROPIC_API_KEY"));
+        assert!(!env.contains_key("ANTHROPIC_API_KEY") && !env.contains_key("AGENTQ_TOOL_SIGNING_SECRET"));
     }
 }
