@@ -39,7 +39,7 @@ async fn a_submitted_task_reaches_succeeded_with_the_models_text_usage_and_cost(
 
     let sent = &app.model_requests().await[0];
     assert_eq!(sent["messages"][0]["content"][0]["text"], "What is the capital of France?");
-    assert_eq!(app.queue_depth(&app.delivery.queue_url).await, 0, "the message was deleted");
+    assert_eq!(app.queue_depth(&app.queues.default).await, 0, "the message was deleted");
 }
 
 #[tokio::test]
@@ -76,7 +76,7 @@ async fn a_message_for_an_unknown_task_is_acknowledged_not_retried() {
     }
     assert_eq!((report.received, report.deleted), (2, 2), "{report:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.queue_depth(&app.delivery.queue_url).await, 0);
+    assert_eq!(app.queue_depth(&app.queues.default).await, 0);
     assert_eq!(app.queue_depth(&app.dlq_url).await, 0);
     assert!(app.model_requests().await.is_empty());
 }
@@ -101,7 +101,7 @@ async fn a_failure_the_worker_reports_as_retryable_ends_in_the_dlq_after_max_rec
         deliveries += app.deliver_once().await.received;
     }
     assert_eq!(deliveries, MAX_RECEIVE_COUNT as usize, "delivered maxReceiveCount times, then dead-lettered");
-    assert_eq!(app.queue_depth(&app.delivery.queue_url).await, 0);
+    assert_eq!(app.queue_depth(&app.queues.default).await, 0);
 
     // The client is not left polling a task that will never finish.
     let (_, task) = app.get_task(&id).await;
@@ -137,7 +137,7 @@ async fn two_deliveries_of_the_same_message_call_the_model_for_one_run_only() {
     let task = app.run_until_terminal(&id, PATIENCE).await;
     assert_eq!(task["status"], "succeeded");
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.queue_depth(&app.delivery.queue_url).await > 0 {
+    while app.queue_depth(&app.queues.default).await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "the duplicate was never acknowledged");
         app.deliver_once().await;
     }

@@ -6,6 +6,10 @@
 //!
 //! As in AWS, a failed invocation (a function error, an unreadable response, a failure id
 //! that is not in the batch) counts as the whole batch failing.
+//!
+//! One function may be fed by several queues (high, default and low priority). The loop
+//! serves them strictly in order: a batch is taken from the first queue that has messages,
+//! so a flood of low-priority work never holds up a high-priority task.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -53,14 +57,20 @@ impl Invoke for LambdaInvoker {
     }
 }
 
-/// One queue feeding one function.
+/// A queue, by URL and ARN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRef {
+    pub url: String,
+    pub arn: String,
+}
+
+/// Queues feeding one function, highest priority first.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub sqs: aws_sdk_sqs::Client,
-    pub queue_url: String,
-    pub queue_arn: String,
+    pub queues: Vec<QueueRef>,
     pub batch_size: u32,
-    /// Long-poll wait of each receive, in seconds (SQS allows 0–20).
+    /// Long-poll wait, in seconds (SQS allows 0–20), when every queue was empty.
     pub wait_seconds: i32,
 }
 
@@ -73,24 +83,45 @@ pub struct PollReport {
 }
 
 impl Delivery {
-    /// Receives one batch and delivers it.
-    pub async fn poll_once(&self, invoker: &dyn Invoke) -> anyhow::Result<PollReport> {
+    async fn receive(&self, queue: &QueueRef, wait: i32) -> anyhow::Result<Vec<Message>> {
         let received = self
             .sqs
             .receive_message()
-            .queue_url(&self.queue_url)
+            .queue_url(&queue.url)
             .max_number_of_messages(self.batch_size.clamp(1, 10) as i32)
-            .wait_time_seconds(self.wait_seconds)
+            .wait_time_seconds(wait)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| anyhow!("ReceiveMessage: {}", DisplayErrorContext(&e)))?;
-        let messages = received.messages.unwrap_or_default();
+        Ok(received.messages.unwrap_or_default())
+    }
+
+    /// Receives one batch, from the highest-priority queue that has messages, and delivers it.
+    pub async fn poll_once(&self, invoker: &dyn Invoke) -> anyhow::Result<PollReport> {
+        for queue in &self.queues {
+            let messages = self.receive(queue, 0).await?;
+            if !messages.is_empty() {
+                return self.deliver(queue, messages, invoker).await;
+            }
+        }
+        // Nothing anywhere: wait a little on the first queue rather than spin.
+        let Some(first) = self.queues.first() else { return Ok(PollReport::default()) };
+        let messages = self.receive(first, self.wait_seconds).await?;
         if messages.is_empty() {
             return Ok(PollReport::default());
         }
-        let event = json!({ "Records": messages.iter().map(|m| self.record(m)).collect::<Vec<_>>() });
+        self.deliver(first, messages, invoker).await
+    }
+
+    async fn deliver(
+        &self,
+        queue: &QueueRef,
+        messages: Vec<Message>,
+        invoker: &dyn Invoke,
+    ) -> anyhow::Result<PollReport> {
+        let event = json!({ "Records": messages.iter().map(|m| record(queue, m)).collect::<Vec<_>>() });
         let ids: HashSet<&str> = messages.iter().filter_map(|m| m.message_id.as_deref()).collect();
 
         let failed: HashSet<String> = match invoker.invoke(event).await {
@@ -125,7 +156,7 @@ impl Delivery {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             self.sqs
                 .delete_message_batch()
-                .queue_url(&self.queue_url)
+                .queue_url(&queue.url)
                 .set_entries(Some(entries))
                 .send()
                 .await
@@ -133,12 +164,13 @@ impl Delivery {
         }
         Ok(PollReport { received: messages.len(), deleted: done.len(), failed: failed.len() })
     }
+}
 
-    /// An SQS message as a Lambda event record.
-    fn record(&self, m: &Message) -> Value {
-        let attributes: serde_json::Map<String, Value> =
-            m.attributes.iter().flatten().map(|(k, v)| (k.as_str().to_owned(), json!(v))).collect();
-        let message_attributes: serde_json::Map<String, Value> = m
+/// An SQS message as a Lambda event record.
+fn record(queue: &QueueRef, m: &Message) -> Value {
+    let attributes: serde_json::Map<String, Value> =
+        m.attributes.iter().flatten().map(|(k, v)| (k.as_str().to_owned(), json!(v))).collect();
+    let message_attributes: serde_json::Map<String, Value> = m
             .message_attributes
             .iter()
             .flatten()
@@ -146,19 +178,20 @@ impl Delivery {
                 (k.clone(), json!({"stringValue": v.string_value, "dataType": v.data_type, "stringListValues": [], "binaryListValues": []}))
             })
             .collect();
-        json!({
-            "messageId": m.message_id,
-            "receiptHandle": m.receipt_handle,
-            "body": m.body,
-            "attributes": attributes,
-            "messageAttributes": message_attributes,
-            "md5OfBody": m.md5_of_body,
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": LOCAL_REGION,
-        })
-    }
+    json!({
+        "messageId": m.message_id,
+        "receiptHandle": m.receipt_handle,
+        "body": m.body,
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": m.md5_of_body,
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue.arn,
+        "awsRegion": LOCAL_REGION,
+    })
+}
 
+impl Delivery {
     /// Polls until `stop` turns true, with `pollers` receive loops at once (Lambda scales the
     /// same way, up to the event source's `MaximumConcurrency`).
     pub async fn run(self: Arc<Self>, invoker: Arc<dyn Invoke>, pollers: usize, stop: watch::Receiver<bool>) {
@@ -169,7 +202,7 @@ impl Delivery {
                     tokio::select! {
                         _ = stop.changed() => break,
                         r = me.poll_once(invoker.as_ref()) => if let Err(e) = r {
-                            tracing::warn!(error = format!("{e:#}"), queue = %me.queue_url, "poll failed; retrying in 1 s");
+                            tracing::warn!(error = format!("{e:#}"), "poll failed; retrying in 1 s");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         },
                     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentq_local::deliver::{Delivery, LambdaInvoker};
+use agentq_local::deliver::{Delivery, LambdaInvoker, QueueRef};
 use agentq_local::fake_model::FakeModel;
 use agentq_local::gateway::Gateway;
 use agentq_local::template::Template;
@@ -100,7 +100,8 @@ async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let queues: HashMap<_, _> = template.queues()?.into_iter().map(|q| (q.logical_id.clone(), q)).collect();
-    let mut deliveries = Vec::new();
+    // One delivery loop per function, serving its queues in the template's order (priority).
+    let mut by_function: Vec<(String, Vec<QueueRef>, u32, u32)> = Vec::new();
     for source in template.sqs_sources()? {
         let q = queues.get(&source.queue_logical_id).ok_or_else(|| anyhow!("no queue {}", source.queue_logical_id))?;
         let url = sqs
@@ -114,16 +115,25 @@ async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, 
         let attrs =
             sqs.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::QueueArn).send().await?;
         let arn = attrs.attributes.and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned()).unwrap_or_default();
-        let delivery = Arc::new(Delivery {
-            sqs: sqs.clone(),
-            queue_url: url,
-            queue_arn: arn,
-            batch_size: source.batch_size,
-            wait_seconds: 20,
-        });
-        let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &source.function));
-        let n = pollers.min(source.max_concurrency as usize);
-        tracing::info!(queue = %q.name, function = %source.function, pollers = n, batch_size = source.batch_size, "delivering");
+        match by_function.iter_mut().find(|(f, ..)| *f == source.function) {
+            Some((_, refs, _, concurrency)) => {
+                refs.push(QueueRef { url, arn });
+                *concurrency += source.max_concurrency;
+            }
+            None => by_function.push((
+                source.function.clone(),
+                vec![QueueRef { url, arn }],
+                source.batch_size,
+                source.max_concurrency,
+            )),
+        }
+    }
+    let mut deliveries = Vec::new();
+    for (function, refs, batch_size, concurrency) in by_function {
+        let n = pollers.min(concurrency as usize);
+        tracing::info!(%function, queues = refs.len(), pollers = n, batch_size, "delivering, highest priority first");
+        let delivery = Arc::new(Delivery { sqs: sqs.clone(), queues: refs, batch_size, wait_seconds: 1 });
+        let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &function));
         deliveries.push(tokio::spawn(delivery.run(invoker, n, stop_rx.clone())));
     }
 

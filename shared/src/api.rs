@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
+use crate::store::DayUsage;
+use crate::task::{Priority, TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::usage::Usage;
 
 /// The answer to an accepted submission.
@@ -50,6 +51,10 @@ impl From<Usage> for UsageView {
 pub struct TaskView {
     pub task_id: TaskId,
     pub status: TaskStatus,
+    /// A cancel was requested while the task ran; it stops at its next step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    pub priority: Priority,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -73,6 +78,8 @@ impl From<&TaskRecord> for TaskView {
         Self {
             task_id: r.task_id,
             status: r.status,
+            cancel_requested: r.cancel_requested && !r.status.is_terminal(),
+            priority: r.priority,
             created_at: r.created_at,
             updated_at: r.updated_at,
             progress: ProgressView { step: r.step, max_steps: r.max_iterations },
@@ -82,6 +89,76 @@ impl From<&TaskRecord> for TaskView {
             usage_by_model: r.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             iterations: r.step,
             model: r.model.clone(),
+        }
+    }
+}
+
+/// One page of `GET /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Tasks finished on a day, by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// One day of `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayView {
+    pub date: String,
+    pub tasks: TaskCounts,
+    pub usage: UsageView,
+}
+
+impl From<&DayUsage> for DayView {
+    fn from(d: &DayUsage) -> Self {
+        Self {
+            date: d.date.clone(),
+            tasks: TaskCounts { succeeded: d.succeeded, failed: d.failed, cancelled: d.cancelled },
+            usage: d.usage.into(),
+        }
+    }
+}
+
+/// `GET /v1/usage`: days with activity, and their total.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub from: String,
+    pub to: String,
+    pub days: Vec<DayView>,
+    pub total: DayTotal,
+}
+
+/// The sum over a report's days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayTotal {
+    pub tasks: TaskCounts,
+    pub usage: UsageView,
+}
+
+impl UsageReport {
+    pub fn new(from: String, to: String, days: &[DayUsage]) -> Self {
+        let mut counts = TaskCounts::default();
+        let mut usage = Usage::default();
+        for d in days {
+            counts.succeeded += d.succeeded;
+            counts.failed += d.failed;
+            counts.cancelled += d.cancelled;
+            usage += d.usage;
+        }
+        Self {
+            from,
+            to,
+            days: days.iter().map(DayView::from).collect(),
+            total: DayTotal { tasks: counts, usage: usage.into() },
         }
     }
 }

@@ -113,7 +113,10 @@ pub struct ToolConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub table_name: String,
+    /// The default-priority queue.
     pub queue_url: Option<String>,
+    pub queue_url_high: Option<String>,
+    pub queue_url_low: Option<String>,
     pub model: ModelConfig,
     pub prices: PriceTable,
     /// The task queue's `maxReceiveCount`: the worker's last chance to record an honest
@@ -218,6 +221,8 @@ impl Config {
         Ok(Self {
             table_name,
             queue_url: get("AGENTQ_QUEUE_URL"),
+            queue_url_high: get("AGENTQ_QUEUE_URL_HIGH"),
+            queue_url_low: get("AGENTQ_QUEUE_URL_LOW"),
             model,
             prices,
             max_receive_count: number("AGENTQ_MAX_RECEIVE_COUNT", 5)?.max(1) as u32,
@@ -233,9 +238,15 @@ impl Config {
         })
     }
 
-    /// The queue URL, for the functions that send.
-    pub fn require_queue_url(&self) -> Result<&str, ConfigError> {
-        self.queue_url.as_deref().ok_or_else(|| ConfigError::new("AGENTQ_QUEUE_URL", "is not set"))
+    /// The queue of each priority, for the functions that send. High and low fall back to the
+    /// default queue when they have none of their own.
+    pub fn queue_urls(&self) -> Result<crate::queue::QueueUrls, ConfigError> {
+        let default = self.queue_url.clone().ok_or_else(|| ConfigError::new("AGENTQ_QUEUE_URL", "is not set"))?;
+        Ok(crate::queue::QueueUrls {
+            high: self.queue_url_high.clone().unwrap_or_else(|| default.clone()),
+            low: self.queue_url_low.clone().unwrap_or_else(|| default.clone()),
+            default,
+        })
     }
 }
 
@@ -256,7 +267,7 @@ mod tests {
         assert_eq!(c.model.base_url, "https://api.anthropic.com");
         assert_eq!(c.model.chain, [ModelSpec { provider: Provider::Anthropic, model: "claude-sonnet-4-5".into() }]);
         assert_eq!(c.max_receive_count, 5);
-        assert!(c.require_queue_url().is_err());
+        assert!(c.queue_urls().is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::queue::QueueError;
-use crate::store::StoreError;
+use crate::store::{RateDecision, StoreError};
 use crate::task::FieldError;
 
 /// Largest request body accepted.
@@ -30,6 +30,21 @@ pub enum ApiError {
     NotFound(String),
     #[error("{method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed { method: String, allowed: &'static str },
+    /// No key, a wrong key, or a revoked key.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The tenant's token bucket is empty.
+    #[error("too many requests: the limit is {limit} in a burst, refilled at {rate_per_sec}/s")]
+    RateLimited { limit: u32, rate_per_sec: f64, decision: RateDecision },
+    /// The tenant has as many tasks queued or running as it may.
+    #[error("the tenant already has {max} tasks queued or running; submit again when one finishes")]
+    ConcurrencyLimited { max: u32 },
+    /// The tenant's monthly budget is spent.
+    #[error("the tenant's monthly budget of ${budget_usd} is spent (${spent_usd} this month)")]
+    BudgetExhausted { budget_usd: f64, spent_usd: f64 },
+    /// The request conflicts with the resource's state; `code` says how.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
     /// A dependency is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +60,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BudgetExhausted { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -59,6 +78,11 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::ConcurrencyLimited { .. } => "concurrency_limited",
+            Self::BudgetExhausted { .. } => "budget_exhausted",
+            Self::Conflict { code, .. } => code,
             Self::Unavailable(_) => "service_unavailable",
             Self::Unexpected(_) => "internal_error",
         }
@@ -88,12 +112,24 @@ impl From<ApiError> for Response<Body> {
         }
         let mut response = json_response(status, &body);
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        let headers = response.headers_mut();
         match err {
             ApiError::MethodNotAllowed { allowed, .. } => {
-                response.headers_mut().insert(HeaderName::from_static("allow"), HeaderValue::from_static(allowed));
+                headers.insert(HeaderName::from_static("allow"), HeaderValue::from_static(allowed));
             }
-            ApiError::Unavailable(_) => {
-                response.headers_mut().insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("5"));
+            ApiError::Unavailable(_) | ApiError::ConcurrencyLimited { .. } => {
+                headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("5"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    HeaderName::from_static("www-authenticate"),
+                    HeaderValue::from_static("Bearer realm=\"agentq\""),
+                );
+            }
+            ApiError::RateLimited { limit, decision, .. } => {
+                let secs = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from(secs));
+                rate_limit_headers(headers, limit, &decision);
             }
             _ => {}
         }
@@ -118,6 +154,17 @@ impl From<QueueError> for ApiError {
         tracing::error!(error = format!("{:#}", e.0), "task queue call failed");
         Self::Unavailable("the task queue is unavailable; try again shortly".into())
     }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the bucket is
+/// full), as in the IETF RateLimit header fields draft.
+pub fn rate_limit_headers(headers: &mut lambda_http::http::HeaderMap, limit: u32, decision: &RateDecision) {
+    headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit));
+    headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(decision.remaining));
+    headers.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        HeaderValue::from(decision.reset.as_secs_f64().ceil() as u64),
+    );
 }
 
 /// A JSON response.

@@ -3,15 +3,18 @@
 //! - [`task`]: what a task is, how a submission is validated, the stored record;
 //! - [`usage`]: tokens, exact cost, the price table;
 //! - [`config`]: settings from the environment;
+//! - [`tenant`]: tenants, API keys and their limits;
 //! - [`store`] and [`queue`]: DynamoDB and SQS behind small traits, with in-memory fakes;
 //! - [`llm`]: the model trait and the Anthropic client;
 //! - [`agent`]: the agent loop, its tools and retries (no AWS code);
 //! - [`api`]: the JSON shapes of the HTTP API;
+//! - [`auth`]: API keys in, tenants out;
 //! - [`http`]: the API error type and the one mapping from errors to responses;
 //! - [`telemetry`], [`aws`], [`wiring`]: start-up plumbing.
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod http;
@@ -20,6 +23,7 @@ pub mod queue;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod tenant;
 pub mod usage;
 pub mod wiring;
 

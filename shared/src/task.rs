@@ -404,7 +404,12 @@ pub struct TaskResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub task_id: TaskId,
+    /// Who owns the task; nobody else can see it.
+    pub tenant_id: String,
     pub status: TaskStatus,
+    /// A client asked to cancel the running task; it stops at its next step boundary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
     pub priority: Priority,
     pub prompt: String,
     pub max_iterations: u32,
@@ -444,11 +449,13 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// A new task, as stored before it is enqueued.
-    pub fn new(request: TaskRequest, now: OffsetDateTime) -> Self {
+    /// A new task of `tenant_id`, as stored before it is enqueued.
+    pub fn new(request: TaskRequest, tenant_id: &str, now: OffsetDateTime) -> Self {
         Self {
             task_id: TaskId::new(),
+            tenant_id: tenant_id.to_owned(),
             status: TaskStatus::Queued,
+            cancel_requested: false,
             priority: request.priority,
             prompt: request.prompt,
             max_iterations: request.max_iterations,

@@ -5,6 +5,7 @@
 //!
 //! The emulators must be running (`make test` starts them; so does `make up`).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +13,17 @@ use std::time::Duration;
 use agentq::agent::{RetryPolicy, ToolRegistry};
 use agentq::config::Secret;
 use agentq::llm::{AnthropicModel, BreakerPolicy, Model, ModelChain};
-use agentq::queue::{SqsQueue, SqsRequeue};
-use agentq::store::DynamoStore;
+use agentq::queue::{QueueUrls, SqsQueue, SqsRequeue};
+use agentq::store::{DynamoStore, TenantAdmin};
+use agentq::tenant::{Limits, Tenant, new_key};
 use agentq::usage::PriceTable;
-use agentq_local::deliver::{Delivery, Invoke, PollReport};
+use agentq_local::deliver::{Delivery, Invoke, PollReport, QueueRef};
 use agentq_local::template::Template;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::QueueAttributeName;
-use lambda_http::Body;
+use lambda_http::{Body, Response};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
@@ -39,10 +41,16 @@ pub struct TestApp {
     pub submit: submit::App,
     pub status: status::App,
     pub worker: worker::Worker,
+    /// The local event source, over the high, default and low queues in that order.
     pub delivery: Delivery,
+    pub queues: QueueUrls,
+    /// The default queue's dead-letter queue.
     pub dlq_url: String,
     pub sqs: aws_sdk_sqs::Client,
+    pub store: Arc<DynamoStore>,
     pub model: MockServer,
+    /// A key of the tenant `acme`, whose limits are generous.
+    pub key: String,
 }
 
 /// Points the SDK at the local emulators unless the environment already says where they are.
@@ -102,14 +110,27 @@ impl TestApp {
         let table = template.tables()?.into_iter().next().context("the template has no table")?;
         agentq_local::provision::create_table(&dynamodb, &table).await?;
 
-        let queues = template.queues()?;
-        let mut dlq = queues.iter().find(|q| q.redrive.is_none()).context("no DLQ in the template")?.clone();
-        dlq.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
-        let (dlq_url, dlq_arn) = agentq_local::provision::create_queue(&sqs, &dlq, None).await?;
-        let mut queue = queues.iter().find(|q| q.redrive.is_some()).context("no task queue in the template")?.clone();
-        queue.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
-        queue.redrive = Some((dlq.logical_id.clone(), MAX_RECEIVE_COUNT));
-        let (queue_url, queue_arn) = agentq_local::provision::create_queue(&sqs, &queue, Some(&dlq_arn)).await?;
+        // Every queue of the template, with a short visibility timeout and a low receive count.
+        let mut specs = template.queues()?;
+        specs.sort_by_key(|q| q.redrive.is_some());
+        let mut created: HashMap<String, (String, String)> = HashMap::new();
+        for mut q in specs {
+            q.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
+            let dlq_arn = q.redrive.as_ref().map(|(dlq, _)| created[dlq].1.clone());
+            if let Some((dlq, _)) = q.redrive.clone() {
+                q.redrive = Some((dlq, MAX_RECEIVE_COUNT));
+            }
+            let made = agentq_local::provision::create_queue(&sqs, &q, dlq_arn.as_deref()).await?;
+            created.insert(q.logical_id.clone(), made);
+        }
+        let url = |id: &str| created.get(id).map(|(u, _)| u.clone()).with_context(|| format!("no queue {id}"));
+        let queues =
+            QueueUrls { high: url("HighPriorityQueue")?, default: url("TaskQueue")?, low: url("LowPriorityQueue")? };
+        let dlq_url = url("TaskDeadLetterQueue")?;
+        let refs = ["HighPriorityQueue", "TaskQueue", "LowPriorityQueue"]
+            .iter()
+            .map(|id| QueueRef { url: created[*id].0.clone(), arn: created[*id].1.clone() })
+            .collect();
 
         let retention = Duration::from_secs(86_400);
         let store = Arc::new(DynamoStore::new(dynamodb, &table.name, retention));
@@ -121,13 +142,13 @@ impl TestApp {
         Ok(Self {
             submit: submit::App {
                 store: store.clone(),
-                queue: Arc::new(SqsQueue::new(sqs.clone(), &queue_url)),
+                queue: Arc::new(SqsQueue::new(sqs.clone(), queues.clone())),
                 model_configured: true,
                 allowed,
             },
             status: status::App { store: store.clone() },
             worker: worker::Worker {
-                store,
+                store: store.clone(),
                 models: chain,
                 tools,
                 prices: PriceTable::default(),
@@ -141,19 +162,57 @@ impl TestApp {
                 retry_max_delay: Duration::from_secs(2),
                 unavailable_message: "The models are unavailable; try again later.".into(),
             },
-            delivery: Delivery { sqs: sqs.clone(), queue_url, queue_arn, batch_size: 10, wait_seconds: 1 },
+            delivery: Delivery { sqs: sqs.clone(), queues: refs, batch_size: 10, wait_seconds: 1 },
+            queues,
             dlq_url,
             sqs,
+            key: new_tenant(
+                store.as_ref(),
+                "acme",
+                Limits { rate_per_sec: 1000.0, burst: 1000, max_running: 1000, monthly_budget_nanos: None },
+            )
+            .await,
+            store,
             model,
         })
     }
 
-    /// `POST /v1/tasks` with a JSON body; returns status and body.
+    /// `POST /v1/tasks` with a JSON body, as `acme`; returns status and body.
     pub async fn post_task(&self, body: &Value) -> (u16, Value) {
+        let r = self.post_as(&self.key, body, &[]).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// `POST /v1/tasks` with `key` and extra headers; returns the whole response.
+    pub async fn post_as(&self, key: &str, body: &Value, headers: &[(&str, &str)]) -> Response<Body> {
         let mut event: Value = serde_json::from_str(include_str!("../../events/submit.json")).unwrap();
         event["body"] = json!(body.to_string());
+        event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        for (k, v) in headers {
+            event["headers"][*k] = json!(v);
+        }
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
-        let r = submit::handle(&self.submit, req).await;
+        submit::handle(&self.submit, req).await
+    }
+
+    /// A request to the status function, as the holder of `key`.
+    pub async fn call_status(&self, key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/status.json")).unwrap();
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event["requestContext"]["http"]["method"] = json!(method);
+        event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        match path.strip_prefix("/v1/tasks/") {
+            Some(id) => event["pathParameters"] = json!({"id": id}),
+            None => drop(event.as_object_mut().unwrap().remove("pathParameters")),
+        }
+        if !query.is_empty() {
+            event["queryStringParameters"] = query.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            event["rawQueryString"] =
+                json!(query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+        }
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let r = status::handle(&self.status, req).await;
         (r.status().as_u16(), body_json(r.body()))
     }
 
@@ -164,15 +223,9 @@ impl TestApp {
         body["task_id"].as_str().unwrap().to_owned()
     }
 
-    /// `GET /v1/tasks/{id}`; returns status and body.
+    /// `GET /v1/tasks/{id}` as `acme`; returns status and body.
     pub async fn get_task(&self, id: &str) -> (u16, Value) {
-        let mut event: Value = serde_json::from_str(include_str!("../../events/status.json")).unwrap();
-        event["rawPath"] = json!(format!("/v1/tasks/{id}"));
-        event["requestContext"]["http"]["path"] = event["rawPath"].clone();
-        event["pathParameters"]["id"] = json!(id);
-        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
-        let r = status::handle(&self.status, req).await;
-        (r.status().as_u16(), body_json(r.body()))
+        self.call_status(&self.key, "GET", &format!("/v1/tasks/{id}"), &[]).await
     }
 
     /// Runs the local event source once (long-polling up to a second).
@@ -211,9 +264,14 @@ impl TestApp {
             .sum()
     }
 
-    /// Sends a raw message body to the task queue.
+    /// Sends a raw message body to the default task queue.
     pub async fn send_raw(&self, body: &str) {
-        self.sqs.send_message().queue_url(&self.delivery.queue_url).message_body(body).send().await.unwrap();
+        self.sqs.send_message().queue_url(&self.queues.default).message_body(body).send().await.unwrap();
+    }
+
+    /// A new tenant with `limits`; returns its key.
+    pub async fn tenant(&self, name: &str, limits: Limits) -> String {
+        new_tenant(self.store.as_ref(), name, limits).await
     }
 
     /// Requests the fake model has received, as JSON.
@@ -228,7 +286,16 @@ impl TestApp {
     }
 }
 
-fn body_json(body: &Body) -> Value {
+/// Creates a tenant and a key for it; returns the key.
+pub async fn new_tenant(store: &DynamoStore, name: &str, limits: Limits) -> String {
+    let now = agentq::now();
+    store.put_tenant(&Tenant { tenant_id: name.into(), limits, created_at: now }).await.unwrap();
+    let (key, record) = new_key(name, now);
+    store.put_key(&record).await.unwrap();
+    key.expose().to_owned()
+}
+
+pub fn body_json(body: &Body) -> Value {
     serde_json::from_slice(body.as_ref()).unwrap_or(Value::Null)
 }
 

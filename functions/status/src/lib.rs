@@ -1,40 +1,180 @@
-//! The status function: `GET /v1/tasks/{id}` returns a task's state, progress, result and
-//! cost. An unknown id and a malformed one get the same 404, so ids cannot be probed.
+//! The status function: a tenant's view of its tasks. `GET /v1/tasks/{id}` (state, progress,
+//! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks` (list, newest first,
+//! paginated) and `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
+//! malformed one all get the same 404, so ids cannot be probed.
 
 use std::sync::Arc;
 
-use agentq::api::TaskView;
+use agentq::api::{TaskList, TaskView, UsageReport};
+use agentq::auth::{Caller, authenticate};
 use agentq::http::{ApiError, json_response, respond};
-use agentq::store::TaskRead;
-use agentq::task::TaskId;
+use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
+use agentq::task::{FieldError, TaskId, TaskRecord, TaskStatus};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt as _, Response};
+use time::{Date, Duration};
+
+/// Page size of a list when the request names none, and the most it may name.
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+/// The longest usage report, in days.
+const MAX_USAGE_DAYS: i64 = 366;
+
+/// What the status path reads and writes.
+pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead {}
+impl<T: TaskRead + TaskCancel + TenantRead + UsageRead> StatusStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
 pub struct App {
-    pub store: Arc<dyn TaskRead>,
+    pub store: Arc<dyn StatusStore>,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    respond(get_task(app, &req).await)
+    respond(route(app, &req).await)
 }
 
-#[tracing::instrument(skip_all, fields(task_id))]
-async fn get_task(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    // API Gateway passes `{id}` as a path parameter; a bare function URL only has the path.
-    let raw = req
-        .path_parameters_ref()
-        .and_then(|p| p.first("id").map(str::to_owned))
-        .or_else(|| req.uri().path().strip_prefix("/v1/tasks/").map(|s| s.trim_end_matches('/').to_owned()))
-        .ok_or_else(|| ApiError::NotFound(format!("no route for {}", req.uri().path())))?;
-    if req.method() != Method::GET {
-        return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed: "GET" });
+#[tracing::instrument(skip_all, fields(tenant_id, task_id))]
+async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let method = req.method().clone();
+    let not_allowed = |allowed| ApiError::MethodNotAllowed { method: method.to_string(), allowed };
+    // Routing is checked before authentication so a wrong route is a 404/405 for anyone.
+    enum Route {
+        Task(String),
+        List,
+        Usage,
     }
+    let route = match path.as_str() {
+        "/v1/tasks" => Route::List,
+        "/v1/usage" => Route::Usage,
+        p => match p.strip_prefix("/v1/tasks/") {
+            // API Gateway passes `{id}` as a path parameter; a bare function URL has the path.
+            Some(rest) if !rest.contains('/') => Route::Task(
+                req.path_parameters_ref()
+                    .and_then(|p| p.first("id").map(str::to_owned))
+                    .unwrap_or_else(|| rest.to_owned()),
+            ),
+            _ => return Err(ApiError::NotFound(format!("no route for {p}"))),
+        },
+    };
+    match (&route, &method) {
+        (Route::Task(_), &Method::GET | &Method::DELETE) | (Route::List | Route::Usage, &Method::GET) => {}
+        (Route::Task(_), _) => return Err(not_allowed("GET, DELETE")),
+        (Route::List, _) => return Err(not_allowed("GET, POST")),
+        (Route::Usage, _) => return Err(not_allowed("GET")),
+    }
+    let caller = authenticate(app.store.as_ref(), req).await?;
+    match route {
+        Route::Task(raw) if method == Method::DELETE => cancel(app, &caller, &raw).await,
+        Route::Task(raw) => get_task(app, &caller, &raw).await,
+        Route::List => list(app, &caller, req).await,
+        Route::Usage => usage(app, &caller, req).await,
+    }
+}
+
+/// The caller's task with this id: anything else is the same 404.
+async fn owned_task(app: &App, caller: &Caller, raw: &str) -> Result<TaskRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("no task with id {raw:?}"));
     let id: TaskId = raw.parse().map_err(|_| not_found())?;
     tracing::Span::current().record("task_id", tracing::field::display(id));
     let task = app.store.get(id).await?.ok_or_else(not_found)?;
+    if task.tenant_id != caller.tenant.tenant_id {
+        return Err(not_found());
+    }
+    Ok(task)
+}
+
+async fn get_task(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
+    let task = owned_task(app, caller, raw).await?;
     Ok(json_response(StatusCode::OK, &TaskView::from(&task)))
+}
+
+async fn cancel(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
+    let task = owned_task(app, caller, raw).await?;
+    let outcome = app.store.cancel(task.task_id, agentq::now()).await?;
+    tracing::info!(outcome = ?outcome, "cancel requested");
+    let status = match outcome {
+        Cancelled::Now => StatusCode::OK,
+        Cancelled::Requested => StatusCode::ACCEPTED,
+        Cancelled::AlreadyFinished(s) => {
+            return Err(ApiError::Conflict { code: "task_finished", detail: format!("the task already ended {s}") });
+        }
+        Cancelled::NotFound => return Err(ApiError::NotFound(format!("no task with id {raw:?}"))),
+    };
+    let task = app.store.get(task.task_id).await?.unwrap_or(task);
+    Ok(json_response(status, &TaskView::from(&task)))
+}
+
+fn query(req: &Request, name: &str) -> Option<String> {
+    let params = req.query_string_parameters_ref()?;
+    params.first(name).map(str::to_owned)
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation(vec![FieldError::new(field, message)])
+}
+
+async fn list(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body>, ApiError> {
+    let status = match query(req, "status") {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<TaskStatus>(serde_json::Value::String(s))
+                .map_err(|_| invalid("status", "must be one of queued, running, succeeded, failed, cancelled"))?,
+        ),
+    };
+    let limit = match query(req, "limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?,
+    };
+    let after = match query(req, "cursor") {
+        None => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<TaskId>().ok())
+                .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
+    let page = app.store.list(&caller.tenant.tenant_id, status, limit, after).await?;
+    let body = TaskList {
+        tasks: page.tasks.iter().map(TaskView::from).collect(),
+        next_cursor: page.next.map(|id| URL_SAFE_NO_PAD.encode(id.to_string())),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn date(field: &str, raw: &str) -> Result<Date, ApiError> {
+    Date::parse(raw, &time::format_description::well_known::Iso8601::DATE)
+        .ok()
+        .filter(|_| raw.len() == 10)
+        .ok_or_else(|| invalid(field, "must be a date, YYYY-MM-DD"))
+}
+
+async fn usage(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body>, ApiError> {
+    let today = agentq::now().date();
+    let to = query(req, "to").map(|t| date("to", &t)).transpose()?.unwrap_or(today);
+    let from = query(req, "from").map(|f| date("from", &f)).transpose()?.unwrap_or(to - Duration::days(29));
+    if from > to {
+        return Err(invalid("from", "must not be after to"));
+    }
+    if (to - from).whole_days() >= MAX_USAGE_DAYS {
+        return Err(invalid("from", format!("the range is at most {MAX_USAGE_DAYS} days")));
+    }
+    let (from, to) = (day(from), day(to));
+    let days = app.store.days(&caller.tenant.tenant_id, &from, &to).await?;
+    Ok(json_response(StatusCode::OK, &UsageReport::new(from, to, &days)))
+}
+
+fn day(d: Date) -> String {
+    day_of(d.midnight().assume_utc())
 }

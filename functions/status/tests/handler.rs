@@ -2,30 +2,64 @@
 
 use std::sync::Arc;
 
-use agentq::store::{Finish, Lease, MemoryStore, Progress, TaskCreate, TaskRun};
+use agentq::store::{Finish, Lease, MemoryStore, Progress, TaskRun};
 use agentq::task::{TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
+use agentq::tenant::Limits;
 use agentq::usage::Usage;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use status::App;
 
-fn event(id: &str) -> Request {
+struct Fixture {
+    app: App,
+    store: Arc<MemoryStore>,
+    key: String,
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(MemoryStore::new());
+    let key = store.tenant_with_key("acme", Limits::default());
+    Fixture { app: App { store: store.clone() }, store, key }
+}
+
+fn request(key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> Request {
     let mut v: Value = serde_json::from_str(include_str!("../../../events/status.json")).unwrap();
-    v["rawPath"] = json!(format!("/v1/tasks/{id}"));
-    v["requestContext"]["http"]["path"] = v["rawPath"].clone();
-    v["pathParameters"]["id"] = json!(id);
+    v["rawPath"] = json!(path);
+    v["requestContext"]["http"]["path"] = json!(path);
+    v["requestContext"]["http"]["method"] = json!(method);
+    match path.strip_prefix("/v1/tasks/") {
+        Some(id) => v["pathParameters"]["id"] = json!(id),
+        None => drop(v.as_object_mut().unwrap().remove("pathParameters")),
+    }
+    if !key.is_empty() {
+        v["headers"]["authorization"] = json!(format!("Bearer {key}"));
+    }
+    if !query.is_empty() {
+        v["queryStringParameters"] = query.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        v["rawQueryString"] = json!(query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+    }
     lambda_http::request::from_str(&v.to_string()).unwrap()
+}
+
+impl Fixture {
+    async fn call(&self, method: &str, path: &str, query: &[(&str, &str)]) -> Response<Body> {
+        status::handle(&self.app, request(&self.key, method, path, query)).await
+    }
+
+    async fn get(&self, id: &str) -> Response<Body> {
+        self.call("GET", &format!("/v1/tasks/{id}"), &[]).await
+    }
+
+    async fn stored(&self, tenant: &str) -> TaskRecord {
+        let req = TaskRequest::parse(br#"{"prompt":"secret prompt","max_iterations":7}"#, &Default::default()).unwrap();
+        let task = TaskRecord::new(req, tenant, agentq::now());
+        self.store.insert(&task).await;
+        task
+    }
 }
 
 fn json_of(r: &Response<Body>) -> Value {
     serde_json::from_slice(r.body().as_ref()).unwrap()
-}
-
-async fn stored(store: &MemoryStore) -> TaskRecord {
-    let req = TaskRequest::parse(br#"{"prompt":"secret prompt","max_iterations":7}"#, &Default::default()).unwrap();
-    let task = TaskRecord::new(req, agentq::now());
-    store.create(&task).await.unwrap();
-    task
 }
 
 fn lease() -> Lease {
@@ -34,13 +68,14 @@ fn lease() -> Lease {
 
 #[tokio::test]
 async fn a_queued_task_reads_back_with_every_field() {
-    let store = Arc::new(MemoryStore::new());
-    let task = stored(&store).await;
-    let r = status::handle(&App { store: store.clone() }, event(&task.task_id.to_string())).await;
+    let f = fixture();
+    let task = f.stored("acme").await;
+    let r = f.get(&task.task_id.to_string()).await;
     assert_eq!(r.status(), 200);
     let b = json_of(&r);
     assert_eq!(b["task_id"], task.task_id.to_string());
     assert_eq!(b["status"], "queued");
+    assert_eq!(b["priority"], "default");
     assert_eq!(b["progress"], json!({"step": 0, "max_steps": 7}));
     assert_eq!(
         b["usage"],
@@ -54,9 +89,9 @@ async fn a_queued_task_reads_back_with_every_field() {
 
 #[tokio::test]
 async fn a_running_task_shows_its_progress_and_model() {
-    let store = Arc::new(MemoryStore::new());
-    let task = stored(&store).await;
-    store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
+    let f = fixture();
+    let task = f.stored("acme").await;
+    f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
     let usage = Usage { input_tokens: 1000, output_tokens: 100, cost_nanos: 4_500_000, ..Usage::default() };
     let progress = Progress {
         step: 2,
@@ -66,8 +101,8 @@ async fn a_running_task_shows_its_progress_and_model() {
         lease_until: lease().until,
         now: agentq::now(),
     };
-    store.progress(task.task_id, &lease(), &progress).await.unwrap();
-    let b = json_of(&status::handle(&App { store }, event(&task.task_id.to_string())).await);
+    f.store.progress(task.task_id, &lease(), &progress).await.unwrap();
+    let b = json_of(&f.get(&task.task_id.to_string()).await);
     assert_eq!(b["status"], "running");
     assert_eq!(b["progress"], json!({"step": 2, "max_steps": 7}));
     assert_eq!(b["usage"]["cost_usd"], 0.0045);
@@ -77,13 +112,13 @@ async fn a_running_task_shows_its_progress_and_model() {
 
 #[tokio::test]
 async fn terminal_tasks_show_their_result_or_error() {
-    let store = Arc::new(MemoryStore::new());
+    let f = fixture();
     for (status, result, error) in [
         (TaskStatus::Succeeded, Some(TaskResult { text: "42".into(), truncated: false }), None),
         (TaskStatus::Failed, None, Some(TaskError::new("max_iterations_exceeded", "too many steps"))),
     ] {
-        let task = stored(&store).await;
-        store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
+        let task = f.stored("acme").await;
+        f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
         let finish = Finish {
             status,
             result,
@@ -94,8 +129,8 @@ async fn terminal_tasks_show_their_result_or_error() {
             model: None,
             now: agentq::now(),
         };
-        store.finish(task.task_id, &lease(), &finish).await.unwrap();
-        let b = json_of(&status::handle(&App { store: store.clone() }, event(&task.task_id.to_string())).await);
+        f.store.finish(&task, &lease(), &finish).await.unwrap();
+        let b = json_of(&f.get(&task.task_id.to_string()).await);
         assert_eq!(b["status"], status.as_str());
         assert_eq!(b["iterations"], 3);
         match status {
@@ -106,20 +141,103 @@ async fn terminal_tasks_show_their_result_or_error() {
 }
 
 #[tokio::test]
-async fn unknown_and_malformed_ids_get_the_same_404() {
-    let app = App { store: Arc::new(MemoryStore::new()) };
-    for id in ["01KB3Z5Q9V1W7E6D8C4B2A0F9G", "not-a-task", "01kb3z5q9v1w7e6d8c4b2a0f9g"] {
-        let r = status::handle(&app, event(id)).await;
-        assert_eq!(r.status(), 404, "{id}");
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        assert_eq!(json_of(&r)["status"], 404);
+async fn unknown_malformed_and_other_tenants_ids_get_the_same_404() {
+    let f = fixture();
+    let theirs = f.stored("globex").await.task_id.to_string();
+    for id in ["01KB3Z5Q9V1W7E6D8C4B2A0F9G", "not-a-task", "01kb3z5q9v1w7e6d8c4b2a0f9g", theirs.as_str()] {
+        for method in ["GET", "DELETE"] {
+            let r = f.call(method, &format!("/v1/tasks/{id}"), &[]).await;
+            assert_eq!(r.status(), 404, "{method} {id}");
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            assert_eq!(json_of(&r)["detail"], format!("no task with id {id:?}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_key_are_401_with_a_challenge() {
+    let f = fixture();
+    let task = f.stored("acme").await;
+    for key in ["", "aq_wrong"] {
+        let r = status::handle(&f.app, request(key, "GET", &format!("/v1/tasks/{}", task.task_id), &[])).await;
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"agentq\"");
+        assert_eq!(json_of(&r)["status"], 401);
     }
 }
 
 #[tokio::test]
 async fn a_store_failure_is_a_503_not_a_404() {
-    let store = Arc::new(MemoryStore::new());
-    store.set_down(true);
-    let r = status::handle(&App { store }, event("01KB3Z5Q9V1W7E6D8C4B2A0F9G")).await;
+    let f = fixture();
+    f.store.set_down(true);
+    let r = f.get("01KB3Z5Q9V1W7E6D8C4B2A0F9G").await;
     assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn cancel_ends_a_queued_task_marks_a_running_one_and_refuses_a_finished_one() {
+    let f = fixture();
+    let queued = f.stored("acme").await;
+    let r = f.call("DELETE", &format!("/v1/tasks/{}", queued.task_id), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(&r)["status"], "cancelled");
+
+    let running = f.stored("acme").await;
+    f.store.claim(running.task_id, &lease(), agentq::now()).await.unwrap();
+    let r = f.call("DELETE", &format!("/v1/tasks/{}", running.task_id), &[]).await;
+    assert_eq!(r.status(), 202);
+    let b = json_of(&r);
+    assert_eq!((b["status"].as_str(), b["cancel_requested"].as_bool()), (Some("running"), Some(true)));
+
+    let r = f.call("DELETE", &format!("/v1/tasks/{}", queued.task_id), &[]).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(json_of(&r)["code"], "task_finished");
+}
+
+#[tokio::test]
+async fn the_list_pages_through_a_tenants_tasks_newest_first() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(f.stored("acme").await.task_id.to_string());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    f.stored("globex").await;
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("limit", "2")];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c));
+        }
+        let b = json_of(&f.call("GET", "/v1/tasks", &q).await);
+        seen.extend(b["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().to_owned()));
+        match b["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every task once, newest first, none of another tenant's");
+}
+
+#[tokio::test]
+async fn list_parameters_are_validated() {
+    let f = fixture();
+    for (k, v) in [("limit", "0"), ("limit", "101"), ("limit", "x"), ("status", "done"), ("cursor", "!!")] {
+        let r = f.call("GET", "/v1/tasks", &[(k, v)]).await;
+        assert_eq!(r.status(), 400, "{k}={v}");
+        assert_eq!(json_of(&r)["errors"][0]["field"], k);
+    }
+}
+
+#[tokio::test]
+async fn usage_dates_are_validated() {
+    let f = fixture();
+    assert_eq!(f.call("GET", "/v1/usage", &[]).await.status(), 200);
+    for q in [[("from", "2026-13-01")], [("to", "yesterday")]] {
+        assert_eq!(f.call("GET", "/v1/usage", &q).await.status(), 400, "{q:?}");
+    }
+    let r = f.call("GET", "/v1/usage", &[("from", "2026-02-01"), ("to", "2026-01-01")]).await;
+    assert_eq!(r.status(), 400);
 }

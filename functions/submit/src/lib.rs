@@ -1,5 +1,7 @@
-//! The submit function: `POST /v1/tasks` validates a task, stores it `queued` and sends its
-//! message; `GET /health` and `GET /ready` answer probes.
+//! The submit function: `POST /v1/tasks` authenticates the tenant, meters it (rate limit,
+//! monthly budget, tasks running at once), validates the task, stores it `queued` and sends
+//! its message to the queue of its priority. It also answers `GET /health`, `GET /ready`,
+//! `GET /openapi.json`, and any unmatched route (with a problem+json 404 or 405).
 //!
 //! The order is deliberate: the record is written before the message is sent, so a worker
 //! never receives a task it cannot find; if the send fails, the record is marked `failed` so
@@ -8,25 +10,33 @@
 use std::sync::Arc;
 
 use agentq::api::Accepted;
-use agentq::http::{ApiError, json_body, json_response, respond};
+use agentq::auth::{Caller, authenticate};
+use agentq::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
 use agentq::queue::TaskQueue;
-use agentq::store::{StorePing, TaskCreate};
-use agentq::task::{Allowed, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
-use lambda_http::http::header::{HeaderValue, LOCATION};
+use agentq::store::{
+    Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
+    month_of,
+};
+use agentq::task::{Allowed, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
+use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-use serde_json::json;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 
-/// What the submit path writes to.
-pub trait SubmitStore: TaskCreate + StorePing {}
-impl<T: TaskCreate + StorePing> SubmitStore for T {}
+/// The OpenAPI document of the whole API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../openapi.json");
+
+/// What the submit path reads and writes.
+pub trait SubmitStore: TaskCreate + TaskRead + StorePing + TenantRead + RateLimiter + UsageRead {}
+impl<T: TaskCreate + TaskRead + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
 pub struct App {
     pub store: Arc<dyn SubmitStore>,
     pub queue: Arc<dyn TaskQueue>,
-    /// A model endpoint and key are configured, so tasks can run (reported by `/ready`).
+    /// A model endpoint is configured, so tasks can run (reported by `/ready`).
     pub model_configured: bool,
     /// The models and tools a request may name.
     pub allowed: Allowed,
@@ -36,10 +46,13 @@ pub struct App {
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let result = match (req.method(), req.uri().path().trim_end_matches('/')) {
         (&Method::POST, "/v1/tasks") => submit(app, &req).await,
-        (_, "/v1/tasks") => Err(not_allowed(&req, "POST")),
+        (_, "/v1/tasks") => Err(not_allowed(&req, "GET, POST")),
         (&Method::GET, "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/ready") => Ok(ready(app).await),
-        (_, "/health" | "/ready") => Err(not_allowed(&req, "GET")),
+        (&Method::GET, "/openapi.json") => Ok(openapi()),
+        (_, "/health" | "/ready" | "/openapi.json") => Err(not_allowed(&req, "GET")),
+        (_, "/v1/usage") => Err(not_allowed(&req, "GET")),
+        (_, path) if path.starts_with("/v1/tasks/") => Err(not_allowed(&req, "GET, DELETE")),
         (_, path) => Err(ApiError::NotFound(format!("no route for {path}"))),
     };
     respond(result)
@@ -49,21 +62,102 @@ fn not_allowed(req: &Request, allowed: &'static str) -> ApiError {
     ApiError::MethodNotAllowed { method: req.method().to_string(), allowed }
 }
 
-#[tracing::instrument(skip_all, fields(task_id))]
+fn openapi() -> Response<Body> {
+    let mut r = Response::new(Body::Text(OPENAPI.to_owned()));
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The `Idempotency-Key` header, if the request has one; it must be 1–255 visible ASCII
+/// characters.
+fn idempotency_key(req: &Request) -> Result<Option<&str>, ApiError> {
+    let Some(raw) = req.headers().get("idempotency-key") else { return Ok(None) };
+    match raw.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k)),
+        _ => Err(ApiError::Validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )])),
+    }
+}
+
+/// A fingerprint of the request body that ignores formatting and key order.
+fn request_hash(body: &[u8]) -> String {
+    fn canonical(v: Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().collect())
+            }
+            Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+            other => other,
+        }
+    }
+    let value = serde_json::from_slice(body).map(canonical).unwrap_or(Value::Null);
+    Sha256::digest(value.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tracing::instrument(skip_all, fields(task_id, tenant_id))]
 async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    let request = TaskRequest::parse(json_body(req)?, &app.allowed).map_err(|e| match e {
+    let Caller { tenant, .. } = authenticate(app.store.as_ref(), req).await?;
+    let limits = tenant.limits;
+    let now = agentq::now();
+
+    let rate = app.store.take(&tenant.tenant_id, &limits, now).await?;
+    if !rate.allowed {
+        tracing::info!(reason = "rate_limit", "submit rejected");
+        return Err(ApiError::RateLimited { limit: limits.burst, rate_per_sec: limits.rate_per_sec, decision: rate });
+    }
+
+    let body = json_body(req)?;
+    let idempotency = idempotency_key(req)?;
+    let request = TaskRequest::parse(body, &app.allowed).map_err(|e| match e {
         RequestError::NotJson(msg) => ApiError::MalformedJson(msg),
         RequestError::Invalid(errors) => ApiError::Validation(errors),
     })?;
-    let task = TaskRecord::new(request, agentq::now());
+
+    if let Some(budget) = limits.monthly_budget_nanos {
+        let spent = app.store.month_cost(&tenant.tenant_id, &month_of(now)).await?;
+        if spent >= budget {
+            tracing::info!(reason = "budget", "submit rejected");
+            return Err(ApiError::BudgetExhausted { budget_usd: budget as f64 / 1e9, spent_usd: spent as f64 / 1e9 });
+        }
+    }
+
+    let task = TaskRecord::new(request, &tenant.tenant_id, now);
     let id = task.task_id;
     tracing::Span::current().record("task_id", tracing::field::display(id));
+    let hash = idempotency.map(|_| request_hash(body));
+    let admission = Admission {
+        max_running: limits.max_running,
+        idempotency: idempotency.zip(hash.as_deref()).map(|(key, request_hash)| Idempotency { key, request_hash }),
+    };
+    // Two requests racing on one fresh key: the loser's transaction conflicts, and a second
+    // look finds the winner's task.
+    let mut admitted = app.store.admit(&task, admission).await;
+    if matches!(admitted, Err(StoreError::Conflict)) {
+        admitted = app.store.admit(&task, admission).await;
+    }
+    match admitted? {
+        Admitted::Created => {}
+        Admitted::Replayed(original) => return replay(app, original).await,
+        Admitted::KeyReused => {
+            return Err(ApiError::Conflict {
+                code: "idempotency_key_reused",
+                detail: "this Idempotency-Key was used with a different request in the last 24 hours".into(),
+            });
+        }
+        Admitted::ConcurrencyLimited { max } => {
+            tracing::info!(reason = "concurrency", max, "submit rejected");
+            return Err(ApiError::ConcurrencyLimited { max });
+        }
+    }
 
-    app.store.create(&task).await?;
     let message = TaskMessage { task_id: id, priority: task.priority };
     if let Err(e) = app.queue.enqueue(&message).await {
         let error = TaskError::new("enqueue_failed", "the task could not be queued; submit it again");
-        if let Err(store_err) = app.store.fail_unqueued(id, &error, agentq::now()).await {
+        if let Err(store_err) = app.store.fail_unqueued(&task, &error, idempotency, agentq::now()).await {
             // Both AWS services failing at once leaves the record `queued`; say so loudly.
             tracing::error!(
                 error = format!("{:#}", anyhow::Error::from(store_err)),
@@ -79,16 +173,35 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         max_iterations = task.max_iterations,
         "task accepted"
     );
+    let mut response = accepted(&task);
+    rate_limit_headers(response.headers_mut(), limits.burst, &rate);
+    Ok(response)
+}
+
+fn accepted(task: &TaskRecord) -> Response<Body> {
+    let id = task.task_id;
     let mut response = json_response(
         StatusCode::ACCEPTED,
         &Accepted { task_id: id, status: task.status, created_at: task.created_at },
     );
     let location = HeaderValue::from_str(&format!("/v1/tasks/{id}")).expect("a task id is a valid header value");
     response.headers_mut().insert(LOCATION, location);
+    response
+}
+
+/// The answer to a repeated request: the task the first one created.
+async fn replay(app: &App, original: agentq::task::TaskId) -> Result<Response<Body>, ApiError> {
+    let task =
+        app.store.get(original).await?.ok_or_else(|| {
+            ApiError::Unexpected(anyhow::anyhow!("idempotency key points at a missing task {original}"))
+        })?;
+    tracing::info!(task_id = %original, "idempotent replay");
+    let mut response = accepted(&task);
+    response.headers_mut().insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
     Ok(response)
 }
 
-/// Readiness: the table and the queue answer and a model is configured. Failures are named
+/// Readiness: the table and the queues answer and a model is configured. Failures are named
 /// per check but not detailed: the detail is in the log, not on an unauthenticated endpoint.
 async fn ready(app: &App) -> Response<Body> {
     let (store, queue) = tokio::join!(app.store.ping(), app.queue.ping());
@@ -106,5 +219,19 @@ async fn ready(app: &App) -> Response<Body> {
         json_response(StatusCode::OK, &json!({"status": "ready", "checks": checks}))
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not_ready", "checks": checks}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_hash_ignores_key_order_and_whitespace() {
+        assert_eq!(
+            request_hash(br#"{"a":1,"b":{"c":2,"d":3}}"#),
+            request_hash(b"{ \"b\": {\"d\":3, \"c\":2}, \"a\": 1 }")
+        );
+        assert_ne!(request_hash(br#"{"a":1}"#), request_hash(br#"{"a":2}"#));
     }
 }

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Error> {
     };
     let app = submit::App {
         store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
-        queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.require_queue_url()?)),
+        queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.queue_urls()?)),
         model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
         allowed,
     };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use agentq::queue::MemoryQueue;
 use agentq::store::{MemoryStore, TaskRead};
 use agentq::task::{Priority, TaskStatus};
+use agentq::tenant::Limits;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use submit::App;
@@ -13,17 +14,23 @@ struct Fixture {
     app: App,
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
+    key: String,
 }
 
 fn fixture() -> Fixture {
+    fixture_with(Limits::default())
+}
+
+fn fixture_with(limits: Limits) -> Fixture {
     let store = Arc::new(MemoryStore::new());
+    let key = store.tenant_with_key("acme", limits);
     let queue = Arc::new(MemoryQueue::new());
     let allowed = agentq::task::Allowed {
         models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
         tools: vec!["calculator".into()],
     };
     let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed };
-    Fixture { app, store, queue }
+    Fixture { app, store, queue, key }
 }
 
 /// The fixture event with `edit` applied.
@@ -33,8 +40,19 @@ fn event(edit: impl FnOnce(&mut Value)) -> Request {
     lambda_http::request::from_str(&v.to_string()).unwrap()
 }
 
-fn post(body: &str) -> Request {
-    event(|v| v["body"] = json!(body))
+impl Fixture {
+    /// The fixture event, authenticated as `acme`, with `edit` applied.
+    fn event(&self, edit: impl FnOnce(&mut Value)) -> Request {
+        let key = self.key.clone();
+        event(move |v| {
+            v["headers"]["authorization"] = json!(format!("Bearer {key}"));
+            edit(v)
+        })
+    }
+
+    fn post(&self, body: &str) -> Request {
+        self.event(|v| v["body"] = json!(body))
+    }
 }
 
 fn get(path: &str) -> Request {
@@ -59,7 +77,7 @@ fn problem_fields(r: &Response<Body>) -> Vec<String> {
 #[tokio::test]
 async fn submit_returns_202_and_a_location_for_a_valid_task() {
     let f = fixture();
-    let r = submit::handle(&f.app, event(|_| {})).await;
+    let r = submit::handle(&f.app, f.event(|_| {})).await;
     assert_eq!(r.status(), 202);
     let body = json_of(&r);
     let id = body["task_id"].as_str().unwrap();
@@ -81,7 +99,7 @@ async fn submit_returns_202_and_a_location_for_a_valid_task() {
 async fn a_request_may_pick_an_allowed_model_tools_and_a_budget() {
     let f = fixture();
     let body = r#"{"prompt":"x","model":"claude-haiku-4-5","tools":["calculator"],"max_cost_usd":0.5}"#;
-    let r = submit::handle(&f.app, post(body)).await;
+    let r = submit::handle(&f.app, f.post(body)).await;
     assert_eq!(r.status(), 202);
     let id = json_of(&r)["task_id"].as_str().unwrap().parse().unwrap();
     let task = f.store.get(id).await.unwrap().unwrap();
@@ -95,7 +113,7 @@ async fn a_base64_encoded_body_is_decoded() {
     let f = fixture();
     let r = submit::handle(
         &f.app,
-        event(|v| {
+        f.event(|v| {
             v["body"] = json!("eyJwcm9tcHQiOiJoaSJ9"); // {"prompt":"hi"}
             v["isBase64Encoded"] = json!(true);
         }),
@@ -122,7 +140,7 @@ async fn invalid_fields_get_400_naming_each_field() {
         (r#"{"prompt":"x","max_cost_usd":-1}"#, vec!["max_cost_usd"]),
     ];
     for (body, fields) in cases {
-        let r = submit::handle(&f.app, post(body)).await;
+        let r = submit::handle(&f.app, f.post(body)).await;
         assert_eq!(r.status(), 400, "{body}");
         assert_eq!(problem_fields(&r), fields, "{body}");
         let p = json_of(&r);
@@ -136,7 +154,7 @@ async fn invalid_fields_get_400_naming_each_field() {
 async fn a_prompt_over_100000_characters_is_rejected() {
     let f = fixture();
     let body = json!({"prompt": "a".repeat(100_001)}).to_string();
-    let r = submit::handle(&f.app, post(&body)).await;
+    let r = submit::handle(&f.app, f.post(&body)).await;
     assert_eq!(r.status(), 400);
     assert_eq!(problem_fields(&r), ["prompt"]);
 }
@@ -145,14 +163,14 @@ async fn a_prompt_over_100000_characters_is_rejected() {
 async fn metadata_over_4_kb_is_rejected() {
     let f = fixture();
     let body = json!({"prompt": "x", "metadata": {"blob": "b".repeat(5000)}}).to_string();
-    let r = submit::handle(&f.app, post(&body)).await;
+    let r = submit::handle(&f.app, f.post(&body)).await;
     assert_eq!(problem_fields(&r), ["metadata"]);
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_json_gets_400() {
     let f = fixture();
-    let r = submit::handle(&f.app, post("prompt=hello")).await;
+    let r = submit::handle(&f.app, f.post("prompt=hello")).await;
     assert_eq!(r.status(), 400);
     assert_eq!(json_of(&r)["code"], "malformed_json");
 }
@@ -161,7 +179,7 @@ async fn a_body_that_is_not_json_gets_400() {
 async fn a_body_over_1_mib_gets_413() {
     let f = fixture();
     let body = json!({"prompt": "a".repeat(1024 * 1024)}).to_string();
-    let r = submit::handle(&f.app, post(&body)).await;
+    let r = submit::handle(&f.app, f.post(&body)).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 }
@@ -169,11 +187,11 @@ async fn a_body_over_1_mib_gets_413() {
 #[tokio::test]
 async fn a_body_that_is_not_declared_json_gets_415() {
     let f = fixture();
-    let r = submit::handle(&f.app, event(|v| v["headers"]["content-type"] = json!("text/plain"))).await;
+    let r = submit::handle(&f.app, f.event(|v| v["headers"]["content-type"] = json!("text/plain"))).await;
     assert_eq!(r.status(), 415);
     let r = submit::handle(
         &f.app,
-        event(|v| {
+        f.event(|v| {
             v["headers"].as_object_mut().unwrap().remove("content-type");
         }),
     )
@@ -185,7 +203,7 @@ async fn a_body_that_is_not_declared_json_gets_415() {
 async fn a_queue_failure_answers_503_and_marks_the_task_failed() {
     let f = fixture();
     f.queue.set_down(true);
-    let r = submit::handle(&f.app, event(|_| {})).await;
+    let r = submit::handle(&f.app, f.event(|_| {})).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     // The one record written must not wait for a worker that will never come.
@@ -202,7 +220,7 @@ async fn a_queue_failure_answers_503_and_marks_the_task_failed() {
 async fn a_store_failure_answers_503_and_sends_nothing() {
     let f = fixture();
     f.store.set_down(true);
-    let r = submit::handle(&f.app, event(|_| {})).await;
+    let r = submit::handle(&f.app, f.event(|_| {})).await;
     assert_eq!(r.status(), 503);
     assert!(f.queue.sent().is_empty());
 }
@@ -242,5 +260,5 @@ async fn unknown_routes_get_404_and_wrong_methods_405() {
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let r = submit::handle(&f.app, get("/v1/tasks")).await;
     assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()["allow"], "GET, POST");
 }

@@ -26,8 +26,8 @@ use std::time::Duration;
 use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, Report, RetryPolicy, ToolRegistry, run_agent};
 use agentq::llm::ModelChain;
 use agentq::queue::Requeue;
-use agentq::store::{Claim, Finish, Lease, Progress, StoreError, TaskRun};
-use agentq::task::{TaskError, TaskId, TaskMessage, TaskStatus};
+use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRun, cancelled_error};
+use agentq::task::{TaskError, TaskId, TaskMessage, TaskRecord, TaskStatus};
 use agentq::usage::{PriceTable, Usage};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -154,6 +154,20 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     };
     let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds();
     tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, "task claimed");
+    if task.cancel_requested {
+        // Cancelled while its last runner held it: nothing more to run.
+        let finish = Finish {
+            status: TaskStatus::Cancelled,
+            result: None,
+            error: Some(cancelled_error()),
+            step: task.step,
+            usage: task.usage,
+            usage_by_model: task.usage_by_model.clone(),
+            model: task.model.clone(),
+            now: agentq::now(),
+        };
+        return write_finish(worker, &task, &lease, &finish, Instant::now(), Disposition::Done).await;
+    }
 
     // Usage already spent by earlier attempts stays on the bill.
     let mut checkpoint = StoreCheckpoint {
@@ -164,6 +178,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         base_by_model: task.usage_by_model.clone(),
         lease_until: deadline.wall,
         lost: false,
+        cancelled: false,
     };
     let models = match &task.requested_model {
         Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
@@ -189,7 +204,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         run_agent(&models, &tools, &worker.prices, agent_task, limits, &mut checkpoint),
     )
     .await;
-    let lost = checkpoint.lost;
+    let (lost, cancelled) = (checkpoint.lost, checkpoint.cancelled);
     let report = run.unwrap_or_else(|_| Report {
         outcome: Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
         steps: 0,
@@ -211,6 +226,10 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         now: agentq::now(),
     };
     let (write, disposition) = match report.outcome.clone() {
+        Outcome::Abandoned(_) if cancelled => {
+            tracing::info!("cancel requested: stopping at this step boundary");
+            (Some(finish(TaskStatus::Cancelled, None, Some(cancelled_error()))), Disposition::Done)
+        }
         Outcome::Succeeded(result) => (Some(finish(TaskStatus::Succeeded, Some(result), None)), Disposition::Done),
         Outcome::Failed(error) => (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Done),
         Outcome::Interrupted(error) if last_delivery => {
@@ -229,8 +248,14 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 _ => Duration::ZERO,
             };
             tracing::warn!(code = %error.code, detail = %error.message, receive_count, retry_in_s = delay.as_secs(), "task interrupted; giving it back to the queue");
-            if let Err(e) = worker.store.release(id, &lease, agentq::now()).await {
-                log_store_error("could not release the task; its lease will expire", e);
+            match worker.store.release(id, &lease, agentq::now()).await {
+                Ok(()) => {}
+                // A cancel arrived meanwhile: end it now rather than run it again.
+                Err(StoreError::Conflict) => {
+                    let f = finish(TaskStatus::Cancelled, None, Some(cancelled_error()));
+                    return write_finish(worker, &task, &lease, &f, started, Disposition::Done).await;
+                }
+                Err(e) => log_store_error("could not release the task; its lease will expire", e),
             }
             let (arn, receipt) = (record.event_source_arn.as_deref(), record.receipt_handle.as_deref());
             if let (Some(arn), Some(receipt)) = (arn, receipt) {
@@ -253,7 +278,19 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         }
     };
     let Some(finish) = write else { return disposition };
-    match worker.store.finish(id, &lease, &finish).await {
+    write_finish(worker, &task, &lease, &finish, started, disposition).await
+}
+
+/// Writes a terminal state; what SQS is told depends on whether the write held.
+async fn write_finish(
+    worker: &Worker,
+    task: &TaskRecord,
+    lease: &Lease,
+    finish: &Finish,
+    started: Instant,
+    disposition: Disposition,
+) -> Disposition {
+    match worker.store.finish(task, lease, finish).await {
         Ok(()) => {
             tracing::info!(
                 status = %finish.status,
@@ -290,6 +327,8 @@ struct StoreCheckpoint<'a> {
     base_by_model: BTreeMap<String, Usage>,
     lease_until: OffsetDateTime,
     lost: bool,
+    /// A client asked to cancel; the run stopped for it.
+    cancelled: bool,
 }
 
 impl StoreCheckpoint<'_> {
@@ -320,7 +359,11 @@ impl Checkpoint for StoreCheckpoint<'_> {
             now: agentq::now(),
         };
         match self.store.progress(self.id, &self.lease, &progress).await {
-            Ok(()) => Ok(()),
+            Ok(StepAck::Continue) => Ok(()),
+            Ok(StepAck::CancelRequested) => {
+                self.cancelled = true;
+                Err(anyhow::anyhow!("the client asked to cancel the task"))
+            }
             Err(StoreError::Conflict) => {
                 self.lost = true;
                 Err(anyhow::anyhow!("the lease is no longer ours"))

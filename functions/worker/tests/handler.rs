@@ -10,7 +10,7 @@ use agentq::llm::{
     BreakerPolicy, ContentBlock, Model, ModelChain, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage,
 };
 use agentq::queue::MemoryRequeue;
-use agentq::store::{Lease, MemoryStore, TaskCreate, TaskRead, TaskRun};
+use agentq::store::{Lease, MemoryStore, TaskCancel, TaskRead, TaskRun};
 use agentq::task::{TaskId, TaskRecord, TaskRequest, TaskStatus};
 use agentq::usage::PriceTable;
 use async_trait::async_trait;
@@ -81,8 +81,9 @@ fn worker_with(store: Arc<MemoryStore>, model: Arc<FakeModel>, requeue: Arc<Memo
 }
 
 async fn queued(store: &MemoryStore) -> TaskId {
-    let task = TaskRecord::new(TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap(), agentq::now());
-    store.create(&task).await.unwrap();
+    let task =
+        TaskRecord::new(TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap(), "acme", agentq::now());
+    store.insert(&task).await;
     task.task_id
 }
 
@@ -252,4 +253,48 @@ async fn the_records_of_a_batch_run_concurrently() {
     for id in ids {
         assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Succeeded);
     }
+}
+
+#[tokio::test]
+async fn a_cancel_requested_during_a_run_stops_it_at_the_next_step_with_its_usage() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    // The model asks for a tool forever; the cancel lands during the first call.
+    struct Looping(Arc<MemoryStore>, TaskId);
+    #[async_trait]
+    impl Model for Looping {
+        fn id(&self) -> &str {
+            "claude-haiku-4-5"
+        }
+        async fn complete(&self, _: &ModelRequest) -> Result<ModelResponse, ModelError> {
+            self.0.cancel(self.1, agentq::now()).await.unwrap();
+            Ok(ModelResponse {
+                model: "claude-haiku-4-5".into(),
+                content: vec![ContentBlock::ToolUse { id: "t".into(), name: "current_time".into(), input: json!({}) }],
+                stop_reason: StopReason::ToolUse,
+                usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
+            })
+        }
+    }
+    let mut w = worker(store.clone(), Arc::new(FakeModel::up()));
+    w.models = ModelChain::new(vec![Arc::new(Looping(store.clone(), id)) as Arc<dyn Model>], BreakerPolicy::default());
+    let r = worker::handle(&w, batch(&[message(id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    assert_eq!(task.step, 1, "stopped at the first step boundary");
+    assert_eq!(task.usage.input_tokens, 10, "the usage spent is kept");
+    assert_eq!(store.active("acme"), 0);
+}
+
+#[tokio::test]
+async fn a_queued_task_cancelled_before_delivery_is_never_run() {
+    let store = Arc::new(MemoryStore::new());
+    let model = Arc::new(FakeModel::up());
+    let id = queued(&store).await;
+    store.cancel(id, agentq::now()).await.unwrap();
+    let r = worker::handle(&worker(store.clone(), model.clone()), batch(&[message(id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Cancelled);
 }

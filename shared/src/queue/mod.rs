@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use memory::{MemoryQueue, MemoryRequeue};
-pub use sqs::{SqsQueue, SqsRequeue};
+pub use sqs::{QueueUrls, SqsQueue, SqsRequeue};
 
 use crate::task::TaskMessage;
 

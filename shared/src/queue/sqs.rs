@@ -7,17 +7,42 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{QueueError, Requeue, TaskQueue};
-use crate::task::TaskMessage;
+use crate::task::{Priority, TaskMessage};
 
+/// The queue URL of each priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueUrls {
+    pub high: String,
+    pub default: String,
+    pub low: String,
+}
+
+impl QueueUrls {
+    /// One queue for every priority.
+    pub fn single(url: impl Into<String>) -> Self {
+        let url = url.into();
+        Self { high: url.clone(), default: url.clone(), low: url }
+    }
+
+    pub fn for_priority(&self, p: Priority) -> &str {
+        match p {
+            Priority::High => &self.high,
+            Priority::Default => &self.default,
+            Priority::Low => &self.low,
+        }
+    }
+}
+
+/// Sends each task to its priority's queue.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: Client,
-    url: String,
+    urls: QueueUrls,
 }
 
 impl SqsQueue {
-    pub fn new(client: Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+    pub fn new(client: Client, urls: QueueUrls) -> Self {
+        Self { client, urls }
     }
 }
 
@@ -27,7 +52,7 @@ impl TaskQueue for SqsQueue {
         let body = serde_json::to_string(message).context("serializing a task message").map_err(QueueError)?;
         self.client
             .send_message()
-            .queue_url(&self.url)
+            .queue_url(self.urls.for_priority(message.priority))
             .message_body(body)
             .send()
             .await
@@ -36,13 +61,15 @@ impl TaskQueue for SqsQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        self.client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .send()
-            .await
-            .map_err(|e| QueueError(anyhow::anyhow!("GetQueueAttributes: {}", DisplayErrorContext(&e))))?;
+        for url in [&self.urls.high, &self.urls.default, &self.urls.low] {
+            self.client
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .send()
+                .await
+                .map_err(|e| QueueError(anyhow::anyhow!("GetQueueAttributes: {}", DisplayErrorContext(&e))))?;
+        }
         Ok(())
     }
 }

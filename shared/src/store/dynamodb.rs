@@ -1,5 +1,15 @@
-//! The DynamoDB adapter. One table, keys that say what an item is: a task's record lives at
-//! `pk = TASK#<id>, sk = META`.
+//! The DynamoDB adapter. One table, keys that say what an item is:
+//!
+//! | pk                 | sk                  | item                                    |
+//! |--------------------|---------------------|-----------------------------------------|
+//! | `TASK#<id>`        | `META`              | a task (GSI1: `TASKS#<tenant>`, task id) |
+//! | `TENANT#<t>`       | `META`              | a tenant and its limits                 |
+//! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running                 |
+//! | `TENANT#<t>`       | `BUCKET`            | the rate-limit token bucket             |
+//! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day |
+//! | `TENANT#<t>`       | `MONTH#<YYYY-MM>`   | cost per month (budgets)                |
+//! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
+//! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h                |
 
 use std::collections::HashMap;
 
@@ -7,16 +17,26 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{Claim, Finish, Lease, Progress, StoreError, StorePing, TaskCreate, TaskRead, TaskRun};
+use super::{
+    Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
+    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskRead, TaskRun, TenantAdmin, TenantRead,
+    UsageRead, bucket_take, day_of, month_of,
+};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::tenant::{ApiKey, Limits, Tenant};
+use crate::usage::Usage;
 
 const META: &str = "META";
+const INDEX: &str = "gsi1";
 
-/// Tasks in a DynamoDB table.
+/// Everything in a DynamoDB table.
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
@@ -29,6 +49,8 @@ pub struct DynamoStore {
 struct TaskItem {
     pk: String,
     sk: String,
+    gsi1pk: String,
+    gsi1sk: String,
     #[serde(flatten)]
     record: TaskRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,8 +62,38 @@ struct TaskItem {
     expires_at: i64,
 }
 
+#[derive(Serialize, Deserialize)]
+struct KeyItem {
+    pk: String,
+    sk: String,
+    gsi1pk: String,
+    gsi1sk: String,
+    #[serde(flatten)]
+    key: ApiKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TenantItem {
+    pk: String,
+    sk: String,
+    #[serde(flatten)]
+    tenant: Tenant,
+}
+
 fn task_key(id: TaskId) -> String {
     format!("TASK#{id}")
+}
+
+fn tenant_key(tenant: &str) -> String {
+    format!("TENANT#{tenant}")
+}
+
+fn idem_key(tenant: &str, key: &str) -> String {
+    format!("IDEM#{tenant}#{key}")
+}
+
+fn tasks_index(tenant: &str) -> String {
+    format!("TASKS#{tenant}")
 }
 
 fn millis(t: OffsetDateTime) -> i64 {
@@ -60,8 +112,20 @@ fn rfc3339(t: OffsetDateTime) -> AttributeValue {
     s(t.format(&time::format_description::well_known::Rfc3339).expect("a UTC time always formats"))
 }
 
+fn unavailable(e: impl Into<anyhow::Error>) -> StoreError {
+    StoreError::Unavailable(e.into())
+}
+
 fn attr<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
-    serde_dynamo::to_attribute_value(v).context("serializing an attribute").map_err(StoreError::Unavailable)
+    serde_dynamo::to_attribute_value(v).context("serializing an attribute").map_err(unavailable)
+}
+
+fn item<T: Serialize>(v: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(v).context("serializing an item").map_err(unavailable)
+}
+
+fn from_item<'a, T: Deserialize<'a>>(item: HashMap<String, AttributeValue>) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).context("a stored item does not have the expected shape").map_err(unavailable)
 }
 
 /// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
@@ -77,41 +141,6 @@ where
     StoreError::Unavailable(anyhow::anyhow!("{what}: {}", DisplayErrorContext(&e)))
 }
 
-impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>, retention: std::time::Duration) -> Self {
-        Self { client, table: table.into(), retention }
-    }
-
-    /// Runs one conditional update on a task's record. Attribute names are written `#name`
-    /// in the expressions and resolved here, so no reserved word (`status`, `result`…) bites.
-    async fn update(
-        &self,
-        id: TaskId,
-        update: &str,
-        condition: &str,
-        values: Vec<(&str, AttributeValue)>,
-        returning: ReturnValue,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(task_key(id)))
-            .key("sk", s(META))
-            .update_expression(update)
-            .condition_expression(condition)
-            .return_values(returning);
-        for name in attribute_names(update).chain(attribute_names(condition)) {
-            req = req.expression_attribute_names(format!("#{name}"), name);
-        }
-        for (k, v) in values {
-            req = req.expression_attribute_values(k, v);
-        }
-        let out = req.send().await.map_err(|e| sdk_error("UpdateItem", e))?;
-        Ok(out.attributes)
-    }
-}
-
 /// The `#name` placeholders in an expression.
 fn attribute_names(expr: &str) -> impl Iterator<Item = &str> {
     expr.split('#').skip(1).map(|rest| {
@@ -120,70 +149,440 @@ fn attribute_names(expr: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-fn record_of(item: HashMap<String, AttributeValue>) -> Result<TaskRecord, StoreError> {
-    let item: TaskItem = serde_dynamo::from_item(item)
-        .context("a stored task does not match the record's shape")
-        .map_err(StoreError::Unavailable)?;
-    Ok(item.record)
+/// An update of one item, as a transaction part. Attribute names are written `#name` in the
+/// expressions and resolved here, so no reserved word (`status`, `result`…) bites.
+fn update_op(
+    table: &str,
+    pk: String,
+    sk: &str,
+    update: &str,
+    condition: Option<&str>,
+    values: Vec<(&str, AttributeValue)>,
+) -> Result<Update, StoreError> {
+    let mut u = Update::builder()
+        .table_name(table)
+        .key("pk", s(pk))
+        .key("sk", s(sk))
+        .update_expression(update)
+        .set_condition_expression(condition.map(str::to_owned))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None);
+    for name in attribute_names(update).chain(condition.into_iter().flat_map(attribute_names)) {
+        u = u.expression_attribute_names(format!("#{name}"), name);
+    }
+    for (k, v) in values {
+        u = u.expression_attribute_values(k, v);
+    }
+    u.build().context("building an update").map_err(unavailable)
+}
+
+/// Which parts of a cancelled transaction failed their condition.
+fn failed_conditions(
+    e: &SdkError<TransactWriteItemsError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> Option<Vec<bool>> {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(ex)) => {
+            Some(ex.cancellation_reasons().iter().map(|r| r.code() == Some("ConditionalCheckFailed")).collect())
+        }
+        _ => None,
+    }
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention: std::time::Duration) -> Self {
+        Self { client, table: table.into(), retention }
+    }
+
+    /// Runs one conditional update on a task's record.
+    async fn update(
+        &self,
+        id: TaskId,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        returning: ReturnValue,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let u = update_op(&self.table, task_key(id), META, update, Some(condition), values)?;
+        let out = self
+            .client
+            .update_item()
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .return_values(returning)
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem", e))?;
+        Ok(out.attributes)
+    }
+
+    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    async fn task_item(&self, id: TaskId) -> Result<Option<TaskItem>, StoreError> {
+        self.get_item(task_key(id), META).await?.map(from_item).transpose()
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactError> {
+        // A transaction that collides with another on the same items is cancelled with
+        // `TransactionConflict`: those are retried, failed conditions are not.
+        for attempt in 0.. {
+            let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+            let Err(e) = result else { return Ok(()) };
+            if let Some(failed) = failed_conditions(&e) {
+                if failed.iter().any(|f| *f) {
+                    return Err(TransactError::Condition(failed));
+                }
+                if attempt < 5 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * (attempt + 1))).await;
+                    continue;
+                }
+            }
+            return Err(TransactError::Store(sdk_error("TransactWriteItems", e)));
+        }
+        unreachable!()
+    }
+
+    /// The tenant-counter updates that go with a task reaching `status` at `now`, having
+    /// spent `usage`: one fewer active task, and the day's and month's totals.
+    fn terminal_counters(
+        &self,
+        tenant: &str,
+        status: TaskStatus,
+        usage: &Usage,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let counter = format!("#{}", status.as_str());
+        let active =
+            update_op(&self.table, tenant_key(tenant), "ACTIVE", "ADD #active :minus", None, vec![(":minus", n(-1))])?;
+        let day = update_op(
+            &self.table,
+            tenant_key(tenant),
+            &format!("USAGE#{}", day_of(now)),
+            &format!(
+                "SET #date = :date ADD {counter} :one, #input_tokens :i, #output_tokens :o, \
+                 #cache_read_input_tokens :cr, #cache_creation_input_tokens :cw, #cost_nanos :c"
+            ),
+            None,
+            vec![
+                (":date", s(day_of(now))),
+                (":one", n(1)),
+                (":i", n(usage.input_tokens)),
+                (":o", n(usage.output_tokens)),
+                (":cr", n(usage.cache_read_input_tokens)),
+                (":cw", n(usage.cache_creation_input_tokens)),
+                (":c", n(usage.cost_nanos)),
+            ],
+        )?;
+        let month = update_op(
+            &self.table,
+            tenant_key(tenant),
+            &format!("MONTH#{}", month_of(now)),
+            "ADD #cost_nanos :c",
+            None,
+            vec![(":c", n(usage.cost_nanos))],
+        )?;
+        Ok([active, day, month].into_iter().map(|u| TransactWriteItem::builder().update(u).build()).collect())
+    }
+
+    /// Moves a task to a terminal state with `task_update` (whose condition states when that
+    /// is allowed) and the tenant's counters with it, atomically.
+    async fn terminal(
+        &self,
+        task: &TaskRecord,
+        task_update: Update,
+        status: TaskStatus,
+        usage: &Usage,
+        now: OffsetDateTime,
+        extra: Vec<TransactWriteItem>,
+    ) -> Result<(), StoreError> {
+        let mut items = vec![TransactWriteItem::builder().update(task_update).build()];
+        items.extend(self.terminal_counters(&task.tenant_id, status, usage, now)?);
+        items.extend(extra);
+        self.transact(items).await.map_err(|e| match e {
+            TransactError::Condition(_) => StoreError::Conflict,
+            TransactError::Store(e) => e,
+        })
+    }
+
+    fn finish_update(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<Update, StoreError> {
+        let mut set = "SET #status = :status, #step = :step, #usage = :usage, #usage_by_model = :by_model, \
+                       #updated_at = :now"
+            .to_owned();
+        let mut values = vec![
+            (":status", s(f.status.as_str())),
+            (":step", n(f.step)),
+            (":usage", attr(&f.usage)?),
+            (":by_model", attr(&f.usage_by_model)?),
+            (":now", rfc3339(f.now)),
+            (":running", s(TaskStatus::Running.as_str())),
+            (":owner", s(&lease.owner)),
+        ];
+        if let Some(result) = &f.result {
+            set.push_str(", #result = :result");
+            values.push((":result", attr(result)?));
+        }
+        if let Some(error) = &f.error {
+            set.push_str(", #error = :error");
+            values.push((":error", attr(error)?));
+        }
+        if let Some(model) = &f.model {
+            set.push_str(", #model = :model");
+            values.push((":model", s(model)));
+        }
+        set.push_str(" REMOVE #lease_owner, #lease_until");
+        update_op(&self.table, task_key(id), META, &set, Some("#status = :running AND #lease_owner = :owner"), values)
+    }
+}
+
+enum TransactError {
+    /// Which parts' conditions failed.
+    Condition(Vec<bool>),
+    Store(StoreError),
 }
 
 #[async_trait]
 impl TaskCreate for DynamoStore {
-    async fn create(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let expires = task.created_at + self.retention;
-        let item = TaskItem {
+    async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let record = TaskItem {
             pk: task_key(task.task_id),
             sk: META.into(),
+            gsi1pk: tasks_index(&task.tenant_id),
+            gsi1sk: task.task_id.to_string(),
             record: task.clone(),
             lease_owner: None,
             lease_until: None,
-            expires_at: expires.unix_timestamp(),
+            expires_at: (task.created_at + self.retention).unix_timestamp(),
         };
-        let item = serde_dynamo::to_item(&item).context("serializing a task").map_err(StoreError::Unavailable)?;
-        self.client
-            .put_item()
+        let put = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(item(&record)?))
             .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        Ok(())
+            .build()
+            .context("building a put")
+            .map_err(unavailable)?;
+        let active = update_op(
+            &self.table,
+            tenant_key(&task.tenant_id),
+            "ACTIVE",
+            "ADD #active :one",
+            Some("attribute_not_exists(#active) OR #active < :max"),
+            vec![(":one", n(1)), (":max", n(admission.max_running))],
+        )?;
+        let mut items =
+            vec![TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().update(active).build()];
+        if let Some(idem) = admission.idempotency {
+            let now = task.created_at.unix_timestamp();
+            let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(idem_key(&task.tenant_id, idem.key)))
+                .item("sk", s(META))
+                .item("task_id", s(task.task_id.to_string()))
+                .item("request_hash", s(idem.request_hash))
+                .item("expires_at", n(expires))
+                // An expired key is free again even before TTL deletes it.
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now))
+                .build()
+                .context("building a put")
+                .map_err(unavailable)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items).await {
+            Ok(()) => Ok(Admitted::Created),
+            Err(TransactError::Store(e)) => Err(e),
+            Err(TransactError::Condition(failed)) => {
+                if failed.get(2).copied().unwrap_or(false) {
+                    let idem = admission.idempotency.expect("a third part exists only with a key");
+                    let stored = self.get_item(idem_key(&task.tenant_id, idem.key), META).await?;
+                    let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
+                        Some(AttributeValue::S(v)) => Some(v.clone()),
+                        _ => None,
+                    };
+                    return match (field("request_hash"), field("task_id").and_then(|t| t.parse().ok())) {
+                        (Some(hash), Some(id)) if hash == idem.request_hash => Ok(Admitted::Replayed(id)),
+                        (Some(_), _) => Ok(Admitted::KeyReused),
+                        // It expired or vanished between our write and our read: try again.
+                        _ => Err(StoreError::Conflict),
+                    };
+                }
+                if failed.get(1).copied().unwrap_or(false) {
+                    return Ok(Admitted::ConcurrencyLimited { max: admission.max_running });
+                }
+                Err(StoreError::Conflict)
+            }
+        }
     }
 
-    async fn fail_unqueued(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
-        self.update(
-            id,
+    async fn fail_unqueued(
+        &self,
+        task: &TaskRecord,
+        error: &TaskError,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let update = update_op(
+            &self.table,
+            task_key(task.task_id),
+            META,
             "SET #status = :failed, #error = :error, #updated_at = :now",
-            "#status = :queued",
+            Some("#status = :queued"),
             vec![
                 (":failed", s(TaskStatus::Failed.as_str())),
                 (":queued", s(TaskStatus::Queued.as_str())),
                 (":error", attr(error)?),
                 (":now", rfc3339(now)),
             ],
-            ReturnValue::None,
-        )
-        .await
-        .map(drop)
+        )?;
+        // The key is freed so the client's retry with it creates a task that runs.
+        let extra = idempotency_key
+            .map(|k| {
+                Delete::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(idem_key(&task.tenant_id, k)))
+                    .key("sk", s(META))
+                    .build()
+                    .map(|d| TransactWriteItem::builder().delete(d).build())
+                    .context("building a delete")
+                    .map_err(unavailable)
+            })
+            .transpose()?
+            .into_iter()
+            .collect();
+        self.terminal(task, update, TaskStatus::Failed, &Usage::default(), now, extra).await
     }
 }
 
 #[async_trait]
 impl TaskRead for DynamoStore {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(task_key(id)))
-            .key("sk", s(META))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem", e))?;
-        out.item.map(record_of).transpose()
+        Ok(self.task_item(id).await?.map(|i| i.record))
     }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        status: Option<TaskStatus>,
+        limit: usize,
+        after: Option<TaskId>,
+    ) -> Result<Page, StoreError> {
+        let mut tasks = Vec::new();
+        let mut start = after.map(|id| {
+            HashMap::from([
+                ("pk".to_owned(), s(task_key(id))),
+                ("sk".to_owned(), s(META)),
+                ("gsi1pk".to_owned(), s(tasks_index(tenant))),
+                ("gsi1sk".to_owned(), s(id.to_string())),
+            ])
+        });
+        // A status filter applies after DynamoDB's limit, so a page is filled by reading on.
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(tasks_index(tenant)))
+                .scan_index_forward(false)
+                .limit((limit - tasks.len()).max(1) as i32)
+                .set_exclusive_start_key(start.take());
+            if let Some(status) = status {
+                q = q
+                    .filter_expression("#status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()));
+            }
+            let out = q.send().await.map_err(|e| sdk_error("Query", e))?;
+            for i in out.items.unwrap_or_default() {
+                tasks.push(from_item::<TaskItem>(i)?.record);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || tasks.len() >= limit {
+                break;
+            }
+        }
+        let next = match (&start, tasks.len() >= limit) {
+            (Some(_), true) => tasks.last().map(|t| t.task_id),
+            _ => None,
+        };
+        Ok(Page { tasks, next })
+    }
+}
+
+#[async_trait]
+impl TaskCancel for DynamoStore {
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Cancelled, StoreError> {
+        // Each branch is a conditional write; losing a race to the worker's claim (queued →
+        // running) or finish just sends us round again with the new state.
+        for _ in 0..5 {
+            let Some(item) = self.task_item(id).await? else { return Ok(Cancelled::NotFound) };
+            let task = item.record;
+            match task.status {
+                s if s.is_terminal() => return Ok(Cancelled::AlreadyFinished(s)),
+                TaskStatus::Queued => {
+                    let update = update_op(
+                        &self.table,
+                        task_key(id),
+                        META,
+                        "SET #status = :cancelled, #updated_at = :now, #error = :error",
+                        Some("#status = :queued"),
+                        vec![
+                            (":cancelled", s(TaskStatus::Cancelled.as_str())),
+                            (":queued", s(TaskStatus::Queued.as_str())),
+                            (":now", rfc3339(now)),
+                            (":error", attr(&cancelled_error())?),
+                        ],
+                    )?;
+                    match self.terminal(&task, update, TaskStatus::Cancelled, &task.usage, now, vec![]).await {
+                        Ok(()) => return Ok(Cancelled::Now),
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => {
+                    let r = self
+                        .update(
+                            id,
+                            "SET #cancel_requested = :yes, #updated_at = :now",
+                            "#status = :running",
+                            vec![
+                                (":yes", AttributeValue::Bool(true)),
+                                (":running", s(TaskStatus::Running.as_str())),
+                                (":now", rfc3339(now)),
+                            ],
+                            ReturnValue::None,
+                        )
+                        .await;
+                    match r {
+                        Ok(_) => return Ok(Cancelled::Requested),
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+}
+
+/// The error a cancelled task shows.
+pub fn cancelled_error() -> TaskError {
+    TaskError::new("cancelled", "the task was cancelled at the client's request")
 }
 
 #[async_trait]
@@ -207,24 +606,11 @@ impl TaskRun for DynamoStore {
             )
             .await;
         match claimed {
-            Ok(Some(item)) => Ok(Claim::Claimed(Box::new(record_of(item)?))),
-            Ok(None) => Err(StoreError::Unavailable(anyhow::anyhow!("UpdateItem returned no attributes"))),
+            Ok(Some(item)) => Ok(Claim::Claimed(Box::new(from_item::<TaskItem>(item)?.record))),
+            Ok(None) => Err(unavailable(anyhow::anyhow!("UpdateItem returned no attributes"))),
             // Why the condition failed decides what the caller does; one read tells.
             Err(StoreError::Conflict) => {
-                let out = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("pk", s(task_key(id)))
-                    .key("sk", s(META))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("GetItem", e))?;
-                let Some(item) = out.item else { return Ok(Claim::NotFound) };
-                let item: TaskItem = serde_dynamo::from_item(item)
-                    .context("a stored task does not match the record's shape")
-                    .map_err(StoreError::Unavailable)?;
+                let Some(item) = self.task_item(id).await? else { return Ok(Claim::NotFound) };
                 Ok(match item.record.status {
                     s if s.is_terminal() => Claim::Terminal(s),
                     _ => Claim::Leased {
@@ -239,7 +625,7 @@ impl TaskRun for DynamoStore {
         }
     }
 
-    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<(), StoreError> {
+    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
         let mut set =
             "SET #step = :step, #usage = :usage, #usage_by_model = :by_model, #lease_until = :until, #updated_at = :now"
                 .to_owned();
@@ -256,43 +642,22 @@ impl TaskRun for DynamoStore {
             set.push_str(", #model = :model");
             values.push((":model", s(model)));
         }
-        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None).await.map(drop)
+        let after =
+            self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::AllNew).await?;
+        let cancel = after.and_then(|i| i.get("cancel_requested").cloned()) == Some(AttributeValue::Bool(true));
+        Ok(if cancel { StepAck::CancelRequested } else { StepAck::Continue })
     }
 
-    async fn finish(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
-        let mut set =
-            "SET #status = :status, #step = :step, #usage = :usage, #usage_by_model = :by_model, #updated_at = :now"
-                .to_owned();
-        let mut values = vec![
-            (":status", s(f.status.as_str())),
-            (":step", n(f.step)),
-            (":usage", attr(&f.usage)?),
-            (":by_model", attr(&f.usage_by_model)?),
-            (":now", rfc3339(f.now)),
-            (":running", s(TaskStatus::Running.as_str())),
-            (":owner", s(&lease.owner)),
-        ];
-        if let Some(result) = &f.result {
-            set.push_str(", #result = :result");
-            values.push((":result", attr(result)?));
-        }
-        if let Some(error) = &f.error {
-            set.push_str(", #error = :error");
-            values.push((":error", attr(error)?));
-        }
-        if let Some(model) = &f.model {
-            set.push_str(", #model = :model");
-            values.push((":model", s(model)));
-        }
-        set.push_str(" REMOVE #lease_owner, #lease_until");
-        self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::None).await.map(drop)
+    async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
+        let update = self.finish_update(task.task_id, lease, f)?;
+        self.terminal(task, update, f.status, &f.usage, f.now, vec![]).await
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError> {
         self.update(
             id,
             "SET #status = :queued, #updated_at = :now REMOVE #lease_owner, #lease_until",
-            "#status = :running AND #lease_owner = :owner",
+            "#status = :running AND #lease_owner = :owner AND attribute_not_exists(#cancel_requested)",
             vec![
                 (":queued", s(TaskStatus::Queued.as_str())),
                 (":running", s(TaskStatus::Running.as_str())),
@@ -311,6 +676,216 @@ impl StorePing for DynamoStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.client.describe_table().table_name(&self.table).send().await.map_err(|e| sdk_error("DescribeTable", e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TenantRead for DynamoStore {
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let found = self.get_item(format!("KEY#{hash}"), META).await?;
+        Ok(found.map(from_item::<KeyItem>).transpose()?.map(|k| k.key))
+    }
+
+    async fn tenant(&self, tenant_id: &str) -> Result<Option<Tenant>, StoreError> {
+        let found = self.get_item(tenant_key(tenant_id), META).await?;
+        Ok(found.map(from_item::<TenantItem>).transpose()?.map(|t| t.tenant))
+    }
+}
+
+#[async_trait]
+impl TenantAdmin for DynamoStore {
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let record = TenantItem { pk: tenant_key(&tenant.tenant_id), sk: META.into(), tenant: tenant.clone() };
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(&record)?))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let record = KeyItem {
+            pk: format!("KEY#{}", key.hash),
+            sk: META.into(),
+            gsi1pk: "KEYS".into(),
+            gsi1sk: key.key_id.clone(),
+            key: key.clone(),
+        };
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(&record)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .key_condition_expression("gsi1pk = :keys")
+                .expression_attribute_values(":keys", s("KEYS"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            for i in out.items.unwrap_or_default() {
+                let key = from_item::<KeyItem>(i)?.key;
+                if tenant.is_none_or(|t| t == key.tenant_id) {
+                    keys.push(key);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    async fn revoke_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<ApiKey>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(INDEX)
+            .key_condition_expression("gsi1pk = :keys AND gsi1sk = :id")
+            .expression_attribute_values(":keys", s("KEYS"))
+            .expression_attribute_values(":id", s(key_id))
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", e))?;
+        let Some(found) = out.items.unwrap_or_default().into_iter().next() else { return Ok(None) };
+        let mut key = from_item::<KeyItem>(found)?.key;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("KEY#{}", key.hash)))
+            .key("sk", s(META))
+            .update_expression("SET revoked_at = if_not_exists(revoked_at, :now)")
+            .expression_attribute_values(":now", rfc3339(now))
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem", e))?;
+        key.revoked_at.get_or_insert(now);
+        Ok(Some(key))
+    }
+}
+
+#[async_trait]
+impl RateLimiter for DynamoStore {
+    async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
+        // Read, refill, and write back only if nobody wrote in between (the condition on the
+        // version we read): every instance of every function shares one bucket, and no two
+        // can spend the same token.
+        for attempt in 0..8 {
+            let current = self.get_item(tenant_key(tenant), "BUCKET").await?;
+            let number = |name: &str| match current.as_ref().and_then(|i| i.get(name)) {
+                Some(AttributeValue::N(v)) => v.parse::<f64>().ok(),
+                _ => None,
+            };
+            let (tokens, updated) = (number("tokens"), number("updated_ms"));
+            let now_ms = millis(now).max(updated.unwrap_or(0.0) as i64);
+            let (decision, level) = bucket_take(
+                limits,
+                tokens.unwrap_or(f64::from(limits.burst)),
+                updated.unwrap_or(now_ms as f64) as i64,
+                now_ms,
+            );
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(tenant_key(tenant)))
+                .item("sk", s("BUCKET"))
+                .item("tokens", n(level))
+                .item("updated_ms", n(now_ms));
+            put = match updated {
+                Some(v) => put
+                    .condition_expression("updated_ms = :seen AND tokens = :tokens")
+                    .expression_attribute_values(":seen", n(v as i64))
+                    .expression_attribute_values(":tokens", n(tokens.unwrap_or_default())),
+                None => put.condition_expression("attribute_not_exists(pk)"),
+            };
+            match put.send().await.map_err(|e| sdk_error("PutItem", e)) {
+                Ok(_) => return Ok(decision),
+                Err(StoreError::Conflict) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(1..=10 * (attempt + 1)))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+}
+
+#[async_trait]
+impl UsageRead for DynamoStore {
+    async fn month_cost(&self, tenant: &str, month: &str) -> Result<u64, StoreError> {
+        let found = self.get_item(tenant_key(tenant), &format!("MONTH#{month}")).await?;
+        Ok(match found.as_ref().and_then(|i| i.get("cost_nanos")) {
+            Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+            _ => 0,
+        })
+    }
+
+    async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError> {
+        let mut days = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(tenant_key(tenant)))
+                .expression_attribute_values(":from", s(format!("USAGE#{from}")))
+                .expression_attribute_values(":to", s(format!("USAGE#{to}")))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            for i in out.items.unwrap_or_default() {
+                days.push(day_usage(&i));
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(days);
+            }
+        }
+    }
+}
+
+fn day_usage(item: &HashMap<String, AttributeValue>) -> DayUsage {
+    let num = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+        _ => 0,
+    };
+    DayUsage {
+        date: match item.get("date") {
+            Some(AttributeValue::S(d)) => d.clone(),
+            _ => String::new(),
+        },
+        succeeded: num("succeeded"),
+        failed: num("failed"),
+        cancelled: num("cancelled"),
+        usage: Usage {
+            input_tokens: num("input_tokens"),
+            output_tokens: num("output_tokens"),
+            cache_read_input_tokens: num("cache_read_input_tokens"),
+            cache_creation_input_tokens: num("cache_creation_input_tokens"),
+            cost_nanos: num("cost_nanos"),
+        },
     }
 }
 

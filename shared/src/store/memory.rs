@@ -1,19 +1,58 @@
-//! An in-memory store with the same rules as the DynamoDB adapter, for handler tests.
+//! An in-memory store with the same rules as the DynamoDB adapter, for handler tests. One
+//! lock over everything plays the part of DynamoDB's conditional writes and transactions.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{Claim, Finish, Lease, Progress, StoreError, StorePing, TaskCreate, TaskRead, TaskRun};
+use super::{
+    Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
+    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskRead, TaskRun, TenantAdmin, TenantRead,
+    UsageRead, bucket_take, day_of, month_of,
+};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::tenant::{ApiKey, Limits, Tenant};
+use crate::usage::Usage;
+
+#[derive(Debug, Default)]
+struct State {
+    tasks: HashMap<TaskId, (TaskRecord, Option<Lease>)>,
+    tenants: HashMap<String, Tenant>,
+    keys: HashMap<String, ApiKey>,
+    active: HashMap<String, i64>,
+    buckets: HashMap<String, (f64, i64)>,
+    days: HashMap<(String, String), DayUsage>,
+    months: HashMap<(String, String), u64>,
+    idempotency: HashMap<(String, String), (TaskId, String, OffsetDateTime)>,
+}
+
+impl State {
+    /// A task reached `status` having spent `usage`: move the tenant's counters.
+    fn count_terminal(&mut self, tenant: &str, status: TaskStatus, usage: &Usage, now: OffsetDateTime) {
+        *self.active.entry(tenant.to_owned()).or_default() -= 1;
+        let day = self
+            .days
+            .entry((tenant.to_owned(), day_of(now)))
+            .or_insert_with(|| DayUsage { date: day_of(now), ..DayUsage::default() });
+        match status {
+            TaskStatus::Succeeded => day.succeeded += 1,
+            TaskStatus::Failed => day.failed += 1,
+            TaskStatus::Cancelled => day.cancelled += 1,
+            _ => {}
+        }
+        day.usage += *usage;
+        *self.months.entry((tenant.to_owned(), month_of(now))).or_default() += usage.cost_nanos;
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tasks: Mutex<HashMap<TaskId, (TaskRecord, Option<Lease>)>>,
+    state: Mutex<State>,
     /// When set, every call fails as if the store were down.
-    down: std::sync::atomic::AtomicBool,
+    down: AtomicBool,
 }
 
 impl MemoryStore {
@@ -23,37 +62,53 @@ impl MemoryStore {
 
     /// Makes every later call fail with [`StoreError::Unavailable`].
     pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        self.down.store(down, Ordering::SeqCst);
     }
 
     /// Ids of every stored task.
     pub fn ids(&self) -> Vec<TaskId> {
-        self.tasks.lock().expect("poisoned").keys().copied().collect()
+        self.state.lock().expect("poisoned").tasks.keys().copied().collect()
     }
 
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(StoreError::Unavailable(anyhow::anyhow!("memory store set down")))
-        } else {
-            Ok(())
+    /// Creates a tenant with `limits` and returns a new key of it.
+    pub fn tenant_with_key(&self, name: &str, limits: Limits) -> String {
+        let now = crate::now();
+        let (key, record) = crate::tenant::new_key(name, now);
+        let mut state = self.state.lock().expect("poisoned");
+        state.tenants.insert(name.to_owned(), Tenant { tenant_id: name.to_owned(), limits, created_at: now });
+        state.keys.insert(record.hash.clone(), record);
+        key.expose().to_owned()
+    }
+
+    /// Stores a queued task as the submit path would, with no limits in the way.
+    pub async fn insert(&self, task: &TaskRecord) {
+        self.admit(task, Admission { max_running: u32::MAX, idempotency: None }).await.expect("inserting a task");
+    }
+
+    /// Tasks the tenant has queued or running, by the counter admissions check.
+    pub fn active(&self, tenant: &str) -> i64 {
+        self.state.lock().expect("poisoned").active.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(anyhow::anyhow!("memory store set down")));
         }
+        Ok(self.state.lock().expect("poisoned"))
     }
 
     /// Applies `f` to the task if `lease` is its current one and it is running.
-    fn with_leased(
+    fn with_leased<T>(
         &self,
         id: TaskId,
         lease: &Lease,
-        f: impl FnOnce(&mut TaskRecord, &mut Option<Lease>),
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        let mut tasks = self.tasks.lock().expect("poisoned");
-        match tasks.get_mut(&id) {
-            Some((rec, held))
-                if rec.status == TaskStatus::Running && held.as_ref().is_some_and(|l| l.owner == lease.owner) =>
-            {
-                f(rec, held);
-                Ok(())
+        f: impl FnOnce(&mut State, TaskRecord) -> T,
+    ) -> Result<T, StoreError> {
+        let mut state = self.lock()?;
+        match state.tasks.get(&id) {
+            Some((rec, Some(held))) if rec.status == TaskStatus::Running && held.owner == lease.owner => {
+                let rec = rec.clone();
+                Ok(f(&mut state, rec))
             }
             _ => Err(StoreError::Conflict),
         }
@@ -62,45 +117,115 @@ impl MemoryStore {
 
 #[async_trait]
 impl TaskCreate for MemoryStore {
-    async fn create(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        self.check()?;
-        let mut tasks = self.tasks.lock().expect("poisoned");
-        if tasks.contains_key(&task.task_id) {
+    async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let mut state = self.lock()?;
+        if let Some(idem) = admission.idempotency {
+            let key = (task.tenant_id.clone(), idem.key.to_owned());
+            if let Some((id, hash, expires)) = state.idempotency.get(&key) {
+                if *expires > task.created_at {
+                    return Ok(if *hash == idem.request_hash { Admitted::Replayed(*id) } else { Admitted::KeyReused });
+                }
+            }
+        }
+        if state.active.get(&task.tenant_id).copied().unwrap_or(0) >= i64::from(admission.max_running) {
+            return Ok(Admitted::ConcurrencyLimited { max: admission.max_running });
+        }
+        if state.tasks.contains_key(&task.task_id) {
             return Err(StoreError::Conflict);
         }
-        tasks.insert(task.task_id, (task.clone(), None));
-        Ok(())
+        if let Some(idem) = admission.idempotency {
+            state.idempotency.insert(
+                (task.tenant_id.clone(), idem.key.to_owned()),
+                (task.task_id, idem.request_hash.to_owned(), task.created_at + IDEMPOTENCY_WINDOW),
+            );
+        }
+        *state.active.entry(task.tenant_id.clone()).or_default() += 1;
+        state.tasks.insert(task.task_id, (task.clone(), None));
+        Ok(Admitted::Created)
     }
 
-    async fn fail_unqueued(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
-        self.check()?;
-        let mut tasks = self.tasks.lock().expect("poisoned");
-        match tasks.get_mut(&id) {
+    async fn fail_unqueued(
+        &self,
+        task: &TaskRecord,
+        error: &TaskError,
+        idempotency_key: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        match state.tasks.get_mut(&task.task_id) {
             Some((rec, _)) if rec.status == TaskStatus::Queued => {
                 rec.status = TaskStatus::Failed;
                 rec.error = Some(error.clone());
                 rec.updated_at = now;
-                Ok(())
             }
-            _ => Err(StoreError::Conflict),
+            _ => return Err(StoreError::Conflict),
         }
+        if let Some(k) = idempotency_key {
+            state.idempotency.remove(&(task.tenant_id.clone(), k.to_owned()));
+        }
+        state.count_terminal(&task.tenant_id, TaskStatus::Failed, &Usage::default(), now);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl TaskRead for MemoryStore {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.check()?;
-        Ok(self.tasks.lock().expect("poisoned").get(&id).map(|(r, _)| r.clone()))
+        Ok(self.lock()?.tasks.get(&id).map(|(r, _)| r.clone()))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        status: Option<TaskStatus>,
+        limit: usize,
+        after: Option<TaskId>,
+    ) -> Result<Page, StoreError> {
+        let state = self.lock()?;
+        let mut all: Vec<&TaskRecord> = state
+            .tasks
+            .values()
+            .map(|(r, _)| r)
+            .filter(|r| r.tenant_id == tenant && status.is_none_or(|s| r.status == s))
+            .filter(|r| after.is_none_or(|a| r.task_id < a))
+            .collect();
+        all.sort_by_key(|t| std::cmp::Reverse(t.task_id));
+        let more = all.len() > limit;
+        let tasks: Vec<TaskRecord> = all.into_iter().take(limit).cloned().collect();
+        let next = if more { tasks.last().map(|t| t.task_id) } else { None };
+        Ok(Page { tasks, next })
+    }
+}
+
+#[async_trait]
+impl TaskCancel for MemoryStore {
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Cancelled, StoreError> {
+        let mut state = self.lock()?;
+        let Some((rec, _)) = state.tasks.get_mut(&id) else { return Ok(Cancelled::NotFound) };
+        match rec.status {
+            s if s.is_terminal() => Ok(Cancelled::AlreadyFinished(s)),
+            TaskStatus::Queued => {
+                rec.status = TaskStatus::Cancelled;
+                rec.error = Some(super::dynamodb::cancelled_error());
+                rec.updated_at = now;
+                let (tenant, usage) = (rec.tenant_id.clone(), rec.usage);
+                state.count_terminal(&tenant, TaskStatus::Cancelled, &usage, now);
+                Ok(Cancelled::Now)
+            }
+            _ => {
+                rec.cancel_requested = true;
+                rec.updated_at = now;
+                Ok(Cancelled::Requested)
+            }
+        }
     }
 }
 
 #[async_trait]
 impl TaskRun for MemoryStore {
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError> {
-        self.check()?;
-        let mut tasks = self.tasks.lock().expect("poisoned");
-        let Some((rec, held)) = tasks.get_mut(&id) else { return Ok(Claim::NotFound) };
+        let mut state = self.lock()?;
+        let Some((rec, held)) = state.tasks.get_mut(&id) else { return Ok(Claim::NotFound) };
         if rec.status.is_terminal() {
             return Ok(Claim::Terminal(rec.status));
         }
@@ -115,8 +240,9 @@ impl TaskRun for MemoryStore {
         Ok(Claim::Leased { until: held.as_ref().map_or(now, |l| l.until) })
     }
 
-    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<(), StoreError> {
-        self.with_leased(id, lease, |rec, held| {
+    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
+        self.with_leased(id, lease, |state, _| {
+            let (rec, held) = state.tasks.get_mut(&id).expect("checked");
             rec.step = p.step;
             rec.usage = p.usage;
             rec.usage_by_model.clone_from(&p.usage_by_model);
@@ -127,11 +253,13 @@ impl TaskRun for MemoryStore {
             if let Some(l) = held {
                 l.until = p.lease_until;
             }
+            if rec.cancel_requested { StepAck::CancelRequested } else { StepAck::Continue }
         })
     }
 
-    async fn finish(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
-        self.with_leased(id, lease, |rec, held| {
+    async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
+        self.with_leased(task.task_id, lease, |state, _| {
+            let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
             rec.status = f.status;
             rec.step = f.step;
             rec.usage = f.usage;
@@ -147,21 +275,102 @@ impl TaskRun for MemoryStore {
             }
             rec.updated_at = f.now;
             *held = None;
+            let tenant = rec.tenant_id.clone();
+            state.count_terminal(&tenant, f.status, &f.usage, f.now);
         })
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError> {
-        self.with_leased(id, lease, |rec, held| {
+        self.with_leased(id, lease, |state, rec| {
+            if rec.cancel_requested {
+                return Err(StoreError::Conflict);
+            }
+            let (rec, held) = state.tasks.get_mut(&id).expect("checked");
             rec.status = TaskStatus::Queued;
             rec.updated_at = now;
             *held = None;
-        })
+            Ok(())
+        })?
     }
 }
 
 #[async_trait]
 impl StorePing for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.check()
+        self.lock().map(drop)
+    }
+}
+
+#[async_trait]
+impl TenantRead for MemoryStore {
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.lock()?.keys.get(hash).cloned())
+    }
+
+    async fn tenant(&self, tenant_id: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.lock()?.tenants.get(tenant_id).cloned())
+    }
+}
+
+#[async_trait]
+impl TenantAdmin for MemoryStore {
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.lock()?.tenants.insert(tenant.tenant_id.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        if state.keys.contains_key(&key.hash) {
+            return Err(StoreError::Conflict);
+        }
+        state.keys.insert(key.hash.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys: Vec<ApiKey> =
+            self.lock()?.keys.values().filter(|k| tenant.is_none_or(|t| t == k.tenant_id)).cloned().collect();
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<ApiKey>, StoreError> {
+        let mut state = self.lock()?;
+        Ok(state.keys.values_mut().find(|k| k.key_id == key_id).map(|k| {
+            k.revoked_at.get_or_insert(now);
+            k.clone()
+        }))
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryStore {
+    async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
+        let mut state = self.lock()?;
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let (tokens, updated) = state.buckets.get(tenant).copied().unwrap_or((f64::from(limits.burst), now_ms));
+        let (decision, level) = bucket_take(limits, tokens, updated, now_ms.max(updated));
+        state.buckets.insert(tenant.to_owned(), (level, now_ms.max(updated)));
+        Ok(decision)
+    }
+}
+
+#[async_trait]
+impl UsageRead for MemoryStore {
+    async fn month_cost(&self, tenant: &str, month: &str) -> Result<u64, StoreError> {
+        Ok(self.lock()?.months.get(&(tenant.to_owned(), month.to_owned())).copied().unwrap_or(0))
+    }
+
+    async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError> {
+        let state = self.lock()?;
+        let mut days: Vec<DayUsage> = state
+            .days
+            .iter()
+            .filter(|((t, d), _)| t == tenant && d.as_str() >= from && d.as_str() <= to)
+            .map(|(_, u)| u.clone())
+            .collect();
+        days.sort_by(|a, b| a.date.cmp(&b.date));
+        Ok(days)
     }
 }

@@ -1,0 +1,131 @@
+//! Tenants and their API keys.
+//!
+//! A key is `aq_` followed by 43 base64url characters (32 random bytes from the OS, 256 bits).
+//! It is shown once, at creation; the store keeps only its SHA-256 (a fast hash is right for a
+//! secret with this much entropy: there is nothing to brute-force) and a short display prefix.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+use crate::config::Secret;
+
+/// What a tenant may do.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Submissions per second, refilled continuously.
+    pub rate_per_sec: f64,
+    /// Submissions allowed in a burst (the bucket's size).
+    pub burst: u32,
+    /// Tasks queued or running at once.
+    pub max_running: u32,
+    /// Spend per calendar month (UTC), in nano-dollars; `None` is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_nanos: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { rate_per_sec: 5.0, burst: 20, max_running: 50, monthly_budget_nanos: None }
+    }
+}
+
+/// A tenant: who owns tasks, and the limits they run under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub tenant_id: String,
+    pub limits: Limits,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A stored API key: never the key itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// A non-secret id derived from the hash, used to revoke the key.
+    pub key_id: String,
+    /// SHA-256 of the key, hex.
+    pub hash: String,
+    /// The key's first characters, for people to tell keys apart.
+    pub prefix: String,
+    pub tenant_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl ApiKey {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+/// A tenant name that is not usable as an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a tenant name is 1 to 64 characters of a-z, 0-9, '-' and '_'")]
+pub struct InvalidTenant;
+
+/// Checks a tenant name.
+pub fn tenant_id(name: &str) -> Result<String, InvalidTenant> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok { Ok(name.to_owned()) } else { Err(InvalidTenant) }
+}
+
+/// SHA-256 of a presented key, hex: what the store is searched by.
+pub fn hash_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new key for `tenant_id`: the plaintext (show it once) and its stored form.
+pub fn new_key(tenant_id: &str, now: OffsetDateTime) -> (Secret, ApiKey) {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    let plaintext = format!("aq_{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = hash_key(&plaintext);
+    let record = ApiKey {
+        key_id: hash[..16].to_owned(),
+        prefix: plaintext[..11].to_owned(),
+        hash,
+        tenant_id: tenant_id.to_owned(),
+        created_at: now,
+        revoked_at: None,
+    };
+    (Secret::new(plaintext), record)
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}…) tenant {}", self.key_id, self.prefix, self.tenant_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_stored_only_as_a_hash() {
+        let (a, rec) = new_key("acme", crate::now());
+        let (b, _) = new_key("acme", crate::now());
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.expose().starts_with("aq_") && a.expose().len() == 46);
+        assert_eq!(rec.hash, hash_key(a.expose()));
+        assert!(!serde_json::to_string(&rec).unwrap().contains(a.expose()), "the record never holds the key");
+        assert!(a.expose().starts_with(&rec.prefix));
+        assert_eq!(rec.key_id.len(), 16);
+    }
+
+    #[test]
+    fn tenant_names_are_slugs() {
+        assert!(tenant_id("acme-corp_2").is_ok());
+        for bad in ["", "Acme", "a b", "x/y", &"a".repeat(65)] {
+            assert!(tenant_id(bad).is_err(), "{bad}");
+        }
+    }
+}
