@@ -17,6 +17,9 @@ url="http://127.0.0.1:$AGENTQ_PORT"
 grep -q "^agentq ready at $url\$" "$RUN/up.out" || die "make up did not print its ready line"
 
 fail() { die "smoke: $*"; }
+key=$(sed -n 's/^dev api key: //p' "$RUN/up.out")
+[[ -n $key ]] || fail "make up printed no dev api key"
+auth=(-H "Authorization: Bearer $key")
 expect() { # expect STATUS CURL-ARGS...: the request answers STATUS
   local want=$1; shift
   local got
@@ -25,10 +28,10 @@ expect() { # expect STATUS CURL-ARGS...: the request answers STATUS
 }
 
 log "smoke: a task submitted with curl succeeds"
-expect 202 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{"prompt":"What is 12 * 12?","priority":"high"}'
+expect 202 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":"What is 12 * 12?","priority":"high"}'
 id=$(sed -E 's/.*"task_id":"([^"]+)".*/\1/' "$RUN/body")
 for _ in $(seq 1 120); do
-  expect 200 "$url/v1/tasks/$id"
+  expect 200 "${auth[@]}" "$url/v1/tasks/$id"
   grep -q '"status":"\(succeeded\|failed\|cancelled\)"' "$RUN/body" && break
   sleep 0.5
 done
@@ -36,15 +39,28 @@ grep -q '"status":"succeeded"' "$RUN/body" || fail "task $id did not succeed: $(
 grep -q '144' "$RUN/body" || fail "task $id's result lacks the calculator's answer: $(cat "$RUN/body")"
 
 log "smoke: bad input gets problem+json 4xx"
-expect 400 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{"prompt":""}'
+expect 401 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{"prompt":"hi"}'
+grep -q '"code":"unauthorized"' "$RUN/body" || fail "the 401 is not problem+json"
+expect 401 -H "Authorization: Bearer aq_wrong" "$url/v1/tasks"
+expect 400 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":""}'
 grep -q '"field":"prompt"' "$RUN/body" || fail "the 400 does not name the field"
-expect 400 -X POST "$url/v1/tasks" -H 'content-type: application/json' -d '{not json'
-expect 415 -X POST "$url/v1/tasks" -H 'content-type: text/plain' -d 'hello'
+expect 400 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{not json'
+expect 415 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: text/plain' -d 'hello'
 head -c 1100000 /dev/zero | tr '\0' 'a' | sed 's/^/{"prompt":"/; s/$/"}/' > "$RUN/big.json"
-expect 413 -X POST "$url/v1/tasks" -H 'content-type: application/json' --data-binary @"$RUN/big.json"
-expect 404 "$url/v1/tasks/01KB3Z5Q9V1W7E6D8C4B2A0F9G"
-expect 404 "$url/v1/tasks/not-an-id"
+expect 413 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' --data-binary @"$RUN/big.json"
+expect 404 "${auth[@]}" "$url/v1/tasks/01KB3Z5Q9V1W7E6D8C4B2A0F9G"
+expect 404 "${auth[@]}" "$url/v1/tasks/not-an-id"
 expect 404 "$url/nowhere"
 expect 200 "$url/health"
 expect 200 "$url/ready"
+expect 200 "$url/openapi.json"
+
+log "smoke: the CLI lists, reads and cancels"
+export AGENTQ_URL="$url" AGENTQ_API_KEY="$key"
+cli="$ROOT/target/debug/agentq"
+"$cli" list --limit 5 | grep -q "$id" || fail "agentq list does not show $id"
+"$cli" get "$id" | grep -q succeeded || fail "agentq get does not show $id succeeded"
+"$cli" usage | grep -q total || fail "agentq usage printed no total"
+set +e; "$cli" cancel "$id" >/dev/null 2>&1; rc=$?; set -e
+[[ $rc == 3 ]] || fail "cancelling a finished task exited $rc, not 3"
 log "smoke: passed"

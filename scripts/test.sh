@@ -18,6 +18,8 @@ log "cargo clippy"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 bash scripts/emulators.sh start
+cargo build --quiet -p agentq-local
+"$ROOT/target/debug/agentq-local" clean-tests
 
 log "unit, handler and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -69,6 +69,27 @@ wait_listening lambda "http://127.0.0.1:$LAMBDA_PORT" 60
 wait_for gateway "$url/health" 300
 wait_for gateway "$url/ready" 120
 
+# A dev tenant and its key, kept across `make up`s while the key still works.
+cli="$ROOT/target/debug/agentq"
+cli_env="$RUN/cli.env"
+key=""
+[[ -f $cli_env ]] && key=$(sed -n 's/^AGENTQ_API_KEY="\(.*\)"$/\1/p' "$cli_env")
+if [[ -z $key || $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "$url/v1/usage") != 200 ]]; then
+  key=$(AGENTQ_TABLE="${env[AGENTQ_TABLE]}" "$cli" keys create --tenant dev --rate 100 --burst 500 --max-running 1000 | tail -n 1)
+fi
+( umask 077; cat > "$cli_env" <<ENV
+AGENTQ_URL="$url"
+AGENTQ_API_KEY="$key"
+AGENTQ_TABLE="${env[AGENTQ_TABLE]}"
+AWS_REGION="$AWS_REGION"
+AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
+AWS_ENDPOINT_URL_DYNAMODB="$AWS_ENDPOINT_URL_DYNAMODB"
+AWS_ENDPOINT_URL_SQS="$AWS_ENDPOINT_URL_SQS"
+ENV
+)
+echo "dev api key: $key"
+
 log "running a sample task: \"What is 6 * 7?\""
-"$ROOT/target/debug/agentq-local" run --url "$url" --timeout-secs 180 "What is 6 * 7?"
+AGENTQ_URL="$url" AGENTQ_API_KEY="$key" "$cli" submit --wait "What is 6 * 7?"
 echo "agentq ready at $url"

@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Create the template's queues and tables; print the functions' environment as KEY=VALUE.
     Provision,
+    /// Delete the tables and queues integration tests made (names starting `test-`), so a
+    /// long-lived emulator does not fill up.
+    CleanTests,
     /// Serve the HTTP API at one address and deliver queued messages to the worker.
     Serve {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -76,6 +79,17 @@ async fn main() -> anyhow::Result<()> {
             for (k, v) in template.function_env(&done.refs) {
                 println!("{k}={v}");
             }
+            Ok(())
+        }
+        Command::CleanTests => {
+            let sdk = agentq::aws::sdk_config().await;
+            let (tables, queues) = agentq_local::provision::delete_prefixed(
+                &agentq::aws::sqs(&sdk),
+                &agentq::aws::dynamodb(&sdk),
+                "test-",
+            )
+            .await?;
+            tracing::info!(tables, queues, "deleted what earlier test runs left");
             Ok(())
         }
         Command::Serve { listen, lambda, pollers } => {

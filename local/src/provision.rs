@@ -91,6 +91,51 @@ pub async fn create_queue(
     Ok((url, arn))
 }
 
+/// An existing table made from an older template: add the indexes it lacks.
+async fn add_missing_indexes(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
+    let described = dynamodb
+        .describe_table()
+        .table_name(&t.name)
+        .send()
+        .await
+        .map_err(|e| anyhow!("DescribeTable {}: {}", t.name, DisplayErrorContext(&e)))?;
+    let present: Vec<String> = described
+        .table
+        .and_then(|d| d.global_secondary_indexes)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.index_name)
+        .collect();
+    for (name, schema) in t.indexes.iter().filter(|(n, _)| !present.contains(n)) {
+        let keys = schema
+            .iter()
+            .map(|(a, k)| KeySchemaElement::builder().attribute_name(a).key_type(KeyType::from(k.as_str())).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let create = aws_sdk_dynamodb::types::CreateGlobalSecondaryIndexAction::builder()
+            .index_name(name)
+            .set_key_schema(Some(keys))
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()?;
+        let mut update = dynamodb.update_table().table_name(&t.name).global_secondary_index_updates(
+            aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder().create(create).build(),
+        );
+        for (attr, kind) in &t.attributes {
+            update = update.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr)
+                    .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                    .build()?,
+            );
+        }
+        update
+            .send()
+            .await
+            .map_err(|e| anyhow!("UpdateTable {} (adding {name}): {}", t.name, DisplayErrorContext(&e)))?;
+        tracing::info!(table = %t.name, index = %name, "added a missing index");
+    }
+    Ok(())
+}
+
 /// Creates a table (or finds it) and turns on its TTL.
 pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
     let keys = |schema: &[(String, String)]| -> anyhow::Result<Vec<KeySchemaElement>> {
@@ -129,7 +174,7 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
     }
     match req.send().await {
         Ok(_) => {}
-        Err(e) if e.code() == Some("ResourceInUseException") => {}
+        Err(e) if e.code() == Some("ResourceInUseException") => add_missing_indexes(dynamodb, t).await?,
         Err(e) => return Err(anyhow!("CreateTable {}: {}", t.name, DisplayErrorContext(&e))),
     }
     if let Some(attr) = &t.ttl_attribute {
@@ -145,4 +190,52 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
         }
     }
     Ok(())
+}
+
+/// Deletes every table and queue whose name starts with `prefix`; returns how many of each.
+pub async fn delete_prefixed(
+    sqs: &aws_sdk_sqs::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    prefix: &str,
+) -> anyhow::Result<(usize, usize)> {
+    let mut tables = 0;
+    let mut start: Option<String> = None;
+    loop {
+        let out = dynamodb
+            .list_tables()
+            .set_exclusive_start_table_name(start.take())
+            .send()
+            .await
+            .map_err(|e| anyhow!("ListTables: {}", DisplayErrorContext(&e)))?;
+        for name in out.table_names().iter().filter(|n| n.starts_with(prefix)) {
+            dynamodb
+                .delete_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(|e| anyhow!("DeleteTable {name}: {}", DisplayErrorContext(&e)))?;
+            tables += 1;
+        }
+        match out.last_evaluated_table_name {
+            Some(next) => start = Some(next),
+            None => break,
+        }
+    }
+    let mut queues = 0;
+    let out = sqs
+        .list_queues()
+        .queue_name_prefix(prefix)
+        .max_results(1000)
+        .send()
+        .await
+        .map_err(|e| anyhow!("ListQueues: {}", DisplayErrorContext(&e)))?;
+    for url in out.queue_urls() {
+        sqs.delete_queue()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("DeleteQueue {url}: {}", DisplayErrorContext(&e)))?;
+        queues += 1;
+    }
+    Ok((tables, queues))
 }

@@ -104,7 +104,7 @@ impl TestApp {
         let sdk = agentq::aws::sdk_config().await;
         let sqs = agentq::aws::sqs(&sdk);
         let dynamodb = agentq::aws::dynamodb(&sdk);
-        let stack = format!("t{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let stack = format!("test-{}", ulid::Ulid::generate().to_string().to_lowercase());
         let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), &stack)?;
 
         let table = template.tables()?.into_iter().next().context("the template has no table")?;

@@ -1,0 +1,225 @@
+//! The task commands: thin calls to the HTTP API, printed for people or as JSON.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::CliError;
+
+/// How often `--wait` polls.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    json: bool,
+}
+
+impl Client {
+    pub fn new(base: &str, key: Option<&str>, json: bool) -> Result<Self, CliError> {
+        let key = key.ok_or_else(|| {
+            CliError::Usage("no API key: pass --api-key, set AGENTQ_API_KEY, or run `make up` in the checkout".into())
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| CliError::Unavailable(e.to_string()))?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), json })
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), CliError> {
+        let response = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| CliError::Unavailable(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200..=299 => Ok((status, body)),
+            400..=499 => Err(CliError::Rejected(problem(status, &body))),
+            _ => Err(CliError::Unavailable(problem(status, &body))),
+        }
+    }
+
+    pub async fn submit(&self, body: &Value, idempotency_key: Option<&str>, wait: bool) -> Result<(), CliError> {
+        let mut req = self.http.post(format!("{}/v1/tasks", self.base)).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        let (_, accepted) = self.call(req).await?;
+        let id = accepted["task_id"].as_str().unwrap_or_default().to_owned();
+        if !wait {
+            if self.json {
+                println!("{accepted}");
+            } else {
+                println!("{id}");
+            }
+            return Ok(());
+        }
+        self.wait(&id).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Value, CliError> {
+        Ok(self.call(self.http.get(format!("{}/v1/tasks/{id}", self.base))).await?.1)
+    }
+
+    /// Polls a task until it ends, with a progress bar on stderr.
+    async fn wait(&self, id: &str) -> Result<(), CliError> {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} step {pos}/{len} · {elapsed} · {msg}")
+                .expect("a valid template"),
+        );
+        bar.set_prefix(id.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let task = loop {
+            let task = self.task(id).await?;
+            bar.set_length(task["progress"]["max_steps"].as_u64().unwrap_or(1));
+            bar.set_position(task["progress"]["step"].as_u64().unwrap_or(0));
+            bar.set_message(format!("{} · ${:.6}", task["status"].as_str().unwrap_or("?"), cost(&task)));
+            if is_terminal(&task) {
+                break task;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        bar.finish_and_clear();
+        self.print_task(&task);
+        outcome(&task)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<(), CliError> {
+        let task = self.task(id).await?;
+        self.print_task(&task);
+        Ok(())
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<(), CliError> {
+        let (status, task) = self.call(self.http.delete(format!("{}/v1/tasks/{id}", self.base))).await?;
+        if self.json {
+            println!("{task}");
+        } else if status == 202 {
+            println!("{id} cancel requested: it stops at its next step");
+        } else {
+            println!("{id} cancelled");
+        }
+        Ok(())
+    }
+
+    pub async fn list(&self, status: Option<&str>, limit: u32, all: bool) -> Result<(), CliError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut req = self.http.get(format!("{}/v1/tasks", self.base)).query(&[("limit", limit.to_string())]);
+            if let Some(s) = status {
+                req = req.query(&[("status", s)]);
+            }
+            if let Some(c) = &cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let (_, page) = self.call(req).await?;
+            for task in page["tasks"].as_array().into_iter().flatten() {
+                if self.json {
+                    println!("{task}");
+                } else {
+                    println!(
+                        "{}  {:<9}  {:>3} steps  ${:.6}  {}",
+                        task["task_id"].as_str().unwrap_or(""),
+                        task["status"].as_str().unwrap_or(""),
+                        task["iterations"],
+                        cost(task),
+                        task["created_at"].as_str().unwrap_or(""),
+                    );
+                }
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if !all || cursor.is_none() {
+                if let (false, Some(c)) = (self.json, &cursor) {
+                    eprintln!("more: --all, or the next page's cursor is {c}");
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn usage(&self, from: Option<&str>, to: Option<&str>) -> Result<(), CliError> {
+        let mut req = self.http.get(format!("{}/v1/usage", self.base));
+        for (k, v) in [("from", from), ("to", to)] {
+            if let Some(v) = v {
+                req = req.query(&[(k, v)]);
+            }
+        }
+        let (_, report) = self.call(req).await?;
+        if self.json {
+            println!("{report}");
+            return Ok(());
+        }
+        println!(
+            "{:<10}  {:>9} {:>6} {:>9}  {:>10} {:>10}  {:>10}",
+            "date", "succeeded", "failed", "cancelled", "in tok", "out tok", "cost"
+        );
+        let rows = report["days"].as_array().cloned().unwrap_or_default();
+        for d in rows.iter().chain(std::iter::once(&report["total"])) {
+            println!(
+                "{:<10}  {:>9} {:>6} {:>9}  {:>10} {:>10}  ${:>9.4}",
+                d["date"].as_str().unwrap_or("total"),
+                d["tasks"]["succeeded"],
+                d["tasks"]["failed"],
+                d["tasks"]["cancelled"],
+                d["usage"]["input_tokens"],
+                d["usage"]["output_tokens"],
+                d["usage"]["cost_usd"].as_f64().unwrap_or(0.0),
+            );
+        }
+        Ok(())
+    }
+
+    fn print_task(&self, task: &Value) {
+        if self.json {
+            println!("{task}");
+            return;
+        }
+        let id = task["task_id"].as_str().unwrap_or("");
+        let status = task["status"].as_str().unwrap_or("");
+        println!("{id} {status} after {} steps, ${:.6}", task["iterations"], cost(task));
+        if let Some(text) = task["result"]["text"].as_str() {
+            println!("{text}");
+        }
+        if let Some(code) = task["error"]["code"].as_str() {
+            println!("error {code}: {}", task["error"]["message"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn cost(task: &Value) -> f64 {
+    task["usage"]["cost_usd"].as_f64().unwrap_or(0.0)
+}
+
+fn is_terminal(task: &Value) -> bool {
+    matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+}
+
+fn outcome(task: &Value) -> Result<(), CliError> {
+    match task["status"].as_str() {
+        Some("succeeded") => Ok(()),
+        other => Err(CliError::TaskDidNotSucceed(format!("the task ended {}", other.unwrap_or("in an unknown state")))),
+    }
+}
+
+/// A problem+json answer in one line.
+fn problem(status: u16, body: &Value) -> String {
+    let detail = body["detail"].as_str().unwrap_or("");
+    let fields: Vec<String> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{}: {}", e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+        .collect();
+    let code = body["code"].as_str().unwrap_or("error");
+    if fields.is_empty() {
+        format!("{status} {code}: {detail}")
+    } else {
+        format!("{status} {code}: {}", fields.join("; "))
+    }
+}

@@ -1,0 +1,170 @@
+//! `agentq`: the command line for agentq. Task commands speak the HTTP API with an API key;
+//! `keys` commands are admin operations on the store with AWS credentials.
+//!
+//! Settings come from flags, then the environment, then `.run/cli.env` (written by `make up`,
+//! found from the current directory upwards), so inside a checkout with the local stack
+//! running, `agentq submit "…"` just works.
+//!
+//! Exit codes: 0 success; 1 the task ended `failed` or `cancelled`; 2 bad usage; 3 the API
+//! refused the request (4xx); 4 the service could not be reached or failed (5xx, network,
+//! store).
+
+mod api;
+mod keys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agentq", version, about = "Run LLM agent tasks on agentq")]
+pub struct Cli {
+    /// Base URL of the agentq API.
+    #[arg(long, global = true, env = "AGENTQ_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// API key (sent as `Authorization: Bearer`).
+    #[arg(long, global = true, env = "AGENTQ_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON instead of text, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a task.
+    Submit {
+        prompt: String,
+        #[arg(long, value_parser = ["high", "default", "low"])]
+        priority: Option<String>,
+        #[arg(long)]
+        max_iterations: Option<u32>,
+        /// A model of the deployment's chain.
+        #[arg(long)]
+        model: Option<String>,
+        /// Stop the task once it has cost this much.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+        /// Makes retries of this submission safe: the same key returns the same task.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait for the task to finish, showing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a task.
+    Get { id: String },
+    /// Cancel a task.
+    Cancel { id: String },
+    /// List your tasks, newest first.
+    List {
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Follow the pages to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Tasks, tokens and cost per day.
+    Usage {
+        /// First day, YYYY-MM-DD (default: 29 days before `to`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Manage API keys (admin: needs AWS credentials and AGENTQ_TABLE).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    TaskDidNotSucceed(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            Self::TaskDidNotSucceed(_) => 1,
+            Self::Usage(_) => 2,
+            Self::Rejected(_) => 3,
+            Self::Unavailable(_) => 4,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    load_env_file();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentq: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+/// Reads `.run/cli.env` from the nearest directory that has one, without overriding what
+/// the environment already says.
+fn load_env_file() {
+    let Ok(mut dir) = std::env::current_dir() else { return };
+    loop {
+        let candidate = dir.join(".run/cli.env");
+        if candidate.is_file() {
+            let _ = dotenvy::from_path(&candidate);
+            return;
+        }
+        if !dir.pop() {
+            return;
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Keys { command } => keys::run(command, cli.json).await,
+        ref command => {
+            let client = api::Client::new(&cli.url, cli.api_key.as_deref(), cli.json)?;
+            match command {
+                Command::Submit { prompt, priority, max_iterations, model, max_cost_usd, idempotency_key, wait } => {
+                    let mut body = serde_json::json!({"prompt": prompt});
+                    if let Some(p) = priority {
+                        body["priority"] = p.as_str().into();
+                    }
+                    if let Some(n) = max_iterations {
+                        body["max_iterations"] = (*n).into();
+                    }
+                    if let Some(m) = model {
+                        body["model"] = m.as_str().into();
+                    }
+                    if let Some(c) = max_cost_usd {
+                        body["max_cost_usd"] = (*c).into();
+                    }
+                    client.submit(&body, idempotency_key.as_deref(), *wait).await
+                }
+                Command::Get { id } => client.get(id).await,
+                Command::Cancel { id } => client.cancel(id).await,
+                Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
+                Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
+                Command::Keys { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}
