@@ -1,0 +1,139 @@
+//! Keeps `openapi.json`, `template.yaml` and the handlers in step: every routed operation is
+//! documented and every documented one routed, and what the handlers answer has a documented
+//! status and matches its documented schema. (CI also runs schemathesis against the stack.)
+
+use std::path::Path;
+
+use agentq_local::template::Template;
+use agentq_tests::{TestApp, answer, body_json};
+use lambda_http::{Body, Response};
+use serde_json::{Value, json};
+use wiremock::Mock;
+use wiremock::matchers::method;
+
+fn document() -> Value {
+    serde_json::from_str(submit::OPENAPI).expect("openapi.json is JSON")
+}
+
+#[test]
+fn every_routed_operation_is_documented_and_every_documented_one_routed() {
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), "agentq").unwrap();
+    let mut routed: Vec<(String, String)> =
+        template.routes().into_iter().filter_map(|r| Some((r.path?, r.method?.to_lowercase()))).collect();
+    routed.sort();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(move |m| (path.clone(), m.clone()))
+        })
+        .collect();
+    documented.sort();
+    assert_eq!(routed, documented);
+}
+
+/// Checks one response against the document: its status is documented for the operation,
+/// and its body matches the documented schema.
+fn conforms(path: &str, method: &str, response: &Response<Body>) {
+    let doc = document();
+    let status = response.status().as_u16().to_string();
+    let operation = &doc["paths"][path][method];
+    assert!(operation.is_object(), "{method} {path} is not documented");
+    let documented = &operation["responses"][&status];
+    assert!(documented.is_object(), "{method} {path} answered {status}, which is not documented");
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let schema = &documented["content"][&content_type]["schema"];
+    assert!(schema.is_object(), "{method} {path} {status} answered {content_type}, which is not documented");
+    // The document itself is the root, so `#/components/...` references resolve; its other
+    // keys are not schema keywords and are ignored.
+    let mut root = doc.clone();
+    root["$ref"] = json!("#/validated");
+    root["validated"] = schema.clone();
+    let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let body = body_json(response.body());
+    let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {path} {status}: {errors:?}\n{body}");
+}
+
+#[tokio::test]
+async fn what_the_handlers_answer_matches_the_document() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST"))
+        .respond_with(answer("done", json!({"input_tokens": 3, "output_tokens": 2})))
+        .mount(&app.model)
+        .await;
+    let key = app.key.clone();
+
+    let accepted = app.post_as(&key, &json!({"prompt": "hi", "priority": "low"}), &[("idempotency-key", "k1")]).await;
+    conforms("/v1/tasks", "post", &accepted);
+    let id = body_json(accepted.body())["task_id"].as_str().unwrap().to_owned();
+    conforms(
+        "/v1/tasks",
+        "post",
+        &app.post_as(&key, &json!({"prompt": "hi", "priority": "low"}), &[("idempotency-key", "k1")]).await,
+    );
+    conforms("/v1/tasks", "post", &app.post_as(&key, &json!({"prompt": "other"}), &[("idempotency-key", "k1")]).await);
+    conforms("/v1/tasks", "post", &app.post_as(&key, &json!({"prompt": ""}), &[]).await);
+    conforms("/v1/tasks", "post", &app.post_as("aq_wrong", &json!({"prompt": "x"}), &[]).await);
+    let limited =
+        app.tenant("slow", agentq::tenant::Limits { rate_per_sec: 0.01, burst: 1, ..Default::default() }).await;
+    app.post_as(&limited, &json!({"prompt": "x"}), &[]).await;
+    conforms("/v1/tasks", "post", &app.post_as(&limited, &json!({"prompt": "x"}), &[]).await);
+
+    let status = |method: &'static str, path: String, query: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            let mut event: Value = serde_json::from_str(include_str!("../events/status.json")).unwrap();
+            event["rawPath"] = json!(path);
+            event["requestContext"]["http"]["path"] = json!(path);
+            event["requestContext"]["http"]["method"] = json!(method);
+            event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+            match path.strip_prefix("/v1/tasks/") {
+                Some(id) => event["pathParameters"] = json!({"id": id}),
+                None => drop(event.as_object_mut().unwrap().remove("pathParameters")),
+            }
+            if !query.is_empty() {
+                event["queryStringParameters"] = query.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                event["rawQueryString"] =
+                    json!(query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+            }
+            status::handle(&app.status, lambda_http::request::from_str(&event.to_string()).unwrap()).await
+        }
+    };
+    conforms("/v1/tasks/{id}", "get", &status("GET", format!("/v1/tasks/{id}"), vec![]).await);
+    conforms("/v1/tasks/{id}", "get", &status("GET", "/v1/tasks/nope".into(), vec![]).await);
+    conforms("/v1/tasks", "get", &status("GET", "/v1/tasks".into(), vec![("limit", "1")]).await);
+    conforms("/v1/tasks", "get", &status("GET", "/v1/tasks".into(), vec![("limit", "0")]).await);
+    conforms("/v1/usage", "get", &status("GET", "/v1/usage".into(), vec![]).await);
+    conforms("/v1/usage", "get", &status("GET", "/v1/usage".into(), vec![("from", "2026-99-01")]).await);
+
+    app.run_until_terminal(&id, std::time::Duration::from_secs(30)).await;
+    conforms("/v1/tasks/{id}", "get", &status("GET", format!("/v1/tasks/{id}"), vec![]).await);
+    conforms("/v1/usage", "get", &status("GET", "/v1/usage".into(), vec![]).await);
+    conforms("/v1/tasks/{id}", "delete", &status("DELETE", format!("/v1/tasks/{id}"), vec![]).await);
+    let queued = app.submit("to cancel").await;
+    conforms("/v1/tasks/{id}", "delete", &status("DELETE", format!("/v1/tasks/{queued}"), vec![]).await);
+
+    let probe = |path: &'static str| {
+        let app = &app;
+        async move {
+            let mut event: Value = serde_json::from_str(include_str!("../events/submit.json")).unwrap();
+            event["rawPath"] = json!(path);
+            event["requestContext"]["http"]["path"] = json!(path);
+            event["requestContext"]["http"]["method"] = json!("GET");
+            event.as_object_mut().unwrap().remove("body");
+            submit::handle(&app.submit, lambda_http::request::from_str(&event.to_string()).unwrap()).await
+        }
+    };
+    conforms("/health", "get", &probe("/health").await);
+    conforms("/ready", "get", &probe("/ready").await);
+    conforms("/openapi.json", "get", &probe("/openapi.json").await);
+}
