@@ -57,7 +57,8 @@ env_file="$RUN/functions.env"
   done | sort > "$env_file" )
 
 log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
-start_bg lambda cargo lambda watch --quiet --env-file "$env_file" \
+# shellcheck disable=SC2086 # LAMBDA_WATCH_FLAGS is a list of flags.
+start_bg lambda cargo lambda watch --quiet ${LAMBDA_WATCH_FLAGS:-} --env-file "$env_file" \
   --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --concurrency "${LAMBDA_CONCURRENCY:-4}"
 log "starting the gateway and the SQS event source on :$AGENTQ_PORT"
 start_bg gateway "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" serve \

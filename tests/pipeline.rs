@@ -169,3 +169,14 @@ async fn an_unknown_task_id_is_a_404() {
     assert_eq!(status, 404);
     assert_eq!(body["status"], 404);
 }
+
+#[tokio::test]
+async fn metadata_with_any_json_numbers_is_kept_and_returned() {
+    let app = TestApp::spawn().await;
+    // DynamoDB numbers cannot hold these; found by schemathesis.
+    let metadata = json!({"tiny": 5e-324, "huge": 1e300, "nested": {"list": [1, "two", null]}});
+    let (status, body) = app.post_task(&json!({"prompt": "keep my metadata", "metadata": metadata})).await;
+    assert_eq!(status, 202, "{body}");
+    let (_, task) = app.get_task(body["task_id"].as_str().unwrap()).await;
+    assert_eq!(task["metadata"], metadata);
+}

@@ -53,9 +53,9 @@ impl Client {
         let id = accepted["task_id"].as_str().unwrap_or_default().to_owned();
         if !wait {
             if self.json {
-                println!("{accepted}");
+                out!("{accepted}");
             } else {
-                println!("{id}");
+                out!("{id}");
             }
             return Ok(());
         }
@@ -99,11 +99,11 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<(), CliError> {
         let (status, task) = self.call(self.http.delete(format!("{}/v1/tasks/{id}", self.base))).await?;
         if self.json {
-            println!("{task}");
+            out!("{task}");
         } else if status == 202 {
-            println!("{id} cancel requested: it stops at its next step");
+            out!("{id} cancel requested: it stops at its next step");
         } else {
-            println!("{id} cancelled");
+            out!("{id} cancelled");
         }
         Ok(())
     }
@@ -121,9 +121,9 @@ impl Client {
             let (_, page) = self.call(req).await?;
             for task in page["tasks"].as_array().into_iter().flatten() {
                 if self.json {
-                    println!("{task}");
+                    out!("{task}");
                 } else {
-                    println!(
+                    out!(
                         "{}  {:<9}  {:>3} steps  ${:.6}  {}",
                         task["task_id"].as_str().unwrap_or(""),
                         task["status"].as_str().unwrap_or(""),
@@ -152,16 +152,22 @@ impl Client {
         }
         let (_, report) = self.call(req).await?;
         if self.json {
-            println!("{report}");
+            out!("{report}");
             return Ok(());
         }
-        println!(
+        out!(
             "{:<10}  {:>9} {:>6} {:>9}  {:>10} {:>10}  {:>10}",
-            "date", "succeeded", "failed", "cancelled", "in tok", "out tok", "cost"
+            "date",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "in tok",
+            "out tok",
+            "cost"
         );
         let rows = report["days"].as_array().cloned().unwrap_or_default();
         for d in rows.iter().chain(std::iter::once(&report["total"])) {
-            println!(
+            out!(
                 "{:<10}  {:>9} {:>6} {:>9}  {:>10} {:>10}  ${:>9.4}",
                 d["date"].as_str().unwrap_or("total"),
                 d["tasks"]["succeeded"],
@@ -177,17 +183,17 @@ impl Client {
 
     fn print_task(&self, task: &Value) {
         if self.json {
-            println!("{task}");
+            out!("{task}");
             return;
         }
         let id = task["task_id"].as_str().unwrap_or("");
         let status = task["status"].as_str().unwrap_or("");
-        println!("{id} {status} after {} steps, ${:.6}", task["iterations"], cost(task));
+        out!("{id} {status} after {} steps, ${:.6}", task["iterations"], cost(task));
         if let Some(text) = task["result"]["text"].as_str() {
-            println!("{text}");
+            out!("{text}");
         }
         if let Some(code) = task["error"]["code"].as_str() {
-            println!("error {code}: {}", task["error"]["message"].as_str().unwrap_or(""));
+            out!("error {code}: {}", task["error"]["message"].as_str().unwrap_or(""));
         }
     }
 }

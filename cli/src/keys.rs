@@ -75,20 +75,20 @@ pub async fn run(command: KeysCommand, json: bool) -> Result<(), CliError> {
             let (key, record) = new_key(&id, now);
             store.put_key(&record).await.map_err(unavailable)?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"tenant": id, "key_id": record.key_id, "limits": limits, "key": key.expose()})
                 );
             } else {
                 eprintln!("created key {} for tenant {id} ({})", record.key_id, describe(&limits));
                 eprintln!("store it now: it is shown only once");
-                println!("{}", key.expose());
+                out!("{}", key.expose());
             }
         }
         KeysCommand::List { tenant } => {
             for k in store.list_keys(tenant.as_deref()).await.map_err(unavailable)? {
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::to_string(&serde_json::json!({
                             "key_id": k.key_id, "prefix": k.prefix, "tenant": k.tenant_id,
@@ -98,12 +98,12 @@ pub async fn run(command: KeysCommand, json: bool) -> Result<(), CliError> {
                     );
                 } else {
                     let state = if k.is_revoked() { "revoked" } else { "active" };
-                    println!("{}  {}…  {:<20}  {state}", k.key_id, k.prefix, k.tenant_id);
+                    out!("{}  {}…  {:<20}  {state}", k.key_id, k.prefix, k.tenant_id);
                 }
             }
         }
         KeysCommand::Revoke { key_id } => match store.revoke_key(&key_id, now).await.map_err(unavailable)? {
-            Some(k) => println!("revoked {} (tenant {})", k.key_id, k.tenant_id),
+            Some(k) => out!("revoked {} (tenant {})", k.key_id, k.tenant_id),
             None => return Err(CliError::Rejected(format!("no key with id {key_id}"))),
         },
     }

@@ -9,6 +9,14 @@
 //! refused the request (4xx); 4 the service could not be reached or failed (5xx, network,
 //! store).
 
+/// `println!` that does not panic when stdout is a closed pipe (`agentq list | head -1`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod api;
 mod keys;
 

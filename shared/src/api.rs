@@ -55,6 +55,9 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
     pub priority: Priority,
+    /// What the client attached at submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -80,6 +83,7 @@ impl From<&TaskRecord> for TaskView {
             status: r.status,
             cancel_requested: r.cancel_requested && !r.status.is_terminal(),
             priority: r.priority,
+            metadata: r.metadata.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
             progress: ProgressView { step: r.step, max_steps: r.max_iterations },

@@ -173,6 +173,8 @@ pub struct Allowed {
 
 /// Largest per-task budget a request may set, in dollars.
 pub const MAX_COST_USD_LIMIT: f64 = 1_000.0;
+/// Smallest per-task budget: a micro-dollar (cost is counted in nano-dollars).
+pub const MIN_COST_USD: f64 = 0.000_001;
 
 /// A validated task submission.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,11 +341,11 @@ impl TaskRequest {
         let max_cost_nanos = match fields.remove("max_cost_usd") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => match n.as_f64() {
-                Some(usd) if usd > 0.0 && usd <= MAX_COST_USD_LIMIT => Some((usd * 1e9).round() as u64),
+                Some(usd) if (MIN_COST_USD..=MAX_COST_USD_LIMIT).contains(&usd) => Some((usd * 1e9).round() as u64),
                 _ => {
                     errors.push(FieldError::new(
                         "max_cost_usd",
-                        format!("must be more than 0 and at most {MAX_COST_USD_LIMIT}"),
+                        format!("must be from {MIN_COST_USD} to {MAX_COST_USD_LIMIT}"),
                     ));
                     None
                 }
@@ -413,7 +415,9 @@ pub struct TaskRecord {
     pub priority: Priority,
     pub prompt: String,
     pub max_iterations: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Stored as JSON text: it is the client's data, and DynamoDB's numbers cannot hold every
+    /// JSON number (5e-324, 1e300).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
     pub metadata: Option<Map<String, Value>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -472,6 +476,26 @@ impl TaskRecord {
             requested_model: request.model,
             tools: request.tools,
             max_cost_nanos: request.max_cost_nanos,
+        }
+    }
+}
+
+/// (De)serializes an optional JSON object as JSON text.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(v: &Option<Map<String, Value>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(m) => s.serialize_str(&Value::Object(m.clone()).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, Value>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -601,6 +625,7 @@ mod tests {
         assert_eq!(fields_of(r#"{"prompt":"x","tools":["rm"]}"#), ["tools"]);
         assert_eq!(fields_of(r#"{"prompt":"x","tools":"calculator"}"#), ["tools"]);
         assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":0}"#), ["max_cost_usd"]);
+        assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":2.2e-309}"#), ["max_cost_usd"]);
         assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":"1"}"#), ["max_cost_usd"]);
     }
 

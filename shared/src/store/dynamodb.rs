@@ -489,7 +489,11 @@ impl TaskRead for DynamoStore {
                 ("gsi1sk".to_owned(), s(id.to_string())),
             ])
         });
-        // A status filter applies after DynamoDB's limit, so a page is filled by reading on.
+        // A status filter applies after DynamoDB's limit, so a page is filled by reading on,
+        // a generous batch at a time; the cursor is the last task returned, so whatever a
+        // batch held beyond the page is read again next time, not lost.
+        let batch = if status.is_some() { limit.max(100) } else { limit + 1 };
+        let mut more = false;
         loop {
             let mut q = self
                 .client
@@ -499,7 +503,7 @@ impl TaskRead for DynamoStore {
                 .key_condition_expression("gsi1pk = :pk")
                 .expression_attribute_values(":pk", s(tasks_index(tenant)))
                 .scan_index_forward(false)
-                .limit((limit - tasks.len()).max(1) as i32)
+                .limit(batch as i32)
                 .set_exclusive_start_key(start.take());
             if let Some(status) = status {
                 q = q
@@ -509,17 +513,18 @@ impl TaskRead for DynamoStore {
             }
             let out = q.send().await.map_err(|e| sdk_error("Query", e))?;
             for i in out.items.unwrap_or_default() {
+                if tasks.len() == limit {
+                    more = true;
+                    break;
+                }
                 tasks.push(from_item::<TaskItem>(i)?.record);
             }
             start = out.last_evaluated_key;
-            if start.is_none() || tasks.len() >= limit {
+            if more || start.is_none() {
                 break;
             }
         }
-        let next = match (&start, tasks.len() >= limit) {
-            (Some(_), true) => tasks.last().map(|t| t.task_id),
-            _ => None,
-        };
+        let next = if more || start.is_some() { tasks.last().map(|t| t.task_id) } else { None };
         Ok(Page { tasks, next })
     }
 }
