@@ -16,3 +16,10 @@ pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
 pub fn sqs(config: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
 }
+
+/// S3 with path-style addressing when `AGENTQ_S3_PATH_STYLE=true` (LocalStack), from config
+/// rather than by guessing.
+pub fn s3(config: &SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
+    aws_sdk_s3::Client::from_conf(conf)
+}

@@ -126,6 +126,10 @@ pub struct Config {
     pub deadline_margin: Duration,
     /// How long task records are kept (DynamoDB TTL).
     pub task_retention: Duration,
+    /// The bucket for content too large for a DynamoDB item.
+    pub bucket: Option<String>,
+    /// Path-style S3 addressing (LocalStack needs it).
+    pub s3_path_style: bool,
     pub tools: ToolConfig,
     /// Budget of a task that names none, in nano-dollars.
     pub default_max_cost_nanos: Option<u64>,
@@ -228,6 +232,8 @@ impl Config {
             max_receive_count: number("AGENTQ_MAX_RECEIVE_COUNT", 5)?.max(1) as u32,
             deadline_margin: Duration::from_secs(number("AGENTQ_DEADLINE_MARGIN_SECS", 10)?),
             task_retention: Duration::from_secs(number("AGENTQ_TASK_RETENTION_DAYS", 30)? * 86_400),
+            bucket: get("AGENTQ_BUCKET"),
+            s3_path_style: get("AGENTQ_S3_PATH_STYLE").is_some_and(|v| v == "true" || v == "1"),
             tools,
             default_max_cost_nanos: usd("AGENTQ_DEFAULT_MAX_COST_USD")?,
             retry_delay: Duration::from_secs(number("AGENTQ_RETRY_DELAY_SECS", 30)?),

@@ -7,19 +7,23 @@
 //! - [`store`] and [`queue`]: DynamoDB and SQS behind small traits, with in-memory fakes;
 //! - [`llm`]: the model trait and the Anthropic client;
 //! - [`agent`]: the agent loop, its tools and retries (no AWS code);
+//! - [`steps`]: the durable record of each model answer and tool result;
 //! - [`api`]: the JSON shapes of the HTTP API;
 //! - [`auth`]: API keys in, tenants out;
 //! - [`http`]: the API error type and the one mapping from errors to responses;
+//! - [`blobs`]: S3 for content too large for an item;
 //! - [`telemetry`], [`aws`], [`wiring`]: start-up plumbing.
 
 pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod aws;
+pub mod blobs;
 pub mod config;
 pub mod http;
 pub mod llm;
 pub mod queue;
+pub mod steps;
 pub mod store;
 pub mod task;
 pub mod telemetry;

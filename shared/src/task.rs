@@ -15,11 +15,9 @@ use ulid::Ulid;
 
 use crate::usage::Usage;
 
-/// Longest prompt accepted, in characters (the HTTP contract).
-pub const MAX_PROMPT_CHARS: usize = 100_000;
-/// Longest prompt accepted, in UTF-8 bytes: a DynamoDB item holds at most 400 KB, and the
-/// record carries more than the prompt.
-pub const MAX_PROMPT_BYTES: usize = 300_000;
+/// Longest prompt accepted, in characters: whatever fits the 1 MiB body limit. A prompt too
+/// large for a DynamoDB item is kept in S3.
+pub const MAX_PROMPT_CHARS: usize = 1024 * 1024;
 /// Largest `metadata` object accepted, serialized.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 pub const MAX_ITERATIONS_LIMIT: u32 = 50;
@@ -235,11 +233,6 @@ impl TaskRequest {
                         "prompt",
                         format!("is {chars} characters long; the limit is {MAX_PROMPT_CHARS}"),
                     ));
-                } else if p.len() > MAX_PROMPT_BYTES {
-                    errors.push(FieldError::new(
-                        "prompt",
-                        format!("is {} bytes as UTF-8; the limit is {MAX_PROMPT_BYTES}", p.len()),
-                    ));
                 }
                 Some(p)
             }
@@ -450,6 +443,9 @@ pub struct TaskRecord {
     /// The request's cost budget, in nano-dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_nanos: Option<u64>,
+    /// Why the last delivery could not finish it (it was given back to the queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<TaskError>,
 }
 
 impl TaskRecord {
@@ -476,6 +472,7 @@ impl TaskRecord {
             requested_model: request.model,
             tools: request.tools,
             max_cost_nanos: request.max_cost_nanos,
+            last_error: None,
         }
     }
 }

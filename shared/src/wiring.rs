@@ -7,6 +7,15 @@ use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
 use crate::config::{Config, ConfigError, Provider};
 use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
 
+/// The task store: the table, and the bucket for large content when one is configured.
+pub fn store(config: &Config, sdk: &aws_config::SdkConfig) -> crate::store::DynamoStore {
+    let store = crate::store::DynamoStore::new(crate::aws::dynamodb(sdk), &config.table_name, config.task_retention);
+    match &config.bucket {
+        Some(bucket) => store.with_blobs(Arc::new(crate::blobs::S3Blobs::new(crate::aws::s3(sdk, config.s3_path_style), bucket))),
+        None => store,
+    }
+}
+
 /// The chain of `AGENTQ_MODELS`, each model behind its own circuit breaker.
 ///
 /// `http` is shared so connections are pooled; `sdk` is only used for Bedrock.

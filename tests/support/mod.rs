@@ -33,6 +33,8 @@ pub const MAX_RECEIVE_COUNT: u32 = 3;
 /// Visibility timeout of the test queues, so retries come back quickly.
 pub const VISIBILITY_SECS: u32 = 1;
 pub const MODEL: &str = "claude-sonnet-4-5";
+/// The bucket the tests keep large content in.
+pub const TEST_BUCKET: &str = "agentq-test-blobs";
 /// The second model of the default chain.
 pub const FALLBACK: &str = "claude-haiku-4-5";
 
@@ -133,7 +135,16 @@ impl TestApp {
             .collect();
 
         let retention = Duration::from_secs(86_400);
-        let store = Arc::new(DynamoStore::new(dynamodb, &table.name, retention));
+        // One bucket for every test: keys are under each task's id.
+        let s3 = agentq::aws::s3(&sdk, true);
+        if let Err(e) = s3.create_bucket().bucket(TEST_BUCKET).send().await {
+            let exists = e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+            anyhow::ensure!(exists, "creating the test bucket: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
+        }
+        let store = Arc::new(
+            DynamoStore::new(dynamodb, &table.name, retention)
+                .with_blobs(Arc::new(agentq::blobs::S3Blobs::new(s3, TEST_BUCKET))),
+        );
         let model = MockServer::start().await;
         let chain =
             ModelChain::new(models(&model.uri()), BreakerPolicy { threshold: 100, cooldown: Duration::from_secs(1) });

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use agentq::store::DynamoStore;
 use lambda_http::{Error, service_fn};
 
 #[tokio::main]
@@ -11,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
     let app = status::App {
-        store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
+        store: Arc::new(agentq::wiring::store(&config, &sdk)),
     };
     lambda_http::run(service_fn(|req| {
         let app = &app;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use agentq::queue::SqsQueue;
-use agentq::store::DynamoStore;
 use lambda_http::{Error, service_fn};
 
 #[tokio::main]
@@ -17,7 +16,7 @@ async fn main() -> Result<(), Error> {
         tools: agentq::wiring::tool_registry(&config, &http)?.names(),
     };
     let app = submit::App {
-        store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
+        store: Arc::new(agentq::wiring::store(&config, &sdk)),
         queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.queue_urls()?)),
         model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
         allowed,

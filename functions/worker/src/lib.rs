@@ -2,15 +2,19 @@
 //! and one slow task must not hold the others up).
 //!
 //! Per message: decode it, claim the task with a conditional write (so a duplicate delivery
-//! never runs it twice), run the agent loop with a checkpoint that writes progress and renews
-//! the lease after every step, and write the terminal state. What SQS should do next follows
-//! from the outcome:
+//! never runs it twice; the lease lasts until this invocation's deadline), load the steps an
+//! earlier run recorded, and run the agent loop from there with a checkpoint that records
+//! every model answer and tool result as it happens, writes progress, renews the lease and
+//! keeps the message hidden (a visibility heartbeat: until shortly after this invocation's
+//! deadline, so a worker that dies is replaced soon, not after the queue's long timeout).
+//! Then write the terminal state. What SQS should do next follows from the outcome:
 //!
 //! | outcome                                              | message        |
 //! |------------------------------------------------------|----------------|
 //! | terminal state written, or task already terminal     | deleted        |
 //! | undecodable message, unknown task (permanent)        | deleted, logged|
 //! | model unavailable, deadline near, store unavailable  | retried        |
+//! | deadline near (the next delivery resumes at once)    | retried, now   |
 //! | another live delivery is running the task            | retried        |
 //!
 //! A task given back because every model was down is kept out of sight for a growing delay
@@ -19,16 +23,16 @@
 //! `failed` (`models_unavailable`, with the deployment's message for users) before its message
 //! goes to the dead-letter queue, so no client waits on a task that will never end.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, Report, RetryPolicy, ToolRegistry, run_agent};
 use agentq::llm::ModelChain;
 use agentq::queue::Requeue;
-use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRun, cancelled_error};
+use agentq::steps::{ModelStep, ToolStep};
+use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, cancelled_error};
 use agentq::task::{TaskError, TaskId, TaskMessage, TaskRecord, TaskStatus};
-use agentq::usage::{PriceTable, Usage};
+use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
@@ -36,10 +40,18 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+/// What the worker reads and writes.
+pub trait WorkerStore: TaskRun + TaskRead {}
+impl<T: TaskRun + TaskRead> WorkerStore for T {}
+
+/// How long after the invocation's deadline a held message becomes visible again: a dead
+/// worker's task is picked up by then, and its lease has expired.
+const VISIBILITY_SLACK: Duration = Duration::from_secs(30);
+
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
 pub struct Worker {
-    pub store: Arc<dyn TaskRun>,
+    pub store: Arc<dyn WorkerStore>,
     pub models: ModelChain,
     pub tools: ToolRegistry,
     pub prices: PriceTable,
@@ -169,14 +181,23 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         return write_finish(worker, &task, &lease, &finish, Instant::now(), Disposition::Done).await;
     }
 
-    // Usage already spent by earlier attempts stays on the bill.
+    // Keep the message hidden while we run, and no longer than our deadline plus a little.
+    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline };
+    heartbeat.beat().await;
+
+    let history = match worker.store.steps(id).await {
+        Ok(h) => h,
+        Err(e) => {
+            log_store_error("could not read the task's recorded steps; retrying later", e);
+            return Disposition::Retry;
+        }
+    };
     let mut checkpoint = StoreCheckpoint {
         store: worker.store.as_ref(),
         id,
         lease: lease.clone(),
-        base_usage: task.usage,
-        base_by_model: task.usage_by_model.clone(),
         lease_until: deadline.wall,
+        heartbeat,
         lost: false,
         cancelled: false,
     };
@@ -196,7 +217,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         prompt: &task.prompt,
         max_iterations: task.max_iterations,
         max_cost_nanos: task.max_cost_nanos.or(worker.default_max_cost_nanos),
-        spent_nanos: task.usage.cost_nanos,
+        history: &history,
     };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
     let run = tokio::time::timeout_at(
@@ -205,15 +226,20 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     )
     .await;
     let (lost, cancelled) = (checkpoint.lost, checkpoint.cancelled);
-    let report = run.unwrap_or_else(|_| Report {
-        outcome: Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
-        steps: 0,
-        usage: Usage::default(),
-        usage_by_model: BTreeMap::new(),
-        model: None,
-    });
-    let usage = checkpoint.total(&report.usage);
-    let usage_by_model = checkpoint.total_by_model(&report.usage_by_model);
+    let report = match run {
+        Ok(report) => report,
+        // What was recorded stays recorded; the next delivery resumes from it.
+        Err(_) => Report {
+            outcome: Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
+            steps: task.step,
+            usage: task.usage,
+            usage_by_model: task.usage_by_model.clone(),
+            model: task.model.clone(),
+            new_calls: 0,
+        },
+    };
+    let usage = report.usage;
+    let usage_by_model = report.usage_by_model.clone();
 
     let finish = |status, result, error| Finish {
         status,
@@ -239,6 +265,8 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 "models_unavailable" => TaskError::new("models_unavailable", worker.unavailable_message.clone()),
                 _ => error,
             };
+            // Dead-letter it now, not after the heartbeat's hiding time.
+            heartbeat.hide_for(Duration::ZERO).await;
             (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Retry)
         }
         Outcome::Interrupted(error) => {
@@ -247,8 +275,8 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 // Out of time, not out of luck: the next delivery may start at once.
                 _ => Duration::ZERO,
             };
-            tracing::warn!(code = %error.code, detail = %error.message, receive_count, retry_in_s = delay.as_secs(), "task interrupted; giving it back to the queue");
-            match worker.store.release(id, &lease, agentq::now()).await {
+            tracing::warn!(code = %error.code, detail = %error.message, receive_count, retry_in_s = delay.as_secs(), steps = report.steps, "task interrupted; giving it back to the queue");
+            match worker.store.release(id, &lease, &error, agentq::now()).await {
                 Ok(()) => {}
                 // A cancel arrived meanwhile: end it now rather than run it again.
                 Err(StoreError::Conflict) => {
@@ -257,15 +285,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 }
                 Err(e) => log_store_error("could not release the task; its lease will expire", e),
             }
-            let (arn, receipt) = (record.event_source_arn.as_deref(), record.receipt_handle.as_deref());
-            if let (Some(arn), Some(receipt)) = (arn, receipt) {
-                if let Err(e) = worker.requeue.retry_after(arn, receipt, delay).await {
-                    tracing::warn!(
-                        error = format!("{:#}", e.0),
-                        "could not set the retry delay; the queue's visibility timeout applies"
-                    );
-                }
-            }
+            heartbeat.hide_for(delay).await;
             (None, Disposition::Retry)
         }
         Outcome::Abandoned(why) if lost => {
@@ -317,58 +337,80 @@ fn log_store_error(what: &str, e: StoreError) {
     tracing::error!(error = format!("{:#}", anyhow::Error::from(e)), "{what}");
 }
 
-/// Writes progress after each step and renews the lease; notices when the lease was lost.
+/// Keeps a held message out of sight until shortly after the invocation's deadline.
+#[derive(Clone, Copy)]
+struct Heartbeat<'a> {
+    requeue: &'a dyn Requeue,
+    record: &'a SqsMessage,
+    deadline: Deadline,
+}
+
+impl Heartbeat<'_> {
+    async fn beat(&self) {
+        let left = self.deadline.instant.saturating_duration_since(Instant::now());
+        self.hide_for(left + VISIBILITY_SLACK).await;
+    }
+
+    async fn hide_for(&self, delay: Duration) {
+        let (Some(arn), Some(receipt)) = (self.record.event_source_arn.as_deref(), self.record.receipt_handle.as_deref())
+        else {
+            return;
+        };
+        if let Err(e) = self.requeue.set_visibility(arn, receipt, delay).await {
+            tracing::warn!(error = format!("{:#}", e.0), "could not change the message's visibility; the queue's timeout applies");
+        }
+    }
+}
+
+/// Records each step, writes progress, renews the lease and the message's invisibility;
+/// notices when the lease was lost or a cancel requested.
 struct StoreCheckpoint<'a> {
-    store: &'a dyn TaskRun,
+    store: &'a dyn WorkerStore,
     id: TaskId,
     lease: Lease,
-    /// Spent by earlier attempts.
-    base_usage: Usage,
-    base_by_model: BTreeMap<String, Usage>,
     lease_until: OffsetDateTime,
+    heartbeat: Heartbeat<'a>,
     lost: bool,
     /// A client asked to cancel; the run stopped for it.
     cancelled: bool,
 }
 
-impl StoreCheckpoint<'_> {
-    fn total(&self, run: &Usage) -> Usage {
-        let mut total = self.base_usage;
-        total += *run;
-        total
-    }
-
-    fn total_by_model(&self, run: &BTreeMap<String, Usage>) -> BTreeMap<String, Usage> {
-        let mut total = self.base_by_model.clone();
-        for (model, usage) in run {
-            *total.entry(model.clone()).or_default() += *usage;
-        }
-        total
-    }
-}
-
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
-    async fn step(&mut self, step: u32, report: &Report, model: &str) -> Result<(), anyhow::Error> {
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error> {
+        match self.store.record_model_step(self.id, &self.lease, step).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                self.lost = true;
+                anyhow::bail!("the lease is no longer ours");
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("recording a step")),
+        }
         let progress = Progress {
-            step,
-            usage: self.total(&report.usage),
-            usage_by_model: self.total_by_model(&report.usage_by_model),
-            model: Some(model.to_owned()),
+            step: step.step,
+            usage: report.usage,
+            usage_by_model: report.usage_by_model.clone(),
+            model: Some(step.model.clone()),
             lease_until: self.lease_until,
             now: agentq::now(),
         };
-        match self.store.progress(self.id, &self.lease, &progress).await {
-            Ok(StepAck::Continue) => Ok(()),
-            Ok(StepAck::CancelRequested) => {
-                self.cancelled = true;
-                Err(anyhow::anyhow!("the client asked to cancel the task"))
-            }
+        let ack = match self.store.progress(self.id, &self.lease, &progress).await {
+            Ok(ack) => ack,
             Err(StoreError::Conflict) => {
                 self.lost = true;
-                Err(anyhow::anyhow!("the lease is no longer ours"))
+                anyhow::bail!("the lease is no longer ours");
             }
-            Err(e) => Err(anyhow::Error::from(e).context("writing progress")),
+            Err(e) => return Err(anyhow::Error::from(e).context("writing progress")),
+        };
+        self.heartbeat.beat().await;
+        if ack == StepAck::CancelRequested {
+            self.cancelled = true;
+            anyhow::bail!("the client asked to cancel the task");
         }
+        Ok(())
+    }
+
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
+        self.store.record_tool_step(self.id, step).await.map_err(|e| anyhow::Error::from(e).context("recording a tool result"))
     }
 }

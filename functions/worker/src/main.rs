@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use agentq::agent::RetryPolicy;
 use agentq::queue::SqsRequeue;
-use agentq::store::DynamoStore;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -15,7 +14,7 @@ async fn main() -> Result<(), Error> {
     let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
     let m = &config.model;
     let worker = worker::Worker {
-        store: Arc::new(DynamoStore::new(agentq::aws::dynamodb(&sdk), &config.table_name, config.task_retention)),
+        store: Arc::new(agentq::wiring::store(&config, &sdk)),
         models: agentq::wiring::model_chain(&config, &http, &sdk)?,
         tools: agentq::wiring::tool_registry(&config, &http)?,
         prices: config.prices.clone(),

@@ -1,6 +1,11 @@
 //! The agent loop: call the model, run the tools it asks for, send their results back, until
 //! it answers or a budget (steps, cost, time) runs out. It knows nothing of AWS: the worker
-//! hands it a model chain, tools and a [`Checkpoint`] that persists each step.
+//! hands it a model chain, tools, the steps a previous run already recorded, and a
+//! [`Checkpoint`] that persists each new step the moment it exists.
+//!
+//! A resumed run replays the recorded steps: their model answers are not asked for again and
+//! their cost is counted once; recorded tool results are reused; a tool call whose result was
+//! not recorded runs again, with the same idempotency key.
 //!
 //! Stop reasons: `end_turn` and `stop_sequence` end the task with the answer; `tool_use` runs
 //! the tools; `pause_turn` sends the turn back so the model can go on; `max_tokens` ends the
@@ -19,6 +24,7 @@ pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
 pub use crate::llm::RetryPolicy;
 use crate::llm::{ChainError, ContentBlock, Message, ModelChain, ModelRequest, Role, StopReason};
+use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskResult};
 use crate::usage::{PriceTable, Usage};
 
@@ -32,10 +38,10 @@ pub struct AgentTask<'a> {
     pub task_id: &'a str,
     pub prompt: &'a str,
     pub max_iterations: u32,
-    /// Stop once the run has cost this much (nano-dollars), counting `spent_nanos`.
+    /// Stop once the task has cost this much (nano-dollars), recorded steps included.
     pub max_cost_nanos: Option<u64>,
-    /// Already spent on this task by earlier attempts.
-    pub spent_nanos: u64,
+    /// What earlier runs recorded, in order (see [`Step::sort_key`]).
+    pub history: &'a [Step],
 }
 
 /// When to stop trying.
@@ -46,12 +52,16 @@ pub struct Limits {
     pub deadline: Option<Instant>,
 }
 
-/// Persists each step; the worker's implementation writes progress and renews its lease.
+/// Persists each step as it happens; the worker's implementation writes it to the store,
+/// records progress and renews its lease.
 #[async_trait]
-pub trait Checkpoint: Send {
-    /// Called after every model call with the run so far. An error stops the run: the task is
-    /// no longer ours to run.
-    async fn step(&mut self, step: u32, report: &Report, model: &str) -> Result<(), anyhow::Error>;
+pub trait Checkpoint: Send + Sync {
+    /// Called after every new model answer, with the run so far. An error stops the run: the
+    /// task is no longer ours to run, or was cancelled.
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error>;
+
+    /// Called after every new tool result. Tools of one turn run concurrently, hence `&self`.
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error>;
 }
 
 /// How a run ended.
@@ -63,11 +73,11 @@ pub enum Outcome {
     /// The run could not finish now but may later: the model is unavailable, or the deadline
     /// is near. The task should go back to the queue.
     Interrupted(TaskError),
-    /// The checkpoint refused a step: someone else owns the task now. Write nothing.
+    /// The checkpoint refused a step: someone else owns the task now, or it was cancelled.
     Abandoned(String),
 }
 
-/// A run's outcome and what it spent.
+/// A run's outcome and what the task has spent, recorded steps included.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub outcome: Outcome,
@@ -78,9 +88,61 @@ pub struct Report {
     pub usage_by_model: BTreeMap<String, Usage>,
     /// The model that gave the last answer.
     pub model: Option<String>,
+    /// Model calls this run made (not replayed).
+    pub new_calls: u32,
 }
 
-/// Runs one task to an [`Outcome`].
+impl Report {
+    fn count(&mut self, step: &ModelStep) {
+        self.steps = step.step;
+        self.usage += step.usage;
+        *self.usage_by_model.entry(step.model.clone()).or_default() += step.usage;
+        self.model = Some(step.model.clone());
+    }
+}
+
+/// What a model answer means for the run: go on, or stop with an outcome.
+enum Next {
+    Continue,
+    /// Run these tool calls, then go on.
+    Tools,
+    Done(Outcome),
+}
+
+fn next_after(step: &ModelStep) -> Next {
+    let text = || {
+        let texts: Vec<&str> = step
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        texts.join("\n")
+    };
+    match &step.stop_reason {
+        StopReason::EndTurn | StopReason::StopSequence => {
+            Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: false }))
+        }
+        StopReason::MaxTokens => Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: true })),
+        StopReason::Refusal => {
+            Next::Done(Outcome::Failed(TaskError::new("refused", "the model declined to answer this prompt")))
+        }
+        StopReason::PauseTurn => Next::Continue,
+        StopReason::ToolUse if step.content.iter().any(|b| matches!(b, ContentBlock::ToolUse { .. })) => Next::Tools,
+        StopReason::ToolUse => Next::Done(Outcome::Failed(TaskError::new(
+            "model_error",
+            "the model stopped for tool use but asked for no tool",
+        ))),
+        StopReason::Other(reason) => Next::Done(Outcome::Failed(TaskError::new(
+            "model_error",
+            format!("the model stopped for a reason this version does not handle: {reason}"),
+        ))),
+    }
+}
+
+/// Runs one task to an [`Outcome`], resuming after the steps in `task.history`.
 pub async fn run_agent(
     models: &ModelChain,
     tools: &ToolRegistry,
@@ -97,8 +159,50 @@ pub async fn run_agent(
         usage: Usage::default(),
         usage_by_model: BTreeMap::new(),
         model: None,
+        new_calls: 0,
     };
-    let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| task.spent_nanos + usage.cost_nanos >= max);
+    let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| usage.cost_nanos >= max);
+
+    // Replay what earlier runs recorded.
+    let recorded_tools: BTreeMap<(u32, &str), &ToolStep> = task
+        .history
+        .iter()
+        .filter_map(|s| match s {
+            Step::Tool(t) => Some(((t.step, t.tool_use_id.as_str()), t)),
+            Step::Model(_) => None,
+        })
+        .collect();
+    for step in task.history.iter().filter_map(|s| match s {
+        Step::Model(m) => Some(m),
+        Step::Tool(_) => None,
+    }) {
+        report.count(step);
+        request.messages.push(Message { role: Role::Assistant, content: step.content.clone() });
+        match next_after(step) {
+            Next::Continue => {}
+            Next::Done(outcome) => {
+                report.outcome = outcome;
+                return report;
+            }
+            Next::Tools => {
+                let recorded = |id: &str| recorded_tools.get(&(step.step, id)).map(|t| (*t).clone());
+                match run_tools(tools, task.task_id, step, &recorded, &*checkpoint).await {
+                    Ok(results) => request.messages.push(Message { role: Role::User, content: results }),
+                    Err(e) => {
+                        report.outcome = Outcome::Abandoned(format!("{e:#}"));
+                        return report;
+                    }
+                }
+            }
+        }
+    }
+    if !task.history.is_empty() {
+        tracing::info!(
+            replayed_steps = report.steps,
+            cost_usd = report.usage.cost_usd(),
+            "resumed from recorded steps"
+        );
+    }
 
     let outcome = loop {
         if report.steps >= task.max_iterations {
@@ -125,8 +229,8 @@ pub async fn run_agent(
             }
             Err(ChainError::Rejected(e)) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
         };
+        report.new_calls += 1;
 
-        report.steps += 1;
         let mut usage = Usage {
             input_tokens: response.usage.input_tokens,
             output_tokens: response.usage.output_tokens,
@@ -135,64 +239,44 @@ pub async fn run_agent(
             cost_nanos: 0,
         };
         // The configured id is what the operator priced; the provider may answer with an alias.
-        let price = prices.price(&model_id).or_else(|| prices.price(&response.model));
-        match price {
+        match prices.price(&model_id).or_else(|| prices.price(&response.model)) {
             Some(p) => usage.cost_nanos = p.cost_nanos(&usage),
             None => {
                 tracing::error!(model = %response.model, "no price for the model that answered; its cost is counted as 0")
             }
         }
-        report.usage += usage;
-        *report.usage_by_model.entry(model_id.clone()).or_default() += usage;
-        report.model = Some(model_id.clone());
+        let step = ModelStep {
+            step: report.steps + 1,
+            model: model_id,
+            content: response.content,
+            stop_reason: response.stop_reason,
+            usage,
+        };
+        report.count(&step);
         tracing::info!(
-            step = report.steps,
-            model = %response.model,
-            stop_reason = ?response.stop_reason,
+            step = step.step,
+            model = %step.model,
+            stop_reason = ?step.stop_reason,
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
             "model answered"
         );
-
-        if let Err(e) = checkpoint.step(report.steps, &report, &model_id).await {
+        if let Err(e) = checkpoint.model_step(&step, &report).await {
             break Outcome::Abandoned(format!("{e:#}"));
         }
-        // A finished answer is delivered even if it crossed the budget: it is paid for.
-        if over_budget(&report.usage) && response.stop_reason != StopReason::EndTurn {
-            break budget_exceeded(task.max_cost_nanos);
-        }
 
-        match response.stop_reason {
-            StopReason::EndTurn | StopReason::StopSequence => {
-                break Outcome::Succeeded(TaskResult { text: response.text(), truncated: false });
-            }
-            StopReason::MaxTokens => {
-                break Outcome::Succeeded(TaskResult { text: response.text(), truncated: true });
-            }
-            StopReason::Refusal => {
-                break Outcome::Failed(TaskError::new("refused", "the model declined to answer this prompt"));
-            }
-            StopReason::PauseTurn => {
-                request.messages.push(Message { role: Role::Assistant, content: response.content });
-            }
-            StopReason::ToolUse => {
-                let context =
-                    ToolContext { task_id: task.task_id.to_owned(), step: report.steps, ..ToolContext::default() };
-                let results = run_tools(tools, &context, &response.content).await;
-                if results.is_empty() {
-                    break Outcome::Failed(TaskError::new(
-                        "model_error",
-                        "the model stopped for tool use but asked for no tool",
-                    ));
-                }
-                request.messages.push(Message { role: Role::Assistant, content: response.content });
+        match next_after(&step) {
+            Next::Done(outcome) => break outcome,
+            // A finished answer is delivered even if it crossed the budget: it is paid for.
+            _ if over_budget(&report.usage) => break budget_exceeded(task.max_cost_nanos),
+            Next::Continue => request.messages.push(Message { role: Role::Assistant, content: step.content }),
+            Next::Tools => {
+                let results = match run_tools(tools, task.task_id, &step, &|_| None, &*checkpoint).await {
+                    Ok(results) => results,
+                    Err(e) => break Outcome::Abandoned(format!("{e:#}")),
+                };
+                request.messages.push(Message { role: Role::Assistant, content: step.content });
                 request.messages.push(Message { role: Role::User, content: results });
-            }
-            StopReason::Other(reason) => {
-                break Outcome::Failed(TaskError::new(
-                    "model_error",
-                    format!("the model stopped for a reason this version does not handle: {reason}"),
-                ));
             }
         }
     };
@@ -205,32 +289,54 @@ fn budget_exceeded(max: Option<u64>) -> Outcome {
     Outcome::Failed(TaskError::new("budget_exceeded", format!("the task reached its cost budget of ${max_usd}")))
 }
 
-/// Runs every `tool_use` block of a turn, a few at a time, and answers them in order.
-async fn run_tools(tools: &ToolRegistry, context: &ToolContext, content: &[ContentBlock]) -> Vec<ContentBlock> {
+/// Answers every `tool_use` block of a model step, in order: with its recorded result if
+/// there is one, else by running the tool (a few at a time) and recording the result.
+async fn run_tools(
+    tools: &ToolRegistry,
+    task_id: &str,
+    step: &ModelStep,
+    recorded: &(dyn Fn(&str) -> Option<ToolStep> + Sync),
+    checkpoint: &dyn Checkpoint,
+) -> Result<Vec<ContentBlock>, anyhow::Error> {
     // Owned inputs keep the stream's future free of borrowed closure arguments, which the
     // compiler cannot prove `Send` for every lifetime.
-    let calls: Vec<(String, String, serde_json::Value)> = content
+    let calls: Vec<(String, String, serde_json::Value, Option<ToolStep>)> = step
+        .content
         .iter()
         .filter_map(|b| match b {
-            ContentBlock::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+            ContentBlock::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone(), recorded(id))),
             _ => None,
         })
         .collect();
-    futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, context, call)))
-        .buffered(TOOL_CONCURRENCY)
+    let context = ToolContext { task_id: task_id.to_owned(), step: step.step, tool_use_id: String::new() };
+    let results: Vec<Result<ToolStep, anyhow::Error>> =
+        futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, &context, checkpoint, call)))
+            .buffered(TOOL_CONCURRENCY)
+            .collect()
+            .await;
+    results
+        .into_iter()
+        .map(|r| {
+            r.map(|t| ContentBlock::ToolResult { tool_use_id: t.tool_use_id, content: t.content, is_error: t.is_error })
+        })
         .collect()
-        .await
 }
 
 async fn run_tool(
     tools: &ToolRegistry,
     context: &ToolContext,
-    (id, name, input): (String, String, serde_json::Value),
-) -> ContentBlock {
+    checkpoint: &dyn Checkpoint,
+    (id, name, input, recorded): (String, String, serde_json::Value, Option<ToolStep>),
+) -> Result<ToolStep, anyhow::Error> {
+    if let Some(done) = recorded {
+        return Ok(done);
+    }
     let started = Instant::now();
     let out = tools.run(&name, &input, &context.for_call(&id)).await;
     tracing::info!(tool = %name, is_error = out.is_error, latency_ms = started.elapsed().as_millis() as u64, "tool ran");
-    ContentBlock::ToolResult { tool_use_id: id, content: out.content, is_error: out.is_error }
+    let result = ToolStep { step: context.step, tool_use_id: id, name, content: out.content, is_error: out.is_error };
+    checkpoint.tool_result(&result).await?;
+    Ok(result)
 }
 
 #[cfg(test)]

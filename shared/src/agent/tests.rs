@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::llm::{BreakerPolicy, Model, ModelError, ModelResponse, TokenUsage};
+use crate::steps::{ModelStep, Step, ToolStep};
 
 struct Scripted {
     id: &'static str,
@@ -65,16 +66,22 @@ fn overloaded() -> Result<ModelResponse, ModelError> {
     })
 }
 
+/// Records what the loop checkpoints; refuses model steps when `.1` is set.
 #[derive(Default)]
-struct Steps(Vec<(u32, Usage)>, bool);
+struct Steps(Vec<(u32, Usage)>, bool, Mutex<Vec<ToolStep>>);
 
 #[async_trait]
 impl Checkpoint for Steps {
-    async fn step(&mut self, step: u32, report: &Report, _model: &str) -> Result<(), anyhow::Error> {
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error> {
         if self.1 {
             anyhow::bail!("lease lost");
         }
-        self.0.push((step, report.usage));
+        self.0.push((step.step, report.usage));
+        Ok(())
+    }
+
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
+        self.2.lock().unwrap().push(step.clone());
         Ok(())
     }
 }
@@ -86,7 +93,7 @@ fn chain(models: Vec<Arc<Scripted>>) -> ModelChain {
 }
 
 fn task(max_iterations: u32) -> AgentTask<'static> {
-    AgentTask { task_id: "T", prompt: "what is 6 * 7?", max_iterations, max_cost_nanos: None, spent_nanos: 0 }
+    AgentTask { task_id: "T", prompt: "what is 6 * 7?", max_iterations, max_cost_nanos: None, history: &[] }
 }
 
 fn limits() -> Limits {
@@ -263,7 +270,7 @@ async fn a_retry_that_would_outlive_the_deadline_is_not_started() {
 #[tokio::test]
 async fn a_refused_checkpoint_abandons_the_run() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]));
-    let mut steps = Steps(vec![], true);
+    let mut steps = Steps(vec![], true, Mutex::default());
     let report =
         run_agent(&chain(vec![model]), &ToolRegistry::builtin(), &PriceTable::default(), task(3), limits(), &mut steps)
             .await;
@@ -359,12 +366,93 @@ async fn a_run_stops_at_its_budget_with_the_usage_so_far() {
     assert_eq!(report.usage.cost_nanos, 900_000);
 }
 
+fn recorded_tool_turn() -> ModelStep {
+    ModelStep {
+        step: 1,
+        model: "claude-sonnet-4-5".into(),
+        content: vec![ContentBlock::ToolUse {
+            id: "tu_1".into(),
+            name: "calculator".into(),
+            input: json!({"expression": "6 * 7"}),
+        }],
+        stop_reason: StopReason::ToolUse,
+        usage: Usage { input_tokens: 100, output_tokens: 10, cost_nanos: 450_000, ..Usage::default() },
+    }
+}
+
 #[tokio::test]
-async fn spending_from_earlier_attempts_counts_against_the_budget() {
+async fn spending_recorded_by_earlier_runs_counts_against_the_budget() {
     let model = Arc::new(Scripted::new(vec![]));
-    let spent = AgentTask { max_cost_nanos: Some(1_000), spent_nanos: 1_000, ..task(10) };
+    let history = [Step::Model(recorded_tool_turn())];
+    let spent = AgentTask { max_cost_nanos: Some(450_000), history: &history, ..task(10) };
     let (report, _) = run_task(&chain(vec![model.clone()]), spent, limits()).await;
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"));
+    assert_eq!(model.calls(), 0);
+    assert_eq!(report.usage.cost_nanos, 450_000);
+}
+
+#[tokio::test]
+async fn a_resumed_run_replays_recorded_steps_without_paying_for_them_again() {
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("It is 42."))]));
+    let tool = ToolStep {
+        step: 1,
+        tool_use_id: "tu_1".into(),
+        name: "calculator".into(),
+        content: "42".into(),
+        is_error: false,
+    };
+    let history = [Step::Model(recorded_tool_turn()), Step::Tool(tool)];
+    let mut steps = Steps::default();
+    let t = AgentTask { history: &history, ..task(10) };
+    let report = run_agent(
+        &chain(vec![model.clone()]),
+        &ToolRegistry::builtin(),
+        &PriceTable::default(),
+        t,
+        limits(),
+        &mut steps,
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "It is 42.".into(), truncated: false }));
+    assert_eq!(model.calls(), 1, "only the step after the recorded ones");
+    assert_eq!((report.steps, report.new_calls), (2, 1));
+    assert_eq!(report.usage.cost_nanos, 450_000 * 2, "the recorded step counted once");
+    assert!(steps.2.lock().unwrap().is_empty(), "the recorded tool result was reused, not re-run");
+    // The model saw the whole conversation, recorded turns included.
+    let sent = &model.requests.lock().unwrap()[0];
+    assert_eq!(sent.messages.len(), 3);
+    assert!(matches!(&sent.messages[2].content[0], ContentBlock::ToolResult { content, .. } if content == "42"));
+}
+
+#[tokio::test]
+async fn a_tool_call_started_but_not_recorded_runs_again_and_is_recorded() {
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("done"))]));
+    let history = [Step::Model(recorded_tool_turn())];
+    let mut steps = Steps::default();
+    let t = AgentTask { history: &history, ..task(10) };
+    let report = run_agent(
+        &chain(vec![model.clone()]),
+        &ToolRegistry::builtin(),
+        &PriceTable::default(),
+        t,
+        limits(),
+        &mut steps,
+    )
+    .await;
+    assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+    let tools = steps.2.lock().unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!((tools[0].step, tools[0].tool_use_id.as_str(), tools[0].content.as_str()), (1, "tu_1", "42"));
+}
+
+#[tokio::test]
+async fn a_history_that_already_ended_finishes_without_a_call() {
+    let model = Arc::new(Scripted::new(vec![]));
+    let done = ModelStep { stop_reason: StopReason::EndTurn, content: text("final"), ..recorded_tool_turn() };
+    let history = [Step::Model(done)];
+    let (report, _) =
+        run_task(&chain(vec![model.clone()]), AgentTask { history: &history, ..task(10) }, limits()).await;
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "final".into(), truncated: false }));
     assert_eq!(model.calls(), 0);
 }
 

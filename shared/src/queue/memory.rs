@@ -51,7 +51,7 @@ impl TaskQueue for MemoryQueue {
     }
 }
 
-/// Records the delays asked for, for handler tests.
+/// Records the visibility changes asked for, for handler tests.
 #[derive(Debug, Default)]
 pub struct MemoryRequeue {
     delays: Mutex<Vec<(String, std::time::Duration)>>,
@@ -70,7 +70,7 @@ impl MemoryRequeue {
 
 #[async_trait]
 impl super::Requeue for MemoryRequeue {
-    async fn retry_after(&self, _: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), QueueError> {
+    async fn set_visibility(&self, _: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), QueueError> {
         self.delays.lock().expect("poisoned").push((receipt_handle.to_owned(), delay));
         Ok(())
     }

@@ -25,10 +25,12 @@ pub trait TaskQueue: Send + Sync {
     async fn ping(&self) -> Result<(), QueueError>;
 }
 
-/// Puts a message the worker is giving back out of sight for a while, so a task whose
-/// models are down is not retried at once (SQS `ChangeMessageVisibility`).
+/// Changes how long a message the worker holds stays out of sight (SQS
+/// `ChangeMessageVisibility`): a heartbeat while a task runs, a growing delay when it is given
+/// back because its models are down.
 #[async_trait]
 pub trait Requeue: Send + Sync {
-    /// `queue_arn` is the record's `eventSourceARN`.
-    async fn retry_after(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
+    /// Makes the message visible again `delay` from now. `queue_arn` is the record's
+    /// `eventSourceARN`.
+    async fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
 }

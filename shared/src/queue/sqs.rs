@@ -112,7 +112,7 @@ impl SqsRequeue {
 
 #[async_trait]
 impl Requeue for SqsRequeue {
-    async fn retry_after(
+    async fn set_visibility(
         &self,
         queue_arn: &str,
         receipt_handle: &str,

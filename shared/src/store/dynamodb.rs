@@ -10,6 +10,11 @@
 //! | `TENANT#<t>`       | `MONTH#<YYYY-MM>`   | cost per month (budgets)                |
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h                |
+//! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
+//! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
+//!
+//! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
+//! attribute pointing at it.
 
 use std::collections::HashMap;
 
@@ -26,9 +31,11 @@ use time::OffsetDateTime;
 
 use super::{
     Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
-    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskRead, TaskRun, TenantAdmin, TenantRead,
-    UsageRead, bucket_take, day_of, month_of,
+    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskRun,
+    TenantAdmin, TenantRead, UsageRead, bucket_take, day_of, month_of,
 };
+use crate::blobs::{Blobs, INLINE_LIMIT};
+use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::tenant::{ApiKey, Limits, Tenant};
 use crate::usage::Usage;
@@ -36,12 +43,19 @@ use crate::usage::Usage;
 const META: &str = "META";
 const INDEX: &str = "gsi1";
 
-/// Everything in a DynamoDB table.
-#[derive(Debug, Clone)]
+/// Everything in a DynamoDB table (and S3, for what is too large for it).
+#[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
     retention: std::time::Duration,
+    blobs: Option<std::sync::Arc<dyn Blobs>>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore").field("table", &self.table).field("blobs", &self.blobs.is_some()).finish()
+    }
 }
 
 /// A task record as stored: the record plus the keys, the lease and the TTL.
@@ -59,6 +73,24 @@ struct TaskItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lease_until: Option<i64>,
     /// DynamoDB TTL attribute, epoch seconds.
+    expires_at: i64,
+    /// Where the prompt is when it is too large for the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_ref: Option<String>,
+    /// Where the result text is when it is too large for the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result_ref: Option<String>,
+}
+
+/// A recorded step: the [`Step`] as JSON text, or a pointer to it.
+#[derive(Serialize, Deserialize)]
+struct StepItem {
+    pk: String,
+    sk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_ref: Option<String>,
     expires_at: i64,
 }
 
@@ -189,7 +221,47 @@ fn failed_conditions(
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>, retention: std::time::Duration) -> Self {
-        Self { client, table: table.into(), retention }
+        Self { client, table: table.into(), retention, blobs: None }
+    }
+
+    /// Keeps content too large for an item in `blobs`. Without blobs, such content is refused.
+    pub fn with_blobs(mut self, blobs: std::sync::Arc<dyn Blobs>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// Text to store under `key`: inline if small, else in S3, returning the pointer.
+    async fn spill(&self, key: String, text: &str) -> Result<Option<String>, StoreError> {
+        if text.len() <= INLINE_LIMIT {
+            return Ok(None);
+        }
+        let blobs = self.blobs.as_ref().ok_or_else(|| {
+            unavailable(anyhow::anyhow!("{} bytes of content and no bucket configured (AGENTQ_BUCKET)", text.len()))
+        })?;
+        blobs.put(&key, text.as_bytes().to_vec()).await.map_err(unavailable)?;
+        Ok(Some(key))
+    }
+
+    async fn unspill(&self, key: &str) -> Result<String, StoreError> {
+        let blobs = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| unavailable(anyhow::anyhow!("content is in {key}, and no bucket is configured")))?;
+        let bytes = blobs.get(key).await.map_err(unavailable)?;
+        String::from_utf8(bytes).context("stored content is not UTF-8").map_err(unavailable)
+    }
+
+    /// The record of an item, with the parts kept in S3 fetched back: the result always, the
+    /// prompt when `with_prompt` (only the worker needs it).
+    async fn resolve(&self, item: TaskItem, with_prompt: bool) -> Result<TaskRecord, StoreError> {
+        let mut record = item.record;
+        if let (Some(key), Some(result)) = (&item.result_ref, record.result.as_mut()) {
+            result.text = self.unspill(key).await?;
+        }
+        if let (true, Some(key)) = (with_prompt, &item.prompt_ref) {
+            record.prompt = self.unspill(key).await?;
+        }
+        Ok(record)
     }
 
     /// Runs one conditional update on a task's record.
@@ -318,6 +390,27 @@ impl DynamoStore {
         })
     }
 
+    /// The put of a step item, never over an existing one.
+    async fn step_put(&self, id: TaskId, step: &Step) -> Result<Put, StoreError> {
+        let sk = step.sort_key();
+        let text = serde_json::to_string(step).context("serializing a step").map_err(unavailable)?;
+        let data_ref = self.spill(format!("tasks/{id}/{sk}"), &text).await?;
+        let item = StepItem {
+            pk: task_key(id),
+            data: data_ref.is_none().then_some(text),
+            data_ref,
+            expires_at: (crate::now() + self.retention).unix_timestamp(),
+            sk,
+        };
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(self::item(&item)?))
+            .condition_expression("attribute_not_exists(sk)")
+            .build()
+            .context("building a put")
+            .map_err(unavailable)
+    }
+
     fn finish_update(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<Update, StoreError> {
         let mut set = "SET #status = :status, #step = :step, #usage = :usage, #usage_by_model = :by_model, \
                        #updated_at = :now"
@@ -357,15 +450,22 @@ enum TransactError {
 #[async_trait]
 impl TaskCreate for DynamoStore {
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
+        let mut stored = task.clone();
+        if prompt_ref.is_some() {
+            stored.prompt = String::new();
+        }
         let record = TaskItem {
             pk: task_key(task.task_id),
             sk: META.into(),
             gsi1pk: tasks_index(&task.tenant_id),
             gsi1sk: task.task_id.to_string(),
-            record: task.clone(),
+            record: stored,
             lease_owner: None,
             lease_until: None,
             expires_at: (task.created_at + self.retention).unix_timestamp(),
+            prompt_ref,
+            result_ref: None,
         };
         let put = Put::builder()
             .table_name(&self.table)
@@ -470,7 +570,42 @@ impl TaskCreate for DynamoStore {
 #[async_trait]
 impl TaskRead for DynamoStore {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.task_item(id).await?.map(|i| i.record))
+        match self.task_item(id).await? {
+            Some(item) => Ok(Some(self.resolve(item, false).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
+        let mut steps = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
+                .expression_attribute_values(":pk", s(task_key(id)))
+                .expression_attribute_values(":step", s("STEP#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            for i in out.items.unwrap_or_default() {
+                let item: StepItem = from_item(i)?;
+                let text = match (item.data, item.data_ref) {
+                    (Some(text), _) => text,
+                    (None, Some(key)) => self.unspill(&key).await?,
+                    (None, None) => return Err(unavailable(anyhow::anyhow!("step {} has no data", item.sk))),
+                };
+                steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(steps);
+            }
+        }
     }
 
     async fn list(
@@ -517,7 +652,7 @@ impl TaskRead for DynamoStore {
                     more = true;
                     break;
                 }
-                tasks.push(from_item::<TaskItem>(i)?.record);
+                tasks.push(self.resolve(from_item::<TaskItem>(i)?, false).await?);
             }
             start = out.last_evaluated_key;
             if more || start.is_none() {
@@ -611,7 +746,7 @@ impl TaskRun for DynamoStore {
             )
             .await;
         match claimed {
-            Ok(Some(item)) => Ok(Claim::Claimed(Box::new(from_item::<TaskItem>(item)?.record))),
+            Ok(Some(item)) => Ok(Claim::Claimed(Box::new(self.resolve(from_item::<TaskItem>(item)?, true).await?))),
             Ok(None) => Err(unavailable(anyhow::anyhow!("UpdateItem returned no attributes"))),
             // Why the condition failed decides what the caller does; one read tells.
             Err(StoreError::Conflict) => {
@@ -654,25 +789,152 @@ impl TaskRun for DynamoStore {
     }
 
     async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
-        let update = self.finish_update(task.task_id, lease, f)?;
+        let mut f = f.clone();
+        let mut result_ref = None;
+        if let Some(result) = f.result.as_mut() {
+            result_ref = self.spill(format!("tasks/{}/result", task.task_id), &result.text).await?;
+            if result_ref.is_some() {
+                result.text = String::new();
+            }
+        }
+        let mut update = self.finish_update(task.task_id, lease, &f)?;
+        if let Some(key) = result_ref {
+            // The pointer is written with the rest of the terminal state.
+            update.update_expression = update.update_expression.replacen("SET ", "SET #result_ref = :result_ref, ", 1);
+            update
+                .expression_attribute_names
+                .get_or_insert_with(HashMap::new)
+                .insert("#result_ref".into(), "result_ref".into());
+            update.expression_attribute_values.get_or_insert_with(HashMap::new).insert(":result_ref".into(), s(key));
+        }
         self.terminal(task, update, f.status, &f.usage, f.now, vec![]).await
     }
 
-    async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
+        let put = self.step_put(id, &Step::Model(step.clone())).await?;
+        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(task_key(id)))
+            .key("sk", s(META))
+            .condition_expression("#status = :running AND #lease_owner = :owner")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#lease_owner", "lease_owner")
+            .expression_attribute_values(":running", s(TaskStatus::Running.as_str()))
+            .expression_attribute_values(":owner", s(&lease.owner))
+            .build()
+            .context("building a condition check")
+            .map_err(unavailable)?;
+        let items = vec![
+            TransactWriteItem::builder().condition_check(check).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        self.transact(items).await.map_err(|e| match e {
+            TransactError::Condition(_) => StoreError::Conflict,
+            TransactError::Store(e) => e,
+        })
+    }
+
+    async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
+        let put = self.step_put(id, &Step::Tool(step.clone())).await?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .set_condition_expression(put.condition_expression)
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e));
+        match result {
+            // Recorded already (by a run that then died): the first result stands.
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
         self.update(
             id,
-            "SET #status = :queued, #updated_at = :now REMOVE #lease_owner, #lease_until",
+            "SET #status = :queued, #updated_at = :now, #last_error = :why REMOVE #lease_owner, #lease_until",
             "#status = :running AND #lease_owner = :owner AND attribute_not_exists(#cancel_requested)",
             vec![
                 (":queued", s(TaskStatus::Queued.as_str())),
                 (":running", s(TaskStatus::Running.as_str())),
                 (":owner", s(&lease.owner)),
                 (":now", rfc3339(now)),
+                (":why", attr(why)?),
             ],
             ReturnValue::None,
         )
         .await
         .map(drop)
+    }
+}
+
+#[async_trait]
+impl TaskDeadLetter for DynamoStore {
+    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let Some(item) = self.task_item(id).await? else { return Ok(false) };
+        let task = item.record;
+        if task.status.is_terminal() {
+            return Ok(false);
+        }
+        // Whatever state it is in, it is not the one its runner left, if it left one; the
+        // condition pins the state we saw so a task that moves meanwhile is not overwritten.
+        let update = update_op(
+            &self.table,
+            task_key(id),
+            META,
+            "SET #status = :failed, #error = :error, #updated_at = :now REMOVE #lease_owner, #lease_until",
+            Some("#status = :seen"),
+            vec![
+                (":failed", s(TaskStatus::Failed.as_str())),
+                (":error", attr(error)?),
+                (":now", rfc3339(now)),
+                (":seen", s(task.status.as_str())),
+            ],
+        )?;
+        match self.terminal(&task, update, TaskStatus::Failed, &task.usage, now, vec![]).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn requeue(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let Some(item) = self.task_item(id).await? else { return Ok(false) };
+        if item.record.status != TaskStatus::Failed {
+            return Ok(false);
+        }
+        let update = update_op(
+            &self.table,
+            task_key(id),
+            META,
+            "SET #status = :queued, #updated_at = :now REMOVE #error",
+            Some("#status = :failed"),
+            vec![
+                (":queued", s(TaskStatus::Queued.as_str())),
+                (":failed", s(TaskStatus::Failed.as_str())),
+                (":now", rfc3339(now)),
+            ],
+        )?;
+        let active = update_op(
+            &self.table,
+            tenant_key(&item.record.tenant_id),
+            "ACTIVE",
+            "ADD #active :one",
+            None,
+            vec![(":one", n(1))],
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            TransactWriteItem::builder().update(active).build(),
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(TransactError::Condition(_)) => Ok(false),
+            Err(TransactError::Store(e)) => Err(e),
+        }
     }
 }
 

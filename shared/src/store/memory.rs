@@ -10,9 +10,10 @@ use time::OffsetDateTime;
 
 use super::{
     Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
-    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskRead, TaskRun, TenantAdmin, TenantRead,
-    UsageRead, bucket_take, day_of, month_of,
+    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskRun,
+    TenantAdmin, TenantRead, UsageRead, bucket_take, day_of, month_of,
 };
+use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::tenant::{ApiKey, Limits, Tenant};
 use crate::usage::Usage;
@@ -27,6 +28,8 @@ struct State {
     days: HashMap<(String, String), DayUsage>,
     months: HashMap<(String, String), u64>,
     idempotency: HashMap<(String, String), (TaskId, String, OffsetDateTime)>,
+    /// Recorded steps by task, keyed by their sort key.
+    steps: HashMap<TaskId, std::collections::BTreeMap<String, Step>>,
 }
 
 impl State {
@@ -174,6 +177,10 @@ impl TaskRead for MemoryStore {
         Ok(self.lock()?.tasks.get(&id).map(|(r, _)| r.clone()))
     }
 
+    async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
+        Ok(self.lock()?.steps.get(&id).map(|s| s.values().cloned().collect()).unwrap_or_default())
+    }
+
     async fn list(
         &self,
         tenant: &str,
@@ -280,17 +287,68 @@ impl TaskRun for MemoryStore {
         })
     }
 
-    async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
+        let step = Step::Model(step.clone());
+        self.with_leased(id, lease, |state, _| {
+            let steps = state.steps.entry(id).or_default();
+            if steps.contains_key(&step.sort_key()) {
+                return Err(StoreError::Conflict);
+            }
+            steps.insert(step.sort_key(), step.clone());
+            Ok(())
+        })?
+    }
+
+    async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
+        let step = Step::Tool(step.clone());
+        self.lock()?.steps.entry(id).or_default().entry(step.sort_key()).or_insert(step);
+        Ok(())
+    }
+
+    async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
         self.with_leased(id, lease, |state, rec| {
             if rec.cancel_requested {
                 return Err(StoreError::Conflict);
             }
             let (rec, held) = state.tasks.get_mut(&id).expect("checked");
             rec.status = TaskStatus::Queued;
+            rec.last_error = Some(why.clone());
             rec.updated_at = now;
             *held = None;
             Ok(())
         })?
+    }
+}
+
+#[async_trait]
+impl TaskDeadLetter for MemoryStore {
+    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some((rec, held)) = state.tasks.get_mut(&id) else { return Ok(false) };
+        if rec.status.is_terminal() {
+            return Ok(false);
+        }
+        rec.status = TaskStatus::Failed;
+        rec.error = Some(error.clone());
+        rec.updated_at = now;
+        *held = None;
+        let (tenant, usage) = (rec.tenant_id.clone(), rec.usage);
+        state.count_terminal(&tenant, TaskStatus::Failed, &usage, now);
+        Ok(true)
+    }
+
+    async fn requeue(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some((rec, _)) = state.tasks.get_mut(&id) else { return Ok(false) };
+        if rec.status != TaskStatus::Failed {
+            return Ok(false);
+        }
+        rec.status = TaskStatus::Queued;
+        rec.error = None;
+        rec.updated_at = now;
+        let tenant = rec.tenant_id.clone();
+        *state.active.entry(tenant).or_default() += 1;
+        Ok(true)
     }
 }
 

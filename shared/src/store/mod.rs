@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 pub use dynamodb::{DynamoStore, cancelled_error};
 pub use memory::MemoryStore;
 
+use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::tenant::{ApiKey, Limits, Tenant};
 use crate::usage::Usage;
@@ -191,6 +192,9 @@ pub trait TaskCreate: Send + Sync {
 pub trait TaskRead: Send + Sync {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
+    /// The task's recorded steps, in order.
+    async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError>;
+
     /// A tenant's tasks, newest first, `limit` at most, optionally of one status, starting
     /// after `after`.
     async fn list(
@@ -216,12 +220,30 @@ pub trait TaskRun: Send + Sync {
 
     async fn progress(&self, id: TaskId, lease: &Lease, progress: &Progress) -> Result<StepAck, StoreError>;
 
+    /// Records a model answer, if `lease` is still the task's. `Conflict` if it is not, or if
+    /// the step was already recorded (by a runner that lost its lease).
+    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError>;
+
+    /// Records a tool result; a result already recorded for that call is kept.
+    async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError>;
+
     /// Writes the terminal state and moves the tenant's counters, in one transaction.
     async fn finish(&self, task: &TaskRecord, lease: &Lease, finish: &Finish) -> Result<(), StoreError>;
 
-    /// `running` → `queued`, giving the task back for the next delivery to run. Fails with
-    /// `Conflict` if a cancel was requested meanwhile (finish it `cancelled` instead).
-    async fn release(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// `running` → `queued`, giving the task back for the next delivery to run, noting why.
+    /// Fails with `Conflict` if a cancel was requested meanwhile (finish it `cancelled`).
+    async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError>;
+}
+
+/// What the dead-letter sweeper and the redrive command do to tasks.
+#[async_trait]
+pub trait TaskDeadLetter: Send + Sync {
+    /// A task whose message was dead-lettered: if it has not ended, it ends `failed` with
+    /// `error`. Returns whether it changed.
+    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// A redriven task: if it ended `failed`, it is `queued` again. Returns whether it changed.
+    async fn requeue(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError>;
 }
 
 /// A cheap call that proves the store answers, for `/ready`.
