@@ -166,3 +166,51 @@ impl UsageReport {
         }
     }
 }
+
+/// One recorded step, as `GET /v1/tasks/{id}/steps` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepView {
+    Model {
+        step: u32,
+        model: String,
+        content: Vec<crate::llm::ContentBlock>,
+        stop_reason: crate::llm::StopReason,
+        usage: UsageView,
+    },
+    Tool {
+        step: u32,
+        tool_use_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    },
+}
+
+impl From<&crate::steps::Step> for StepView {
+    fn from(s: &crate::steps::Step) -> Self {
+        match s {
+            crate::steps::Step::Model(m) => Self::Model {
+                step: m.step,
+                model: m.model.clone(),
+                content: m.content.clone(),
+                stop_reason: m.stop_reason.clone(),
+                usage: m.usage.into(),
+            },
+            crate::steps::Step::Tool(t) => Self::Tool {
+                step: t.step,
+                tool_use_id: t.tool_use_id.clone(),
+                name: t.name.clone(),
+                content: t.content.clone(),
+                is_error: t.is_error,
+            },
+        }
+    }
+}
+
+/// `GET /v1/tasks/{id}/steps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepList {
+    pub task_id: TaskId,
+    pub steps: Vec<StepView>,
+}

@@ -11,7 +11,9 @@ use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain,
 pub fn store(config: &Config, sdk: &aws_config::SdkConfig) -> crate::store::DynamoStore {
     let store = crate::store::DynamoStore::new(crate::aws::dynamodb(sdk), &config.table_name, config.task_retention);
     match &config.bucket {
-        Some(bucket) => store.with_blobs(Arc::new(crate::blobs::S3Blobs::new(crate::aws::s3(sdk, config.s3_path_style), bucket))),
+        Some(bucket) => {
+            store.with_blobs(Arc::new(crate::blobs::S3Blobs::new(crate::aws::s3(sdk, config.s3_path_style), bucket)))
+        }
         None => store,
     }
 }

@@ -53,6 +53,8 @@ pub struct TestApp {
     pub model: MockServer,
     /// A key of the tenant `acme`, whose limits are generous.
     pub key: String,
+    /// How long each worker invocation may run (its deadline).
+    pub invocation: Duration,
 }
 
 /// Points the SDK at the local emulators unless the environment already says where they are.
@@ -138,7 +140,9 @@ impl TestApp {
         // One bucket for every test: keys are under each task's id.
         let s3 = agentq::aws::s3(&sdk, true);
         if let Err(e) = s3.create_bucket().bucket(TEST_BUCKET).send().await {
-            let exists = e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+            let exists = e
+                .as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
             anyhow::ensure!(exists, "creating the test bucket: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
         }
         let store = Arc::new(
@@ -172,7 +176,9 @@ impl TestApp {
                 retry_delay: Duration::from_secs(1),
                 retry_max_delay: Duration::from_secs(2),
                 unavailable_message: "The models are unavailable; try again later.".into(),
+                visibility_slack: Duration::from_secs(1),
             },
+            invocation: Duration::from_secs(30),
             delivery: Delivery { sqs: sqs.clone(), queues: refs, batch_size: 10, wait_seconds: 1 },
             queues,
             dlq_url,
@@ -214,7 +220,7 @@ impl TestApp {
         event["requestContext"]["http"]["method"] = json!(method);
         event["headers"]["authorization"] = json!(format!("Bearer {key}"));
         match path.strip_prefix("/v1/tasks/") {
-            Some(id) => event["pathParameters"] = json!({"id": id}),
+            Some(rest) => event["pathParameters"] = json!({"id": rest.split('/').next()}),
             None => drop(event.as_object_mut().unwrap().remove("pathParameters")),
         }
         if !query.is_empty() {
@@ -241,7 +247,7 @@ impl TestApp {
 
     /// Runs the local event source once (long-polling up to a second).
     pub async fn deliver_once(&self) -> PollReport {
-        self.delivery.poll_once(&InProcess(self.worker.clone())).await.expect("delivering a batch")
+        self.delivery.poll_once(&InProcess(self.worker.clone(), self.invocation)).await.expect("delivering a batch")
     }
 
     /// Delivers until the task is terminal, or panics after `timeout`; returns the task.
@@ -312,14 +318,15 @@ pub fn body_json(body: &Body) -> Value {
 
 /// Invokes the worker's handler in this process, through the same event and response JSON the
 /// Lambda runtime would carry.
-struct InProcess(worker::Worker);
+struct InProcess(worker::Worker, Duration);
 
 #[async_trait]
 impl Invoke for InProcess {
     async fn invoke(&self, event: Value) -> anyhow::Result<Value> {
         let event: SqsEvent = serde_json::from_value(event)?;
         let mut context = Context::default();
-        context.deadline = (time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 30) * 1000;
+        let deadline = time::OffsetDateTime::now_utc() + self.1;
+        context.deadline = (deadline.unix_timestamp_nanos() / 1_000_000) as u64;
         let response =
             worker::handle(&self.0, LambdaEvent::new(event, context)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(serde_json::to_value(response)?)

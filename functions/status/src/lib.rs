@@ -1,11 +1,12 @@
 //! The status function: a tenant's view of its tasks. `GET /v1/tasks/{id}` (state, progress,
-//! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks` (list, newest first,
-//! paginated) and `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
+//! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks/{id}/steps` (every recorded
+//! model answer and tool result), `GET /v1/tasks` (list, newest first, paginated) and
+//! `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
 //! malformed one all get the same 404, so ids cannot be probed.
 
 use std::sync::Arc;
 
-use agentq::api::{TaskList, TaskView, UsageReport};
+use agentq::api::{StepList, StepView, TaskList, TaskView, UsageReport};
 use agentq::auth::{Caller, authenticate};
 use agentq::http::{ApiError, json_response, respond};
 use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
@@ -45,6 +46,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     // Routing is checked before authentication so a wrong route is a 404/405 for anyone.
     enum Route {
         Task(String),
+        Steps(String),
         List,
         Usage,
     }
@@ -58,12 +60,19 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
                     .and_then(|p| p.first("id").map(str::to_owned))
                     .unwrap_or_else(|| rest.to_owned()),
             ),
+            Some(rest) if rest.ends_with("/steps") && rest.matches('/').count() == 1 => Route::Steps(
+                req.path_parameters_ref()
+                    .and_then(|p| p.first("id").map(str::to_owned))
+                    .unwrap_or_else(|| rest.trim_end_matches("/steps").to_owned()),
+            ),
             _ => return Err(ApiError::NotFound(format!("no route for {p}"))),
         },
     };
     match (&route, &method) {
-        (Route::Task(_), &Method::GET | &Method::DELETE) | (Route::List | Route::Usage, &Method::GET) => {}
+        (Route::Task(_), &Method::GET | &Method::DELETE)
+        | (Route::List | Route::Usage | Route::Steps(_), &Method::GET) => {}
         (Route::Task(_), _) => return Err(not_allowed("GET, DELETE")),
+        (Route::Steps(_), _) => return Err(not_allowed("GET")),
         (Route::List, _) => return Err(not_allowed("GET, POST")),
         (Route::Usage, _) => return Err(not_allowed("GET")),
     }
@@ -71,6 +80,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     match route {
         Route::Task(raw) if method == Method::DELETE => cancel(app, &caller, &raw).await,
         Route::Task(raw) => get_task(app, &caller, &raw).await,
+        Route::Steps(raw) => steps(app, &caller, &raw).await,
         Route::List => list(app, &caller, req).await,
         Route::Usage => usage(app, &caller, req).await,
     }
@@ -91,6 +101,15 @@ async fn owned_task(app: &App, caller: &Caller, raw: &str) -> Result<TaskRecord,
 async fn get_task(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
     let task = owned_task(app, caller, raw).await?;
     Ok(json_response(StatusCode::OK, &TaskView::from(&task)))
+}
+
+async fn steps(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
+    let task = owned_task(app, caller, raw).await?;
+    let steps = app.store.steps(task.task_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &StepList { task_id: task.task_id, steps: steps.iter().map(StepView::from).collect() },
+    ))
 }
 
 async fn cancel(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {

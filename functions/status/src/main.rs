@@ -9,9 +9,7 @@ async fn main() -> Result<(), Error> {
     agentq::telemetry::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
-    let app = status::App {
-        store: Arc::new(agentq::wiring::store(&config, &sdk)),
-    };
+    let app = status::App { store: Arc::new(agentq::wiring::store(&config, &sdk)) };
     lambda_http::run(service_fn(|req| {
         let app = &app;
         async move { Ok::<_, std::convert::Infallible>(status::handle(app, req).await) }

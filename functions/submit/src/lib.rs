@@ -52,6 +52,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         (&Method::GET, "/openapi.json") => Ok(openapi()),
         (_, "/health" | "/ready" | "/openapi.json") => Err(not_allowed(&req, "GET")),
         (_, "/v1/usage") => Err(not_allowed(&req, "GET")),
+        (_, path) if path.starts_with("/v1/tasks/") && path.ends_with("/steps") => Err(not_allowed(&req, "GET")),
         (_, path) if path.starts_with("/v1/tasks/") => Err(not_allowed(&req, "GET, DELETE")),
         (_, path) => Err(ApiError::NotFound(format!("no route for {path}"))),
     };

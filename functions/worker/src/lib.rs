@@ -44,10 +44,6 @@ use tracing::Instrument as _;
 pub trait WorkerStore: TaskRun + TaskRead {}
 impl<T: TaskRun + TaskRead> WorkerStore for T {}
 
-/// How long after the invocation's deadline a held message becomes visible again: a dead
-/// worker's task is picked up by then, and its lease has expired.
-const VISIBILITY_SLACK: Duration = Duration::from_secs(30);
-
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
 pub struct Worker {
@@ -68,6 +64,9 @@ pub struct Worker {
     pub retry_max_delay: Duration,
     /// What clients read when the models stayed down through every delivery.
     pub unavailable_message: String,
+    /// How long after the invocation's deadline a held message becomes visible again: a dead
+    /// worker's task is picked up by then, and its lease has expired.
+    pub visibility_slack: Duration,
 }
 
 impl Worker {
@@ -182,7 +181,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     }
 
     // Keep the message hidden while we run, and no longer than our deadline plus a little.
-    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline };
+    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: worker.visibility_slack };
     heartbeat.beat().await;
 
     let history = match worker.store.steps(id).await {
@@ -343,21 +342,26 @@ struct Heartbeat<'a> {
     requeue: &'a dyn Requeue,
     record: &'a SqsMessage,
     deadline: Deadline,
+    slack: Duration,
 }
 
 impl Heartbeat<'_> {
     async fn beat(&self) {
         let left = self.deadline.instant.saturating_duration_since(Instant::now());
-        self.hide_for(left + VISIBILITY_SLACK).await;
+        self.hide_for(left + self.slack).await;
     }
 
     async fn hide_for(&self, delay: Duration) {
-        let (Some(arn), Some(receipt)) = (self.record.event_source_arn.as_deref(), self.record.receipt_handle.as_deref())
+        let (Some(arn), Some(receipt)) =
+            (self.record.event_source_arn.as_deref(), self.record.receipt_handle.as_deref())
         else {
             return;
         };
         if let Err(e) = self.requeue.set_visibility(arn, receipt, delay).await {
-            tracing::warn!(error = format!("{:#}", e.0), "could not change the message's visibility; the queue's timeout applies");
+            tracing::warn!(
+                error = format!("{:#}", e.0),
+                "could not change the message's visibility; the queue's timeout applies"
+            );
         }
     }
 }
@@ -411,6 +415,9 @@ impl Checkpoint for StoreCheckpoint<'_> {
     }
 
     async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
-        self.store.record_tool_step(self.id, step).await.map_err(|e| anyhow::Error::from(e).context("recording a tool result"))
+        self.store
+            .record_tool_step(self.id, step)
+            .await
+            .map_err(|e| anyhow::Error::from(e).context("recording a tool result"))
     }
 }

@@ -77,6 +77,7 @@ fn worker_with(store: Arc<MemoryStore>, model: Arc<FakeModel>, requeue: Arc<Memo
         retry_delay: Duration::from_secs(30),
         retry_max_delay: Duration::from_secs(900),
         unavailable_message: "Try again later.".into(),
+        visibility_slack: Duration::from_secs(30),
     }
 }
 

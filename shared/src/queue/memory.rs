@@ -70,7 +70,12 @@ impl MemoryRequeue {
 
 #[async_trait]
 impl super::Requeue for MemoryRequeue {
-    async fn set_visibility(&self, _: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), QueueError> {
+    async fn set_visibility(
+        &self,
+        _: &str,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
         self.delays.lock().expect("poisoned").push((receipt_handle.to_owned(), delay));
         Ok(())
     }
