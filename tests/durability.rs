@@ -185,3 +185,40 @@ async fn prompts_results_and_steps_too_large_for_an_item_round_trip_through_s3()
     let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     assert_eq!(steps["steps"][0]["content"][0]["text"].as_str().unwrap().len(), 300_000);
 }
+
+#[tokio::test]
+async fn a_task_whose_message_is_dead_lettered_ends_delivery_failed_and_a_redrive_runs_it() {
+    let mut app = TestApp::spawn().await;
+    // 4 s invocations of which 2 s are for work (the rest is the margin to write state).
+    app.invocation = Duration::from_secs(4);
+    // A model that never answers, and a worker that dies every time (its invocation is cut
+    // off): no delivery ever records why, and the message runs out of receives.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3600)))
+        .mount(&app.model)
+        .await;
+    let id = app.submit("doomed, then saved").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.queue_depth(&app.dlq_url).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the message never reached the DLQ");
+        let _ = tokio::time::timeout(Duration::from_millis(300), app.deliver_once()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.get_task(&id).await.1["status"], "running", "nobody has told the client yet");
+
+    let (seen, marked) = app.sweep().await;
+    assert_eq!((seen, marked), (1, 1));
+    let task = app.get_task(&id).await.1;
+    assert_eq!(task["status"], "failed");
+    assert_eq!(task["error"]["code"], "delivery_failed");
+    assert_eq!(app.sweep().await, (1, 0), "sweeping again changes nothing; the message stays for redrive");
+    assert_eq!(app.queue_depth(&app.dlq_url).await, 1);
+
+    app.model.reset().await;
+    Mock::given(method("POST")).respond_with(Steps::new(1, Duration::ZERO)).mount(&app.model).await;
+    assert_eq!(app.redrive(Some(&id)).await, 1);
+    assert_eq!(app.get_task(&id).await.1["status"], "queued");
+    assert_eq!(app.queue_depth(&app.dlq_url).await, 0);
+    let task = app.run_until_terminal(&id, PATIENCE).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+}

@@ -18,6 +18,7 @@ macro_rules! out {
 }
 
 mod api;
+mod dlq;
 mod keys;
 
 use std::process::ExitCode;
@@ -90,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Inspect and redrive the dead-letter queues (admin: needs AWS credentials).
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 /// A failure, with the exit code it maps to.
@@ -148,6 +154,7 @@ fn load_env_file() {
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Keys { command } => keys::run(command, cli.json).await,
+        Command::Dlq { command } => dlq::run(command, cli.json).await,
         ref command => {
             let client = api::Client::new(&cli.url, cli.api_key.as_deref(), cli.json)?;
             match command {
@@ -171,7 +178,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
-                Command::Keys { .. } => unreachable!("handled above"),
+                Command::Keys { .. } | Command::Dlq { .. } => unreachable!("handled above"),
             }
         }
     }

@@ -44,6 +44,9 @@ enum Command {
         /// Receive loops per queue, at most the event source's MaximumConcurrency.
         #[arg(long, default_value_t = 2)]
         pollers: usize,
+        /// How often scheduled functions run locally, in seconds.
+        #[arg(long, default_value_t = 10, env = "AGENTQ_SCHEDULE_SECS")]
+        schedule_secs: u64,
     },
     /// Submit one task through the HTTP API, wait for it to finish, print its final state.
     /// Exits non-zero unless it succeeded.
@@ -73,9 +76,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Provision => {
             let template = Template::load(&cli.template, &cli.stack)?;
             let sdk = agentq::aws::sdk_config().await;
-            let done =
-                agentq_local::provision::provision(&template, &agentq::aws::sqs(&sdk), &agentq::aws::dynamodb(&sdk))
-                    .await?;
+            let (sqs, dynamodb, s3) =
+                (agentq::aws::sqs(&sdk), agentq::aws::dynamodb(&sdk), agentq::aws::s3(&sdk, true));
+            let done = agentq_local::provision::provision(&template, &sqs, &dynamodb, &s3).await?;
             for (k, v) in template.function_env(&done.refs) {
                 println!("{k}={v}");
             }
@@ -92,9 +95,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(tables, queues, "deleted what earlier test runs left");
             Ok(())
         }
-        Command::Serve { listen, lambda, pollers } => {
+        Command::Serve { listen, lambda, pollers, schedule_secs } => {
             let template = Template::load(&cli.template, &cli.stack)?;
-            serve(&template, listen, &lambda, pollers).await
+            serve(&template, listen, &lambda, pollers, Duration::from_secs(schedule_secs.max(1))).await
         }
         Command::Run { url, timeout_secs, prompt } => run_task(&url, &prompt, Duration::from_secs(timeout_secs)).await,
         Command::FakeModel { listen, latency_ms } => {
@@ -107,7 +110,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, pollers: usize) -> anyhow::Result<()> {
+async fn serve(
+    template: &Template,
+    listen: std::net::SocketAddr,
+    lambda: &str,
+    pollers: usize,
+    schedule_every: Duration,
+) -> anyhow::Result<()> {
     let sdk = agentq::aws::sdk_config().await;
     let sqs = agentq::aws::sqs(&sdk);
     let http = reqwest::Client::new();
@@ -149,6 +158,32 @@ async fn serve(template: &Template, listen: std::net::SocketAddr, lambda: &str, 
         let delivery = Arc::new(Delivery { sqs: sqs.clone(), queues: refs, batch_size, wait_seconds: 1 });
         let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &function));
         deliveries.push(tokio::spawn(delivery.run(invoker, n, stop_rx.clone())));
+    }
+
+    // Scheduled functions run every `schedule_every` locally (a minute is long to wait at a
+    // desk), with the event EventBridge sends.
+    for scheduled in template.schedules() {
+        let invoker = LambdaInvoker::new(http.clone(), lambda, &scheduled.function);
+        let mut stop = stop_rx.clone();
+        tracing::info!(function = %scheduled.function, every_s = schedule_every.as_secs(), aws = %scheduled.schedule, "scheduling");
+        deliveries.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(schedule_every) => {
+                        let event = serde_json::json!({
+                            "version": "0", "id": ulid::Ulid::generate().to_string(), "detail-type": "Scheduled Event",
+                            "source": "aws.events", "account": agentq_local::template::LOCAL_ACCOUNT,
+                            "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                            "region": agentq_local::template::LOCAL_REGION, "resources": [], "detail": {}
+                        });
+                        if let Err(e) = agentq_local::deliver::Invoke::invoke(&invoker, event).await {
+                            tracing::warn!(error = format!("{e:#}"), "scheduled invocation failed");
+                        }
+                    }
+                }
+            }
+        }));
     }
 
     let router = Gateway::new(template.routes(), http, lambda).router();

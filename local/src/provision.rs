@@ -21,11 +21,12 @@ pub struct Provisioned {
     pub arns: HashMap<String, String>,
 }
 
-/// Creates every queue and table of `template`.
+/// Creates every queue, table and bucket of `template`.
 pub async fn provision(
     template: &Template,
     sqs: &aws_sdk_sqs::Client,
     dynamodb: &aws_sdk_dynamodb::Client,
+    s3: &aws_sdk_s3::Client,
 ) -> anyhow::Result<Provisioned> {
     let mut out = Provisioned::default();
     let mut queues = template.queues()?;
@@ -46,7 +47,25 @@ pub async fn provision(
         create_table(dynamodb, &t).await?;
         out.refs.insert(t.logical_id.clone(), t.name.clone());
     }
+    for (id, name) in template.buckets()? {
+        create_bucket(s3, &name).await?;
+        out.refs.insert(id, name);
+    }
     Ok(out)
+}
+
+/// Creates a bucket, or finds it.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, name: &str) -> anyhow::Result<()> {
+    match s3.create_bucket().bucket(name).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("CreateBucket {name}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))),
+    }
 }
 
 /// Creates a queue (or finds it) with the spec's attributes; returns its URL and ARN.

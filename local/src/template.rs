@@ -58,6 +58,14 @@ pub struct Route {
     pub function: String,
 }
 
+/// A function invoked on a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    pub function: String,
+    /// The schedule expression, e.g. `rate(1 minute)`.
+    pub schedule: String,
+}
+
 /// An SQS event source mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqsSource {
@@ -99,6 +107,15 @@ impl Template {
         }
         let Value::Tagged(tagged) = v else { bail!("cannot resolve {v:?}") };
         let TaggedValue { tag, value } = tagged.as_ref();
+        if tag == "!Join" {
+            let parts = value.as_sequence().ok_or_else(|| anyhow!("!Join takes [delimiter, [values]]"))?;
+            let (Some(delimiter), Some(Value::Sequence(items))) = (parts.first().and_then(Value::as_str), parts.get(1))
+            else {
+                bail!("!Join takes [delimiter, [values]]");
+            };
+            let resolved = items.iter().map(|i| self.resolve(i, refs)).collect::<anyhow::Result<Vec<_>>>()?;
+            return Ok(resolved.join(delimiter));
+        }
         let arg = value.as_str().ok_or_else(|| anyhow!("{tag} takes a string here"))?;
         match tag.to_string().as_str() {
             "!Ref" => self.variable(arg, refs),
@@ -170,6 +187,21 @@ impl Template {
                     }
                 };
                 Ok(QueueSpec { logical_id: id.to_owned(), name, attributes, redrive })
+            })
+            .collect()
+    }
+
+    /// `AWS::S3::Bucket`s as (logical id, name). A bucket the template leaves unnamed (as it
+    /// should: names are global) is named locally after the stack and its logical id.
+    pub fn buckets(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let none = HashMap::new();
+        self.resources("AWS::S3::Bucket")
+            .map(|(id, r)| {
+                let name = match &r["Properties"]["BucketName"] {
+                    Value::Null => format!("{}-{}", self.stack, id).to_ascii_lowercase(),
+                    v => self.resolve(v, &none)?,
+                };
+                Ok((id.to_owned(), name))
             })
             .collect()
     }
@@ -261,6 +293,16 @@ impl Template {
         Ok(out)
     }
 
+    pub fn schedules(&self) -> Vec<Scheduled> {
+        self.functions()
+            .flat_map(|(_, function, r)| {
+                Self::events(r, "Schedule").filter_map(move |p| {
+                    Some(Scheduled { function: function.clone(), schedule: scalar(&p["Schedule"])? })
+                })
+            })
+            .collect()
+    }
+
     /// The environment every function gets (the global variables and each function's own,
     /// merged), with references resolved through `refs`. Secrets (`NoEcho` parameters) and
     /// values with no local meaning are left out for the caller to supply.
@@ -333,6 +375,12 @@ mod tests {
     }
 
     #[test]
+    fn the_sweeper_runs_on_a_schedule() {
+        let s = template().schedules();
+        assert_eq!(s, [Scheduled { function: "dlq".into(), schedule: "rate(1 minute)".into() }]);
+    }
+
+    #[test]
     fn routes_name_their_functions() {
         let routes = template().routes();
         let find = |m: &str, p: &str| {
@@ -352,11 +400,15 @@ mod tests {
         let refs = HashMap::from([
             ("TasksTable".to_owned(), "agentq-tasks".to_owned()),
             ("TaskQueue".to_owned(), "http://q".to_owned()),
+            ("HighPriorityDeadLetterQueue".to_owned(), "http://dh".to_owned()),
+            ("TaskDeadLetterQueue".to_owned(), "http://d".to_owned()),
+            ("LowPriorityDeadLetterQueue".to_owned(), "http://dl".to_owned()),
         ]);
         let env = template().function_env(&refs);
         assert_eq!(env["AGENTQ_TABLE"], "agentq-tasks");
         assert_eq!(env["AGENTQ_QUEUE_URL"], "http://q");
         assert_eq!(env["AGENTQ_MODELS"], "anthropic:claude-sonnet-4-5,anthropic:claude-haiku-4-5");
         assert!(!env.contains_key("ANTHROPIC_API_KEY") && !env.contains_key("AGENTQ_TOOL_SIGNING_SECRET"));
+        assert_eq!(env["AGENTQ_DLQ_URLS"].split(',').count(), 3, "!Join resolves");
     }
 }

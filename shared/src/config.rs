@@ -117,6 +117,8 @@ pub struct Config {
     pub queue_url: Option<String>,
     pub queue_url_high: Option<String>,
     pub queue_url_low: Option<String>,
+    /// The dead-letter queues (the sweeper and `agentq dlq`).
+    pub dead_letter_urls: Vec<String>,
     pub model: ModelConfig,
     pub prices: PriceTable,
     /// The task queue's `maxReceiveCount`: the worker's last chance to record an honest
@@ -227,6 +229,9 @@ impl Config {
             queue_url: get("AGENTQ_QUEUE_URL"),
             queue_url_high: get("AGENTQ_QUEUE_URL_HIGH"),
             queue_url_low: get("AGENTQ_QUEUE_URL_LOW"),
+            dead_letter_urls: get("AGENTQ_DLQ_URLS")
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
             model,
             prices,
             max_receive_count: number("AGENTQ_MAX_RECEIVE_COUNT", 5)?.max(1) as u32,

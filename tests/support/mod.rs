@@ -48,6 +48,8 @@ pub struct TestApp {
     pub queues: QueueUrls,
     /// The default queue's dead-letter queue.
     pub dlq_url: String,
+    /// Every dead-letter queue.
+    pub dlqs: Vec<String>,
     pub sqs: aws_sdk_sqs::Client,
     pub store: Arc<DynamoStore>,
     pub model: MockServer,
@@ -131,6 +133,7 @@ impl TestApp {
         let queues =
             QueueUrls { high: url("HighPriorityQueue")?, default: url("TaskQueue")?, low: url("LowPriorityQueue")? };
         let dlq_url = url("TaskDeadLetterQueue")?;
+        let dlqs = vec![url("HighPriorityDeadLetterQueue")?, dlq_url.clone(), url("LowPriorityDeadLetterQueue")?];
         let refs = ["HighPriorityQueue", "TaskQueue", "LowPriorityQueue"]
             .iter()
             .map(|id| QueueRef { url: created[*id].0.clone(), arn: created[*id].1.clone() })
@@ -182,6 +185,7 @@ impl TestApp {
             delivery: Delivery { sqs: sqs.clone(), queues: refs, batch_size: 10, wait_seconds: 1 },
             queues,
             dlq_url,
+            dlqs,
             sqs,
             key: new_tenant(
                 store.as_ref(),
@@ -284,6 +288,27 @@ impl TestApp {
     /// Sends a raw message body to the default task queue.
     pub async fn send_raw(&self, body: &str) {
         self.sqs.send_message().queue_url(&self.queues.default).message_body(body).send().await.unwrap();
+    }
+
+    /// One run of the dead-letter sweeper; returns (messages seen, tasks marked).
+    pub async fn sweep(&self) -> (usize, usize) {
+        let sweeper = dlq::Sweeper { store: self.store.clone(), sqs: self.sqs.clone(), dlqs: self.dlqs.clone() };
+        dlq::sweep(&sweeper, Duration::from_secs(10)).await.expect("sweeping")
+    }
+
+    /// `agentq dlq redrive`; returns how many messages moved.
+    pub async fn redrive(&self, task: Option<&str>) -> usize {
+        let task = task.map(|t| t.parse().unwrap());
+        agentq::queue::dead::redrive(
+            &self.sqs,
+            self.store.as_ref(),
+            &self.dlqs,
+            &self.queues,
+            task,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("redriving")
     }
 
     /// A new tenant with `limits`; returns its key.

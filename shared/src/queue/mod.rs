@@ -1,6 +1,7 @@
 //! The task queue behind a small trait: the submit path sends a [`TaskMessage`]; SQS (or the
 //! in-memory fake in handler tests) carries it to the worker.
 
+pub mod dead;
 mod memory;
 mod sqs;
 

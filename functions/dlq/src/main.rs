@@ -1,0 +1,18 @@
+//! Lambda entry point for the dead-letter sweeper: build the clients once, then serve.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    agentq::telemetry::init();
+    let config = agentq::Config::from_env()?;
+    let sdk = agentq::aws::sdk_config().await;
+    let sweeper = dlq::Sweeper {
+        store: Arc::new(agentq::wiring::store(&config, &sdk)),
+        sqs: agentq::aws::sqs(&sdk),
+        dlqs: config.dead_letter_urls.clone(),
+    };
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| dlq::handle(&sweeper, event))).await
+}
