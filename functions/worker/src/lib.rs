@@ -164,7 +164,8 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         }
     };
     let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds();
-    tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, "task claimed");
+    let deadline_in_ms = deadline.instant.saturating_duration_since(Instant::now()).as_millis() as u64;
+    tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, deadline_in_ms, "task claimed");
     if task.cancel_requested {
         // Cancelled while its last runner held it: nothing more to run.
         let finish = Finish {
