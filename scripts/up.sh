@@ -9,8 +9,14 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 bash scripts/install.sh
+BIN_DIR="$ROOT/target/debug"
 log "building (debug)"
 cargo build --quiet --workspace --bins
+if [[ ${PROFILE:-dev} != dev ]]; then
+  log "building the functions ($PROFILE profile)"
+  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq
+  BIN_DIR="$ROOT/target/$PROFILE"
+fi
 bash scripts/emulators.sh start
 
 log "creating queues and table from template.yaml (stack $STACK_NAME)"
@@ -58,10 +64,20 @@ env_file="$RUN/functions.env"
     if [[ -n $v ]]; then v=${v//\\/\\\\}; v=${v//\"/\\\"}; v=${v//\$/\\\$}; printf '%s="%s"\n' "$k" "$v"; fi
   done | sort > "$env_file" )
 
-log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
-# shellcheck disable=SC2086 # LAMBDA_WATCH_FLAGS is a list of flags.
-start_bg lambda cargo lambda watch --quiet ${LAMBDA_WATCH_FLAGS:-} --env-file "$env_file" \
-  --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --concurrency "${LAMBDA_CONCURRENCY:-4}"
+if [[ ${LOCAL_RUNTIME:-cargo-lambda} == agentq ]]; then
+  # agentq-local's own Lambda service: prebuilt binaries, template timeouts, dead processes
+  # restarted (the fault suite and the benchmarks use it).
+  log "starting the functions under agentq-local lambdas on :$LAMBDA_PORT ($BIN_DIR)"
+  timeouts=()
+  for t in ${LAMBDA_TIMEOUTS:-}; do timeouts+=(--timeout "$t"); done
+  start_bg lambda "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" lambdas --listen "127.0.0.1:$LAMBDA_PORT" \
+    --bin-dir "$BIN_DIR" --env-file "$env_file" --instances "${LAMBDA_CONCURRENCY:-4}" "${timeouts[@]}"
+else
+  log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
+  # shellcheck disable=SC2086 # LAMBDA_WATCH_FLAGS is a list of flags.
+  start_bg lambda cargo lambda watch --quiet ${LAMBDA_WATCH_FLAGS:-} --env-file "$env_file" \
+    --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --concurrency "${LAMBDA_CONCURRENCY:-4}"
+fi
 log "starting the gateway and the SQS event source on :$AGENTQ_PORT"
 start_bg gateway "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" serve \
   --listen "127.0.0.1:$AGENTQ_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --pollers "${AGENTQ_POLLERS:-2}"

@@ -1,9 +1,11 @@
 //! Local stand-ins for what AWS provides around agentq's functions, so the whole system runs
 //! on one machine with no Docker: resource provisioning from template.yaml, an API Gateway,
-//! the SQS event source, and a scripted fake model. None of this is deployed.
+//! the SQS event source, a small Lambda service that runs the functions' binaries, and a
+//! scripted fake model. None of this is deployed.
 
 pub mod deliver;
 pub mod fake_model;
 pub mod gateway;
 pub mod provision;
+pub mod runtime;
 pub mod template;

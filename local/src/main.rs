@@ -57,6 +57,23 @@ enum Command {
         timeout_secs: u64,
         prompt: String,
     },
+    /// Run the functions' binaries behind the Lambda Invoke API (an alternative to
+    /// `cargo lambda watch` that restarts dead processes and enforces the template's timeouts).
+    Lambdas {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Where the built binaries are.
+        #[arg(long, default_value = "target/debug")]
+        bin_dir: PathBuf,
+        #[arg(long)]
+        env_file: PathBuf,
+        /// Processes per function.
+        #[arg(long, default_value_t = 2)]
+        instances: usize,
+        /// `function=seconds`, overriding a function's timeout from the template.
+        #[arg(long = "timeout")]
+        timeouts: Vec<String>,
+    },
     /// A scripted Anthropic Messages API.
     FakeModel {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -98,6 +115,33 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen, lambda, pollers, schedule_secs } => {
             let template = Template::load(&cli.template, &cli.stack)?;
             serve(&template, listen, &lambda, pollers, Duration::from_secs(schedule_secs.max(1))).await
+        }
+        Command::Lambdas { listen, bin_dir, env_file, instances, timeouts } => {
+            let template = Template::load(&cli.template, &cli.stack)?;
+            let env = agentq_local::runtime::read_env_file(&env_file)?;
+            let overrides: HashMap<String, u64> = timeouts
+                .iter()
+                .map(|t| {
+                    let (f, s) = t.split_once('=').ok_or_else(|| anyhow!("--timeout takes function=seconds"))?;
+                    Ok((f.to_owned(), s.parse()?))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let specs = template
+                .function_timeouts()
+                .into_iter()
+                .map(|(name, timeout)| agentq_local::runtime::FunctionSpec {
+                    binary: bin_dir.join(&name),
+                    env: env.clone(),
+                    timeout: overrides.get(&name).map_or(timeout, |s| Duration::from_secs(*s)),
+                    instances,
+                    name,
+                })
+                .collect();
+            let router = agentq_local::runtime::Host::start(specs).router();
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            tracing::info!(%listen, "serving the Lambda Invoke API");
+            axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
+            Ok(())
         }
         Command::Run { url, timeout_secs, prompt } => run_task(&url, &prompt, Duration::from_secs(timeout_secs)).await,
         Command::FakeModel { listen, latency_ms } => {

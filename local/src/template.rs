@@ -293,6 +293,17 @@ impl Template {
         Ok(out)
     }
 
+    /// Every function's binary name and timeout (its own, or the global one).
+    pub fn function_timeouts(&self) -> Vec<(String, std::time::Duration)> {
+        let global = scalar(&self.doc["Globals"]["Function"]["Timeout"]).and_then(|t| t.parse().ok()).unwrap_or(3);
+        self.functions()
+            .map(|(_, binary, r)| {
+                let secs = scalar(&r["Properties"]["Timeout"]).and_then(|t| t.parse().ok()).unwrap_or(global);
+                (binary, std::time::Duration::from_secs(secs))
+            })
+            .collect()
+    }
+
     pub fn schedules(&self) -> Vec<Scheduled> {
         self.functions()
             .flat_map(|(_, function, r)| {

@@ -140,6 +140,8 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// What a client reads when every model stayed down through every delivery.
     pub unavailable_message: String,
+    /// How long after the invocation's deadline a held message becomes visible again.
+    pub visibility_slack: Duration,
 }
 
 impl Config {
@@ -243,6 +245,7 @@ impl Config {
             default_max_cost_nanos: usd("AGENTQ_DEFAULT_MAX_COST_USD")?,
             retry_delay: Duration::from_secs(number("AGENTQ_RETRY_DELAY_SECS", 30)?),
             retry_max_delay: Duration::from_secs(number("AGENTQ_RETRY_MAX_DELAY_SECS", 900)?.min(43_200)),
+            visibility_slack: Duration::from_secs(number("AGENTQ_VISIBILITY_SLACK_SECS", 30)?),
             unavailable_message: get("AGENTQ_UNAVAILABLE_MESSAGE").unwrap_or_else(|| {
                 "The AI models are unavailable right now. Please submit the task again later.".into()
             }),

@@ -141,6 +141,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     let last_delivery = receive_count >= worker.max_receive_count;
 
     let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
+    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: worker.visibility_slack };
     let task = match worker.store.claim(id, &lease, agentq::now()).await {
         Ok(Claim::Claimed(task)) => task,
         Ok(Claim::NotFound) => {
@@ -152,7 +153,10 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             return Disposition::Done;
         }
         Ok(Claim::Leased { until }) => {
+            // Come back once that lease has run out, in case its runner dies.
+            let wait = until - agentq::now();
             tracing::info!(lease_until = %until, "task is running under another delivery; retrying later");
+            heartbeat.hide_for(wait.try_into().unwrap_or_default()).await;
             return Disposition::Retry;
         }
         Err(e) => {
@@ -160,6 +164,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "could not claim the task; retrying later"
             );
+            heartbeat.hide_for(worker.retry_delay_for(receive_count)).await;
             return Disposition::Retry;
         }
     };
@@ -182,13 +187,20 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     }
 
     // Keep the message hidden while we run, and no longer than our deadline plus a little.
-    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: worker.visibility_slack };
     heartbeat.beat().await;
 
     let history = match worker.store.steps(id).await {
         Ok(h) => h,
         Err(e) => {
             log_store_error("could not read the task's recorded steps; retrying later", e);
+            if let Err(e) = worker
+                .store
+                .release(id, &lease, &TaskError::new("store_error", "could not read the task's steps"), agentq::now())
+                .await
+            {
+                log_store_error("could not release the task; its lease will expire", e);
+            }
+            heartbeat.hide_for(worker.retry_delay_for(receive_count)).await;
             return Disposition::Retry;
         }
     };

@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
         retry_delay: config.retry_delay,
         retry_max_delay: config.retry_max_delay,
         unavailable_message: config.unavailable_message.clone(),
-        visibility_slack: std::time::Duration::from_secs(30),
+        visibility_slack: config.visibility_slack,
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| worker::handle(&worker, event))).await
 }

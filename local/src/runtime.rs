@@ -1,0 +1,239 @@
+//! A small Lambda service: runs each function's binary as processes that speak the Lambda
+//! Runtime API to us, and takes invocations through the Lambda Invoke API. It does what
+//! `cargo lambda watch` does for the local stack, plus what the fault suite and benchmarks
+//! need from the real service: a process that dies (or runs past its timeout, and is killed)
+//! fails its invocation and is started again, deadlines are the function's own timeout from
+//! template.yaml, and prebuilt (release) binaries run as they are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// One function to host.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub binary: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// Processes running at once (Lambda's concurrency for this function).
+    pub instances: usize,
+}
+
+/// What an invocation came to.
+type Outcome = Result<Bytes, Bytes>;
+
+struct Invocation {
+    id: String,
+    payload: Bytes,
+    deadline_ms: u64,
+    reply: oneshot::Sender<Outcome>,
+}
+
+type Queue = Arc<Mutex<mpsc::Receiver<Invocation>>>;
+
+/// The functions being hosted, by name.
+#[derive(Clone, Default)]
+pub struct Host {
+    functions: HashMap<String, (mpsc::Sender<Invocation>, Duration)>,
+}
+
+impl Host {
+    /// Starts `instances` supervised processes of every function.
+    pub fn start(specs: Vec<FunctionSpec>) -> Self {
+        let mut functions = HashMap::new();
+        for spec in specs {
+            let (tx, rx) = mpsc::channel(1024);
+            let queue: Queue = Arc::new(Mutex::new(rx));
+            for instance in 0..spec.instances.max(1) {
+                tokio::spawn(supervise(spec.clone(), instance, queue.clone()));
+            }
+            functions.insert(spec.name.clone(), (tx, spec.timeout));
+        }
+        Self { functions }
+    }
+
+    /// The Lambda Invoke API (`POST /2015-03-31/functions/{name}/invocations`).
+    pub fn router(self) -> axum::Router {
+        axum::Router::new().route("/2015-03-31/functions/{name}/invocations", post(invoke)).with_state(Arc::new(self))
+    }
+}
+
+async fn invoke(State(host): State<Arc<Host>>, Path(name): Path<String>, payload: Bytes) -> Response {
+    let Some((queue, timeout)) = host.functions.get(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no function {name}")).into_response();
+    };
+    let (reply, answer) = oneshot::channel();
+    let deadline = time::OffsetDateTime::now_utc() + *timeout;
+    let invocation = Invocation {
+        id: ulid::Ulid::generate().to_string().to_lowercase(),
+        payload,
+        deadline_ms: (deadline.unix_timestamp_nanos() / 1_000_000) as u64,
+        reply,
+    };
+    if queue.send(invocation).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the function is not running").into_response();
+    }
+    // Waiting for a process to take it counts too: Lambda would have throttled.
+    let outcome = tokio::time::timeout(*timeout + Duration::from_secs(30), answer).await;
+    match outcome {
+        Ok(Ok(Ok(body))) => (StatusCode::OK, body).into_response(),
+        Ok(Ok(Err(error))) => function_error(error),
+        Ok(Err(_)) => function_error(Bytes::from_static(
+            br#"{"errorType":"Runtime.Lost","errorMessage":"the invocation was lost"}"#,
+        )),
+        Err(_) => function_error(Bytes::from_static(
+            br#"{"errorType":"Sandbox.Timedout","errorMessage":"no answer in time"}"#,
+        )),
+    }
+}
+
+fn function_error(body: Bytes) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+    r
+}
+
+/// One process's Runtime API: the invocations it holds.
+struct Instance {
+    queue: Queue,
+    function: String,
+    held: Mutex<HashMap<String, (oneshot::Sender<Outcome>, u64)>>,
+}
+
+/// Runs one process of a function for ever: start it, serve its Runtime API, and when it
+/// exits (or is killed for running past an invocation's deadline), fail what it held and
+/// start it again.
+async fn supervise(spec: FunctionSpec, instance: usize, queue: Queue) {
+    loop {
+        if let Err(e) = run_once(&spec, instance, queue.clone()).await {
+            tracing::error!(function = %spec.name, instance, error = format!("{e:#}"), "function process failed to start");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow::Result<()> {
+    let state = Arc::new(Instance { queue, function: spec.name.clone(), held: Mutex::new(HashMap::new()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = listener.local_addr()?;
+    let router = axum::Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route("/2018-06-01/runtime/invocation/{id}/response", post(respond))
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(init_error))
+        .with_state(state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let mut child = tokio::process::Command::new(&spec.binary)
+        .envs(&spec.env)
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", spec.binary.display()))?;
+    let pid = child.id().unwrap_or_default();
+    tracing::info!(function = %spec.name, instance, pid, "function process started");
+
+    // Lambda stops a function that runs past its deadline; so do we.
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+                if state.held.lock().await.values().any(|(_, deadline)| now_ms > deadline + 1_000) {
+                    tracing::warn!(function = %spec.name, instance, pid, "invocation ran past its deadline; stopping the process");
+                    let _ = child.start_kill();
+                }
+            }
+        }
+    };
+    server.abort();
+    let lost: Vec<_> = state.held.lock().await.drain().collect();
+    tracing::warn!(function = %spec.name, instance, pid, %status, lost = lost.len(), "function process exited");
+    for (_, (reply, _)) in lost {
+        let _ = reply.send(Err(Bytes::from(format!(
+            r#"{{"errorType":"Runtime.ExitError","errorMessage":"the function's process exited ({status})"}}"#
+        ))));
+    }
+    Ok(())
+}
+
+async fn next(State(state): State<Arc<Instance>>) -> Response {
+    let invocation = {
+        let mut queue = state.queue.lock().await;
+        queue.recv().await
+    };
+    let Some(inv) = invocation else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    state.held.lock().await.insert(inv.id.clone(), (inv.reply, inv.deadline_ms));
+    let mut headers = HeaderMap::new();
+    let arn = format!(
+        "arn:aws:lambda:{}:{}:function:{}",
+        crate::template::LOCAL_REGION,
+        crate::template::LOCAL_ACCOUNT,
+        state.function
+    );
+    for (k, v) in [
+        ("lambda-runtime-aws-request-id", inv.id.clone()),
+        ("lambda-runtime-deadline-ms", inv.deadline_ms.to_string()),
+        ("lambda-runtime-invoked-function-arn", arn),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(k, v);
+        }
+    }
+    (StatusCode::OK, headers, inv.payload).into_response()
+}
+
+async fn respond(State(state): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    match state.held.lock().await.remove(&id) {
+        Some((reply, _)) => {
+            let _ = reply.send(Ok(body));
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn error(State(state): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    match state.held.lock().await.remove(&id) {
+        Some((reply, _)) => {
+            let _ = reply.send(Err(body));
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn init_error(State(state): State<Arc<Instance>>, body: Bytes) -> StatusCode {
+    tracing::error!(function = %state.function, error = %String::from_utf8_lossy(&body), "function failed to initialize");
+    StatusCode::ACCEPTED
+}
+
+/// Reads a dotenv-style file of `KEY="VALUE"` lines (as `make up` writes them).
+pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).map_or_else(
+                || v.to_owned(),
+                |inner| inner.replace("\\\"", "\"").replace("\\$", "$").replace("\\\\", "\\"),
+            );
+            (k.trim().to_owned(), v)
+        })
+        .collect())
+}
