@@ -30,4 +30,7 @@ fi
 
 log "smoke test: the whole stack over HTTP"
 bash scripts/smoke.sh
+
+log "fault suite: kills, duplicates, flaky dependencies, poison, dead letters"
+bash scripts/faults.sh
 log "all tests passed"

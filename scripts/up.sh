@@ -43,7 +43,7 @@ else
 BANNER
 fi
 # Settings from the caller's environment override the template's (README, Configuration).
-local_only=" AGENTQ_PORT AGENTQ_RUN AGENTQ_TOOLS AGENTQ_POLLERS AGENTQ_URL "
+local_only=" AGENTQ_PORT AGENTQ_RUN AGENTQ_TOOLS AGENTQ_POLLERS AGENTQ_URL AGENTQ_LOCAL_VISIBILITY_SECS AGENTQ_SCHEDULE_SECS "
 for k in $(compgen -e | grep -E '^(AGENTQ_|OPENAI_)'); do
   [[ $local_only == *" $k "* ]] || env[$k]=${!k}
 done

@@ -1,31 +1,97 @@
-//! A scripted stand-in for the Anthropic Messages API, so the local stack runs without a key.
+//! A scripted stand-in for the Anthropic Messages API, so the local stack runs without a key,
+//! with knobs the fault suite turns at run time.
 //!
 //! The script: if the first user message holds arithmetic (`6 * 7`) and the request offers a
 //! `calculator` tool that has not been used yet, ask for it; otherwise end the turn with an
-//! answer that quotes the tool results. Every answer ends with `digest=<16 hex>` (SHA-256 of
-//! the first user message), the check the bench driver applies. Usage is ~len/4 tokens,
-//! deterministic. Like the real API it answers 401 without `x-api-key` and 400 without
-//! `anthropic-version` or for a malformed body.
+//! answer that quotes the tool results. With `steps` set, it instead asks for a tool (`tool`,
+//! default `calculator`) that many times before answering. Every answer ends with
+//! `digest=<16 hex>` (SHA-256 of the first user message), the check the bench driver applies.
+//! Usage is ~len/4 tokens, deterministic. Like the real API it answers 401 without
+//! `x-api-key` and 400 without `anthropic-version` or for a malformed body.
+//!
+//! Control (local only): `POST /control` with any of `latency_ms`, `fail_rate`, `fail_status`,
+//! `steps`, `tool`, `down`, `tool_timeout_rate`, `tool_delay_ms`; `GET /stats` gives requests
+//! and answers per prompt digest; `DELETE /stats` clears them. `POST /tool` is an HTTP tool
+//! endpoint that sometimes answers too late (`tool_timeout_rate`, `tool_delay_ms`).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-#[derive(Debug, Clone, Default)]
+/// What the fake does; every field can be changed through `POST /control`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Knobs {
+    pub latency_ms: u64,
+    /// Share of calls answered with `fail_status` instead.
+    pub fail_rate: f64,
+    pub fail_status: u16,
+    /// Tool calls asked for before answering (0: the arithmetic script).
+    pub steps: u32,
+    pub tool: String,
+    /// Every call fails with 529.
+    pub down: bool,
+    /// Share of `/tool` calls that take `tool_delay_ms`.
+    pub tool_timeout_rate: f64,
+    pub tool_delay_ms: u64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            fail_rate: 0.0,
+            fail_status: 529,
+            steps: 0,
+            tool: "calculator".into(),
+            down: false,
+            tool_timeout_rate: 0.0,
+            tool_delay_ms: 0,
+        }
+    }
+}
+
+/// Calls seen for one prompt.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromptStats {
+    pub requests: u64,
+    pub answered: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    knobs: Knobs,
+    stats: BTreeMap<String, PromptStats>,
+    rng: fastrand::Rng,
+}
+
+#[derive(Debug, Clone)]
 pub struct FakeModel {
-    /// Added before every answer.
-    pub latency: Duration,
+    shared: Arc<Mutex<Shared>>,
 }
 
 impl FakeModel {
+    pub fn new(knobs: Knobs) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared { knobs, stats: BTreeMap::new(), rng: fastrand::Rng::with_seed(42) })),
+        }
+    }
+
     pub fn router(self) -> axum::Router {
-        axum::Router::new().route("/v1/messages", post(messages)).with_state(Arc::new(self))
+        axum::Router::new()
+            .route("/v1/messages", post(messages))
+            .route("/control", post(control))
+            .route("/stats", get(stats).delete(clear))
+            .route("/tool", post(tool))
+            .with_state(self)
     }
 }
 
@@ -33,7 +99,41 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}}))).into_response()
 }
 
-async fn messages(State(fake): State<Arc<FakeModel>>, headers: HeaderMap, body: String) -> Response {
+async fn control(State(fake): State<FakeModel>, axum::Json(update): axum::Json<Value>) -> Response {
+    let mut shared = fake.shared.lock().expect("poisoned");
+    let mut knobs = serde_json::to_value(&shared.knobs).expect("knobs serialize");
+    for (k, v) in update.as_object().into_iter().flatten() {
+        knobs[k] = v.clone();
+    }
+    match serde_json::from_value(knobs) {
+        Ok(k) => {
+            shared.knobs = k;
+            axum::Json(json!(shared.knobs)).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn stats(State(fake): State<FakeModel>) -> Response {
+    axum::Json(json!(fake.shared.lock().expect("poisoned").stats)).into_response()
+}
+
+async fn clear(State(fake): State<FakeModel>) -> StatusCode {
+    fake.shared.lock().expect("poisoned").stats.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn tool(State(fake): State<FakeModel>, body: String) -> Response {
+    let delay = {
+        let mut shared = fake.shared.lock().expect("poisoned");
+        let late = shared.rng.f64() < shared.knobs.tool_timeout_rate;
+        if late { shared.knobs.tool_delay_ms } else { 0 }
+    };
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    axum::Json(json!({"looked_up": body.len()})).into_response()
+}
+
+async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: String) -> Response {
     if !headers.contains_key("x-api-key") {
         return error(StatusCode::UNAUTHORIZED, "authentication_error", "x-api-key header is required");
     }
@@ -49,36 +149,54 @@ async fn messages(State(fake): State<Arc<FakeModel>>, headers: HeaderMap, body: 
     if request["max_tokens"].as_u64().is_none() {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens: field required");
     }
-    tokio::time::sleep(fake.latency).await;
-
     let prompt = messages.first().map(first_text).unwrap_or_default();
+    let key = digest(&prompt);
+    let (knobs, fail) = {
+        let mut shared = fake.shared.lock().expect("poisoned");
+        shared.stats.entry(key.clone()).or_default().requests += 1;
+        let fail = shared.knobs.down || shared.rng.f64() < shared.knobs.fail_rate;
+        (shared.knobs.clone(), fail)
+    };
+    tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    if fail {
+        let status = if knobs.down { 529 } else { knobs.fail_status };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = if status.as_u16() == 529 { "overloaded_error" } else { "api_error" };
+        return error(status, kind, "the fake model is failing on purpose");
+    }
+
     let results: Vec<String> = messages
         .iter()
         .flat_map(|m| m["content"].as_array().into_iter().flatten())
         .filter(|b| b["type"] == "tool_result")
         .map(|b| b["content"].as_str().unwrap_or("").to_owned())
         .collect();
-    let offers_calculator = request["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "calculator"));
-
+    let offered = |name: &str| request["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == name));
+    let tool_use = |name: &str, input: Value| {
+        json!([
+            {"type": "text", "text": "Let me use a tool."},
+            {"type": "tool_use", "id": format!("toolu_{:016x}", fastrand::u64(..)), "name": name, "input": input}
+        ])
+    };
     let (content, stop_reason) = match arithmetic(&prompt) {
-        Some(expr) if offers_calculator && results.is_empty() => (
-            json!([
-                {"type": "text", "text": "Let me calculate that."},
-                {"type": "tool_use", "id": format!("toolu_{:016x}", fastrand::u64(..)), "name": "calculator", "input": {"expression": expr}}
-            ]),
-            "tool_use",
-        ),
+        _ if knobs.steps > 0 && offered(&knobs.tool) && (results.len() as u32) < knobs.steps => {
+            let input =
+                if knobs.tool == "calculator" { json!({"expression": "1 + 1"}) } else { json!({"q": prompt.len()}) };
+            (tool_use(&knobs.tool, input), "tool_use")
+        }
+        Some(expr) if knobs.steps == 0 && offered("calculator") && results.is_empty() => {
+            (tool_use("calculator", json!({"expression": expr})), "tool_use")
+        }
         _ => {
             let answer = match results.last() {
-                Some(r) => format!("The answer is {r}."),
+                Some(r) if knobs.steps == 0 => format!("The answer is {r}."),
+                Some(_) => format!("Done after {} tool calls.", results.len()),
                 None => "Done.".to_owned(),
             };
-            (
-                json!([{"type": "text", "text": format!("{answer} (fake model, digest={})", digest(&prompt))}]),
-                "end_turn",
-            )
+            (json!([{"type": "text", "text": format!("{answer} (fake model, digest={key})")}]), "end_turn")
         }
     };
+    fake.shared.lock().expect("poisoned").stats.entry(key).or_default().answered += 1;
     let output_tokens = (content.to_string().len() / 4).max(1);
     axum::Json(json!({
         "id": format!("msg_{:016x}", fastrand::u64(..)),

@@ -5,6 +5,7 @@
 
 pub mod deliver;
 pub mod fake_model;
+pub mod faults;
 pub mod gateway;
 pub mod provision;
 pub mod runtime;

@@ -30,7 +30,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the template's queues and tables; print the functions' environment as KEY=VALUE.
-    Provision,
+    Provision {
+        /// Override the task queues' visibility timeout (the fault suite shortens it).
+        #[arg(long, env = "AGENTQ_LOCAL_VISIBILITY_SECS")]
+        visibility_timeout: Option<u32>,
+    },
     /// Delete the tables and queues integration tests made (names starting `test-`), so a
     /// long-lived emulator does not fill up.
     CleanTests,
@@ -74,6 +78,20 @@ enum Command {
         #[arg(long = "timeout")]
         timeouts: Vec<String>,
     },
+    /// Run the fault suite against a stack started by scripts/faults.sh; write the report.
+    Faults {
+        #[arg(long, env = "AGENTQ_URL")]
+        url: String,
+        #[arg(long, env = "AGENTQ_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[arg(long, env = "FAKE_MODEL_URL")]
+        model_url: String,
+        #[arg(long)]
+        report: PathBuf,
+        /// Tasks in the kill and flaky scenarios.
+        #[arg(long, default_value_t = 20)]
+        tasks: usize,
+    },
     /// A scripted Anthropic Messages API.
     FakeModel {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -90,8 +108,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Provision => {
-            let template = Template::load(&cli.template, &cli.stack)?;
+        Command::Provision { visibility_timeout } => {
+            let template = Template::load(&cli.template, &cli.stack)?.with_visibility_timeout(visibility_timeout);
             let sdk = agentq::aws::sdk_config().await;
             let (sqs, dynamodb, s3) =
                 (agentq::aws::sqs(&sdk), agentq::aws::dynamodb(&sdk), agentq::aws::s3(&sdk, true));
@@ -143,9 +161,13 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
             Ok(())
         }
+        Command::Faults { url, api_key, model_url, report, tasks } => {
+            faults(url, api_key, model_url, report, tasks).await
+        }
         Command::Run { url, timeout_secs, prompt } => run_task(&url, &prompt, Duration::from_secs(timeout_secs)).await,
         Command::FakeModel { listen, latency_ms } => {
-            let router = FakeModel { latency: Duration::from_millis(latency_ms) }.router();
+            let knobs = agentq_local::fake_model::Knobs { latency_ms, ..Default::default() };
+            let router = FakeModel::new(knobs).router();
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, "fake model serving /v1/messages");
             axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
@@ -239,6 +261,54 @@ async fn serve(
     let _ = stop_tx.send(true);
     for d in deliveries {
         let _ = d.await;
+    }
+    Ok(())
+}
+
+async fn faults(url: String, key: String, model_url: String, report: PathBuf, tasks: usize) -> anyhow::Result<()> {
+    use agentq_local::faults::{self, Harness};
+    let config = agentq::Config::from_env()?;
+    let sdk = agentq::aws::sdk_config().await;
+    let h = Harness {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        url,
+        key,
+        model_url,
+        sqs: agentq::aws::sqs(&sdk),
+        s3: agentq::aws::s3(&sdk, true),
+        bucket: config.bucket.clone().ok_or_else(|| anyhow!("AGENTQ_BUCKET is not set"))?,
+        store: agentq::wiring::store(&config, &sdk),
+        queues: config.queue_urls()?,
+        dlqs: config.dead_letter_urls.clone(),
+    };
+    let mut reports = Vec::new();
+    for (name, run) in [("worker killed", 0), ("duplicates", 1), ("flaky", 2), ("poison", 3), ("redrive", 4)] {
+        tracing::info!(scenario = name, "running");
+        let r = match run {
+            0 => faults::worker_killed(&h, tasks, 20).await?,
+            1 => faults::duplicate_deliveries(&h, 100).await?,
+            2 => faults::flaky_world(&h, tasks).await?,
+            3 => faults::poison(&h).await?,
+            _ => faults::dead_letter_and_redrive(&h).await?,
+        };
+        tracing::info!(
+            scenario = name,
+            accepted = r.accepted,
+            succeeded = r.succeeded,
+            lost = r.lost,
+            duplicate_runs = r.duplicate_runs,
+            double_counted = r.double_counted,
+            seconds = r.seconds,
+            "done"
+        );
+        reports.push(r);
+    }
+    let text = faults::markdown(&reports, "scripts/faults.sh");
+    std::fs::write(&report, &text).with_context(|| format!("writing {}", report.display()))?;
+    println!("{text}");
+    let bad: Vec<&str> = reports.iter().filter(|r| !r.clean()).map(|r| r.name.as_str()).collect();
+    if !bad.is_empty() {
+        return Err(anyhow!("lost, duplicated or double-counted tasks in: {}", bad.join(", ")));
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub const LOCAL_ACCOUNT: &str = "000000000000";
 pub struct Template {
     doc: Value,
     stack: String,
+    /// Replaces the task queues' visibility timeout (a test setting).
+    visibility_override: Option<u32>,
 }
 
 /// An `AWS::SQS::Queue`.
@@ -83,7 +85,13 @@ impl Template {
 
     pub fn parse(text: &str, stack: &str) -> anyhow::Result<Self> {
         let doc: Value = serde_yaml::from_str(text).context("parsing the template")?;
-        Ok(Self { doc, stack: stack.to_owned() })
+        Ok(Self { doc, stack: stack.to_owned(), visibility_override: None })
+    }
+
+    /// The same template with the task queues' visibility timeout replaced.
+    pub fn with_visibility_timeout(mut self, secs: Option<u32>) -> Self {
+        self.visibility_override = secs;
+        self
     }
 
     fn resources(&self, kind: &str) -> impl Iterator<Item = (&str, &Value)> {
@@ -186,6 +194,9 @@ impl Template {
                         Some((target.to_owned(), count))
                     }
                 };
+                if let (Some(secs), true) = (self.visibility_override, redrive.is_some()) {
+                    attributes.insert("VisibilityTimeout".to_owned(), secs.to_string());
+                }
                 Ok(QueueSpec { logical_id: id.to_owned(), name, attributes, redrive })
             })
             .collect()

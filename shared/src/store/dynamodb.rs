@@ -746,7 +746,21 @@ impl TaskRun for DynamoStore {
             )
             .await;
         match claimed {
-            Ok(Some(item)) => Ok(Claim::Claimed(Box::new(self.resolve(from_item::<TaskItem>(item)?, true).await?))),
+            Ok(Some(item)) => match self.resolve(from_item::<TaskItem>(item)?, true).await {
+                Ok(record) => Ok(Claim::Claimed(Box::new(record))),
+                Err(e) => {
+                    // Claimed but unreadable (its prompt object is gone, say): give it back
+                    // rather than hold it until the lease runs out.
+                    let why = TaskError::new("store_error", "the task's stored content could not be read");
+                    if let Err(release) = self.release(id, lease, &why, now).await {
+                        tracing::error!(
+                            error = format!("{:#}", anyhow::Error::from(release)),
+                            "could not release an unreadable task"
+                        );
+                    }
+                    Err(e)
+                }
+            },
             Ok(None) => Err(unavailable(anyhow::anyhow!("UpdateItem returned no attributes"))),
             // Why the condition failed decides what the caller does; one read tells.
             Err(StoreError::Conflict) => {
