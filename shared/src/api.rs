@@ -74,6 +74,9 @@ pub struct TaskView {
     pub iterations: u32,
     /// The model that gave the latest answer, once one has.
     pub model: Option<String>,
+    /// The trace of the task's work, to find it in X-Ray or another tracing backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -93,6 +96,7 @@ impl From<&TaskRecord> for TaskView {
             usage_by_model: r.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             iterations: r.step,
             model: r.model.clone(),
+            trace_id: r.trace_id.clone(),
         }
     }
 }

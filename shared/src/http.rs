@@ -53,7 +53,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -70,7 +71,7 @@ impl ApiError {
     }
 
     /// The stable, machine-readable name of the problem, also the last segment of `type`.
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::Validation(_) => "validation_failed",
             Self::MalformedJson(_) => "malformed_json",

@@ -12,6 +12,7 @@
 //! - [`auth`]: API keys in, tenants out;
 //! - [`http`]: the API error type and the one mapping from errors to responses;
 //! - [`blobs`]: S3 for content too large for an item;
+//! - [`metrics`]: CloudWatch EMF records, flushed once per invocation;
 //! - [`telemetry`], [`aws`], [`wiring`]: start-up plumbing.
 
 pub mod agent;
@@ -22,6 +23,7 @@ pub mod blobs;
 pub mod config;
 pub mod http;
 pub mod llm;
+pub mod metrics;
 pub mod queue;
 pub mod steps;
 pub mod store;

@@ -446,6 +446,9 @@ pub struct TaskRecord {
     /// Why the last delivery could not finish it (it was given back to the queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<TaskError>,
+    /// The trace the task's work belongs to (W3C trace id, hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl TaskRecord {
@@ -473,6 +476,7 @@ impl TaskRecord {
             tools: request.tools,
             max_cost_nanos: request.max_cost_nanos,
             last_error: None,
+            trace_id: None,
         }
     }
 }

@@ -36,5 +36,9 @@ pub async fn handle(s: &Sweeper, _event: LambdaEvent<Value>) -> Result<Value, la
     if seen > 0 {
         tracing::warn!(dead_messages = seen, tasks_marked = marked, "dead-letter queues swept");
     }
+    agentq::metrics::record()
+        .value("DeadLetterMessages", seen as f64, agentq::metrics::Unit::Count)
+        .value("DeadLetterTasksMarked", marked as f64, agentq::metrics::Unit::Count)
+        .emit();
     Ok(json!({"dead_messages": seen, "tasks_marked": marked}))
 }

@@ -6,7 +6,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentq::telemetry::init();
+    let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
     let sweeper = dlq::Sweeper {
@@ -14,5 +14,5 @@ async fn main() -> Result<(), Error> {
         sqs: agentq::aws::sqs(&sdk),
         dlqs: config.dead_letter_urls.clone(),
     };
-    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| dlq::handle(&sweeper, event))).await
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(dlq::handle(&sweeper, event)))).await
 }

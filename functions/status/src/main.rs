@@ -6,13 +6,13 @@ use lambda_http::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentq::telemetry::init();
+    let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
     let app = status::App { store: Arc::new(agentq::wiring::store(&config, &sdk)) };
     lambda_http::run(service_fn(|req| {
-        let app = &app;
-        async move { Ok::<_, std::convert::Infallible>(status::handle(app, req).await) }
+        let (app, telemetry) = (&app, &telemetry);
+        async move { Ok::<_, std::convert::Infallible>(telemetry.invocation(status::handle(app, req)).await) }
     }))
     .await
 }

@@ -7,22 +7,26 @@
 //! never receives a task it cannot find; if the send fails, the record is marked `failed` so
 //! no client polls a task no worker will ever pick up.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentq::api::Accepted;
 use agentq::auth::{Caller, authenticate};
 use agentq::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
+use agentq::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
 use agentq::store::{
     Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
     month_of,
 };
 use agentq::task::{Allowed, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
+use agentq::telemetry::{self, traces};
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::http::{Method, StatusCode};
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt as _, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
 
 /// The OpenAPI document of the whole API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../openapi.json");
@@ -99,15 +103,53 @@ fn request_hash(body: &[u8]) -> String {
     Sha256::digest(value.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tracing::instrument(skip_all, fields(task_id, tenant_id))]
+/// The trace context a request arrives with: the client's W3C `traceparent` if it sent one,
+/// else the X-Ray trace Lambda started for this invocation, else API Gateway's header.
+fn incoming_trace(req: &Request) -> HashMap<String, String> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut out = HashMap::new();
+    if let Some(parent) = header("traceparent") {
+        out.insert("traceparent".to_owned(), parent);
+        if let Some(state) = header("tracestate") {
+            out.insert("tracestate".to_owned(), state);
+        }
+    } else if let Some(xray) =
+        req.lambda_context_ref().and_then(|c| c.xray_trace_id.clone()).or_else(|| header("x-amzn-trace-id"))
+    {
+        out.insert("x-amzn-trace-id".to_owned(), xray);
+    }
+    out
+}
+
+/// Accepts a task, in a span that continues the caller's trace and carries it to the worker.
 async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let span = tracing::info_span!(
+        "submit",
+        task_id = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    let trace_id = traces::continue_trace(&span, &incoming_trace(req));
+    if !trace_id.is_empty() {
+        span.record("trace_id", trace_id.as_str());
+    }
+    let result = accept(app, req, &span, &trace_id).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        let _in = span.enter();
+        tracing::info!(status = e.status().as_u16(), code = e.code(), "submit rejected");
+        metrics::record().dimension("reason", e.code()).value("SubmitsRejected", 1.0, Unit::Count).emit();
+    }
+    result
+}
+
+async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) -> Result<Response<Body>, ApiError> {
     let Caller { tenant, .. } = authenticate(app.store.as_ref(), req).await?;
+    span.record("tenant_id", tenant.tenant_id.as_str());
     let limits = tenant.limits;
     let now = agentq::now();
 
     let rate = app.store.take(&tenant.tenant_id, &limits, now).await?;
     if !rate.allowed {
-        tracing::info!(reason = "rate_limit", "submit rejected");
         return Err(ApiError::RateLimited { limit: limits.burst, rate_per_sec: limits.rate_per_sec, decision: rate });
     }
 
@@ -121,14 +163,14 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     if let Some(budget) = limits.monthly_budget_nanos {
         let spent = app.store.month_cost(&tenant.tenant_id, &month_of(now)).await?;
         if spent >= budget {
-            tracing::info!(reason = "budget", "submit rejected");
             return Err(ApiError::BudgetExhausted { budget_usd: budget as f64 / 1e9, spent_usd: spent as f64 / 1e9 });
         }
     }
 
-    let task = TaskRecord::new(request, &tenant.tenant_id, now);
+    let mut task = TaskRecord::new(request, &tenant.tenant_id, now);
+    task.trace_id = (!trace_id.is_empty()).then(|| trace_id.to_owned());
     let id = task.task_id;
-    tracing::Span::current().record("task_id", tracing::field::display(id));
+    span.record("task_id", tracing::field::display(id));
     let hash = idempotency.map(|_| request_hash(body));
     let admission = Admission {
         max_running: limits.max_running,
@@ -150,13 +192,12 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             });
         }
         Admitted::ConcurrencyLimited { max } => {
-            tracing::info!(reason = "concurrency", max, "submit rejected");
             return Err(ApiError::ConcurrencyLimited { max });
         }
     }
 
     let message = TaskMessage { task_id: id, priority: task.priority };
-    if let Err(e) = app.queue.enqueue(&message).await {
+    if let Err(e) = app.queue.enqueue(&message, &traces::headers_for(span)).await {
         let error = TaskError::new("enqueue_failed", "the task could not be queued; submit it again");
         if let Err(store_err) = app.store.fail_unqueued(&task, &error, idempotency, agentq::now()).await {
             // Both AWS services failing at once leaves the record `queued`; say so loudly.
@@ -170,10 +211,17 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 
     tracing::info!(
         priority = task.priority.as_str(),
-        prompt_chars = task.prompt.chars().count(),
+        prompt = telemetry::content(&task.prompt),
         max_iterations = task.max_iterations,
+        model = task.model.as_deref().unwrap_or("default"),
         "task accepted"
     );
+    metrics::record()
+        .dimension("priority", task.priority.as_str())
+        .value("TasksAccepted", 1.0, Unit::Count)
+        .property("tenant_id", tenant.tenant_id.as_str())
+        .property("task_id", id.to_string())
+        .emit();
     let mut response = accepted(&task);
     rate_limit_headers(response.headers_mut(), limits.burst, &rate);
     Ok(response)
@@ -187,6 +235,9 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
     );
     let location = HeaderValue::from_str(&format!("/v1/tasks/{id}")).expect("a task id is a valid header value");
     response.headers_mut().insert(LOCATION, location);
+    if let Some(trace) = task.trace_id.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        response.headers_mut().insert(HeaderName::from_static("x-trace-id"), trace);
+    }
     response
 }
 

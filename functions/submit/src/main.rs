@@ -7,7 +7,7 @@ use lambda_http::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentq::telemetry::init();
+    let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
     let http = reqwest::Client::new();
@@ -22,8 +22,8 @@ async fn main() -> Result<(), Error> {
         allowed,
     };
     lambda_http::run(service_fn(|req| {
-        let app = &app;
-        async move { Ok::<_, std::convert::Infallible>(submit::handle(app, req).await) }
+        let (app, telemetry) = (&app, &telemetry);
+        async move { Ok::<_, std::convert::Infallible>(telemetry.invocation(submit::handle(app, req)).await) }
     }))
     .await
 }

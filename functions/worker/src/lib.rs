@@ -23,15 +23,18 @@
 //! `failed` (`models_unavailable`, with the deployment's message for users) before its message
 //! goes to the dead-letter queue, so no client waits on a task that will never end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, Report, RetryPolicy, ToolRegistry, run_agent};
 use agentq::llm::ModelChain;
+use agentq::metrics::{self, Unit};
 use agentq::queue::Requeue;
 use agentq::steps::{ModelStep, ToolStep};
 use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, cancelled_error};
 use agentq::task::{TaskError, TaskId, TaskMessage, TaskRecord, TaskStatus};
+use agentq::telemetry::traces;
 use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -93,7 +96,17 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<Sqs
     let deadline = Deadline::from_epoch_millis(event.context.deadline);
     let runs = event.payload.records.iter().map(|record| {
         let message_id = record.message_id.clone().unwrap_or_default();
-        let span = tracing::info_span!("message", message_id = %message_id, task_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "message",
+            message_id = %message_id,
+            task_id = tracing::field::Empty,
+            tenant_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let trace_id = traces::continue_trace(&span, &trace_context(record));
+        if !trace_id.is_empty() {
+            span.record("trace_id", trace_id.as_str());
+        }
         async move { (message_id, process(worker, record, deadline).await) }.instrument(span)
     });
     let mut response = SqsBatchResponse::default();
@@ -103,6 +116,23 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<Sqs
         }
     }
     Ok(response)
+}
+
+/// The trace context a message carries: the submitter's (message attributes `traceparent`,
+/// `x-amzn-trace-id`), else the one SQS adds itself when X-Ray is on (`AWSTraceHeader`).
+fn trace_context(record: &SqsMessage) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = record
+        .message_attributes
+        .iter()
+        .filter(|(k, _)| matches!(k.to_ascii_lowercase().as_str(), "traceparent" | "tracestate" | "x-amzn-trace-id"))
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.string_value.clone()?)))
+        .collect();
+    if out.is_empty()
+        && let Some(xray) = record.attributes.get("AWSTraceHeader")
+    {
+        out.insert("x-amzn-trace-id".to_owned(), xray.clone());
+    }
+    out
 }
 
 /// The invocation's deadline, on both clocks: wall time for the lease stored in the table,
@@ -168,9 +198,18 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             return Disposition::Retry;
         }
     };
+    tracing::Span::current().record("tenant_id", task.tenant_id.as_str());
     let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds();
     let deadline_in_ms = deadline.instant.saturating_duration_since(Instant::now()).as_millis() as u64;
     tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, deadline_in_ms, "task claimed");
+    if task.attempts <= 1 {
+        // Time from accepted to first picked up; later deliveries would count retry delays.
+        metrics::record()
+            .dimension("priority", task.priority.as_str())
+            .value("QueueWaitMs", queue_wait_ms as f64, Unit::Milliseconds)
+            .property("task_id", id.to_string())
+            .emit();
+    }
     if task.cancel_requested {
         // Cancelled while its last runner held it: nothing more to run.
         let finish = Finish {
@@ -324,14 +363,29 @@ async fn write_finish(
 ) -> Disposition {
     match worker.store.finish(task, lease, finish).await {
         Ok(()) => {
+            let error_code = finish.error.as_ref().map(|e| e.code.as_str());
+            let duration_ms = started.elapsed().as_millis() as u64;
+            // From accepted to finished, across every delivery: what the client waited.
+            let total_ms = (finish.now - task.created_at).whole_milliseconds().max(0) as u64;
             tracing::info!(
                 status = %finish.status,
                 iterations = finish.step,
                 cost_usd = finish.usage.cost_usd(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                error_code = finish.error.as_ref().map(|e| e.code.as_str()),
+                duration_ms,
+                total_ms,
+                error_code,
                 "task finished"
             );
+            metrics::record()
+                .dimension("status", finish.status.as_str())
+                .value("TasksFinished", 1.0, Unit::Count)
+                .value("TaskDurationMs", total_ms as f64, Unit::Milliseconds)
+                .value("TaskCostUsd", finish.usage.cost_usd(), Unit::None)
+                .value("TaskIterations", f64::from(finish.step), Unit::Count)
+                .property("tenant_id", task.tenant_id.as_str())
+                .property("task_id", task.task_id.to_string())
+                .property("error_code", error_code)
+                .emit();
             disposition
         }
         Err(StoreError::Conflict) => {

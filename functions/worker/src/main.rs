@@ -8,7 +8,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    agentq::telemetry::init();
+    let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config().await;
     let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
@@ -28,5 +28,5 @@ async fn main() -> Result<(), Error> {
         unavailable_message: config.unavailable_message.clone(),
         visibility_slack: config.visibility_slack,
     };
-    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| worker::handle(&worker, event))).await
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(worker::handle(&worker, event)))).await
 }

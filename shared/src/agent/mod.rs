@@ -17,6 +17,7 @@ pub mod tools;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,7 @@ pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
 pub use crate::llm::RetryPolicy;
 use crate::llm::{ChainError, ContentBlock, Message, ModelChain, ModelRequest, Role, StopReason};
+use crate::metrics::{self, Unit};
 use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskResult};
 use crate::usage::{PriceTable, Usage};
@@ -253,6 +255,13 @@ pub async fn run_agent(
             usage,
         };
         report.count(&step);
+        metrics::record()
+            .dimension("model", step.model.as_str())
+            .value("InputTokens", usage.input_tokens as f64, Unit::Count)
+            .value("OutputTokens", usage.output_tokens as f64, Unit::Count)
+            .value("ModelCostUsd", usage.cost_usd(), Unit::None)
+            .property("task_id", task.task_id)
+            .emit();
         tracing::info!(
             step = step.step,
             model = %step.model,
@@ -332,8 +341,27 @@ async fn run_tool(
         return Ok(done);
     }
     let started = Instant::now();
-    let out = tools.run(&name, &input, &context.for_call(&id)).await;
-    tracing::info!(tool = %name, is_error = out.is_error, latency_ms = started.elapsed().as_millis() as u64, "tool ran");
+    let span = tracing::info_span!("tool_call", tool = %name, tool_use_id = %id);
+    let out = tools.run(&name, &input, &context.for_call(&id)).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        tracing::info!(
+            is_error = out.is_error,
+            error_type = out.error_type,
+            latency_ms,
+            input = crate::telemetry::content(&input.to_string()),
+            output = crate::telemetry::content(&out.content),
+            "tool ran"
+        );
+    });
+    let outcome = out.error_type.unwrap_or("ok");
+    metrics::record()
+        .dimension("tool", name.as_str())
+        .dimension("outcome", outcome)
+        .value("ToolCalls", 1.0, Unit::Count)
+        .value("ToolLatencyMs", latency_ms as f64, Unit::Milliseconds)
+        .property("task_id", context.task_id.as_str())
+        .emit();
     let result = ToolStep { step: context.step, tool_use_id: id, name, content: out.content, is_error: out.is_error };
     checkpoint.tool_result(&result).await?;
     Ok(result)

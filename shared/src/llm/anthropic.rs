@@ -72,6 +72,10 @@ impl Model for AnthropicModel {
         &self.model
     }
 
+    fn provider(&self) -> &'static str {
+        "anthropic"
+    }
+
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let body = WireRequest {
             model: &self.model,

@@ -152,6 +152,10 @@ impl Model for BedrockModel {
         &self.model
     }
 
+    fn provider(&self) -> &'static str {
+        "bedrock"
+    }
+
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let max_tokens = i32::try_from(self.max_tokens).unwrap_or(i32::MAX);
         let out = self

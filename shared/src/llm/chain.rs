@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::retry::{RetryPolicy, complete_with_retries};
 use crate::llm::{Model, ModelError, ModelRequest, ModelResponse};
+use crate::metrics::{self, Unit};
 
 /// When a model's circuit opens and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +175,7 @@ impl ModelChain {
             let id = link.model.id();
             if !link.breaker.allow() {
                 tracing::info!(model = id, "circuit open: skipping the model");
+                metrics::record().dimension("model", id).value("CircuitOpenSkips", 1.0, Unit::Count).emit();
                 continue;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -198,6 +200,13 @@ impl ModelChain {
                     link.breaker.record_failure();
                     let next = self.links.get(i + 1).map(|l| l.model.id());
                     tracing::warn!(model = id, latency_ms, error = %e, fallback = next, "model unusable; falling back");
+                    if let Some(next) = next {
+                        metrics::record()
+                            .dimension("from", id)
+                            .dimension("to", next)
+                            .value("Fallbacks", 1.0, Unit::Count)
+                            .emit();
+                    }
                     last = Some(e);
                 }
             }

@@ -170,6 +170,42 @@ impl ModelError {
         matches!(self, Self::Status { status: 400 | 413 | 422, .. })
     }
 
+    /// A short name for the kind of failure (a metric dimension): `http_429`, `timeout`,
+    /// `connect`, `decode`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Status { status, .. } => match status {
+                400 => "http_400",
+                401 => "http_401",
+                403 => "http_403",
+                404 => "http_404",
+                408 => "http_408",
+                409 => "http_409",
+                413 => "http_413",
+                422 => "http_422",
+                429 => "http_429",
+                500 => "http_500",
+                502 => "http_502",
+                503 => "http_503",
+                504 => "http_504",
+                529 => "http_529",
+                400..=499 => "http_4xx",
+                _ => "http_5xx",
+            },
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Decode(_) => "decode",
+        }
+    }
+
+    /// The HTTP status the provider answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// How long the provider asked us to wait, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -184,6 +220,11 @@ impl ModelError {
 pub trait Model: Send + Sync {
     /// The model id requests ask for; prices are looked up by it.
     fn id(&self) -> &str;
+
+    /// Who serves it (`anthropic`, `openai`, `bedrock`), for logs and traces.
+    fn provider(&self) -> &'static str {
+        "other"
+    }
 
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError>;
 }

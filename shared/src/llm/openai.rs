@@ -201,6 +201,10 @@ impl Model for OpenAiModel {
         &self.model
     }
 
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+
     async fn complete(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let mut req =
             self.http.post(&self.url).timeout(self.timeout).json(&wire_request(&self.model, self.max_tokens, request));

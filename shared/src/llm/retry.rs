@@ -3,12 +3,16 @@
 //! would end after the deadline (the task is better handed back to the queue than killed
 //! mid-wait by the Lambda timeout).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{Backoff, Retryable as _};
 use tokio::time::Instant;
 
+use tracing::Instrument as _;
+
 use super::{Model, ModelError, ModelRequest, ModelResponse};
+use crate::metrics::{self, Unit};
 
 /// How hard to try one model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +65,8 @@ pub async fn complete_with_retries(
     policy: RetryPolicy,
     deadline: Option<Instant>,
 ) -> Result<ModelResponse, ModelError> {
-    let mut attempt = 1u32;
-    (|| model.complete(request))
+    let attempt = AtomicU32::new(1);
+    (|| observed(model, request, attempt.load(Ordering::Relaxed)))
         .retry(FullJitter::backoff(policy))
         .sleep(tokio::time::sleep)
         .when(ModelError::is_transient)
@@ -75,10 +79,42 @@ pub async fn complete_with_retries(
             }
         })
         .notify(|e, wait| {
-            tracing::warn!(model = model.id(), attempt, wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
-            attempt += 1;
+            tracing::warn!(model = model.id(), attempt = attempt.load(Ordering::Relaxed), wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
+            metrics::record().dimension("model", model.id()).value("ModelRetries", 1.0, Unit::Count).emit();
+            attempt.fetch_add(1, Ordering::Relaxed);
         })
         .await
+}
+
+/// One call to one model, in its own span, logged and counted: the provider, the attempt,
+/// the outcome, the latency and the tokens (never the content).
+async fn observed(model: &dyn Model, request: &ModelRequest, attempt: u32) -> Result<ModelResponse, ModelError> {
+    let span = tracing::info_span!("model_call", model = model.id(), provider = model.provider(), attempt);
+    let started = Instant::now();
+    let result = model.complete(request).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    span.in_scope(|| match &result {
+        Ok(r) => tracing::info!(
+            outcome,
+            latency_ms,
+            input_tokens = r.usage.input_tokens,
+            output_tokens = r.usage.output_tokens,
+            stop_reason = ?r.stop_reason,
+            "model call"
+        ),
+        Err(e) => tracing::warn!(outcome, latency_ms, status = e.status(), error = %e, "model call failed"),
+    });
+    metrics::record()
+        .dimension("model", model.id())
+        .dimension("outcome", outcome)
+        .value("ModelCalls", 1.0, Unit::Count)
+        .value("ModelLatencyMs", latency_ms as f64, Unit::Milliseconds)
+        .emit();
+    result
 }
 
 #[cfg(test)]

@@ -40,7 +40,11 @@ impl MemoryQueue {
 
 #[async_trait]
 impl TaskQueue for MemoryQueue {
-    async fn enqueue(&self, message: &TaskMessage) -> Result<(), QueueError> {
+    async fn enqueue(
+        &self,
+        message: &TaskMessage,
+        _: &std::collections::HashMap<String, String>,
+    ) -> Result<(), QueueError> {
         self.check()?;
         self.sent.lock().expect("poisoned").push(message.clone());
         Ok(())

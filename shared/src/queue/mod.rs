@@ -20,7 +20,13 @@ pub struct QueueError(#[source] pub anyhow::Error);
 
 #[async_trait]
 pub trait TaskQueue: Send + Sync {
-    async fn enqueue(&self, message: &TaskMessage) -> Result<(), QueueError>;
+    /// Sends a task's message; `trace` (`traceparent`…) travels with it as message attributes,
+    /// so the worker's spans join the submitter's trace.
+    async fn enqueue(
+        &self,
+        message: &TaskMessage,
+        trace: &std::collections::HashMap<String, String>,
+    ) -> Result<(), QueueError>;
 
     /// A cheap call that proves the queue answers, for `/ready`.
     async fn ping(&self) -> Result<(), QueueError>;

@@ -48,15 +48,25 @@ impl SqsQueue {
 
 #[async_trait]
 impl TaskQueue for SqsQueue {
-    async fn enqueue(&self, message: &TaskMessage) -> Result<(), QueueError> {
+    async fn enqueue(
+        &self,
+        message: &TaskMessage,
+        trace: &std::collections::HashMap<String, String>,
+    ) -> Result<(), QueueError> {
         let body = serde_json::to_string(message).context("serializing a task message").map_err(QueueError)?;
-        self.client
-            .send_message()
-            .queue_url(self.urls.for_priority(message.priority))
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| QueueError(anyhow::anyhow!("SendMessage: {}", DisplayErrorContext(&e))))?;
+        let mut send =
+            self.client.send_message().queue_url(self.urls.for_priority(message.priority)).message_body(body);
+        // SQS refuses empty attribute values (an empty `tracestate` is common).
+        for (k, v) in trace.iter().filter(|(_, v)| !v.is_empty()) {
+            let attr = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .context("building a message attribute")
+                .map_err(QueueError)?;
+            send = send.message_attributes(k, attr);
+        }
+        send.send().await.map_err(|e| QueueError(anyhow::anyhow!("SendMessage: {}", DisplayErrorContext(&e))))?;
         Ok(())
     }
 

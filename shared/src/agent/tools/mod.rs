@@ -59,6 +59,19 @@ pub trait Tool: Send + Sync {
 pub struct ToolOutput {
     pub content: String,
     pub is_error: bool,
+    /// What kind of failure, for metrics and logs: `unknown_tool`, `invalid_input` or
+    /// `failed` (the tool itself said no).
+    pub error_type: Option<&'static str>,
+}
+
+impl ToolOutput {
+    fn ok(content: String) -> Self {
+        Self { content, is_error: false, error_type: None }
+    }
+
+    fn error(error_type: &'static str, content: String) -> Self {
+        Self { content, is_error: true, error_type: Some(error_type) }
+    }
 }
 
 struct Entry {
@@ -131,7 +144,7 @@ impl ToolRegistry {
     /// Runs the named tool on `input`, after checking it against the tool's schema.
     pub async fn run(&self, name: &str, input: &Value, context: &ToolContext) -> ToolOutput {
         let Some(entry) = self.tools.iter().find(|e| e.tool.spec().name == name) else {
-            return ToolOutput { content: format!("there is no tool named {name:?}"), is_error: true };
+            return ToolOutput::error("unknown_tool", format!("there is no tool named {name:?}"));
         };
         let problems: Vec<String> = entry
             .validator
@@ -143,14 +156,14 @@ impl ToolRegistry {
             })
             .collect();
         if !problems.is_empty() {
-            return ToolOutput {
-                content: format!("the input does not match the tool's schema: {}", problems.join("; ")),
-                is_error: true,
-            };
+            return ToolOutput::error(
+                "invalid_input",
+                format!("the input does not match the tool's schema: {}", problems.join("; ")),
+            );
         }
         match entry.tool.call(input, context).await {
-            Ok(content) => ToolOutput { content, is_error: false },
-            Err(e) => ToolOutput { content: e.0, is_error: true },
+            Ok(content) => ToolOutput::ok(content),
+            Err(e) => ToolOutput::error("failed", e.0),
         }
     }
 }
@@ -180,6 +193,7 @@ mod tests {
     async fn an_unknown_tool_is_an_error_result() {
         let out = ToolRegistry::builtin().run("rm", &json!({}), &ctx()).await;
         assert!(out.is_error);
+        assert_eq!(out.error_type, Some("unknown_tool"));
         assert!(out.content.contains("rm"));
     }
 
