@@ -128,8 +128,18 @@ async fn one_trace_id_leads_from_the_submit_response_to_the_workers_lines_and_sp
     }
     let submit = spans.iter().find(|s| s.name == "submit").unwrap();
     assert_eq!(submit.parent_span_id.to_string(), "00f067aa0ba902b7", "submit continues the client's span");
-    let message = spans.iter().find(|s| s.name == "message").unwrap();
-    assert_eq!(message.parent_span_id, submit.span_context.span_id(), "the worker's span hangs off submit's");
+    let span =
+        |name: &str| spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} span in {names:?}"));
+    let send = span("sqs.send");
+    assert_eq!(send.parent_span_id, submit.span_context.span_id());
+    let message = span("message");
+    assert_eq!(message.parent_span_id, send.span_context.span_id(), "the worker's span hangs off the send");
+    let step = span("step");
+    assert_eq!(span("model_call").parent_span_id, step.span_context.span_id());
+    assert_eq!(step.parent_span_id, message.span_context.span_id());
+    for store_write in ["store.admit", "store.claim", "store.record_step", "store.finish"] {
+        span(store_write);
+    }
 }
 
 #[tokio::test]

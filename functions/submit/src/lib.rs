@@ -143,7 +143,8 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 }
 
 async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) -> Result<Response<Body>, ApiError> {
-    let Caller { tenant, .. } = authenticate(app.store.as_ref(), req).await?;
+    let Caller { tenant, .. } =
+        authenticate(app.store.as_ref(), req).instrument(tracing::info_span!("authenticate")).await?;
     span.record("tenant_id", tenant.tenant_id.as_str());
     let limits = tenant.limits;
     let now = agentq::now();
@@ -178,9 +179,9 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     };
     // Two requests racing on one fresh key: the loser's transaction conflicts, and a second
     // look finds the winner's task.
-    let mut admitted = app.store.admit(&task, admission).await;
+    let mut admitted = app.store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
     if matches!(admitted, Err(StoreError::Conflict)) {
-        admitted = app.store.admit(&task, admission).await;
+        admitted = app.store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
     }
     match admitted? {
         Admitted::Created => {}
@@ -197,7 +198,10 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     }
 
     let message = TaskMessage { task_id: id, priority: task.priority };
-    if let Err(e) = app.queue.enqueue(&message, &traces::headers_for(span)).await {
+    let enqueue = tracing::info_span!("sqs.send");
+    // The worker's spans hang off the send, as a consumer's hang off its producer's.
+    let context = traces::headers_for(&enqueue);
+    if let Err(e) = app.queue.enqueue(&message, &context).instrument(enqueue).await {
         let error = TaskError::new("enqueue_failed", "the task could not be queued; submit it again");
         if let Err(store_err) = app.store.fail_unqueued(&task, &error, idempotency, agentq::now()).await {
             // Both AWS services failing at once leaves the record `queued`; say so loudly.

@@ -172,7 +172,8 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 
     let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
     let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: worker.visibility_slack };
-    let task = match worker.store.claim(id, &lease, agentq::now()).await {
+    let task = match worker.store.claim(id, &lease, agentq::now()).instrument(tracing::info_span!("store.claim")).await
+    {
         Ok(Claim::Claimed(task)) => task,
         Ok(Claim::NotFound) => {
             tracing::error!("message for an unknown task; acknowledged without processing");
@@ -228,7 +229,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     // Keep the message hidden while we run, and no longer than our deadline plus a little.
     heartbeat.beat().await;
 
-    let history = match worker.store.steps(id).await {
+    let history = match worker.store.steps(id).instrument(tracing::info_span!("store.steps")).await {
         Ok(h) => h,
         Err(e) => {
             log_store_error("could not read the task's recorded steps; retrying later", e);
@@ -361,7 +362,7 @@ async fn write_finish(
     started: Instant,
     disposition: Disposition,
 ) -> Disposition {
-    match worker.store.finish(task, lease, finish).await {
+    match worker.store.finish(task, lease, finish).instrument(tracing::info_span!("store.finish")).await {
         Ok(()) => {
             let error_code = finish.error.as_ref().map(|e| e.code.as_str());
             let duration_ms = started.elapsed().as_millis() as u64;
@@ -449,7 +450,12 @@ struct StoreCheckpoint<'a> {
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
     async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error> {
-        match self.store.record_model_step(self.id, &self.lease, step).await {
+        match self
+            .store
+            .record_model_step(self.id, &self.lease, step)
+            .instrument(tracing::info_span!("store.record_step"))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 self.lost = true;
@@ -465,7 +471,12 @@ impl Checkpoint for StoreCheckpoint<'_> {
             lease_until: self.lease_until,
             now: agentq::now(),
         };
-        let ack = match self.store.progress(self.id, &self.lease, &progress).await {
+        let ack = match self
+            .store
+            .progress(self.id, &self.lease, &progress)
+            .instrument(tracing::info_span!("store.progress"))
+            .await
+        {
             Ok(ack) => ack,
             Err(StoreError::Conflict) => {
                 self.lost = true;
@@ -484,7 +495,42 @@ impl Checkpoint for StoreCheckpoint<'_> {
     async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
         self.store
             .record_tool_step(self.id, step)
+            .instrument(tracing::info_span!("store.record_tool_result"))
             .await
             .map_err(|e| anyhow::Error::from(e).context("recording a tool result"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::event::sqs::SqsMessageAttribute;
+
+    fn attribute(value: &str) -> SqsMessageAttribute {
+        let mut a = SqsMessageAttribute::default();
+        a.string_value = Some(value.into());
+        a.data_type = Some("String".into());
+        a
+    }
+
+    #[test]
+    fn the_submitters_trace_context_wins_over_the_one_sqs_adds() {
+        let mut record = SqsMessage::default();
+        record.message_attributes.insert("traceparent".into(), attribute("00-abc-def-01"));
+        record.attributes.insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793".into());
+        let context = trace_context(&record);
+        assert_eq!(context.get("traceparent").map(String::as_str), Some("00-abc-def-01"));
+        assert!(!context.contains_key("x-amzn-trace-id"));
+    }
+
+    #[test]
+    fn sqs_own_trace_header_is_honoured_when_the_message_carries_none() {
+        let mut record = SqsMessage::default();
+        record.attributes.insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
+        let context = trace_context(&record);
+        assert_eq!(
+            context.get("x-amzn-trace-id").map(String::as_str),
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1")
+        );
     }
 }

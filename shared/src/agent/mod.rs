@@ -220,17 +220,21 @@ pub async fn run_agent(
             break Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time; the task will resume"));
         }
 
-        let (response, model_id) = match models.complete(&request, limits.retry, limits.deadline).await {
-            Ok(r) => r,
-            Err(ChainError::Unavailable(e)) => {
-                let detail = e.map_or_else(|| "every model's circuit is open".to_owned(), |e| e.to_string());
-                break Outcome::Interrupted(TaskError::new(
-                    "models_unavailable",
-                    format!("no model is available: {detail}"),
-                ));
-            }
-            Err(ChainError::Rejected(e)) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
-        };
+        // One span per step: the model call (with its retries and fallbacks), the checkpoint,
+        // the tools it asked for.
+        let step_span = tracing::info_span!("step", step = report.steps + 1);
+        let (response, model_id) =
+            match models.complete(&request, limits.retry, limits.deadline).instrument(step_span.clone()).await {
+                Ok(r) => r,
+                Err(ChainError::Unavailable(e)) => {
+                    let detail = e.map_or_else(|| "every model's circuit is open".to_owned(), |e| e.to_string());
+                    break Outcome::Interrupted(TaskError::new(
+                        "models_unavailable",
+                        format!("no model is available: {detail}"),
+                    ));
+                }
+                Err(ChainError::Rejected(e)) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
+            };
         report.new_calls += 1;
 
         let mut usage = Usage {
@@ -270,7 +274,7 @@ pub async fn run_agent(
             output_tokens = usage.output_tokens,
             "model answered"
         );
-        if let Err(e) = checkpoint.model_step(&step, &report).await {
+        if let Err(e) = checkpoint.model_step(&step, &report).instrument(step_span.clone()).await {
             break Outcome::Abandoned(format!("{e:#}"));
         }
 
@@ -280,7 +284,10 @@ pub async fn run_agent(
             _ if over_budget(&report.usage) => break budget_exceeded(task.max_cost_nanos),
             Next::Continue => request.messages.push(Message { role: Role::Assistant, content: step.content }),
             Next::Tools => {
-                let results = match run_tools(tools, task.task_id, &step, &|_| None, &*checkpoint).await {
+                let results = match run_tools(tools, task.task_id, &step, &|_| None, &*checkpoint)
+                    .instrument(step_span.clone())
+                    .await
+                {
                     Ok(results) => results,
                     Err(e) => break Outcome::Abandoned(format!("{e:#}")),
                 };
