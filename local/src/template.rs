@@ -397,6 +397,20 @@ mod tests {
     }
 
     #[test]
+    fn functions_are_traced_and_every_alarm_notifies_the_topic() {
+        let t = template();
+        assert_eq!(t.doc["Globals"]["Function"]["Tracing"].as_str(), Some("Active"));
+        let alarms: Vec<_> = t.resources("AWS::CloudWatch::Alarm").collect();
+        assert!(alarms.len() >= 5, "{} alarms", alarms.len());
+        for (id, alarm) in alarms {
+            let actions = alarm["Properties"]["AlarmActions"].as_sequence().unwrap();
+            let to_topic =
+                actions.iter().any(|a| matches!(a, Value::Tagged(t) if t.value.as_str() == Some("AlarmTopic")));
+            assert!(to_topic, "{id} does not notify AlarmTopic");
+        }
+    }
+
+    #[test]
     fn the_sweeper_runs_on_a_schedule() {
         let s = template().schedules();
         assert_eq!(s, [Scheduled { function: "dlq".into(), schedule: "rate(1 minute)".into() }]);
