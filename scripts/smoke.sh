@@ -30,8 +30,10 @@ expect() { # expect STATUS CURL-ARGS...: the request answers STATUS
 }
 
 log "smoke: a task submitted with curl succeeds"
-expect 202 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":"What is 12 * 12?","priority":"high"}'
+expect 202 -D "$RUN/headers" -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":"What is 12 * 12?","priority":"high"}'
 id=$(sed -E 's/.*"task_id":"([^"]+)".*/\1/' "$RUN/body")
+trace=$(grep -i '^x-trace-id:' "$RUN/headers" | cut -d' ' -f2 | tr -d '\r')
+[[ ${#trace} == 32 ]] || fail "the 202 carries no X-Trace-Id: $(cat "$RUN/headers")"
 for _ in $(seq 1 120); do
   expect 200 "${auth[@]}" "$url/v1/tasks/$id"
   grep -q '"status":"\(succeeded\|failed\|cancelled\)"' "$RUN/body" && break
@@ -65,6 +67,13 @@ cli="$ROOT/target/debug/agentq"
 "$cli" usage | grep -q total || fail "agentq usage printed no total"
 set +e; "$cli" cancel "$id" >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 3 ]] || fail "cancelling a finished task exited $rc, not 3"
+
+log "smoke: the task's story in the logs, under its trace id, with its metrics"
+"$cli" logs "$id" --dir "$RUN" > "$RUN/story" || fail "agentq logs found nothing for $id"
+for line in "trace $trace" "task accepted" "task claimed" "model call" "tool ran" "task finished" "TasksFinished=1.0"; do
+  grep -q "$line" "$RUN/story" || { cat "$RUN/story"; fail "agentq logs $id lacks \"$line\""; }
+done
+grep -q "What is 12" "$RUN/lambda.log" && fail "a prompt reached the logs"
 log "smoke: schemathesis against openapi.json (no 5xx; every answer as documented)"
 # Positive data: every response must have a documented status, content type, headers and
 # schema. Negative data: whatever is thrown at it, never a 5xx.

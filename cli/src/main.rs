@@ -20,6 +20,7 @@ macro_rules! out {
 mod api;
 mod dlq;
 mod keys;
+mod logs;
 
 use std::process::ExitCode;
 
@@ -96,6 +97,13 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// One task's log lines across submit and worker, in order (the local stack's logs).
+    Logs {
+        id: String,
+        /// Where the logs are (default: the `.run` directory `make up` writes).
+        #[arg(long, env = "AGENTQ_LOG_DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// A failure, with the exit code it maps to.
@@ -123,10 +131,16 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
-    load_env_file();
+    let run_dir = load_env_file();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = match &cli.command {
+        Command::Logs { id, dir } => logs::run(dir.clone().or(run_dir), id, cli.json),
+        _ => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            runtime.block_on(run(cli))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agentq: {e}");
@@ -136,17 +150,17 @@ fn main() -> ExitCode {
 }
 
 /// Reads `.run/cli.env` from the nearest directory that has one, without overriding what
-/// the environment already says.
-fn load_env_file() {
-    let Ok(mut dir) = std::env::current_dir() else { return };
+/// the environment already says; returns that `.run` directory (where the logs are).
+fn load_env_file() -> Option<std::path::PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
     loop {
         let candidate = dir.join(".run/cli.env");
         if candidate.is_file() {
             let _ = dotenvy::from_path(&candidate);
-            return;
+            return Some(dir.join(".run"));
         }
         if !dir.pop() {
-            return;
+            return None;
         }
     }
 }
@@ -178,7 +192,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
-                Command::Keys { .. } | Command::Dlq { .. } => unreachable!("handled above"),
+                Command::Keys { .. } | Command::Dlq { .. } | Command::Logs { .. } => unreachable!("handled above"),
             }
         }
     }

@@ -200,7 +200,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         }
     };
     tracing::Span::current().record("tenant_id", task.tenant_id.as_str());
-    let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds();
+    let queue_wait_ms = (agentq::now() - task.created_at).whole_milliseconds().max(0) as u64;
     let deadline_in_ms = deadline.instant.saturating_duration_since(Instant::now()).as_millis() as u64;
     tracing::info!(attempt = task.attempts, receive_count, queue_wait_ms, deadline_in_ms, "task claimed");
     if task.attempts <= 1 {
