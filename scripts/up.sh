@@ -14,7 +14,9 @@ log "building (debug)"
 cargo build --quiet --workspace --bins
 if [[ ${PROFILE:-dev} != dev ]]; then
   log "building the functions ($PROFILE profile)"
-  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq
+  # agentq-local too: it stands in for API Gateway and Lambda, whose CPU a benchmark on
+  # this machine must not inflate with a debug build.
+  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p agentq-local
   BIN_DIR="$ROOT/target/$PROFILE"
 fi
 bash scripts/emulators.sh start
@@ -70,7 +72,7 @@ if [[ ${LOCAL_RUNTIME:-cargo-lambda} == agentq ]]; then
   log "starting the functions under agentq-local lambdas on :$LAMBDA_PORT ($BIN_DIR)"
   timeouts=()
   for t in ${LAMBDA_TIMEOUTS:-}; do timeouts+=(--timeout "$t"); done
-  start_bg lambda "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" lambdas --listen "127.0.0.1:$LAMBDA_PORT" \
+  start_bg lambda "$BIN_DIR/agentq-local" --stack "$STACK_NAME" lambdas --listen "127.0.0.1:$LAMBDA_PORT" \
     --bin-dir "$BIN_DIR" --env-file "$env_file" --instances "${LAMBDA_CONCURRENCY:-4}" "${timeouts[@]}"
 else
   log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
@@ -79,7 +81,7 @@ else
     --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --concurrency "${LAMBDA_CONCURRENCY:-4}"
 fi
 log "starting the gateway and the SQS event source on :$AGENTQ_PORT"
-start_bg gateway "$ROOT/target/debug/agentq-local" --stack "$STACK_NAME" serve \
+start_bg gateway "$BIN_DIR/agentq-local" --stack "$STACK_NAME" serve \
   --listen "127.0.0.1:$AGENTQ_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --pollers "${AGENTQ_POLLERS:-2}"
 
 url="http://127.0.0.1:$AGENTQ_PORT"

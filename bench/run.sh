@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The benchmark: agentq and the seed's Celery stack, one after the other in the same run, with
+# the same fake Anthropic server and the same load driver (../shared/bench: fake_llm.py,
+# drive.py, run_baseline.sh). Scenarios as the baseline's: A = 0 ms model latency,
+# B = 200 ms; 2 tool steps (3 model calls a task); TASKS tasks, DRIVE_CONCURRENCY submissions in
+# flight, polled every POLL_INTERVAL s; WARMUP_TASKS first, not counted.
+#
+# agentq runs as `make up` runs it, with release builds of the functions under agentq-local's
+# Lambda service (LOCAL_RUNTIME=agentq), LAMBDA_CONCURRENCY instances per function, against
+# LocalStack and DynamoDB Local. Results: one JSON line per scenario and system in
+# bench/results/<date>.jsonl, and a table on stdout for BENCHMARKS.md.
+#
+# Knobs: TASKS (200), DRIVE_CONCURRENCY (20), POLL_INTERVAL (0.5), WARMUP_TASKS (10),
+# LAMBDA_CONCURRENCY (4), BASELINES ("prefork threads": which Celery pools to run; "" for
+# none), SHARED_BENCH (../shared/bench).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SHARED_BENCH="${SHARED_BENCH:-$ROOT/../shared/bench}"
+[[ -f $SHARED_BENCH/drive.py ]] || { echo "no bench harness at $SHARED_BENCH (set SHARED_BENCH)" >&2; exit 1; }
+SHARED_BENCH="$(cd "$SHARED_BENCH" && pwd)"
+
+# agentq on its own ports and stack name, so a developer's `make up` is untouched.
+export AGENTQ_RUN="$ROOT/.run/bench" AGENTQ_PORT=${BENCH_PORT:-3300} LAMBDA_PORT=${BENCH_LAMBDA_PORT:-9300}
+export STACK_NAME=agentq-bench LOCAL_RUNTIME=agentq PROFILE=release
+export LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-4}
+TASKS=${TASKS:-200} DRIVE_CONCURRENCY=${DRIVE_CONCURRENCY:-20} POLL_INTERVAL=${POLL_INTERVAL:-0.5}
+WARMUP_TASKS=${WARMUP_TASKS:-10} BASELINES=${BASELINES-prefork threads}
+LLM_PORT=${BENCH_LLM_PORT:-8389}
+source "$ROOT/scripts/common.sh"
+
+# The harness keeps its venv under ~/.cache/agentq-bench when its folder is read-only.
+if [[ -w $SHARED_BENCH ]]; then STATE="${BENCH_STATE:-$SHARED_BENCH}"; else STATE="${BENCH_STATE:-$HOME/.cache/agentq-bench}"; fi
+VENV="$STATE/.venv"
+if [[ ! -x $VENV/bin/python ]]; then
+  log "creating the bench venv in $VENV"
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q -r "$SHARED_BENCH/requirements.txt" -c "$SHARED_BENCH/constraints.txt"
+
+results_dir="$ROOT/bench/results"
+mkdir -p "$results_dir"
+results="$results_dir/$(date -u +%Y-%m-%dT%H%M%SZ).jsonl"
+: > "$results"
+
+start_llm() { # start_llm LATENCY_MS
+  start_bg fake-llm "$VENV/bin/python" "$SHARED_BENCH/fake_llm.py" --port "$LLM_PORT" --latency-ms "$1" --tool-steps 2
+  wait_for fake-llm "http://127.0.0.1:$LLM_PORT/stats" 30
+}
+stop_agentq() { for name in gateway lambda fake-llm; do stop_bg "$name"; done; }
+# The emulators stay up, as after `make test`; `make down` stops them.
+trap stop_agentq EXIT
+
+log "agentq: bringing the stack up (release functions, $LAMBDA_CONCURRENCY instances each)"
+start_llm 0
+ANTHROPIC_API_KEY=bench-dummy-key ANTHROPIC_BASE_URL="http://127.0.0.1:$LLM_PORT" \
+  bash "$ROOT/scripts/up.sh" > "$RUN/up.out"
+key=$(sed -n 's/^dev api key: //p' "$RUN/up.out")
+[[ -n $key ]] || die "make up printed no key"
+stop_bg fake-llm
+
+# cpu NAME: CPU seconds used so far by the session of NAME's recorded process (start_bg runs
+# each component in its own session, so this counts its children: the function processes,
+# LocalStack's workers, the JVM's threads).
+# cpu NAME [REGEX [EXCLUDE]]: only the processes whose command name matches REGEX (or, with
+# EXCLUDE, does not).
+cpu() {
+  local f pid
+  for f in "$RUN/$1.pid" "$ROOT/.run/$1.pid"; do [[ -f $f ]] && { pid=$(cat "$f"); break; }; done
+  [[ -n ${pid:-} ]] || { echo 0; return; }
+  # utime + stime of every process in the session, from /proc (clock ticks).
+  ps -s "$pid" -o pid=,comm= 2>/dev/null | awk -v re="${2:-.}" -v ex="${3:-}" '(ex == "") == ($2 ~ re) {print $1}' |
+    while read -r p; do cat "/proc/$p/stat" 2>/dev/null; done |
+    sed 's/.*) //' | awk -v hz="$(getconf CLK_TCK)" '{s += $12 + $13} END {print s / hz}'
+}
+FUNCTIONS='^(submit|status|worker|dlq)$'
+cpu_all() {
+  printf 'functions=%s lambda_service=%s ' "$(cpu lambda "$FUNCTIONS")" "$(cpu lambda "$FUNCTIONS" exclude)"
+  local c; for c in gateway localstack dynamodb fake-llm; do printf '%s=%s ' "$c" "$(cpu "$c")"; done
+}
+
+drive() { # drive LABEL TASKS
+  (cd "$SHARED_BENCH" && "$VENV/bin/python" drive.py --base-url "http://127.0.0.1:$AGENTQ_PORT" \
+    --header "Authorization: Bearer $key" --tasks "$2" --concurrency "$DRIVE_CONCURRENCY" \
+    --poll-interval "$POLL_INTERVAL" --timeout 300 --label "$1")
+}
+
+rc=0
+for scenario in "A_latency0ms 0" "B_latency200ms 200"; do
+  set -- $scenario
+  log "agentq: scenario $1 ($TASKS tasks, model latency $2 ms)"
+  start_llm "$2"
+  [[ $WARMUP_TASKS -gt 0 ]] && { drive warmup "$WARMUP_TASKS" >&2 || true; }
+  curl -sf -X DELETE "http://127.0.0.1:$LLM_PORT/stats" > /dev/null
+  before=$(cpu_all)
+  line=$(drive "agentq_$1" "$TASKS") || rc=1
+  after=$(cpu_all)
+  stats=$(curl -sf "http://127.0.0.1:$LLM_PORT/stats")
+  echo "$line" | "$VENV/bin/python" -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+d["system"] = "agentq"
+d["llm_stats"] = json.loads(sys.argv[1])
+parse = lambda s: {k: float(v) for k, v in (p.split("=") for p in s.split())}
+b, a = parse(sys.argv[2]), parse(sys.argv[3])
+# CPU per task, ms, by component.
+d["cpu_ms_per_task"] = {k: round((a[k] - b[k]) * 1000 / d["tasks"], 1) for k in a}
+print(json.dumps(d))' "$stats" "$before" "$after" >> "$results"
+  log "  $line"
+  stop_bg fake-llm
+done
+stop_agentq
+
+# The Celery baseline, on ports clear of DynamoDB Local's 8000.
+for pool in $BASELINES; do
+  log "celery baseline ($pool pool)"
+  concurrency=$([[ $pool == threads ]] && echo 20 || nproc)
+  out=$(CELERY_POOL=$pool CELERY_CONCURRENCY=$concurrency API_PORT=8001 REDIS_PORT=6390 FAKE_LLM_PORT=$LLM_PORT \
+    TASKS=$TASKS DRIVE_CONCURRENCY=$DRIVE_CONCURRENCY POLL_INTERVAL=$POLL_INTERVAL WARMUP_TASKS=$WARMUP_TASKS \
+    BENCH_STATE="$STATE" bash "$SHARED_BENCH/run_baseline.sh" 2> "$RUN/baseline-$pool.log") || rc=1
+  while IFS= read -r line; do
+    [[ -n $line ]] || continue
+    echo "$line" | "$VENV/bin/python" -c 'import json,sys; d=json.loads(sys.stdin.read()); d["system"]=sys.argv[1]; print(json.dumps(d))' "celery_$pool-$concurrency" >> "$results"
+  done <<< "$out"
+done
+
+log "results: $results"
+"$VENV/bin/python" - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| system | scenario | succeeded | lost | wrong | wall s | tasks/s | submit p50 / p99 ms | e2e p50 / p99 ms | model calls |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |")
+cpu = [r for r in rows if "cpu_ms_per_task" in r]
+for r in rows:
+    scenario = r["label"].split("_", 1)[1] if r["label"].startswith("agentq_") else r["label"]
+    calls = r.get("llm_stats", {}).get("total", "")
+    print(f"| {r['system']} | {scenario} | {r['succeeded']}/{r['tasks']} | {r['lost']} | {r['wrong']} | {r['wall_s']} | "
+          f"{r['throughput_tps']} | {r['submit_p50_ms']} / {r['submit_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {calls} |")
+if cpu:
+    names = list(cpu[0]["cpu_ms_per_task"])
+    print()
+    print("| agentq scenario | CPU ms per task: " + " | ".join(names) + " |")
+    print("| --- | " + " | ".join("---:" for _ in names) + " |")
+    for r in cpu:
+        print(f"| {r['label']} | " + " | ".join(str(r["cpu_ms_per_task"][n]) for n in names) + " |")
+PY
+exit $rc
