@@ -25,8 +25,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the global subscriber, with `extra` layers (the OpenTelemetry one) beside the
-/// log output. Call once, first thing in `main`.
-pub fn init_with<L>(extra: Option<L>)
+/// log output, shaped by the environment. Functions get it through [`traces::init`].
+fn init_with<L>(extra: Option<L>)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
@@ -35,7 +35,7 @@ where
 }
 
 /// Installs the global subscriber writing to `writer`, JSON lines if `json`.
-pub fn install<L, W>(extra: Option<L>, writer: W, json: bool)
+fn install<L, W>(extra: Option<L>, writer: W, json: bool)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -55,11 +55,6 @@ where
         tracing_subscriber::fmt::layer().without_time().with_writer(writer).boxed()
     };
     let _ = tracing_subscriber::registry().with(extra).with(output.with_filter(filter)).try_init();
-}
-
-/// Installs the global subscriber with no extra layer.
-pub fn init() {
-    init_with(None::<tracing_subscriber::layer::Identity>);
 }
 
 /// Whether content may be logged (`AGENTQ_LOG_CONTENT=true`).
@@ -183,12 +178,19 @@ pub mod traces {
     /// Keeps the tracer provider alive; [`Tracing::flush`] exports what is pending before a
     /// Lambda invocation ends (the environment may be frozen right after).
     #[derive(Debug, Clone)]
-    pub struct Tracing(SdkTracerProvider);
+    pub struct Tracing {
+        provider: SdkTracerProvider,
+        /// An exporter is configured (without one there is nothing to flush).
+        exporting: bool,
+    }
 
     impl Tracing {
         /// Exports the spans still pending.
         pub async fn flush(&self) {
-            let provider = self.0.clone();
+            if !self.exporting {
+                return;
+            }
+            let provider = self.provider.clone();
             // The exporter may block on I/O: keep it off the async workers.
             match tokio::task::spawn_blocking(move || provider.force_flush()).await {
                 Ok(Ok(())) => {}
@@ -211,11 +213,11 @@ pub mod traces {
     /// is set; X-Ray's daemon when running in Lambda with active tracing
     /// (`AWS_XRAY_DAEMON_ADDRESS`); none otherwise (trace ids still flow through logs and
     /// messages).
-    fn provider() -> SdkTracerProvider {
+    fn provider() -> (SdkTracerProvider, bool) {
         let builder = SdkTracerProvider::builder().with_id_generator(XrayIdGenerator::default());
         if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
             match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
-                Ok(exporter) => return builder.with_batch_exporter(exporter).build(),
+                Ok(exporter) => return (builder.with_batch_exporter(exporter).build(), true),
                 Err(e) => eprintln!("agentq: OTLP exporter not started: {e}"),
             }
         }
@@ -223,12 +225,12 @@ pub mod traces {
             match opentelemetry_aws::xray_exporter::daemon_client::XrayDaemonClient::new(addr) {
                 Ok(client) => {
                     let exporter = opentelemetry_aws::xray_exporter::XrayExporter::new(client);
-                    return builder.with_batch_exporter(exporter).build();
+                    return (builder.with_batch_exporter(exporter).build(), true);
                 }
                 Err(e) => eprintln!("agentq: X-Ray exporter not started: {e}"),
             }
         }
-        builder.build()
+        (builder.build(), false)
     }
 
     fn layer(provider: &SdkTracerProvider) -> impl Layer<Registry> + Send + Sync + 'static {
@@ -241,9 +243,9 @@ pub mod traces {
 
     /// Logs and traces for a function: call once, first thing in `main`.
     pub fn init() -> Tracing {
-        let provider = provider();
+        let (provider, exporting) = provider();
         super::init_with(Some(layer(&provider)));
-        Tracing(provider)
+        Tracing { provider, exporting }
     }
 
     /// Logs (JSON lines to `writer`) and traces (to `exporter`, span by span): for tests
@@ -257,7 +259,7 @@ pub mod traces {
             .with_simple_exporter(exporter)
             .build();
         super::install(Some(layer(&provider)), writer, true);
-        Tracing(provider)
+        Tracing { provider, exporting: true }
     }
 
     struct Headers<'a>(&'a HashMap<String, String>);
