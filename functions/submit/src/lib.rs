@@ -217,7 +217,7 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
         priority = task.priority.as_str(),
         prompt = telemetry::content(&task.prompt),
         max_iterations = task.max_iterations,
-        model = task.model.as_deref().unwrap_or("default"),
+        model = task.requested_model.as_deref().unwrap_or("default"),
         "task accepted"
     );
     metrics::record()
