@@ -91,8 +91,10 @@ where
         );
         line.insert("level".into(), Value::String(event.metadata().level().to_string()));
         line.insert("target".into(), Value::String(event.metadata().target().to_owned()));
-        if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
-            line.insert("function".into(), Value::String(function));
+        // Read once: the environment is the same for every line of the process.
+        static FUNCTION: OnceLock<Option<String>> = OnceLock::new();
+        if let Some(function) = FUNCTION.get_or_init(|| std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok()) {
+            line.insert("function".into(), Value::String(function.clone()));
         }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
