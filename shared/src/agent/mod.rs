@@ -112,17 +112,7 @@ enum Next {
 }
 
 fn next_after(step: &ModelStep) -> Next {
-    let text = || {
-        let texts: Vec<&str> = step
-            .content
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
-        texts.join("\n")
-    };
+    let text = || crate::llm::text_of(&step.content);
     match &step.stop_reason {
         StopReason::EndTurn | StopReason::StopSequence => {
             Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: false }))

@@ -129,16 +129,20 @@ pub struct ModelResponse {
 impl ModelResponse {
     /// All text blocks, joined.
     pub fn text(&self) -> String {
-        let texts: Vec<&str> = self
-            .content
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
-        texts.join("\n")
+        text_of(&self.content)
     }
+}
+
+/// The text blocks of an answer, joined by newlines (tool calls and other blocks left out).
+pub fn text_of(content: &[ContentBlock]) -> String {
+    let texts: Vec<&str> = content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n")
 }
 
 /// A failed model call.

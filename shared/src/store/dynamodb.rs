@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
@@ -162,6 +163,11 @@ fn from_item<'a, T: Deserialize<'a>>(item: HashMap<String, AttributeValue>) -> R
 
 /// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
 /// its whole cause chain (the SDK's top line alone says only "service error").
+/// Every item a query matches, following its pages.
+async fn query_all(query: QueryFluentBuilder) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    query.into_paginator().items().send().try_collect().await.map_err(|e| sdk_error("Query", e))
+}
+
 fn sdk_error<E, R>(what: &'static str, e: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -577,35 +583,27 @@ impl TaskRead for DynamoStore {
     }
 
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
-        let mut steps = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
+        let items = query_all(
+            self.client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
                 .expression_attribute_values(":pk", s(task_key(id)))
                 .expression_attribute_values(":step", s("STEP#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("Query", e))?;
-            for i in out.items.unwrap_or_default() {
-                let item: StepItem = from_item(i)?;
-                let text = match (item.data, item.data_ref) {
-                    (Some(text), _) => text,
-                    (None, Some(key)) => self.unspill(&key).await?,
-                    (None, None) => return Err(unavailable(anyhow::anyhow!("step {} has no data", item.sk))),
-                };
-                steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(steps);
-            }
+                .consistent_read(true),
+        )
+        .await?;
+        let mut steps = Vec::with_capacity(items.len());
+        for i in items {
+            let item: StepItem = from_item(i)?;
+            let text = match (item.data, item.data_ref) {
+                (Some(text), _) => text,
+                (None, Some(key)) => self.unspill(&key).await?,
+                (None, None) => return Err(unavailable(anyhow::anyhow!("step {} has no data", item.sk))),
+            };
+            steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
         }
+        Ok(steps)
     }
 
     async fn list(
@@ -1007,31 +1005,23 @@ impl TenantAdmin for DynamoStore {
     }
 
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
-        let mut keys = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
+        let items = query_all(
+            self.client
                 .query()
                 .table_name(&self.table)
                 .index_name(INDEX)
                 .key_condition_expression("gsi1pk = :keys")
-                .expression_attribute_values(":keys", s("KEYS"))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("Query", e))?;
-            for i in out.items.unwrap_or_default() {
-                let key = from_item::<KeyItem>(i)?.key;
-                if tenant.is_none_or(|t| t == key.tenant_id) {
-                    keys.push(key);
-                }
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(keys);
+                .expression_attribute_values(":keys", s("KEYS")),
+        )
+        .await?;
+        let mut keys = Vec::new();
+        for i in items {
+            let key = from_item::<KeyItem>(i)?.key;
+            if tenant.is_none_or(|t| t == key.tenant_id) {
+                keys.push(key);
             }
         }
+        Ok(keys)
     }
 
     async fn revoke_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<ApiKey>, StoreError> {
@@ -1121,29 +1111,17 @@ impl UsageRead for DynamoStore {
     }
 
     async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError> {
-        let mut days = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
+        let items = query_all(
+            self.client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
                 .expression_attribute_values(":pk", s(tenant_key(tenant)))
                 .expression_attribute_values(":from", s(format!("USAGE#{from}")))
-                .expression_attribute_values(":to", s(format!("USAGE#{to}")))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_error("Query", e))?;
-            for i in out.items.unwrap_or_default() {
-                days.push(day_usage(&i));
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                return Ok(days);
-            }
-        }
+                .expression_attribute_values(":to", s(format!("USAGE#{to}"))),
+        )
+        .await?;
+        Ok(items.iter().map(day_usage).collect())
     }
 }
 
