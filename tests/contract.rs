@@ -136,4 +136,5 @@ async fn what_the_handlers_answer_matches_the_document() {
     conforms("/health", "get", &probe("/health").await);
     conforms("/ready", "get", &probe("/ready").await);
     conforms("/openapi.json", "get", &probe("/openapi.json").await);
+    app.drain().await;
 }

@@ -89,6 +89,7 @@ async fn a_task_whose_worker_dies_mid_run_resumes_from_its_last_step_without_pay
     let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     let kinds: Vec<&str> = steps["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["model", "tool", "model", "tool", "model", "tool", "model", "tool", "model"]);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -113,6 +114,7 @@ async fn a_task_longer_than_one_invocation_continues_in_the_next() {
     assert_paid_once(&task, 4);
     assert!(deliveries > 1, "it took {deliveries} invocation(s)");
     assert_eq!(answered.load(Ordering::SeqCst), 4);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -134,6 +136,7 @@ async fn the_same_message_delivered_many_times_runs_once() {
     assert_paid_once(&task, 3);
     assert_eq!(answered.load(Ordering::SeqCst), 3, "31 deliveries, one run");
     assert_eq!(app.queue_depth(&app.dlq_url).await, 0);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -155,6 +158,7 @@ async fn steps_are_the_tasks_own() {
     let other = app.tenant("globex", Limits::default()).await;
     let (status, _) = app.call_status(&other, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     assert_eq!(status, 404);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -184,6 +188,7 @@ async fn prompts_results_and_steps_too_large_for_an_item_round_trip_through_s3()
     assert_eq!(task["result"]["text"].as_str().unwrap().len(), 300_000, "nothing truncated");
     let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     assert_eq!(steps["steps"][0]["content"][0]["text"].as_str().unwrap().len(), 300_000);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -221,4 +226,5 @@ async fn a_task_whose_message_is_dead_lettered_ends_delivery_failed_and_a_redriv
     assert_eq!(app.queue_depth(&app.dlq_url).await, 0);
     let task = app.run_until_terminal(&id, PATIENCE).await;
     assert_eq!(task["status"], "succeeded", "{task}");
+    app.drain().await;
 }

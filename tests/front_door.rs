@@ -42,6 +42,7 @@ async fn a_missing_wrong_or_revoked_key_gets_401_with_a_challenge() {
     }
     let body = body_json(app.post_as(&revoked, &json!({"prompt": "hi"}), &[]).await.body());
     assert!(body["detail"].as_str().unwrap().contains("revoked"));
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -57,6 +58,7 @@ async fn a_tenant_never_sees_another_tenants_task() {
     let (_, list) = app.call_status(&other, "GET", "/v1/tasks", &[]).await;
     assert_eq!(list["tasks"], json!([]));
     assert_eq!(app.get_task(&id).await.1["status"], "queued", "the other tenant's cancel did nothing");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -85,6 +87,7 @@ async fn the_rate_limit_holds_under_a_burst_from_two_concurrent_clients() {
         assert_eq!(r.headers()["ratelimit-remaining"], "0");
         assert!(r.headers().contains_key("ratelimit-reset"));
     }
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -110,6 +113,7 @@ async fn a_tenant_at_its_running_cap_is_refused_until_a_task_finishes() {
     };
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(post("four").await.status(), 202, "a finished task frees its slot");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -133,6 +137,7 @@ async fn a_tenant_over_its_monthly_budget_is_refused_with_budget_exhausted() {
     let body = body_json(refused.body());
     assert_eq!(body["code"], "budget_exhausted");
     assert!(body["detail"].as_str().unwrap().contains("0.0045"), "{body}");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -161,6 +166,7 @@ async fn a_flood_of_low_priority_work_does_not_delay_a_high_priority_task() {
         }
     }
     assert_eq!(low_done, 0, "the high-priority task ran before any of the {} low ones", low.len());
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -186,6 +192,7 @@ async fn the_same_idempotency_key_and_body_return_the_original_task() {
     let (_, list) = app.call_status(&app.key, "GET", "/v1/tasks", &[]).await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1, "one task");
     assert_eq!(app.model_requests().await.len(), 1, "one run");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -204,6 +211,7 @@ async fn concurrent_requests_with_one_key_create_one_task() {
     let (_, list) = app.call_status(&app.key, "GET", "/v1/tasks", &[]).await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
     assert_eq!(app.queue_depth(&app.queues.default).await, 1, "one message");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -219,6 +227,7 @@ async fn cancelling_a_queued_task_ends_it_and_no_worker_runs_it() {
     assert_eq!(app.queue_depth(&app.queues.default).await, 0, "its message was acknowledged");
     let (status, body) = app.call_status(&app.key, "DELETE", &format!("/v1/tasks/{id}"), &[]).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("task_finished")));
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -256,6 +265,7 @@ async fn cancelling_a_running_task_stops_it_at_the_next_step_with_its_usage() {
     let steps = task["iterations"].as_u64().unwrap();
     assert!((1..10).contains(&steps), "stopped early, at a step boundary: {steps}");
     assert_eq!(task["usage"]["input_tokens"].as_u64().unwrap(), 10 * steps, "the usage spent is kept");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -284,6 +294,7 @@ async fn a_cancel_racing_the_workers_claim_never_leaves_a_task_running() {
         }
     }
     assert_eq!(app.queue_depth(&app.queues.default).await, 0);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -321,6 +332,7 @@ async fn pagination_returns_every_task_exactly_once_newest_first() {
     let only: Vec<&Value> = page["tasks"].as_array().unwrap().iter().collect();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0]["task_id"], ids[3].as_str());
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -342,4 +354,5 @@ async fn usage_reports_tasks_tokens_and_cost_per_day() {
     assert_eq!(day["usage"]["input_tokens"], 200, "two tasks of two 50-token calls");
     assert!((day["usage"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
     assert_eq!(report["total"]["tasks"]["succeeded"], 2);
+    app.drain().await;
 }

@@ -72,6 +72,7 @@ async fn with_thirty_percent_of_calls_overloaded_every_task_succeeds_at_the_exac
     assert_eq!(*successes.lock().unwrap(), 12, "one paid answer per task");
     let failures = app.model_requests().await.len() as u64 - 12;
     assert!(failures > 0, "the fake should have failed some calls");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -106,6 +107,7 @@ async fn a_rate_limit_with_retry_after_is_waited_out_before_the_next_try() {
         let waited = times[1] - times[0];
         assert!(waited >= Duration::from_secs(1), "{prompt}: retried after {waited:?}, before retry-after");
     }
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -129,6 +131,7 @@ async fn a_primary_that_is_always_overloaded_hands_the_task_to_the_fallback() {
     assert_eq!(task["model"], FALLBACK, "the record says which model answered");
     assert_eq!(task["usage_by_model"].as_object().unwrap().keys().collect::<Vec<_>>(), [FALLBACK]);
     assert_cost_is_exact(&task);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -144,6 +147,7 @@ async fn a_request_that_names_a_model_starts_the_chain_there() {
     let (status, body) = app.post_task(&json!({"prompt": "x", "model": "gpt-7"})).await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["field"], "model");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -158,6 +162,7 @@ async fn a_budget_stops_the_task_with_budget_exceeded_and_its_usage_so_far() {
     assert_eq!(task["error"]["code"], "budget_exceeded");
     assert_eq!(task["usage"]["cost_usd"], 0.0003);
     assert_eq!(app.model_requests().await.len(), 1, "no call after the budget was reached");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -186,6 +191,7 @@ async fn a_tool_input_that_violates_its_schema_goes_back_as_an_error_result() {
     let result = agentq_tests::tool_result_of(&app.model_requests().await[1]).unwrap();
     assert_eq!(result["is_error"], true);
     assert!(result["content"].as_str().unwrap().contains("schema"), "{result}");
+    app.drain().await;
 }
 
 /// The calculator conversation in OpenAI Chat Completions form.
@@ -236,6 +242,7 @@ async fn the_openai_compatible_provider_runs_the_same_tool_using_task() {
     assert_eq!(task["usage"]["cache_read_input_tokens"], 60, "cached prompt tokens are cache reads");
     assert_eq!(task["usage"]["input_tokens"], 100);
     assert_cost_is_exact(&task);
+    app.drain().await;
 }
 
 /// The calculator conversation in Bedrock Converse form.
@@ -293,6 +300,7 @@ async fn the_bedrock_provider_runs_the_same_tool_using_task() {
     assert_cost_is_exact(&task);
     let sent = app.model.received_requests().await.unwrap();
     assert!(sent[0].headers.contains_key("authorization"), "requests are SigV4-signed");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -334,4 +342,5 @@ async fn a_bedrock_throttle_is_retried_and_a_validation_error_fails_the_task() {
     assert_eq!(task["error"]["code"], "model_error");
     assert!(task["error"]["message"].as_str().unwrap().contains("bad input"), "{task}");
     assert_eq!(app.model.received_requests().await.unwrap().len(), 2, "the throttle was retried once");
+    app.drain().await;
 }

@@ -140,6 +140,7 @@ async fn one_trace_id_leads_from_the_submit_response_to_the_workers_lines_and_sp
     for store_write in ["store.admit", "store.claim", "store.record_step", "store.finish"] {
         span(store_write);
     }
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -155,6 +156,7 @@ async fn a_task_without_a_client_trace_gets_its_own_trace_id_in_x_ray_form() {
     let now = agentq::now().unix_timestamp() as u64;
     assert!(now.abs_diff(epoch) < 600, "{trace} does not start with the time");
     assert!(captured.spans().iter().any(|s| s.name == "submit" && s.span_context.trace_id().to_string() == trace));
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -195,6 +197,7 @@ async fn the_metrics_of_a_finished_task_carry_its_status_cost_tokens_and_model()
     let calls = records_with(&records, "ModelCalls");
     assert!(calls.iter().any(|c| c["model"] == MODEL && c["outcome"] == "ok"), "{calls:?}");
     assert!(records_with(&records, "ModelLatencyMs").iter().all(|c| c["ModelLatencyMs"].as_f64().unwrap() >= 0.0));
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -226,6 +229,7 @@ async fn a_failing_model_is_counted_by_error_kind_with_its_retries_and_the_fallb
     assert_eq!(records_with(&records, "ModelRetries").iter().filter(|r| r["model"] == MODEL).count(), 1);
     let fallbacks = records_with(&records, "Fallbacks");
     assert!(fallbacks.iter().any(|f| f["from"] == MODEL && f["to"] == FALLBACK), "{fallbacks:?}");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -246,6 +250,7 @@ async fn tool_calls_are_counted_by_tool_and_outcome() {
     assert_eq!(tools.len(), 1, "{tools:?}");
     assert_eq!((tools[0]["tool"].as_str(), tools[0]["outcome"].as_str()), (Some("calculator"), Some("ok")));
     assert!(tools[0]["ToolLatencyMs"].as_f64().is_some());
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -259,6 +264,7 @@ async fn rejected_submits_are_counted_by_reason() {
     let rejected = records_with(&metrics::take(), "SubmitsRejected");
     let reasons: Vec<&str> = rejected.iter().filter_map(|r| r["reason"].as_str()).collect();
     assert!(reasons.contains(&"validation_failed") && reasons.contains(&"unauthorized"), "{reasons:?}");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -282,4 +288,5 @@ async fn prompts_and_answers_stay_out_of_the_logs_by_default() {
         captured.lines().into_iter().find(|l| l["task_id"] == id.as_str() && l["message"] == "task accepted");
     let prompt = accepted.expect("an accepted line")["prompt"].as_str().unwrap().to_owned();
     assert!(prompt.starts_with("[29 chars, sha256 "), "{prompt}");
+    app.drain().await;
 }

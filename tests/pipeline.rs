@@ -40,6 +40,7 @@ async fn a_submitted_task_reaches_succeeded_with_the_models_text_usage_and_cost(
     let sent = &app.model_requests().await[0];
     assert_eq!(sent["messages"][0]["content"][0]["text"], "What is the capital of France?");
     assert_eq!(app.queue_depth(&app.queues.default).await, 0, "the message was deleted");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -61,6 +62,7 @@ async fn a_tool_using_conversation_runs_the_tool_and_sends_its_result_back() {
     assert_eq!(turn[1]["role"], "assistant");
     assert_eq!(turn[1]["content"][0]["type"], "tool_use");
     assert_eq!(turn[2]["content"][0], json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}));
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -115,6 +117,7 @@ async fn a_failure_the_worker_reports_as_retryable_ends_in_the_dlq_after_max_rec
     let asked: std::collections::HashSet<String> =
         app.model_requests().await.iter().map(|r| r["model"].as_str().unwrap().to_owned()).collect();
     assert_eq!(asked.len(), 2, "{asked:?}");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -147,6 +150,7 @@ async fn two_deliveries_of_the_same_message_call_the_model_for_one_run_only() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one run, one model call");
     assert_eq!(app.queue_depth(&app.dlq_url).await, 0);
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -164,6 +168,7 @@ async fn a_model_that_rejects_the_request_fails_the_task_with_its_message() {
     assert_eq!(task["status"], "failed");
     assert_eq!(task["error"]["code"], "model_error");
     assert!(task["error"]["message"].as_str().unwrap().contains("prompt is too long"), "{task}");
+    app.drain().await;
 }
 
 #[tokio::test]
@@ -183,4 +188,5 @@ async fn metadata_with_any_json_numbers_is_kept_and_returned() {
     assert_eq!(status, 202, "{body}");
     let (_, task) = app.get_task(body["task_id"].as_str().unwrap()).await;
     assert_eq!(task["metadata"], metadata);
+    app.drain().await;
 }

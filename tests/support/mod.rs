@@ -14,7 +14,7 @@ use agentq::agent::{RetryPolicy, ToolRegistry};
 use agentq::config::Secret;
 use agentq::llm::{AnthropicModel, BreakerPolicy, Model, ModelChain};
 use agentq::queue::{QueueUrls, SqsQueue, SqsRequeue};
-use agentq::store::{DynamoStore, TenantAdmin};
+use agentq::store::{DynamoStore, TaskRead as _, TenantAdmin};
 use agentq::tenant::{Limits, Tenant, new_key};
 use agentq::usage::PriceTable;
 use agentq_local::deliver::{Delivery, Invoke, PollReport, QueueRef};
@@ -26,7 +26,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use lambda_http::{Body, Response};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 /// Deliveries before a message is dead-lettered, in the test queues.
 pub const MAX_RECEIVE_COUNT: u32 = 3;
@@ -57,6 +57,8 @@ pub struct TestApp {
     pub key: String,
     /// How long each worker invocation may run (its deadline).
     pub invocation: Duration,
+    /// Every task the submit handler accepted, for [`drain`](Self::drain).
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Points the SDK at the local emulators unless the environment already says where they are.
@@ -182,6 +184,7 @@ impl TestApp {
                 visibility_slack: Duration::from_secs(1),
             },
             invocation: Duration::from_secs(30),
+            accepted: Arc::default(),
             delivery: Delivery { sqs: sqs.clone(), queues: refs, batch_size: 10, wait_seconds: 1 },
             queues,
             dlq_url,
@@ -213,7 +216,39 @@ impl TestApp {
             event["headers"][*k] = json!(v);
         }
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
-        submit::handle(&self.submit, req).await
+        let response = submit::handle(&self.submit, req).await;
+        if response.status() == 202
+            && let Some(id) = body_json(response.body())["task_id"].as_str()
+        {
+            self.accepted.lock().unwrap().push(id.to_owned());
+        }
+        response
+    }
+
+    /// Ends a test as its clients would see it: every task it accepted reaches a terminal
+    /// state (an answer stands in for any model call the test did not script), or this panics.
+    pub async fn drain(&self) {
+        Mock::given(wiremock::matchers::any())
+            .respond_with(answer("done", json!({})))
+            .with_priority(u8::MAX)
+            .mount(&self.model)
+            .await;
+        let ids = self.accepted.lock().unwrap().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut open = Vec::new();
+            for id in &ids {
+                let task = self.store.get(id.parse().unwrap()).await.unwrap();
+                if !task.as_ref().is_some_and(|t| t.status.is_terminal()) {
+                    open.push((id.clone(), task.map(|t| t.status)));
+                }
+            }
+            if open.is_empty() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "accepted tasks never finished: {open:?}");
+            self.deliver_once().await;
+        }
     }
 
     /// A request to the status function, as the holder of `key`.
