@@ -210,8 +210,12 @@ async fn concurrent_requests_with_one_key_create_one_task() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     let (_, list) = app.call_status(&app.key, "GET", "/v1/tasks", &[]).await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
-    assert_eq!(app.queue_depth(&app.queues.default).await, 1, "one message");
+    // A replay of a task still queued sends its message again (the first request may have
+    // died before sending it); the copies run it once.
+    let messages = app.queue_depth(&app.queues.default).await;
+    assert!((1..=8).contains(&messages), "{messages} messages");
     app.drain().await;
+    assert_eq!(app.model_requests().await.len(), 1, "one run, however many messages");
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use agentq::queue::dead::{self, Decision};
+use agentq::deadletter::{self, Decision};
+use agentq::queue::SqsDeadLetters;
 use clap::Subcommand;
 
 use crate::CliError;
@@ -31,13 +32,13 @@ pub async fn run(command: DlqCommand, json: bool) -> Result<(), CliError> {
     if config.dead_letter_urls.is_empty() {
         return Err(CliError::Usage("AGENTQ_DLQ_URLS is not set (make up writes it to .run/cli.env)".into()));
     }
-    let sdk = agentq::aws::sdk_config().await;
-    let sqs = agentq::aws::sqs(&sdk);
+    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
+    let dead = SqsDeadLetters::new(agentq::aws::sqs(&sdk));
     let budget = Duration::from_secs(60);
     match command {
         DlqCommand::List => {
             for url in &config.dead_letter_urls {
-                dead::visit(&sqs, url, budget, |m| async move {
+                deadletter::visit(&dead, url, budget, |m| async move {
                     let task = m.task.as_ref().map_or_else(|| "(not a task message)".to_owned(), |t| t.task_id.to_string());
                     let priority = m.task.as_ref().map_or("-", |t| t.priority.as_str());
                     if json {
@@ -55,8 +56,8 @@ pub async fn run(command: DlqCommand, json: bool) -> Result<(), CliError> {
             let task =
                 task.map(|t| t.parse().map_err(|_| CliError::Usage(format!("{t:?} is not a task id")))).transpose()?;
             let store = agentq::wiring::store(&config, &sdk);
-            let queues = config.queue_urls().map_err(|e| CliError::Usage(e.to_string()))?;
-            let moved = dead::redrive(&sqs, &store, &config.dead_letter_urls, &queues, task, budget)
+            let queue = agentq::wiring::queue(&config, &sdk).map_err(|e| CliError::Usage(e.to_string()))?;
+            let moved = deadletter::redrive(&dead, &store, &queue, &config.dead_letter_urls, task, budget)
                 .await
                 .map_err(unavailable)?;
             if json {

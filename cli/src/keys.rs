@@ -39,7 +39,7 @@ pub enum KeysCommand {
 async fn store() -> Result<DynamoStore, CliError> {
     let table = std::env::var("AGENTQ_TABLE")
         .map_err(|_| CliError::Usage("AGENTQ_TABLE is not set (make up writes it to .run/cli.env)".into()))?;
-    let sdk = agentq::aws::sdk_config().await;
+    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
     Ok(DynamoStore::new(agentq::aws::dynamodb(&sdk), table, std::time::Duration::from_secs(30 * 86_400)))
 }
 

@@ -311,9 +311,15 @@ pub async fn dead_letter_and_redrive(h: &Harness) -> anyhow::Result<Report> {
         first[0]["error"]["code"].as_str().unwrap_or("-")
     ));
     h.s3.put_object().bucket(&h.bucket).key(&key).body(prompt.clone().into_bytes().into()).send().await?;
-    let moved =
-        agentq::queue::dead::redrive(&h.sqs, &h.store, &h.dlqs, &h.queues, Some(id.parse()?), Duration::from_secs(30))
-            .await?;
+    let moved = agentq::deadletter::redrive(
+        &agentq::queue::SqsDeadLetters::new(h.sqs.clone()),
+        &h.store,
+        &agentq::queue::SqsQueue::new(h.sqs.clone(), h.queues.clone()),
+        &h.dlqs,
+        Some(id.parse()?),
+        Duration::from_secs(30),
+    )
+    .await?;
     report.notes.push(format!("redrive moved {moved} message(s)"));
     let done = h.wait(std::slice::from_ref(&id), Duration::from_secs(120)).await?;
     h.tally(&mut report, &[(id, prompt)], &done, 1).await?;

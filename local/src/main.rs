@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Provision { visibility_timeout } => {
             let template = Template::load(&cli.template, &cli.stack)?.with_visibility_timeout(visibility_timeout);
-            let sdk = agentq::aws::sdk_config().await;
+            let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
             let (sqs, dynamodb, s3) =
                 (agentq::aws::sqs(&sdk), agentq::aws::dynamodb(&sdk), agentq::aws::s3(&sdk, true));
             let done = agentq_local::provision::provision(&template, &sqs, &dynamodb, &s3).await?;
@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CleanTests => {
-            let sdk = agentq::aws::sdk_config().await;
+            let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
             let (tables, queues) = agentq_local::provision::delete_prefixed(
                 &agentq::aws::sqs(&sdk),
                 &agentq::aws::dynamodb(&sdk),
@@ -183,7 +183,7 @@ async fn serve(
     pollers: usize,
     schedule_every: Duration,
 ) -> anyhow::Result<()> {
-    let sdk = agentq::aws::sdk_config().await;
+    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
     let sqs = agentq::aws::sqs(&sdk);
     let http = reqwest::Client::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -268,7 +268,7 @@ async fn serve(
 async fn faults(url: String, key: String, model_url: String, report: PathBuf, tasks: usize) -> anyhow::Result<()> {
     use agentq_local::faults::{self, Harness};
     let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config().await;
+    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
     let h = Harness {
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         url,

@@ -110,6 +110,13 @@ pub async fn create_queue(
     Ok((url, arn))
 }
 
+/// What an index projects, as the template says.
+fn projection(index: &crate::template::IndexSpec) -> Projection {
+    let kind = ProjectionType::from(index.projection.as_str());
+    let non_key = (kind == ProjectionType::Include).then(|| index.non_key_attributes.clone());
+    Projection::builder().projection_type(kind).set_non_key_attributes(non_key).build()
+}
+
 /// An existing table made from an older template: add the indexes it lacks.
 async fn add_missing_indexes(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
     let described = dynamodb
@@ -125,15 +132,17 @@ async fn add_missing_indexes(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec)
         .into_iter()
         .filter_map(|i| i.index_name)
         .collect();
-    for (name, schema) in t.indexes.iter().filter(|(n, _)| !present.contains(n)) {
-        let keys = schema
+    for index in t.indexes.iter().filter(|i| !present.contains(&i.name)) {
+        let name = &index.name;
+        let keys = index
+            .key_schema
             .iter()
             .map(|(a, k)| KeySchemaElement::builder().attribute_name(a).key_type(KeyType::from(k.as_str())).build())
             .collect::<Result<Vec<_>, _>>()?;
         let create = aws_sdk_dynamodb::types::CreateGlobalSecondaryIndexAction::builder()
             .index_name(name)
             .set_key_schema(Some(keys))
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .projection(projection(index))
             .build()?;
         let mut update = dynamodb.update_table().table_name(&t.name).global_secondary_index_updates(
             aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder().create(create).build(),
@@ -182,12 +191,12 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
                 .build()?,
         );
     }
-    for (name, schema) in &t.indexes {
+    for index in &t.indexes {
         req = req.global_secondary_indexes(
             GlobalSecondaryIndex::builder()
-                .index_name(name)
-                .set_key_schema(Some(keys(schema)?))
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .index_name(&index.name)
+                .set_key_schema(Some(keys(&index.key_schema)?))
+                .projection(projection(index))
                 .build()?,
         );
     }

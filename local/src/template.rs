@@ -45,9 +45,20 @@ pub struct TableSpec {
     pub attributes: Vec<(String, String)>,
     /// (attribute, HASH | RANGE) pairs.
     pub key_schema: Vec<(String, String)>,
-    /// (index name, key schema) pairs; every index projects all attributes.
-    pub indexes: Vec<(String, Vec<(String, String)>)>,
+    pub indexes: Vec<IndexSpec>,
     pub ttl_attribute: Option<String>,
+}
+
+/// A global secondary index of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: String,
+    /// (attribute, HASH | RANGE) pairs.
+    pub key_schema: Vec<(String, String)>,
+    /// `ALL`, `KEYS_ONLY` or `INCLUDE`.
+    pub projection: String,
+    /// The attributes an `INCLUDE` projection adds to the keys.
+    pub non_key_attributes: Vec<String>,
 }
 
 /// An HTTP API route: a method and path template served by a function.
@@ -236,7 +247,17 @@ impl Template {
                         .into_iter()
                         .flatten()
                         .filter_map(|i| {
-                            Some((scalar(&i["IndexName"])?, pairs(&i["KeySchema"], "AttributeName", "KeyType")))
+                            Some(IndexSpec {
+                                name: scalar(&i["IndexName"])?,
+                                key_schema: pairs(&i["KeySchema"], "AttributeName", "KeyType"),
+                                projection: scalar(&i["Projection"]["ProjectionType"]).unwrap_or_else(|| "ALL".into()),
+                                non_key_attributes: i["Projection"]["NonKeyAttributes"]
+                                    .as_sequence()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(scalar)
+                                    .collect(),
+                            })
                         })
                         .collect(),
                     ttl_attribute: (ttl["Enabled"].as_bool() == Some(true))
@@ -411,9 +432,15 @@ mod tests {
     }
 
     #[test]
-    fn the_sweeper_runs_on_a_schedule() {
+    fn the_sweeper_and_the_reconciler_run_on_a_schedule() {
         let s = template().schedules();
-        assert_eq!(s, [Scheduled { function: "dlq".into(), schedule: "rate(1 minute)".into() }]);
+        assert_eq!(
+            s,
+            [
+                Scheduled { function: "dlq".into(), schedule: "rate(1 minute)".into() },
+                Scheduled { function: "reconciler".into(), schedule: "rate(1 minute)".into() },
+            ]
+        );
     }
 
     #[test]

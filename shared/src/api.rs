@@ -101,10 +101,52 @@ impl From<&TaskRecord> for TaskView {
     }
 }
 
+/// A task in a list: its state and cost, without its result (read the task for that), so a
+/// page stays small whatever the tasks produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub progress: ProgressView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    pub usage: UsageView,
+    pub iterations: u32,
+    pub model: Option<String>,
+}
+
+impl From<&TaskRecord> for TaskSummary {
+    fn from(r: &TaskRecord) -> Self {
+        Self {
+            task_id: r.task_id,
+            status: r.status,
+            cancel_requested: r.cancel_requested && !r.status.is_terminal(),
+            priority: r.priority,
+            metadata: r.metadata.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            progress: ProgressView { step: r.step, max_steps: r.max_iterations },
+            error: r.error.clone(),
+            usage: r.usage.into(),
+            iterations: r.step,
+            model: r.model.clone(),
+        }
+    }
+}
+
 /// One page of `GET /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskList {
-    pub tasks: Vec<TaskView>,
+    pub tasks: Vec<TaskSummary>,
     /// Pass as `cursor` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -217,4 +259,7 @@ impl From<&crate::steps::Step> for StepView {
 pub struct StepList {
     pub task_id: TaskId,
     pub steps: Vec<StepView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

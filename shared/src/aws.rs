@@ -1,12 +1,20 @@
 //! AWS clients, built once per cold start and shared by every invocation.
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::config::AwsTimeouts;
 
 /// The SDK configuration from the standard sources: region, credentials, and endpoints such
 /// as `AWS_ENDPOINT_URL_DYNAMODB` (how the local emulators are reached, with no code here
-/// knowing about them).
-pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+/// knowing about them), with every call bounded by `timeouts`.
+pub async fn sdk_config(timeouts: &AwsTimeouts) -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(timeouts.connect)
+        .operation_attempt_timeout(timeouts.attempt)
+        .operation_timeout(timeouts.operation)
+        .build();
+    aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await
 }
 
 pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {

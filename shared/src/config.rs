@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::task::TaskLimits;
 use crate::usage::PriceTable;
 
 /// A value that must never reach a log: `Debug` and `Display` print a placeholder.
@@ -109,6 +110,25 @@ pub struct ToolConfig {
     pub signing_secret: Option<Secret>,
 }
 
+/// Timeouts of every AWS call, well under the shortest function timeout (the API's 10 s), so
+/// a service that accepts a connection and never answers cannot hang a function until Lambda
+/// kills it between two writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsTimeouts {
+    pub connect: Duration,
+    /// One attempt of a call.
+    pub attempt: Duration,
+    /// A whole call, its retries included.
+    pub operation: Duration,
+}
+
+impl AwsTimeouts {
+    /// For the command-line tools and the local stack's helpers, which make slow calls
+    /// (creating tables, reading whole queues) and have no function timeout to stay under.
+    pub const TOOLS: Self =
+        Self { connect: Duration::from_secs(5), attempt: Duration::from_secs(60), operation: Duration::from_secs(120) };
+}
+
 /// Everything the functions read from their environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -142,6 +162,13 @@ pub struct Config {
     pub unavailable_message: String,
     /// How long after the invocation's deadline a held message becomes visible again.
     pub visibility_slack: Duration,
+    pub aws_timeouts: AwsTimeouts,
+    pub task_limits: TaskLimits,
+    /// How long an open task may go unchanged before the reconciler looks at it.
+    pub reconcile_after: Duration,
+    /// Reads (status, list, steps, usage) per second and burst, per tenant and instance.
+    pub reads_per_sec: f64,
+    pub read_burst: u32,
 }
 
 impl Config {
@@ -249,6 +276,21 @@ impl Config {
             unavailable_message: get("AGENTQ_UNAVAILABLE_MESSAGE").unwrap_or_else(|| {
                 "The AI models are unavailable right now. Please submit the task again later.".into()
             }),
+            aws_timeouts: AwsTimeouts {
+                connect: Duration::from_millis(number("AGENTQ_AWS_CONNECT_TIMEOUT_MS", 1_000)?.max(1)),
+                attempt: Duration::from_millis(number("AGENTQ_AWS_ATTEMPT_TIMEOUT_MS", 2_500)?.max(1)),
+                operation: Duration::from_millis(number("AGENTQ_AWS_OPERATION_TIMEOUT_MS", 5_000)?.max(1)),
+            },
+            task_limits: TaskLimits {
+                max_attempts: number("AGENTQ_MAX_TASK_ATTEMPTS", 100)?.clamp(1, u64::from(u32::MAX)) as u32,
+                max_run: Duration::from_secs(number("AGENTQ_MAX_TASK_RUN_SECS", 6 * 3600)?.max(1)),
+                max_queued: Duration::from_secs(number("AGENTQ_MAX_QUEUED_SECS", 4 * 86_400)?.max(1)),
+                max_tool_calls_per_step: number("AGENTQ_MAX_TOOL_CALLS_PER_STEP", 16)?.max(1) as usize,
+                max_tool_output_bytes: number("AGENTQ_MAX_TOOL_OUTPUT_BYTES", 4 * 1024 * 1024)?.max(1) as usize,
+            },
+            reconcile_after: Duration::from_secs(number("AGENTQ_RECONCILE_AFTER_SECS", 900)?.max(1)),
+            reads_per_sec: number("AGENTQ_READS_PER_SEC", 20)?.max(1) as f64,
+            read_burst: number("AGENTQ_READ_BURST", 40)?.clamp(1, u64::from(u32::MAX)) as u32,
         })
     }
 

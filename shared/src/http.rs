@@ -48,6 +48,9 @@ pub enum ApiError {
     /// A dependency is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Concurrent requests kept the same records busy; the client may retry at once.
+    #[error("too many concurrent requests changed the same records; retry shortly")]
+    Busy,
     #[error("unexpected error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -65,7 +68,7 @@ impl ApiError {
             Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BudgetExhausted { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +88,7 @@ impl ApiError {
             Self::BudgetExhausted { .. } => "budget_exhausted",
             Self::Conflict { code, .. } => code,
             Self::Unavailable(_) => "service_unavailable",
+            Self::Busy => "busy",
             Self::Unexpected(_) => "internal_error",
         }
     }
@@ -121,6 +125,9 @@ impl From<ApiError> for Response<Body> {
             ApiError::Unavailable(_) | ApiError::ConcurrencyLimited { .. } => {
                 headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("5"));
             }
+            ApiError::Busy => {
+                headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("1"));
+            }
             ApiError::Unauthorized(_) => {
                 headers.insert(
                     HeaderName::from_static("www-authenticate"),
@@ -145,7 +152,11 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = format!("{cause:#}"), "task store call failed");
                 Self::Unavailable("the task store is unavailable; try again shortly".into())
             }
-            StoreError::Conflict => Self::Unexpected(anyhow::anyhow!("unexpected conflicting write")),
+            // A conflict that reaches the edge is a write that lost to concurrent ones.
+            StoreError::Conflict | StoreError::Contended => {
+                tracing::warn!(error = %e, "store contention outlasted retries");
+                Self::Busy
+            }
         }
     }
 }
@@ -215,6 +226,14 @@ mod tests {
         assert_eq!(b["status"], 400);
         assert_eq!(b["errors"][0]["field"], "prompt");
         assert!(b["title"].is_string() && b["detail"].is_string());
+    }
+
+    #[test]
+    fn contention_is_a_503_to_retry_not_a_500() {
+        let r = Response::from(ApiError::from(StoreError::Contended));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(body_of(&r)["code"], "busy");
     }
 
     #[test]

@@ -142,7 +142,12 @@ mod tests {
             .emit();
         let mut out = Vec::new();
         flush(&mut out);
-        let doc: Value = serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        // Other tests emit into the same process-wide buffer: find this one's record.
+        let doc: Value = out
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+            .find(|d| d.get("TasksFinished").is_some())
+            .expect("the record was flushed");
         assert_eq!(doc["TasksFinished"], 1.0);
         assert_eq!(doc["status"], "succeeded");
         assert_eq!(doc["tenant_id"], "acme");

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -373,16 +374,79 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Why a task failed, in words a client can act on. `code` is stable; `message` is for people.
+/// The stable codes a task ends (or is given back) with. Clients branch on them; the message
+/// beside a code is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The task reached its cost budget.
+    BudgetExceeded,
+    /// A client cancelled it.
+    Cancelled,
+    /// Its invocation ran out of time (it is handed to the next one).
+    Deadline,
+    /// Its message could not be sent to the queue at submit.
+    EnqueueFailed,
+    /// Its message went to the dead-letter queue.
+    DeliveryFailed,
+    /// A bug in agentq stopped it (a panic); the cause is in the logs.
+    InternalError,
+    /// The model did not finish within `max_iterations` steps.
+    MaxIterationsExceeded,
+    /// A model rejected the request.
+    ModelError,
+    /// Every model of the chain stayed unavailable.
+    ModelsUnavailable,
+    /// It waited in the queue longer than the deployment keeps tasks waiting.
+    QueueExpired,
+    /// The model declined to answer.
+    Refused,
+    /// It ran longer (wall time, first start to now) than the deployment allows a task.
+    RunTooLong,
+    /// The task store could not be read or written.
+    StoreError,
+    /// It was started more times than the deployment allows a task.
+    TooManyAttempts,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::Cancelled => "cancelled",
+            Self::Deadline => "deadline",
+            Self::EnqueueFailed => "enqueue_failed",
+            Self::DeliveryFailed => "delivery_failed",
+            Self::InternalError => "internal_error",
+            Self::MaxIterationsExceeded => "max_iterations_exceeded",
+            Self::ModelError => "model_error",
+            Self::ModelsUnavailable => "models_unavailable",
+            Self::QueueExpired => "queue_expired",
+            Self::Refused => "refused",
+            Self::RunTooLong => "run_too_long",
+            Self::StoreError => "store_error",
+            Self::TooManyAttempts => "too_many_attempts",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a task failed, in words a client can act on. `code` is stable; `message` is for people
+/// and never carries internals (endpoints, SDK errors): those stay in the logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl TaskError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into() }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
     }
 }
 
@@ -449,6 +513,17 @@ pub struct TaskRecord {
     /// The trace the task's work belongs to (W3C trace id, hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The part of `usage` already added to the tenant's counters (day, month, budget). A
+    /// terminal transition adds only `usage` beyond it, so a task that ends twice (failed,
+    /// redriven, then succeeded) is counted once.
+    #[serde(default)]
+    pub counted: Usage,
+    /// When a worker first started it: the run's wall time is measured from here.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// How many times the reconciler sent its message again.
+    #[serde(default)]
+    pub resends: u32,
 }
 
 impl TaskRecord {
@@ -477,6 +552,9 @@ impl TaskRecord {
             max_cost_nanos: request.max_cost_nanos,
             last_error: None,
             trace_id: None,
+            counted: Usage::default(),
+            started_at: None,
+            resends: 0,
         }
     }
 }
@@ -498,6 +576,49 @@ mod json_text {
             None => Ok(None),
             Some(text) => serde_json::from_str(&text).map(Some).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// What the deployment allows one task, whatever its own settings: checked by the worker at
+/// every claim and by the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Times a worker may start it (a claim: a first run, a hand-off, a retry).
+    pub max_attempts: u32,
+    /// Wall time from its first start to its end.
+    pub max_run: Duration,
+    /// Time it may wait `queued` before it is failed `queue_expired`.
+    pub max_queued: Duration,
+    /// Tool calls run per model answer.
+    pub max_tool_calls_per_step: usize,
+    /// Tool output bytes one task may accumulate.
+    pub max_tool_output_bytes: usize,
+}
+
+impl TaskLimits {
+    /// The limit `task` is over at `now`, if any, as the error it ends with.
+    pub fn exceeded_by(&self, task: &TaskRecord, now: OffsetDateTime) -> Option<TaskError> {
+        if task.attempts > self.max_attempts {
+            return Some(TaskError::new(
+                ErrorCode::TooManyAttempts,
+                format!("the task was started {} times; the limit is {}", task.attempts, self.max_attempts),
+            ));
+        }
+        if let Some(started) = task.started_at
+            && now - started > self.max_run
+        {
+            return Some(TaskError::new(
+                ErrorCode::RunTooLong,
+                format!("the task ran longer than the limit of {} seconds", self.max_run.as_secs()),
+            ));
+        }
+        if task.status == TaskStatus::Queued && task.started_at.is_none() && now - task.created_at > self.max_queued {
+            return Some(TaskError::new(
+                ErrorCode::QueueExpired,
+                format!("the task waited longer than the limit of {} seconds to start", self.max_queued.as_secs()),
+            ));
+        }
+        None
     }
 }
 
@@ -628,6 +749,40 @@ mod tests {
         assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":0}"#), ["max_cost_usd"]);
         assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":2.2e-309}"#), ["max_cost_usd"]);
         assert_eq!(fields_of(r#"{"prompt":"x","max_cost_usd":"1"}"#), ["max_cost_usd"]);
+    }
+
+    fn task_limits() -> TaskLimits {
+        TaskLimits {
+            max_attempts: 3,
+            max_run: Duration::from_secs(60),
+            max_queued: Duration::from_secs(600),
+            max_tool_calls_per_step: 4,
+            max_tool_output_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn a_task_is_over_its_limits_when_started_too_often_running_too_long_or_waiting_too_long() {
+        let now = time::OffsetDateTime::now_utc();
+        let mut task = TaskRecord::new(parse(br#"{"prompt":"x"}"#).unwrap(), "acme", now);
+        let limits = task_limits();
+        assert_eq!(limits.exceeded_by(&task, now + Duration::from_secs(599)), None);
+        let code = |t: &TaskRecord, at| limits.exceeded_by(t, at).map(|e| e.code);
+        assert_eq!(code(&task, now + Duration::from_secs(601)), Some(ErrorCode::QueueExpired));
+        task.status = TaskStatus::Running;
+        task.attempts = 3;
+        task.started_at = Some(now);
+        assert_eq!(code(&task, now + Duration::from_secs(59)), None);
+        assert_eq!(code(&task, now + Duration::from_secs(61)), Some(ErrorCode::RunTooLong));
+        task.attempts = 4;
+        assert_eq!(code(&task, now), Some(ErrorCode::TooManyAttempts));
+    }
+
+    #[test]
+    fn error_codes_are_written_as_their_names() {
+        for code in [ErrorCode::DeliveryFailed, ErrorCode::MaxIterationsExceeded, ErrorCode::RunTooLong] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 
     #[test]

@@ -29,6 +29,20 @@ impl Usage {
     pub fn cost_usd(&self) -> f64 {
         self.cost_nanos as f64 / 1e9
     }
+
+    /// What this total holds beyond `counted`, field by field (never below zero): the part of
+    /// a task's usage its tenant's counters have not seen yet.
+    pub fn since(&self, counted: &Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_sub(counted.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(counted.output_tokens),
+            cache_read_input_tokens: self.cache_read_input_tokens.saturating_sub(counted.cache_read_input_tokens),
+            cache_creation_input_tokens: self
+                .cache_creation_input_tokens
+                .saturating_sub(counted.cache_creation_input_tokens),
+            cost_nanos: self.cost_nanos.saturating_sub(counted.cost_nanos),
+        }
+    }
 }
 
 impl AddAssign for Usage {
@@ -174,6 +188,18 @@ mod tests {
         assert_eq!(p.price("claude-sonnet-4-5").unwrap().input, 1.0);
         assert!(p.price("local-llama").is_some());
         assert!(p.price("claude-haiku-4-5").is_some());
+    }
+
+    #[test]
+    fn usage_since_a_count_is_what_the_count_has_not_seen() {
+        let mut total = tokens(10, 5, 0, 2);
+        total.cost_nanos = 100;
+        let mut counted = tokens(4, 5, 0, 3);
+        counted.cost_nanos = 60;
+        let mut delta = tokens(6, 0, 0, 0);
+        delta.cost_nanos = 40;
+        assert_eq!(total.since(&counted), delta);
+        assert_eq!(total.since(&total), Usage::default());
     }
 
     #[test]

@@ -7,9 +7,25 @@ use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
 use crate::config::{Config, ConfigError, Provider};
 use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
 
+/// The HTTP client of the model and tool calls, shared so connections are pooled. It never
+/// follows a redirect: a model request carries the provider's key, a tool request its
+/// signature, and neither may be replayed to wherever a `Location` points.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// The queues tasks are sent to, one per priority.
+pub fn queue(config: &Config, sdk: &aws_config::SdkConfig) -> Result<crate::queue::SqsQueue, ConfigError> {
+    Ok(crate::queue::SqsQueue::new(crate::aws::sqs(sdk), config.queue_urls()?))
+}
+
 /// The task store: the table, and the bucket for large content when one is configured.
 pub fn store(config: &Config, sdk: &aws_config::SdkConfig) -> crate::store::DynamoStore {
-    let store = crate::store::DynamoStore::new(crate::aws::dynamodb(sdk), &config.table_name, config.task_retention);
+    let store = crate::store::DynamoStore::new(crate::aws::dynamodb(sdk), &config.table_name, config.task_retention)
+        .with_reconcile_after(config.reconcile_after);
     match &config.bucket {
         Some(bucket) => {
             store.with_blobs(Arc::new(crate::blobs::S3Blobs::new(crate::aws::s3(sdk, config.s3_path_style), bucket)))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
-use agentq::config::Secret;
+use agentq::config::{Config, Secret};
 use agentq::llm::{AnthropicModel, BreakerPolicy, Model, ModelChain};
 use agentq::queue::{QueueUrls, SqsQueue, SqsRequeue};
 use agentq::store::{DynamoStore, TaskRead as _, TenantAdmin};
@@ -37,6 +37,25 @@ pub const MODEL: &str = "claude-sonnet-4-5";
 pub const TEST_BUCKET: &str = "agentq-test-blobs";
 /// The second model of the default chain.
 pub const FALLBACK: &str = "claude-haiku-4-5";
+
+/// The configuration the test functions run with: the deployment's defaults, with the
+/// timings shortened so retries and hand-offs happen within a test.
+pub fn test_config(table: &str) -> Config {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("AGENTQ_TABLE", table.to_owned()),
+        ("AGENTQ_MAX_RECEIVE_COUNT", MAX_RECEIVE_COUNT.to_string()),
+        ("AGENTQ_DEADLINE_MARGIN_SECS", "2".into()),
+        // Short, so a task given back comes round again within a test.
+        ("AGENTQ_RETRY_DELAY_SECS", "1".into()),
+        ("AGENTQ_RETRY_MAX_DELAY_SECS", "2".into()),
+        ("AGENTQ_VISIBILITY_SLACK_SECS", "1".into()),
+        ("AGENTQ_MODEL_MAX_ATTEMPTS", "2".into()),
+        ("AGENTQ_UNAVAILABLE_MESSAGE", "The models are unavailable; try again later.".into()),
+        ("AGENTQ_READS_PER_SEC", "1000".into()),
+        ("AGENTQ_READ_BURST", "1000".into()),
+    ]);
+    Config::from_lookup(|k| vars.get(k).cloned()).expect("the test configuration is valid")
+}
 
 /// One test's slice of the system.
 pub struct TestApp {
@@ -109,7 +128,7 @@ impl TestApp {
 
     async fn try_spawn(models: impl FnOnce(&str) -> Vec<Arc<dyn Model>>) -> anyhow::Result<Self> {
         default_endpoints();
-        let sdk = agentq::aws::sdk_config().await;
+        let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
         let sqs = agentq::aws::sqs(&sdk);
         let dynamodb = agentq::aws::dynamodb(&sdk);
         let stack = format!("test-{}", ulid::Ulid::generate().to_string().to_lowercase());
@@ -158,6 +177,7 @@ impl TestApp {
         let chain =
             ModelChain::new(models(&model.uri()), BreakerPolicy { threshold: 100, cooldown: Duration::from_secs(1) });
         let tools = ToolRegistry::builtin();
+        let config = test_config(&table.name);
         let allowed = agentq::task::Allowed { models: chain.ids(), tools: tools.names() };
         Ok(Self {
             submit: submit::App {
@@ -166,22 +186,25 @@ impl TestApp {
                 model_configured: true,
                 allowed,
             },
-            status: status::App { store: store.clone() },
+            status: status::App {
+                store: store.clone(),
+                reads: Arc::new(agentq::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)),
+            },
             worker: worker::Worker {
                 store: store.clone(),
                 models: chain,
                 tools,
                 prices: PriceTable::default(),
-                retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(10), cap: Duration::from_millis(50) },
+                queue: Arc::new(SqsQueue::new(sqs.clone(), queues.clone())),
                 requeue: Arc::new(SqsRequeue::new(sqs.clone())),
-                max_receive_count: MAX_RECEIVE_COUNT,
-                deadline_margin: Duration::from_secs(2),
-                default_max_cost_nanos: None,
-                // Short, so a task given back comes round again within a test.
-                retry_delay: Duration::from_secs(1),
-                retry_max_delay: Duration::from_secs(2),
-                unavailable_message: "The models are unavailable; try again later.".into(),
-                visibility_slack: Duration::from_secs(1),
+                settings: worker::WorkerSettings {
+                    retry: RetryPolicy {
+                        max_attempts: 2,
+                        base: Duration::from_millis(10),
+                        cap: Duration::from_millis(50),
+                    },
+                    ..worker::WorkerSettings::from(&config)
+                },
             },
             invocation: Duration::from_secs(30),
             accepted: Arc::default(),
@@ -327,18 +350,22 @@ impl TestApp {
 
     /// One run of the dead-letter sweeper; returns (messages seen, tasks marked).
     pub async fn sweep(&self) -> (usize, usize) {
-        let sweeper = dlq::Sweeper { store: self.store.clone(), sqs: self.sqs.clone(), dlqs: self.dlqs.clone() };
+        let sweeper = dlq::Sweeper {
+            store: self.store.clone(),
+            dead: Arc::new(agentq::queue::SqsDeadLetters::new(self.sqs.clone())),
+            dlqs: self.dlqs.clone(),
+        };
         dlq::sweep(&sweeper, Duration::from_secs(10)).await.expect("sweeping")
     }
 
     /// `agentq dlq redrive`; returns how many messages moved.
     pub async fn redrive(&self, task: Option<&str>) -> usize {
         let task = task.map(|t| t.parse().unwrap());
-        agentq::queue::dead::redrive(
-            &self.sqs,
+        agentq::deadletter::redrive(
+            &agentq::queue::SqsDeadLetters::new(self.sqs.clone()),
             self.store.as_ref(),
+            &SqsQueue::new(self.sqs.clone(), self.queues.clone()),
             &self.dlqs,
-            &self.queues,
             task,
             Duration::from_secs(10),
         )

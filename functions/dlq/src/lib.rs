@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentq::queue::DeadLetters;
 use agentq::store::{TaskDeadLetter, TaskRead};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
@@ -21,13 +22,13 @@ impl<T: TaskDeadLetter + TaskRead> SweepStore for T {}
 #[derive(Clone)]
 pub struct Sweeper {
     pub store: Arc<dyn SweepStore>,
-    pub sqs: aws_sdk_sqs::Client,
+    pub dead: Arc<dyn DeadLetters>,
     pub dlqs: Vec<String>,
 }
 
 /// One sweep of every dead-letter queue, within `budget`.
 pub async fn sweep(s: &Sweeper, budget: Duration) -> anyhow::Result<(usize, usize)> {
-    agentq::queue::dead::sweep(&s.sqs, s.store.as_ref(), &s.dlqs, budget).await
+    Ok(agentq::deadletter::sweep(s.dead.as_ref(), s.store.as_ref(), &s.dlqs, budget).await?)
 }
 
 /// Handles the scheduled event.

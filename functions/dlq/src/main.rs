@@ -8,10 +8,10 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config().await;
+    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
     let sweeper = dlq::Sweeper {
         store: Arc::new(agentq::wiring::store(&config, &sdk)),
-        sqs: agentq::aws::sqs(&sdk),
+        dead: Arc::new(agentq::queue::SqsDeadLetters::new(agentq::aws::sqs(&sdk))),
         dlqs: config.dead_letter_urls.clone(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(dlq::handle(&sweeper, event)))).await

@@ -1,12 +1,16 @@
 //! The status function: a tenant's view of its tasks. `GET /v1/tasks/{id}` (state, progress,
-//! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks/{id}/steps` (every recorded
-//! model answer and tool result), `GET /v1/tasks` (list, newest first, paginated) and
-//! `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
+//! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks/{id}/steps` (the recorded
+//! model answers and tool results, a page at a time), `GET /v1/tasks` (summaries, newest
+//! first, paginated) and `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
 //! malformed one all get the same 404, so ids cannot be probed.
+//!
+//! Every answer is bounded: a list examines a bounded number of entries (a rare status comes
+//! back a short page with a cursor), a page of steps stays far under Lambda's 6 MB response,
+//! and each tenant's reads are rate limited per instance.
 
 use std::sync::Arc;
 
-use agentq::api::{StepList, StepView, TaskList, TaskView, UsageReport};
+use agentq::api::{StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
 use agentq::auth::{Caller, authenticate};
 use agentq::http::{ApiError, json_response, respond};
 use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
@@ -22,6 +26,9 @@ const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 /// The longest usage report, in days.
 const MAX_USAGE_DAYS: i64 = 366;
+/// Steps per page when the request names none, and the most it may name.
+const DEFAULT_STEPS: usize = 100;
+const MAX_STEPS: usize = 500;
 
 /// What the status path reads and writes.
 pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead {}
@@ -31,6 +38,8 @@ impl<T: TaskRead + TaskCancel + TenantRead + UsageRead> StatusStore for T {}
 #[derive(Clone)]
 pub struct App {
     pub store: Arc<dyn StatusStore>,
+    /// Each tenant's reads on this instance.
+    pub reads: Arc<agentq::throttle::ReadThrottle>,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -77,10 +86,14 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         (Route::Usage, _) => return Err(not_allowed("GET")),
     }
     let caller = authenticate(app.store.as_ref(), req).await?;
+    let decision = app.reads.take(&caller.tenant.tenant_id, agentq::now());
+    if !decision.allowed {
+        return Err(ApiError::RateLimited { limit: app.reads.burst, rate_per_sec: app.reads.per_sec, decision });
+    }
     match route {
         Route::Task(raw) if method == Method::DELETE => cancel(app, &caller, &raw).await,
         Route::Task(raw) => get_task(app, &caller, &raw).await,
-        Route::Steps(raw) => steps(app, &caller, &raw).await,
+        Route::Steps(raw) => steps(app, &caller, &raw, req).await,
         Route::List => list(app, &caller, req).await,
         Route::Usage => usage(app, &caller, req).await,
     }
@@ -103,13 +116,41 @@ async fn get_task(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body
     Ok(json_response(StatusCode::OK, &TaskView::from(&task)))
 }
 
-async fn steps(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
+async fn steps(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+    let limit = limit(req, DEFAULT_STEPS, MAX_STEPS)?;
+    let after = match query(req, "cursor") {
+        None => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|sk| sk.starts_with("STEP#"))
+                .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
     let task = owned_task(app, caller, raw).await?;
-    let steps = app.store.steps(task.task_id).await?;
+    let page = app.store.step_page(task.task_id, after.as_deref(), limit).await?;
     Ok(json_response(
         StatusCode::OK,
-        &StepList { task_id: task.task_id, steps: steps.iter().map(StepView::from).collect() },
+        &StepList {
+            task_id: task.task_id,
+            steps: page.steps.iter().map(StepView::from).collect(),
+            next_cursor: page.next.map(|sk| URL_SAFE_NO_PAD.encode(sk)),
+        },
     ))
+}
+
+/// The `limit` query parameter: `default` if absent, 1 to `max`.
+fn limit(req: &Request, default: usize, max: usize) -> Result<usize, ApiError> {
+    match query(req, "limit") {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| invalid("limit", format!("must be an integer from 1 to {max}"))),
+    }
 }
 
 async fn cancel(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
@@ -145,14 +186,7 @@ async fn list(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body
                 .map_err(|_| invalid("status", "must be one of queued, running, succeeded, failed, cancelled"))?,
         ),
     };
-    let limit = match query(req, "limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?,
-    };
+    let limit = limit(req, DEFAULT_PAGE, MAX_PAGE)?;
     let after = match query(req, "cursor") {
         None => None,
         Some(c) => Some(
@@ -166,7 +200,7 @@ async fn list(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body
     };
     let page = app.store.list(&caller.tenant.tenant_id, status, limit, after).await?;
     let body = TaskList {
-        tasks: page.tasks.iter().map(TaskView::from).collect(),
+        tasks: page.tasks.iter().map(TaskSummary::from).collect(),
         next_cursor: page.next.map(|id| URL_SAFE_NO_PAD.encode(id.to_string())),
     };
     Ok(json_response(StatusCode::OK, &body))

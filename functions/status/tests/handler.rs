@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use agentq::store::{Finish, Lease, MemoryStore, Progress, TaskRun};
-use agentq::task::{TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
+use agentq::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use agentq::tenant::Limits;
 use agentq::usage::Usage;
 use lambda_http::{Body, Request, Response};
@@ -19,7 +19,8 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let key = store.tenant_with_key("acme", Limits::default());
-    Fixture { app: App { store: store.clone() }, store, key }
+    let reads = Arc::new(agentq::throttle::ReadThrottle::new(1000.0, 1000));
+    Fixture { app: App { store: store.clone(), reads }, store, key }
 }
 
 fn request(key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> Request {
@@ -115,7 +116,7 @@ async fn terminal_tasks_show_their_result_or_error() {
     let f = fixture();
     for (status, result, error) in [
         (TaskStatus::Succeeded, Some(TaskResult { text: "42".into(), truncated: false }), None),
-        (TaskStatus::Failed, None, Some(TaskError::new("max_iterations_exceeded", "too many steps"))),
+        (TaskStatus::Failed, None, Some(TaskError::new(ErrorCode::MaxIterationsExceeded, "too many steps"))),
     ] {
         let task = f.stored("acme").await;
         f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();

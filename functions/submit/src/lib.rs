@@ -4,8 +4,11 @@
 //! `GET /openapi.json`, and any unmatched route (with a problem+json 404 or 405).
 //!
 //! The order is deliberate: the record is written before the message is sent, so a worker
-//! never receives a task it cannot find; if the send fails, the record is marked `failed` so
-//! no client polls a task no worker will ever pick up.
+//! never receives a task it cannot find; if the send fails (every AWS call is bounded in
+//! time), the record is marked `failed` so no client polls a task no worker will ever pick
+//! up. If the function dies between the two, the task is `queued` with no message: a client
+//! retrying with its `Idempotency-Key` sends the message again (a duplicate is harmless: the
+//! worker's claim runs a task once), and the reconciler finds it if nobody retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use agentq::store::{
     Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
     month_of,
 };
-use agentq::task::{Allowed, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
+use agentq::task::{Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
 use agentq::telemetry::{self, traces};
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::http::{Method, StatusCode};
@@ -185,7 +188,7 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     }
     match admitted? {
         Admitted::Created => {}
-        Admitted::Replayed(original) => return replay(app, original).await,
+        Admitted::Replayed(original) => return replay(app, original, trace_id).await,
         Admitted::KeyReused => {
             return Err(ApiError::Conflict {
                 code: "idempotency_key_reused",
@@ -202,7 +205,7 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     // The worker's spans hang off the send, as a consumer's hang off its producer's.
     let context = traces::headers_for(&enqueue);
     if let Err(e) = app.queue.enqueue(&message, &context).instrument(enqueue).await {
-        let error = TaskError::new("enqueue_failed", "the task could not be queued; submit it again");
+        let error = TaskError::new(ErrorCode::EnqueueFailed, "the task could not be queued; submit it again");
         if let Err(store_err) = app.store.fail_unqueued(&task, &error, idempotency, agentq::now()).await {
             // Both AWS services failing at once leaves the record `queued`; say so loudly.
             tracing::error!(
@@ -245,13 +248,22 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
     response
 }
 
-/// The answer to a repeated request: the task the first one created.
-async fn replay(app: &App, original: agentq::task::TaskId) -> Result<Response<Body>, ApiError> {
+/// The answer to a repeated request: the task the first one created. If that task is still
+/// `queued`, its message is sent again: the first request may have died before sending it.
+async fn replay(app: &App, original: agentq::task::TaskId, trace_id: &str) -> Result<Response<Body>, ApiError> {
     let task =
         app.store.get(original).await?.ok_or_else(|| {
             ApiError::Unexpected(anyhow::anyhow!("idempotency key points at a missing task {original}"))
         })?;
-    tracing::info!(task_id = %original, "idempotent replay");
+    tracing::info!(task_id = %original, status = %task.status, "idempotent replay");
+    if task.status == agentq::task::TaskStatus::Queued {
+        let message = TaskMessage { task_id: task.task_id, priority: task.priority };
+        let context = if trace_id.is_empty() { HashMap::new() } else { traces::headers_for(&tracing::Span::current()) };
+        // If this send fails too, the reconciler is the net: the replay still answers.
+        if let Err(e) = app.queue.enqueue(&message, &context).await {
+            tracing::warn!(error = format!("{:#}", e.0), "could not send a replayed task's message again");
+        }
+    }
     let mut response = accepted(&task);
     response.headers_mut().insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
     Ok(response)

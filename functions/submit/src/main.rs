@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use agentq::queue::SqsQueue;
 use lambda_http::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config().await;
+    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
     let http = reqwest::Client::new();
     let allowed = agentq::task::Allowed {
         models: agentq::wiring::model_ids(&config),
@@ -17,7 +16,7 @@ async fn main() -> Result<(), Error> {
     };
     let app = submit::App {
         store: Arc::new(agentq::wiring::store(&config, &sdk)),
-        queue: Arc::new(SqsQueue::new(agentq::aws::sqs(&sdk), config.queue_urls()?)),
+        queue: Arc::new(agentq::wiring::queue(&config, &sdk)?),
         model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
         allowed,
     };

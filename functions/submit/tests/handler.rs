@@ -212,7 +212,7 @@ async fn a_queue_failure_answers_503_and_marks_the_task_failed() {
     assert_eq!(ids.len(), 1);
     let task = f.store.get(ids[0]).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error.unwrap().code, "enqueue_failed");
+    assert_eq!(task.error.unwrap().code, agentq::task::ErrorCode::EnqueueFailed);
 }
 
 #[tokio::test]

@@ -2,42 +2,55 @@
 //! and one slow task must not hold the others up).
 //!
 //! Per message: decode it, claim the task with a conditional write (so a duplicate delivery
-//! never runs it twice; the lease lasts until this invocation's deadline), load the steps an
-//! earlier run recorded, and run the agent loop from there with a checkpoint that records
-//! every model answer and tool result as it happens, writes progress, renews the lease and
-//! keeps the message hidden (a visibility heartbeat: until shortly after this invocation's
-//! deadline, so a worker that dies is replaced soon, not after the queue's long timeout).
-//! Then write the terminal state. What SQS should do next follows from the outcome:
+//! never runs it twice; the lease lasts until this invocation's deadline), check it is within
+//! the deployment's task limits, load the steps an earlier run recorded, and run the agent
+//! loop from there with a checkpoint that records every model answer and tool result as it
+//! happens, writes progress, renews the lease and keeps the message hidden (a visibility
+//! heartbeat: until shortly after this invocation's deadline, so a worker that dies is
+//! replaced soon, not after the queue's long timeout).
 //!
-//! | outcome                                              | message        |
-//! |------------------------------------------------------|----------------|
-//! | terminal state written, or task already terminal     | deleted        |
-//! | undecodable message, unknown task (permanent)        | deleted, logged|
-//! | model unavailable, deadline near, store unavailable  | retried        |
-//! | deadline near (the next delivery resumes at once)    | retried, now   |
-//! | another live delivery is running the task            | retried        |
+//! How a run stops is a [`Stop`], and [`settle`] alone decides what that means for the task
+//! and for SQS:
 //!
-//! A task given back because every model was down is kept out of sight for a growing delay
-//! (`ChangeMessageVisibility`: 30 s, 60 s, 120 s… up to a cap), not retried at once. On the
-//! last delivery SQS will make (`maxReceiveCount`), a task that still cannot finish is marked
-//! `failed` (`models_unavailable`, with the deployment's message for users) before its message
-//! goes to the dead-letter queue, so no client waits on a task that will never end.
+//! | stop                                              | task                    | message      |
+//! |---------------------------------------------------|-------------------------|--------------|
+//! | ended (succeeded, failed, cancelled, over limits) | terminal state written  | deleted      |
+//! | out of time (deadline)                            | `queued`, handed off    | a fresh one sent, this one deleted |
+//! | every model down                                  | `queued`                | back after a growing delay |
+//! | every model down, last delivery                   | `failed`                | to the dead-letter queue |
+//! | lease lost to another delivery                    | untouched               | deleted      |
+//! | store unavailable                                 | untouched               | back after the heartbeat |
+//!
+//! Messages that cannot start a run: undecodable, unknown or finished task → deleted; a task
+//! another live delivery holds → deleted too (its holder's message comes back if it dies, and
+//! the reconciler is the net under both); a claim the store refused → back later.
+//!
+//! A hand-off sends a fresh message rather than reusing this one, so a long run never spends
+//! the queue's `maxReceiveCount`: receives count failures, and the task's own `attempts` and
+//! wall time, checked against [`TaskLimits`] at every claim, decide when a run is too long.
+//!
+//! A panic in one task's run fails that task (`internal_error`) and nothing else: the other
+//! records of the batch finish normally. (The deployed build keeps `panic = "unwind"` for this.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentq::agent::{AgentTask, Checkpoint, Limits, Outcome, Report, RetryPolicy, ToolRegistry, run_agent};
+use agentq::agent::{
+    AgentTask, Checkpoint, Halt, Limits, Outcome, Report, RetryPolicy, ToolCaps, ToolRegistry, run_agent,
+};
+use agentq::config::{Config, TaskLimits};
 use agentq::llm::ModelChain;
 use agentq::metrics::{self, Unit};
-use agentq::queue::Requeue;
+use agentq::queue::{Requeue, TaskQueue};
 use agentq::steps::{ModelStep, ToolStep};
 use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, cancelled_error};
-use agentq::task::{TaskError, TaskId, TaskMessage, TaskRecord, TaskStatus};
+use agentq::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
 use agentq::telemetry::traces;
 use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::FutureExt as _;
 use lambda_runtime::LambdaEvent;
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -47,15 +60,11 @@ use tracing::Instrument as _;
 pub trait WorkerStore: TaskRun + TaskRead {}
 impl<T: TaskRun + TaskRead> WorkerStore for T {}
 
-/// The function's dependencies, built once per cold start.
-#[derive(Clone)]
-pub struct Worker {
-    pub store: Arc<dyn WorkerStore>,
-    pub models: ModelChain,
-    pub tools: ToolRegistry,
-    pub prices: PriceTable,
+/// The worker's settings, read once from the configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Model call retries.
     pub retry: RetryPolicy,
-    pub requeue: Arc<dyn Requeue>,
     /// The queue's `maxReceiveCount`.
     pub max_receive_count: u32,
     /// Time kept in hand before the invocation's deadline.
@@ -70,22 +79,62 @@ pub struct Worker {
     /// How long after the invocation's deadline a held message becomes visible again: a dead
     /// worker's task is picked up by then, and its lease has expired.
     pub visibility_slack: Duration,
+    /// What one task may take: starts, wall time, tool calls and output.
+    pub limits: TaskLimits,
 }
 
-impl Worker {
-    /// How long a task given back after its `receive_count`th delivery stays out of sight:
-    /// the delay doubles with each delivery, up to the cap, with a little jitter so tasks that
-    /// failed together do not all come back together.
-    pub fn retry_delay_for(&self, receive_count: u32) -> Duration {
-        let doubled = self.retry_delay.saturating_mul(1 << receive_count.saturating_sub(1).min(16));
-        doubled.min(self.retry_max_delay).mul_f64(1.0 + fastrand::f64() * 0.1)
+impl From<&Config> for WorkerSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            retry: RetryPolicy {
+                max_attempts: c.model.max_attempts,
+                cap: c.model.max_backoff,
+                ..RetryPolicy::default()
+            },
+            max_receive_count: c.max_receive_count,
+            deadline_margin: c.deadline_margin,
+            default_max_cost_nanos: c.default_max_cost_nanos,
+            retry_delay: c.retry_delay,
+            retry_max_delay: c.retry_max_delay,
+            unavailable_message: c.unavailable_message.clone(),
+            visibility_slack: c.visibility_slack,
+            limits: c.task_limits,
+        }
     }
+}
+
+impl WorkerSettings {
+    /// How long a task given back after its `receive_count`th delivery stays out of sight.
+    pub fn retry_delay_for(&self, receive_count: u32) -> Duration {
+        agentq::backoff::growing(self.retry_delay, self.retry_max_delay, receive_count.saturating_sub(1))
+    }
+
+    fn tool_caps(&self) -> ToolCaps {
+        ToolCaps {
+            max_calls_per_step: self.limits.max_tool_calls_per_step,
+            max_output_bytes: self.limits.max_tool_output_bytes,
+        }
+    }
+}
+
+/// The function's dependencies, built once per cold start.
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Arc<dyn WorkerStore>,
+    pub models: ModelChain,
+    pub tools: ToolRegistry,
+    pub prices: PriceTable,
+    /// Where hand-offs send a task's fresh message.
+    pub queue: Arc<dyn TaskQueue>,
+    pub requeue: Arc<dyn Requeue>,
+    pub settings: WorkerSettings,
 }
 
 /// What to tell SQS about one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// Delete it: the task is finished, or the message can never be processed.
+    /// Delete it: the task is finished, handed to a fresh message, or the message can never
+    /// be processed.
     Done,
     /// Leave it to come back after its visibility timeout.
     Retry,
@@ -107,7 +156,19 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<Sqs
         if !trace_id.is_empty() {
             span.record("trace_id", trace_id.as_str());
         }
-        async move { (message_id, process(worker, record, deadline).await) }.instrument(span)
+        async move {
+            // A panic before a run started (or one the run's own guard missed) costs this
+            // message a delivery, not the batch.
+            let disposition = std::panic::AssertUnwindSafe(process(worker, record, deadline))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    tracing::error!(panic = panic_text(&panic), "processing the message panicked; retrying later");
+                    Disposition::Retry
+                });
+            (message_id, disposition)
+        }
+        .instrument(span)
     });
     let mut response = SqsBatchResponse::default();
     for (message_id, disposition) in futures::future::join_all(runs).await {
@@ -116,6 +177,14 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<Sqs
         }
     }
     Ok(response)
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// The trace context a message carries: the submitter's (message attributes `traceparent`,
@@ -153,6 +222,72 @@ impl Deadline {
     }
 }
 
+/// How a run stopped: everything [`settle`] needs to decide the task's and the message's fate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// The task reached a terminal state: write it.
+    End(Finish),
+    /// The invocation ran out of time: give the task to the next one.
+    HandOff(TaskError),
+    /// Every model of the chain is unavailable: try again after a growing delay.
+    ModelsDown(TaskError),
+    /// Another runner holds the task now: leave it to that one.
+    LeaseLost,
+    /// The store could not record progress: let the message come back.
+    StoreTrouble(String),
+}
+
+impl Stop {
+    /// What a finished run's report means.
+    fn of(report: &Report, task: &TaskRecord) -> Self {
+        let finish = |status, result, error| {
+            Stop::End(Finish {
+                status,
+                result,
+                error,
+                step: report.steps,
+                usage: report.usage,
+                usage_by_model: report.usage_by_model.clone(),
+                model: report.model.clone().or_else(|| task.model.clone()),
+                now: agentq::now(),
+            })
+        };
+        match &report.outcome {
+            Outcome::Succeeded(result) => finish(TaskStatus::Succeeded, Some(result.clone()), None),
+            Outcome::Failed(error) => finish(TaskStatus::Failed, None, Some(error.clone())),
+            Outcome::Halted(Halt::CancelRequested) => finish(TaskStatus::Cancelled, None, Some(cancelled_error())),
+            Outcome::Interrupted(e) if e.code == ErrorCode::ModelsUnavailable => Stop::ModelsDown(e.clone()),
+            Outcome::Interrupted(e) => Stop::HandOff(e.clone()),
+            Outcome::Halted(Halt::LeaseLost) => Stop::LeaseLost,
+            Outcome::Halted(Halt::Store(why)) => Stop::StoreTrouble(why.clone()),
+        }
+    }
+}
+
+/// A terminal state for `task` as it stands, ending it with `status` and `error`.
+fn end_as_is(task: &TaskRecord, status: TaskStatus, error: TaskError) -> Finish {
+    Finish {
+        status,
+        result: None,
+        error: Some(error),
+        step: task.step,
+        usage: task.usage,
+        usage_by_model: task.usage_by_model.clone(),
+        model: task.model.clone(),
+        now: agentq::now(),
+    }
+}
+
+/// One message's run, from claim to what SQS should do with it.
+struct Run<'a> {
+    worker: &'a Worker,
+    task: TaskRecord,
+    lease: Lease,
+    heartbeat: Heartbeat<'a>,
+    receive_count: u32,
+    started: Instant,
+}
+
 /// Processes one message and says what SQS should do with it.
 async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Disposition {
     let body = record.body.as_deref().unwrap_or_default();
@@ -168,13 +303,13 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     let id = message.task_id;
     tracing::Span::current().record("task_id", tracing::field::display(id));
     let receive_count: u32 = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
-    let last_delivery = receive_count >= worker.max_receive_count;
+    let settings = &worker.settings;
 
     let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
-    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: worker.visibility_slack };
+    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: settings.visibility_slack };
     let task = match worker.store.claim(id, &lease, agentq::now()).instrument(tracing::info_span!("store.claim")).await
     {
-        Ok(Claim::Claimed(task)) => task,
+        Ok(Claim::Claimed(task)) => *task,
         Ok(Claim::NotFound) => {
             tracing::error!("message for an unknown task; acknowledged without processing");
             return Disposition::Done;
@@ -184,18 +319,16 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             return Disposition::Done;
         }
         Ok(Claim::Leased { until }) => {
-            // Come back once that lease has run out, in case its runner dies.
-            let wait = until - agentq::now();
-            tracing::info!(lease_until = %until, "task is running under another delivery; retrying later");
-            heartbeat.hide_for(wait.try_into().unwrap_or_default()).await;
-            return Disposition::Retry;
+            // A live runner holds it, with its own message in flight: this one is a duplicate.
+            tracing::info!(lease_until = %until, "task is running under another delivery; duplicate acknowledged");
+            return Disposition::Done;
         }
         Err(e) => {
             tracing::error!(
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "could not claim the task; retrying later"
             );
-            heartbeat.hide_for(worker.retry_delay_for(receive_count)).await;
+            heartbeat.hide_for(settings.retry_delay_for(receive_count)).await;
             return Disposition::Retry;
         }
     };
@@ -211,47 +344,46 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             .property("task_id", id.to_string())
             .emit();
     }
-    if task.cancel_requested {
+    let run = Run { worker, task, lease, heartbeat, receive_count, started: Instant::now() };
+    if let Some(error) = settings.limits.exceeded_by(&run.task, agentq::now()) {
+        tracing::warn!(code = %error.code, attempts = run.task.attempts, "the task is over the deployment's limits");
+        let stop = Stop::End(end_as_is(&run.task, TaskStatus::Failed, error));
+        return settle(&run, stop).await;
+    }
+    if run.task.cancel_requested {
         // Cancelled while its last runner held it: nothing more to run.
-        let finish = Finish {
-            status: TaskStatus::Cancelled,
-            result: None,
-            error: Some(cancelled_error()),
-            step: task.step,
-            usage: task.usage,
-            usage_by_model: task.usage_by_model.clone(),
-            model: task.model.clone(),
-            now: agentq::now(),
-        };
-        return write_finish(worker, &task, &lease, &finish, Instant::now(), Disposition::Done).await;
+        let stop = Stop::End(end_as_is(&run.task, TaskStatus::Cancelled, cancelled_error()));
+        return settle(&run, stop).await;
     }
 
     // Keep the message hidden while we run, and no longer than our deadline plus a little.
-    heartbeat.beat().await;
-
+    run.heartbeat.beat().await;
     let history = match worker.store.steps(id).instrument(tracing::info_span!("store.steps")).await {
         Ok(h) => h,
         Err(e) => {
-            log_store_error("could not read the task's recorded steps; retrying later", e);
-            if let Err(e) = worker
-                .store
-                .release(id, &lease, &TaskError::new("store_error", "could not read the task's steps"), agentq::now())
-                .await
-            {
-                log_store_error("could not release the task; its lease will expire", e);
-            }
-            heartbeat.hide_for(worker.retry_delay_for(receive_count)).await;
-            return Disposition::Retry;
+            let stop = Stop::StoreTrouble(format!("reading the recorded steps: {:#}", anyhow::Error::from(e)));
+            return settle(&run, stop).await;
         }
     };
+    let stop = match std::panic::AssertUnwindSafe(execute(&run, &history, deadline)).catch_unwind().await {
+        Ok(stop) => stop,
+        Err(panic) => {
+            tracing::error!(panic = panic_text(&panic), "the task's run panicked; failing the task");
+            let error = TaskError::new(ErrorCode::InternalError, "the task stopped on an internal error in agentq");
+            Stop::End(end_as_is(&run.task, TaskStatus::Failed, error))
+        }
+    };
+    settle(&run, stop).await
+}
+
+/// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
+async fn execute(run: &Run<'_>, history: &[agentq::steps::Step], deadline: Deadline) -> Stop {
+    let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
     let mut checkpoint = StoreCheckpoint {
         store: worker.store.as_ref(),
-        id,
-        lease: lease.clone(),
-        lease_until: deadline.wall,
-        heartbeat,
-        lost: false,
-        cancelled: false,
+        id: task.task_id,
+        lease: run.lease.clone(),
+        heartbeat: run.heartbeat,
     };
     let models = match &task.requested_model {
         Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
@@ -261,111 +393,125 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         None => worker.models.clone(),
     };
     let tools = task.tools.as_deref().map_or_else(|| worker.tools.clone(), |names| worker.tools.subset(names));
-    let started = Instant::now();
-    let limits = Limits { retry: worker.retry, deadline: Some(deadline.instant - worker.deadline_margin) };
-    let task_id = id.to_string();
+    let limits = Limits {
+        retry: settings.retry,
+        deadline: Some(deadline.instant - settings.deadline_margin),
+        tools: settings.tool_caps(),
+    };
+    let task_id = task.task_id.to_string();
     let agent_task = AgentTask {
         task_id: &task_id,
+        tenant_id: &task.tenant_id,
         prompt: &task.prompt,
         max_iterations: task.max_iterations,
-        max_cost_nanos: task.max_cost_nanos.or(worker.default_max_cost_nanos),
-        history: &history,
+        max_cost_nanos: task.max_cost_nanos.or(settings.default_max_cost_nanos),
+        history,
     };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
-    let run = tokio::time::timeout_at(
-        deadline.instant - worker.deadline_margin / 2,
+    let ran = tokio::time::timeout_at(
+        deadline.instant - settings.deadline_margin / 2,
         run_agent(&models, &tools, &worker.prices, agent_task, limits, &mut checkpoint),
     )
     .await;
-    let (lost, cancelled) = (checkpoint.lost, checkpoint.cancelled);
-    let report = match run {
-        Ok(report) => report,
-        // What was recorded stays recorded; the next delivery resumes from it.
-        Err(_) => Report {
-            outcome: Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time")),
-            steps: task.step,
-            usage: task.usage,
-            usage_by_model: task.usage_by_model.clone(),
-            model: task.model.clone(),
-            new_calls: 0,
-        },
-    };
-    let usage = report.usage;
-    let usage_by_model = report.usage_by_model.clone();
+    match ran {
+        Ok(report) => Stop::of(&report, task),
+        // What was recorded stays recorded; the next invocation resumes from it.
+        Err(_) => {
+            Stop::HandOff(TaskError::new(ErrorCode::Deadline, "the worker ran out of time; the task will resume"))
+        }
+    }
+}
 
-    let finish = |status, result, error| Finish {
-        status,
-        result,
-        error,
-        step: report.steps,
-        usage,
-        usage_by_model: usage_by_model.clone(),
-        model: report.model.clone(),
-        now: agentq::now(),
-    };
-    let (write, disposition) = match report.outcome.clone() {
-        Outcome::Abandoned(_) if cancelled => {
-            tracing::info!("cancel requested: stopping at this step boundary");
-            (Some(finish(TaskStatus::Cancelled, None, Some(cancelled_error()))), Disposition::Done)
+/// The one place a stop becomes a write and a message's fate.
+async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
+    let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
+    let id = task.task_id;
+    match stop {
+        Stop::End(finish) => write_finish(run, &finish, Disposition::Done).await,
+        Stop::LeaseLost => {
+            tracing::warn!("lease lost to another delivery; stopping without writing");
+            Disposition::Done
         }
-        Outcome::Succeeded(result) => (Some(finish(TaskStatus::Succeeded, Some(result), None)), Disposition::Done),
-        Outcome::Failed(error) => (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Done),
-        Outcome::Interrupted(error) if last_delivery => {
-            tracing::error!(code = %error.code, detail = %error.message, receive_count, "last delivery and the task cannot finish: failing it; the message goes to the dead-letter queue");
-            // Users get the deployment's words; the provider's error stays in the log.
-            let error = match error.code.as_str() {
-                "models_unavailable" => TaskError::new("models_unavailable", worker.unavailable_message.clone()),
-                _ => error,
-            };
+        Stop::StoreTrouble(why) => {
+            tracing::error!(reason = %why, "could not record progress; the message will come back");
+            Disposition::Retry
+        }
+        Stop::ModelsDown(error) if run.receive_count >= settings.max_receive_count => {
+            tracing::error!(code = %error.code, receive_count = run.receive_count, "last delivery and the models are still down: failing the task; the message goes to the dead-letter queue");
+            // Users get the deployment's words; the provider's error is in the log.
+            let error = TaskError::new(ErrorCode::ModelsUnavailable, settings.unavailable_message.clone());
             // Dead-letter it now, not after the heartbeat's hiding time.
-            heartbeat.hide_for(Duration::ZERO).await;
-            (Some(finish(TaskStatus::Failed, None, Some(error))), Disposition::Retry)
+            run.heartbeat.hide_for(Duration::ZERO).await;
+            write_finish(run, &end_as_is(task, TaskStatus::Failed, error), Disposition::Retry).await
         }
-        Outcome::Interrupted(error) => {
-            let delay = match error.code.as_str() {
-                "models_unavailable" => worker.retry_delay_for(receive_count),
-                // Out of time, not out of luck: the next delivery may start at once.
-                _ => Duration::ZERO,
-            };
-            tracing::warn!(code = %error.code, detail = %error.message, receive_count, retry_in_s = delay.as_secs(), steps = report.steps, "task interrupted; giving it back to the queue");
-            match worker.store.release(id, &lease, &error, agentq::now()).await {
-                Ok(()) => {}
-                // A cancel arrived meanwhile: end it now rather than run it again.
-                Err(StoreError::Conflict) => {
-                    let f = finish(TaskStatus::Cancelled, None, Some(cancelled_error()));
-                    return write_finish(worker, &task, &lease, &f, started, Disposition::Done).await;
+        Stop::ModelsDown(error) => {
+            let delay = settings.retry_delay_for(run.receive_count);
+            tracing::warn!(code = %error.code, receive_count = run.receive_count, retry_in_s = delay.as_secs(), "models unavailable; giving the task back to the queue");
+            match release(run, &error).await {
+                Released::Yes => {
+                    run.heartbeat.hide_for(delay).await;
+                    Disposition::Retry
                 }
-                Err(e) => log_store_error("could not release the task; its lease will expire", e),
+                Released::Cancelled => cancelled(run).await,
+                Released::No => Disposition::Retry,
             }
-            heartbeat.hide_for(delay).await;
-            (None, Disposition::Retry)
         }
-        Outcome::Abandoned(why) if lost => {
-            tracing::warn!(reason = %why, "lease lost to another delivery; stopping without writing");
-            (None, Disposition::Done)
+        Stop::HandOff(error) => {
+            tracing::info!(code = %error.code, steps = task.step, "out of time; handing the task to a fresh message");
+            match release(run, &error).await {
+                Released::Yes => {}
+                Released::Cancelled => return cancelled(run).await,
+                Released::No => return Disposition::Retry,
+            }
+            let message = TaskMessage { task_id: id, priority: task.priority };
+            let context = traces::headers_for(&tracing::Span::current());
+            match worker.queue.enqueue(&message, &context).await {
+                Ok(()) => Disposition::Done,
+                Err(e) => {
+                    // This message carries it instead, at the cost of one receive.
+                    tracing::warn!(
+                        error = format!("{:#}", e.0),
+                        "could not send the hand-off message; reusing this one"
+                    );
+                    run.heartbeat.hide_for(Duration::ZERO).await;
+                    Disposition::Retry
+                }
+            }
         }
-        Outcome::Abandoned(why) => {
-            tracing::error!(reason = %why, "could not record progress; retrying later");
-            (None, Disposition::Retry)
+    }
+}
+
+enum Released {
+    Yes,
+    /// A cancel arrived meanwhile: end it rather than run it again.
+    Cancelled,
+    No,
+}
+
+/// `running` → `queued`, noting why.
+async fn release(run: &Run<'_>, why: &TaskError) -> Released {
+    match run.worker.store.release(run.task.task_id, &run.lease, why, agentq::now()).await {
+        Ok(()) => Released::Yes,
+        Err(StoreError::Conflict) => Released::Cancelled,
+        Err(e) => {
+            log_store_error("could not release the task; its lease will expire", e);
+            Released::No
         }
-    };
-    let Some(finish) = write else { return disposition };
-    write_finish(worker, &task, &lease, &finish, started, disposition).await
+    }
+}
+
+async fn cancelled(run: &Run<'_>) -> Disposition {
+    let finish = end_as_is(&run.task, TaskStatus::Cancelled, cancelled_error());
+    write_finish(run, &finish, Disposition::Done).await
 }
 
 /// Writes a terminal state; what SQS is told depends on whether the write held.
-async fn write_finish(
-    worker: &Worker,
-    task: &TaskRecord,
-    lease: &Lease,
-    finish: &Finish,
-    started: Instant,
-    disposition: Disposition,
-) -> Disposition {
-    match worker.store.finish(task, lease, finish).instrument(tracing::info_span!("store.finish")).await {
+async fn write_finish(run: &Run<'_>, finish: &Finish, disposition: Disposition) -> Disposition {
+    let task = &run.task;
+    match run.worker.store.finish(task, &run.lease, finish).instrument(tracing::info_span!("store.finish")).await {
         Ok(()) => {
             let error_code = finish.error.as_ref().map(|e| e.code.as_str());
-            let duration_ms = started.elapsed().as_millis() as u64;
+            let duration_ms = run.started.elapsed().as_millis() as u64;
             // From accepted to finished, across every delivery: what the client waited.
             let total_ms = (finish.now - task.created_at).whole_milliseconds().max(0) as u64;
             tracing::info!(
@@ -435,69 +581,56 @@ impl Heartbeat<'_> {
 }
 
 /// Records each step, writes progress, renews the lease and the message's invisibility;
-/// notices when the lease was lost or a cancel requested.
+/// stops the run when the lease was lost or a cancel requested.
 struct StoreCheckpoint<'a> {
     store: &'a dyn WorkerStore,
-    id: TaskId,
+    id: agentq::task::TaskId,
     lease: Lease,
-    lease_until: OffsetDateTime,
     heartbeat: Heartbeat<'a>,
-    lost: bool,
-    /// A client asked to cancel; the run stopped for it.
-    cancelled: bool,
+}
+
+fn halt(what: &str, e: StoreError) -> Halt {
+    match e {
+        StoreError::Conflict => Halt::LeaseLost,
+        e => Halt::Store(format!("{what}: {:#}", anyhow::Error::from(e))),
+    }
 }
 
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
-    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error> {
-        match self
-            .store
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
+        self.store
             .record_model_step(self.id, &self.lease, step)
             .instrument(tracing::info_span!("store.record_step"))
             .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => {
-                self.lost = true;
-                anyhow::bail!("the lease is no longer ours");
-            }
-            Err(e) => return Err(anyhow::Error::from(e).context("recording a step")),
-        }
+            .map_err(|e| halt("recording a step", e))?;
         let progress = Progress {
             step: step.step,
             usage: report.usage,
             usage_by_model: report.usage_by_model.clone(),
             model: Some(step.model.clone()),
-            lease_until: self.lease_until,
+            lease_until: self.lease.until,
             now: agentq::now(),
         };
-        let ack = match self
+        let ack = self
             .store
             .progress(self.id, &self.lease, &progress)
             .instrument(tracing::info_span!("store.progress"))
             .await
-        {
-            Ok(ack) => ack,
-            Err(StoreError::Conflict) => {
-                self.lost = true;
-                anyhow::bail!("the lease is no longer ours");
-            }
-            Err(e) => return Err(anyhow::Error::from(e).context("writing progress")),
-        };
+            .map_err(|e| halt("writing progress", e))?;
         self.heartbeat.beat().await;
-        if ack == StepAck::CancelRequested {
-            self.cancelled = true;
-            anyhow::bail!("the client asked to cancel the task");
+        match ack {
+            StepAck::CancelRequested => Err(Halt::CancelRequested),
+            StepAck::Continue => Ok(()),
         }
-        Ok(())
     }
 
-    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), Halt> {
         self.store
             .record_tool_step(self.id, step)
             .instrument(tracing::info_span!("store.record_tool_result"))
             .await
-            .map_err(|e| anyhow::Error::from(e).context("recording a tool result"))
+            .map_err(|e| halt("recording a tool result", e))
     }
 }
 

@@ -9,15 +9,15 @@ use agentq::agent::{RetryPolicy, ToolRegistry};
 use agentq::llm::{
     BreakerPolicy, ContentBlock, Model, ModelChain, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage,
 };
-use agentq::queue::MemoryRequeue;
+use agentq::queue::{MemoryQueue, MemoryRequeue};
 use agentq::store::{Lease, MemoryStore, TaskCancel, TaskRead, TaskRun};
-use agentq::task::{TaskId, TaskRecord, TaskRequest, TaskStatus};
+use agentq::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
 use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use worker::Worker;
+use worker::{Worker, WorkerSettings};
 
 /// Answers every call with `end_turn`, after waiting at `gate` if one is set.
 struct FakeModel {
@@ -63,21 +63,31 @@ fn worker(store: Arc<MemoryStore>, model: Arc<FakeModel>) -> Worker {
     worker_with(store, model, Arc::new(MemoryRequeue::new()))
 }
 
+/// The deployment's defaults, with the test queue's receive count and a short margin.
+fn settings() -> WorkerSettings {
+    let config = agentq::Config::from_lookup(|k| match k {
+        "AGENTQ_TABLE" => Some("t".into()),
+        "AGENTQ_MAX_RECEIVE_COUNT" => Some("3".into()),
+        "AGENTQ_DEADLINE_MARGIN_SECS" => Some("1".into()),
+        "AGENTQ_UNAVAILABLE_MESSAGE" => Some("Try again later.".into()),
+        _ => None,
+    })
+    .unwrap();
+    WorkerSettings {
+        retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(2) },
+        ..WorkerSettings::from(&config)
+    }
+}
+
 fn worker_with(store: Arc<MemoryStore>, model: Arc<FakeModel>, requeue: Arc<MemoryRequeue>) -> Worker {
     Worker {
         store,
         models: ModelChain::new(vec![model as Arc<dyn Model>], BreakerPolicy::default()),
         tools: ToolRegistry::builtin(),
         prices: PriceTable::default(),
-        retry: RetryPolicy { max_attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(2) },
+        queue: Arc::new(MemoryQueue::new()),
         requeue,
-        max_receive_count: 3,
-        deadline_margin: Duration::from_secs(1),
-        default_max_cost_nanos: None,
-        retry_delay: Duration::from_secs(30),
-        retry_max_delay: Duration::from_secs(900),
-        unavailable_message: "Try again later.".into(),
-        visibility_slack: Duration::from_secs(30),
+        settings: settings(),
     }
 }
 
@@ -166,15 +176,18 @@ async fn a_finished_task_is_not_run_again() {
 }
 
 #[tokio::test]
-async fn a_task_leased_by_another_delivery_is_retried_later() {
+async fn a_task_leased_by_another_delivery_is_acknowledged_as_a_duplicate() {
+    // Its live runner holds a message of its own, which comes back if the runner dies: this
+    // one would only spend receives until it reached the dead-letter queue.
     let store = Arc::new(MemoryStore::new());
     let model = Arc::new(FakeModel::up());
     let id = queued(&store).await;
     let other = Lease { owner: "elsewhere".into(), until: agentq::now() + time::Duration::minutes(5) };
     store.claim(id, &other, agentq::now()).await.unwrap();
-    let r = worker::handle(&worker(store, model.clone()), batch(&[message(id)], 1)).await.unwrap();
-    assert_eq!(failures(&r), ["m0"]);
+    let r = worker::handle(&worker(store.clone(), model.clone()), batch(&[message(id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty());
     assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Running, "the live run is left alone");
 }
 
 #[tokio::test]
@@ -209,7 +222,7 @@ async fn a_model_outage_gives_the_task_back_to_the_queue_with_a_growing_delay() 
 #[test]
 fn retry_delays_double_up_to_the_cap() {
     let w = worker(Arc::new(MemoryStore::new()), Arc::new(FakeModel::up()));
-    let secs = |n| w.retry_delay_for(n).as_secs();
+    let secs = |n| w.settings.retry_delay_for(n).as_secs();
     assert!((30..=33).contains(&secs(1)));
     assert!((240..=264).contains(&secs(4)));
     assert!((900..=990).contains(&secs(10)));
@@ -225,7 +238,7 @@ async fn on_the_last_delivery_an_outage_fails_the_task_before_it_is_dead_lettere
     let task = store.get(id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
     let error = task.error.unwrap();
-    assert_eq!(error.code, "models_unavailable");
+    assert_eq!(error.code, ErrorCode::ModelsUnavailable);
     assert_eq!(error.message, "Try again later.", "users read the deployment's message, not the provider's");
 }
 
@@ -300,4 +313,42 @@ async fn a_queued_task_cancelled_before_delivery_is_never_run() {
     assert!(failures(&r).is_empty());
     assert_eq!(model.calls.load(Ordering::SeqCst), 0);
     assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_run_out_of_time_is_handed_to_a_fresh_message_and_this_one_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let queue = Arc::new(MemoryQueue::new());
+    let mut w = worker(store.clone(), Arc::new(FakeModel::up()));
+    w.queue = queue.clone();
+    // An invocation already inside its margin: the loop stops before its first call.
+    let mut event = batch(&[message(id)], 4);
+    event.context.deadline = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64 + 500;
+    let r = worker::handle(&w, event).await.unwrap();
+    assert!(failures(&r).is_empty(), "a hand-off spends no receive");
+    assert_eq!(queue.sent().iter().map(|m| m.task_id).collect::<Vec<_>>(), [id]);
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Queued);
+    assert_eq!(task.last_error.unwrap().code, ErrorCode::Deadline);
+}
+
+#[tokio::test]
+async fn a_task_started_more_often_than_the_limit_fails_with_its_own_code() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let model = Arc::new(FakeModel::up());
+    let mut w = worker(store.clone(), model.clone());
+    w.settings.limits.max_attempts = 2;
+    for n in 0..2 {
+        let lease = Lease { owner: format!("crashed-{n}"), until: agentq::now() - time::Duration::seconds(1) };
+        store.claim(id, &lease, agentq::now()).await.unwrap();
+    }
+    let r = worker::handle(&w, batch(&[message(id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty());
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.unwrap().code, ErrorCode::TooManyAttempts);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(store.active("acme"), 0);
 }

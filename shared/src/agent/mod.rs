@@ -11,6 +11,11 @@
 //! the tools; `pause_turn` sends the turn back so the model can go on; `max_tokens` ends the
 //! task with the text so far, flagged `truncated` (continuing would spend more on an answer
 //! the caller sized with `AGENTQ_MAX_TOKENS`); `refusal` fails it with code `refused`.
+//!
+//! One task must not hurt the others sharing its worker: the tool calls of one step and the
+//! tool output of a whole task are capped ([`ToolCaps`]). A call beyond the first cap is not
+//! run, and output beyond the second is cut; either way the model is told why in the tool's
+//! result, so it can change course.
 
 pub mod tools;
 
@@ -27,17 +32,34 @@ pub use crate::llm::RetryPolicy;
 use crate::llm::{ChainError, ContentBlock, Message, ModelChain, ModelRequest, Role, StopReason};
 use crate::metrics::{self, Unit};
 use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{TaskError, TaskResult};
+use crate::task::{ErrorCode, TaskError, TaskResult};
 use crate::usage::{PriceTable, Usage};
 
 /// Tool calls of one turn run at most this many at a time.
 const TOOL_CONCURRENCY: usize = 8;
+
+/// Limits on the tools of one task, so it stays within its share of a worker's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolCaps {
+    /// Tool calls run from one model answer; the rest are answered "not run".
+    pub max_calls_per_step: usize,
+    /// Bytes of tool output the task may accumulate (recorded results included).
+    pub max_output_bytes: usize,
+}
+
+impl Default for ToolCaps {
+    fn default() -> Self {
+        Self { max_calls_per_step: 16, max_output_bytes: 4 * 1024 * 1024 }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentTask<'a> {
     /// Passed to tools (idempotency keys).
     pub task_id: &'a str,
+    /// Passed to tools (HTTP tools name the tenant).
+    pub tenant_id: &'a str,
     pub prompt: &'a str,
     pub max_iterations: u32,
     /// Stop once the task has cost this much (nano-dollars), recorded steps included.
@@ -52,6 +74,21 @@ pub struct Limits {
     pub retry: RetryPolicy,
     /// No model call or backoff is started that could not finish before this.
     pub deadline: Option<Instant>,
+    pub tools: ToolCaps,
+}
+
+/// Why a checkpoint stopped the run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// Another runner holds the task now.
+    #[error("the lease is no longer ours")]
+    LeaseLost,
+    /// A client asked to cancel it.
+    #[error("the client asked to cancel the task")]
+    CancelRequested,
+    /// The step could not be recorded; the cause is in the message (for logs only).
+    #[error("could not record progress: {0}")]
+    Store(String),
 }
 
 /// Persists each step as it happens; the worker's implementation writes it to the store,
@@ -60,10 +97,10 @@ pub struct Limits {
 pub trait Checkpoint: Send + Sync {
     /// Called after every new model answer, with the run so far. An error stops the run: the
     /// task is no longer ours to run, or was cancelled.
-    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error>;
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt>;
 
     /// Called after every new tool result. Tools of one turn run concurrently, hence `&self`.
-    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error>;
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), Halt>;
 }
 
 /// How a run ended.
@@ -75,8 +112,9 @@ pub enum Outcome {
     /// The run could not finish now but may later: the model is unavailable, or the deadline
     /// is near. The task should go back to the queue.
     Interrupted(TaskError),
-    /// The checkpoint refused a step: someone else owns the task now, or it was cancelled.
-    Abandoned(String),
+    /// The checkpoint refused a step: someone else owns the task now, it was cancelled, or
+    /// the store could not record it.
+    Halted(Halt),
 }
 
 /// A run's outcome and what the task has spent, recorded steps included.
@@ -119,16 +157,16 @@ fn next_after(step: &ModelStep) -> Next {
         }
         StopReason::MaxTokens => Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: true })),
         StopReason::Refusal => {
-            Next::Done(Outcome::Failed(TaskError::new("refused", "the model declined to answer this prompt")))
+            Next::Done(Outcome::Failed(TaskError::new(ErrorCode::Refused, "the model declined to answer this prompt")))
         }
         StopReason::PauseTurn => Next::Continue,
         StopReason::ToolUse if step.content.iter().any(|b| matches!(b, ContentBlock::ToolUse { .. })) => Next::Tools,
         StopReason::ToolUse => Next::Done(Outcome::Failed(TaskError::new(
-            "model_error",
+            ErrorCode::ModelError,
             "the model stopped for tool use but asked for no tool",
         ))),
         StopReason::Other(reason) => Next::Done(Outcome::Failed(TaskError::new(
-            "model_error",
+            ErrorCode::ModelError,
             format!("the model stopped for a reason this version does not handle: {reason}"),
         ))),
     }
@@ -146,7 +184,7 @@ pub async fn run_agent(
     let mut request =
         ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
     let mut report = Report {
-        outcome: Outcome::Abandoned(String::new()),
+        outcome: Outcome::Halted(Halt::Store(String::new())),
         steps: 0,
         usage: Usage::default(),
         usage_by_model: BTreeMap::new(),
@@ -154,6 +192,21 @@ pub async fn run_agent(
         new_calls: 0,
     };
     let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| usage.cost_nanos >= max);
+
+    // Tool output already recorded counts against the task's cap.
+    let recorded_output: usize = task
+        .history
+        .iter()
+        .map(|s| match s {
+            Step::Tool(t) => t.content.len(),
+            Step::Model(_) => 0,
+        })
+        .sum();
+    let tool_budget = ToolBudget {
+        caps: limits.tools,
+        left: std::sync::atomic::AtomicUsize::new(limits.tools.max_output_bytes.saturating_sub(recorded_output)),
+    };
+    let run = ToolRun { tools, task_id: task.task_id, tenant_id: task.tenant_id, budget: &tool_budget };
 
     // Replay what earlier runs recorded.
     let recorded_tools: BTreeMap<(u32, &str), &ToolStep> = task
@@ -178,10 +231,10 @@ pub async fn run_agent(
             }
             Next::Tools => {
                 let recorded = |id: &str| recorded_tools.get(&(step.step, id)).map(|t| (*t).clone());
-                match run_tools(tools, task.task_id, step, &recorded, &*checkpoint).await {
+                match run.all(step, &recorded, &*checkpoint).await {
                     Ok(results) => request.messages.push(Message { role: Role::User, content: results }),
-                    Err(e) => {
-                        report.outcome = Outcome::Abandoned(format!("{e:#}"));
+                    Err(halt) => {
+                        report.outcome = Outcome::Halted(halt);
                         return report;
                     }
                 }
@@ -199,7 +252,7 @@ pub async fn run_agent(
     let outcome = loop {
         if report.steps >= task.max_iterations {
             break Outcome::Failed(TaskError::new(
-                "max_iterations_exceeded",
+                ErrorCode::MaxIterationsExceeded,
                 format!("the model did not finish within {} steps", task.max_iterations),
             ));
         }
@@ -207,7 +260,10 @@ pub async fn run_agent(
             break budget_exceeded(task.max_cost_nanos);
         }
         if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            break Outcome::Interrupted(TaskError::new("deadline", "the worker ran out of time; the task will resume"));
+            break Outcome::Interrupted(TaskError::new(
+                ErrorCode::Deadline,
+                "the worker ran out of time; the task will resume",
+            ));
         }
 
         // One span per step: the model call (with its retries and fallbacks), the checkpoint,
@@ -217,13 +273,17 @@ pub async fn run_agent(
             match models.complete(&request, limits.retry, limits.deadline).instrument(step_span.clone()).await {
                 Ok(r) => r,
                 Err(ChainError::Unavailable(e)) => {
+                    // The provider's words may name endpoints: they go to the log, not the task.
                     let detail = e.map_or_else(|| "every model's circuit is open".to_owned(), |e| e.to_string());
+                    tracing::warn!(detail, "no model is available");
                     break Outcome::Interrupted(TaskError::new(
-                        "models_unavailable",
-                        format!("no model is available: {detail}"),
+                        ErrorCode::ModelsUnavailable,
+                        "no model of the chain is available right now; the task will be tried again",
                     ));
                 }
-                Err(ChainError::Rejected(e)) => break Outcome::Failed(TaskError::new("model_error", e.to_string())),
+                Err(ChainError::Rejected(e)) => {
+                    break Outcome::Failed(TaskError::new(ErrorCode::ModelError, e.client_message()));
+                }
             };
         report.new_calls += 1;
 
@@ -264,8 +324,8 @@ pub async fn run_agent(
             output_tokens = usage.output_tokens,
             "model answered"
         );
-        if let Err(e) = checkpoint.model_step(&step, &report).instrument(step_span.clone()).await {
-            break Outcome::Abandoned(format!("{e:#}"));
+        if let Err(halt) = checkpoint.model_step(&step, &report).instrument(step_span.clone()).await {
+            break Outcome::Halted(halt);
         }
 
         match next_after(&step) {
@@ -274,12 +334,9 @@ pub async fn run_agent(
             _ if over_budget(&report.usage) => break budget_exceeded(task.max_cost_nanos),
             Next::Continue => request.messages.push(Message { role: Role::Assistant, content: step.content }),
             Next::Tools => {
-                let results = match run_tools(tools, task.task_id, &step, &|_| None, &*checkpoint)
-                    .instrument(step_span.clone())
-                    .await
-                {
+                let results = match run.all(&step, &|_| None, &*checkpoint).instrument(step_span.clone()).await {
                     Ok(results) => results,
-                    Err(e) => break Outcome::Abandoned(format!("{e:#}")),
+                    Err(halt) => break Outcome::Halted(halt),
                 };
                 request.messages.push(Message { role: Role::Assistant, content: step.content });
                 request.messages.push(Message { role: Role::User, content: results });
@@ -292,76 +349,177 @@ pub async fn run_agent(
 
 fn budget_exceeded(max: Option<u64>) -> Outcome {
     let max_usd = max.unwrap_or_default() as f64 / 1e9;
-    Outcome::Failed(TaskError::new("budget_exceeded", format!("the task reached its cost budget of ${max_usd}")))
+    Outcome::Failed(TaskError::new(
+        ErrorCode::BudgetExceeded,
+        format!("the task reached its cost budget of ${max_usd}"),
+    ))
 }
 
-/// Answers every `tool_use` block of a model step, in order: with its recorded result if
-/// there is one, else by running the tool (a few at a time) and recording the result.
-async fn run_tools(
-    tools: &ToolRegistry,
-    task_id: &str,
-    step: &ModelStep,
-    recorded: &(dyn Fn(&str) -> Option<ToolStep> + Sync),
-    checkpoint: &dyn Checkpoint,
-) -> Result<Vec<ContentBlock>, anyhow::Error> {
-    // Owned inputs keep the stream's future free of borrowed closure arguments, which the
-    // compiler cannot prove `Send` for every lifetime.
-    let calls: Vec<(String, String, serde_json::Value, Option<ToolStep>)> = step
-        .content
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone(), recorded(id))),
-            _ => None,
-        })
-        .collect();
-    let context = ToolContext { task_id: task_id.to_owned(), step: step.step, tool_use_id: String::new() };
-    let results: Vec<Result<ToolStep, anyhow::Error>> =
-        futures::stream::iter(calls.into_iter().map(|call| run_tool(tools, &context, checkpoint, call)))
-            .buffered(TOOL_CONCURRENCY)
-            .collect()
-            .await;
-    results
-        .into_iter()
-        .map(|r| {
-            r.map(|t| ContentBlock::ToolResult { tool_use_id: t.tool_use_id, content: t.content, is_error: t.is_error })
-        })
-        .collect()
+/// The tool output a task may still accumulate, shared by the calls of a step.
+struct ToolBudget {
+    caps: ToolCaps,
+    left: std::sync::atomic::AtomicUsize,
 }
 
-async fn run_tool(
-    tools: &ToolRegistry,
-    context: &ToolContext,
-    checkpoint: &dyn Checkpoint,
-    (id, name, input, recorded): (String, String, serde_json::Value, Option<ToolStep>),
-) -> Result<ToolStep, anyhow::Error> {
-    if let Some(done) = recorded {
-        return Ok(done);
+impl ToolBudget {
+    /// Takes up to `want` bytes; returns how many were granted.
+    fn take(&self, want: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let before = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| Some(left.saturating_sub(want)))
+            .unwrap_or(0);
+        before.min(want)
     }
-    let started = Instant::now();
-    let span = tracing::info_span!("tool_call", tool = %name, tool_use_id = %id);
-    let out = tools.run(&name, &input, &context.for_call(&id)).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_millis() as u64;
-    span.in_scope(|| {
-        tracing::info!(
-            is_error = out.is_error,
-            error_type = out.error_type,
-            latency_ms,
-            input = crate::telemetry::content(&input.to_string()),
-            output = crate::telemetry::content(&out.content),
-            "tool ran"
-        );
-    });
-    let outcome = out.error_type.unwrap_or("ok");
-    metrics::record()
-        .dimension("tool", name.as_str())
-        .dimension("outcome", outcome)
-        .value("ToolCalls", 1.0, Unit::Count)
-        .value("ToolLatencyMs", latency_ms as f64, Unit::Milliseconds)
-        .property("task_id", context.task_id.as_str())
-        .emit();
-    let result = ToolStep { step: context.step, tool_use_id: id, name, content: out.content, is_error: out.is_error };
-    checkpoint.tool_result(&result).await?;
-    Ok(result)
+
+    fn exhausted(&self) -> bool {
+        self.left.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// What running a step's tools needs: the tools, whose task it is, and its output budget.
+struct ToolRun<'a> {
+    tools: &'a ToolRegistry,
+    task_id: &'a str,
+    tenant_id: &'a str,
+    budget: &'a ToolBudget,
+}
+
+impl ToolRun<'_> {
+    /// Answers every `tool_use` block of a model step, in order: with its recorded result if
+    /// there is one, else by running the tool (a few at a time) and recording the result.
+    async fn all(
+        &self,
+        step: &ModelStep,
+        recorded: &(dyn Fn(&str) -> Option<ToolStep> + Sync),
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<Vec<ContentBlock>, Halt> {
+        // Owned inputs keep the stream's future free of borrowed closure arguments, which the
+        // compiler cannot prove `Send` for every lifetime.
+        let calls: Vec<Call> = step
+            .content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolUse { id, name, input } => {
+                    Some(Call { id: id.clone(), name: name.clone(), input: input.clone(), recorded: recorded(id) })
+                }
+                _ => None,
+            })
+            .collect();
+        let asked = calls.len();
+        let context = ToolContext {
+            task_id: self.task_id.to_owned(),
+            tenant_id: self.tenant_id.to_owned(),
+            step: step.step,
+            tool_use_id: String::new(),
+        };
+        let results: Vec<Result<ToolStep, Halt>> = futures::stream::iter(
+            calls.into_iter().enumerate().map(|(i, call)| self.one(&context, checkpoint, call, i, asked)),
+        )
+        .buffered(TOOL_CONCURRENCY)
+        .collect()
+        .await;
+        results
+            .into_iter()
+            .map(|r| {
+                r.map(|t| ContentBlock::ToolResult {
+                    tool_use_id: t.tool_use_id,
+                    content: t.content,
+                    is_error: t.is_error,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the `index`th of `asked` calls of a step, within the caps, and records its result.
+    async fn one(
+        &self,
+        context: &ToolContext,
+        checkpoint: &dyn Checkpoint,
+        call: Call,
+        index: usize,
+        asked: usize,
+    ) -> Result<ToolStep, Halt> {
+        if let Some(done) = call.recorded {
+            return Ok(done);
+        }
+        let caps = self.budget.caps;
+        let refused = if index >= caps.max_calls_per_step {
+            Some(format!(
+                "not run: {asked} tool calls were asked for in one step and at most {} run; ask for fewer at a time",
+                caps.max_calls_per_step
+            ))
+        } else if self.budget.exhausted() {
+            Some(format!(
+                "not run: this task has used its tool output limit of {} bytes; answer with what you have",
+                caps.max_output_bytes
+            ))
+        } else {
+            None
+        };
+        let (content, is_error) = match refused {
+            Some(why) => (why, true),
+            None => {
+                let out = self.run(context, &call).await;
+                (self.fit(out.content), out.is_error)
+            }
+        };
+        let result = ToolStep { step: context.step, tool_use_id: call.id, name: call.name, content, is_error };
+        checkpoint.tool_result(&result).await?;
+        Ok(result)
+    }
+
+    /// Cuts `content` to what is left of the task's tool output budget, saying so.
+    fn fit(&self, mut content: String) -> String {
+        let granted = self.budget.take(content.len());
+        if granted < content.len() {
+            let mut cut = granted;
+            while !content.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            content.truncate(cut);
+            content.push_str(&format!(
+                "\n[cut: this task reached its tool output limit of {} bytes]",
+                self.budget.caps.max_output_bytes
+            ));
+        }
+        content
+    }
+
+    async fn run(&self, context: &ToolContext, call: &Call) -> ToolOutput {
+        let started = Instant::now();
+        let span = tracing::info_span!("tool_call", tool = %call.name, tool_use_id = %call.id);
+        let out = self.tools.run(&call.name, &call.input, &context.for_call(&call.id)).instrument(span.clone()).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        span.in_scope(|| {
+            tracing::info!(
+                is_error = out.is_error,
+                error_type = out.error_type,
+                latency_ms,
+                input = crate::telemetry::content(&call.input.to_string()),
+                output = crate::telemetry::content(&out.content),
+                "tool ran"
+            );
+        });
+        // A name the model made up must not become a metric of its own.
+        let tool = if self.tools.knows(&call.name) { call.name.as_str() } else { "unknown" };
+        metrics::record()
+            .dimension("tool", tool)
+            .dimension("outcome", out.error_type.unwrap_or("ok"))
+            .value("ToolCalls", 1.0, Unit::Count)
+            .value("ToolLatencyMs", latency_ms as f64, Unit::Milliseconds)
+            .property("task_id", context.task_id.as_str())
+            .emit();
+        out
+    }
+}
+
+/// One `tool_use` block of a step, and its recorded result if an earlier run made one.
+struct Call {
+    id: String,
+    name: String,
+    input: serde_json::Value,
+    recorded: Option<ToolStep>,
 }
 
 #[cfg(test)]

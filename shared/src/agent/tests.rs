@@ -72,15 +72,15 @@ struct Steps(Vec<(u32, Usage)>, bool, Mutex<Vec<ToolStep>>);
 
 #[async_trait]
 impl Checkpoint for Steps {
-    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), anyhow::Error> {
+    async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
         if self.1 {
-            anyhow::bail!("lease lost");
+            return Err(Halt::LeaseLost);
         }
         self.0.push((step.step, report.usage));
         Ok(())
     }
 
-    async fn tool_result(&self, step: &ToolStep) -> Result<(), anyhow::Error> {
+    async fn tool_result(&self, step: &ToolStep) -> Result<(), Halt> {
         self.2.lock().unwrap().push(step.clone());
         Ok(())
     }
@@ -93,13 +93,21 @@ fn chain(models: Vec<Arc<Scripted>>) -> ModelChain {
 }
 
 fn task(max_iterations: u32) -> AgentTask<'static> {
-    AgentTask { task_id: "T", prompt: "what is 6 * 7?", max_iterations, max_cost_nanos: None, history: &[] }
+    AgentTask {
+        task_id: "T",
+        tenant_id: "acme",
+        prompt: "what is 6 * 7?",
+        max_iterations,
+        max_cost_nanos: None,
+        history: &[],
+    }
 }
 
 fn limits() -> Limits {
     Limits {
         retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(1), cap: Duration::from_millis(5) },
         deadline: None,
+        tools: ToolCaps::default(),
     }
 }
 
@@ -189,7 +197,7 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
     };
     let model = Arc::new(Scripted::new(vec![tool_turn(), tool_turn()]));
     let (report, _) = run(&model, 2).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "max_iterations_exceeded"));
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::MaxIterationsExceeded));
     assert_eq!(report.steps, 2);
     assert_eq!(model.calls(), 2);
 }
@@ -205,7 +213,7 @@ async fn max_tokens_ends_with_the_text_flagged_truncated() {
 async fn a_refusal_fails_the_task() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::Refusal, vec![])]));
     let (report, _) = run(&model, 10).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "refused"));
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::Refused));
 }
 
 #[tokio::test]
@@ -232,7 +240,7 @@ async fn transient_failures_are_retried_within_one_step() {
 async fn a_model_that_stays_down_interrupts_the_run_for_a_later_retry() {
     let model = Arc::new(Scripted::new(vec![overloaded(), overloaded(), overloaded()]));
     let (report, _) = run(&model, 10).await;
-    assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == "models_unavailable"));
+    assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == ErrorCode::ModelsUnavailable));
     assert_eq!(model.calls(), 3);
 }
 
@@ -246,7 +254,7 @@ async fn a_rejected_request_fails_at_once_with_the_providers_message() {
     })]));
     let (report, _) = run(&model, 10).await;
     assert!(
-        matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error" && e.message.contains("prompt is too long"))
+        matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::ModelError && e.message.contains("prompt is too long"))
     );
     assert_eq!(model.calls(), 1);
 }
@@ -274,7 +282,7 @@ async fn a_refused_checkpoint_abandons_the_run() {
     let report =
         run_agent(&chain(vec![model]), &ToolRegistry::builtin(), &PriceTable::default(), task(3), limits(), &mut steps)
             .await;
-    assert!(matches!(report.outcome, Outcome::Abandoned(_)));
+    assert_eq!(report.outcome, Outcome::Halted(Halt::LeaseLost));
 }
 
 #[tokio::test]
@@ -317,7 +325,7 @@ async fn a_rejected_request_does_not_burn_the_chain() {
     let primary = Arc::new(Scripted::named("claude-sonnet-4-5", vec![bad]));
     let fallback = Arc::new(Scripted::named("claude-haiku-4-5", vec![]));
     let (report, _) = run_task(&chain(vec![primary, fallback.clone()]), task(3), limits()).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "model_error"));
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::ModelError));
     assert_eq!(fallback.calls(), 0);
 }
 
@@ -342,7 +350,7 @@ async fn every_model_down_interrupts_with_models_unavailable() {
     let a = Arc::new(Scripted::named("claude-sonnet-4-5", (0..3).map(|_| overloaded()).collect()));
     let b = Arc::new(Scripted::named("claude-haiku-4-5", (0..3).map(|_| overloaded()).collect()));
     let (report, _) = run_task(&chain(vec![a, b]), task(3), limits()).await;
-    assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == "models_unavailable"));
+    assert!(matches!(&report.outcome, Outcome::Interrupted(e) if e.code == ErrorCode::ModelsUnavailable));
 }
 
 #[tokio::test]
@@ -361,7 +369,11 @@ async fn a_run_stops_at_its_budget_with_the_usage_so_far() {
     // Each call costs 450_000 n$; a budget of 800_000 allows the second call to start, not a third.
     let budget = AgentTask { max_cost_nanos: Some(800_000), ..task(10) };
     let (report, _) = run_task(&chain(vec![model.clone()]), budget, limits()).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"), "{:?}", report.outcome);
+    assert!(
+        matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::BudgetExceeded),
+        "{:?}",
+        report.outcome
+    );
     assert_eq!(model.calls(), 2);
     assert_eq!(report.usage.cost_nanos, 900_000);
 }
@@ -386,7 +398,7 @@ async fn spending_recorded_by_earlier_runs_counts_against_the_budget() {
     let history = [Step::Model(recorded_tool_turn())];
     let spent = AgentTask { max_cost_nanos: Some(450_000), history: &history, ..task(10) };
     let (report, _) = run_task(&chain(vec![model.clone()]), spent, limits()).await;
-    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == "budget_exceeded"));
+    assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::BudgetExceeded));
     assert_eq!(model.calls(), 0);
     assert_eq!(report.usage.cost_nanos, 450_000);
 }
@@ -508,4 +520,78 @@ async fn tool_calls_of_one_turn_run_concurrently() {
         })
         .collect();
     assert_eq!(ids, ["a", "b"]);
+}
+
+/// A tool that answers with `n` bytes.
+struct Big(crate::llm::ToolSpec);
+
+#[async_trait]
+impl Tool for Big {
+    fn spec(&self) -> &crate::llm::ToolSpec {
+        &self.0
+    }
+    async fn call(&self, input: &serde_json::Value, _: &ToolContext) -> Result<String, ToolError> {
+        Ok("x".repeat(input["n"].as_u64().unwrap_or(0) as usize))
+    }
+}
+
+fn big_tool() -> ToolRegistry {
+    let spec = crate::llm::ToolSpec {
+        name: "big".into(),
+        description: "answers with n bytes".into(),
+        input_schema: json!({"type": "object", "properties": {"n": {"type": "integer"}}}),
+    };
+    ToolRegistry::new().with(Big(spec)).unwrap()
+}
+
+fn results_of(request: &crate::llm::ModelRequest) -> Vec<(String, bool)> {
+    request.messages[2]
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::ToolResult { content, is_error, .. } => Some((content.clone(), *is_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_calls_beyond_the_per_step_cap_are_answered_not_run() {
+    let calls: Vec<ContentBlock> = (0..20)
+        .map(|i| ContentBlock::ToolUse { id: format!("c{i}"), name: "big".into(), input: json!({"n": 3}) })
+        .collect();
+    let model =
+        Arc::new(Scripted::new(vec![answer(StopReason::ToolUse, calls), answer(StopReason::EndTurn, text("ok"))]));
+    let limits = Limits { tools: ToolCaps { max_calls_per_step: 3, max_output_bytes: 1 << 20 }, ..limits() };
+    let mut steps = Steps::default();
+    let report =
+        run_agent(&chain(vec![model.clone()]), &big_tool(), &PriceTable::default(), task(3), limits, &mut steps).await;
+    assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+    let results = results_of(&model.requests.lock().unwrap()[1]);
+    assert_eq!(results.len(), 20, "every call is answered");
+    assert!(results[..3].iter().all(|(c, e)| c == "xxx" && !e));
+    assert!(results[3..].iter().all(|(c, e)| *e && c.contains("not run") && c.contains("at most 3")), "{results:?}");
+    assert_eq!(steps.2.lock().unwrap().len(), 20, "refusals are recorded too, so a replay tells the model the same");
+}
+
+#[tokio::test]
+async fn tool_output_beyond_the_task_cap_is_cut_and_the_model_is_told() {
+    let call = |id: &str, n: u64| ContentBlock::ToolUse { id: id.into(), name: "big".into(), input: json!({"n": n}) };
+    let model = Arc::new(Scripted::new(vec![
+        answer(StopReason::ToolUse, vec![call("a", 600)]),
+        answer(StopReason::ToolUse, vec![call("b", 600)]),
+        answer(StopReason::ToolUse, vec![call("c", 10)]),
+        answer(StopReason::EndTurn, text("ok")),
+    ]));
+    let limits = Limits { tools: ToolCaps { max_calls_per_step: 8, max_output_bytes: 1000 }, ..limits() };
+    let mut steps = Steps::default();
+    let report =
+        run_agent(&chain(vec![model.clone()]), &big_tool(), &PriceTable::default(), task(5), limits, &mut steps).await;
+    assert!(matches!(report.outcome, Outcome::Succeeded(_)));
+    let recorded = steps.2.lock().unwrap();
+    assert_eq!(recorded[0].content.len(), 600);
+    assert!(
+        recorded[1].content.starts_with(&"x".repeat(400)) && recorded[1].content.contains("tool output limit of 1000")
+    );
+    assert!(recorded[2].is_error && recorded[2].content.starts_with("not run"), "{:?}", recorded[2]);
 }

@@ -169,6 +169,17 @@ impl ModelError {
         }
     }
 
+    /// What a client may read: the provider's own words about the request, never the
+    /// endpoint or a transport error (those stay in the logs).
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Status { status, message, .. } => {
+                format!("the model rejected the request (HTTP {status}): {message}")
+            }
+            other => format!("the model could not be used ({})", other.kind()),
+        }
+    }
+
     /// The request itself is at fault (malformed, too large): no model would take it.
     pub fn is_request_fault(&self) -> bool {
         matches!(self, Self::Status { status: 400 | 413 | 422, .. })

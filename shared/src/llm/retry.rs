@@ -46,9 +46,9 @@ impl Iterator for FullJitter {
         if self.retries + 1 >= self.policy.max_attempts {
             return None;
         }
-        let ceiling = self.policy.base.saturating_mul(1 << self.retries.min(20)).min(self.policy.cap);
+        let wait = crate::backoff::full_jitter(self.policy.base, self.policy.cap, self.retries);
         self.retries += 1;
-        Some(ceiling.mul_f64(fastrand::f64()))
+        Some(wait)
     }
 }
 

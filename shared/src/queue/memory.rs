@@ -84,3 +84,77 @@ impl super::Requeue for MemoryRequeue {
         Ok(())
     }
 }
+
+/// Dead-letter queues in memory, for the dead-letter use cases' unit tests. A received
+/// message stays hidden until it is released or deleted (time does not pass here).
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    /// Per queue: (message, hidden).
+    queues: Mutex<std::collections::HashMap<String, Vec<(super::DeadMessage, bool)>>>,
+}
+
+impl MemoryDeadLetters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts a task's message in `queue_url`.
+    pub fn push(&self, queue_url: &str, task: Option<TaskMessage>) {
+        let mut queues = self.queues.lock().expect("poisoned");
+        let queue = queues.entry(queue_url.to_owned()).or_default();
+        let id = format!("m{}", queue.len());
+        let message = super::DeadMessage {
+            queue_url: queue_url.to_owned(),
+            message_id: id.clone(),
+            receipt: id,
+            task,
+            receive_count: 3,
+            sent_at_ms: None,
+        };
+        queue.push((message, false));
+    }
+
+    /// Messages in `queue_url`, hidden or not.
+    pub fn len(&self, queue_url: &str) -> usize {
+        self.queues.lock().expect("poisoned").get(queue_url).map_or(0, Vec::len)
+    }
+
+    /// Messages in `queue_url` that a receive would return now.
+    pub fn visible(&self, queue_url: &str) -> usize {
+        self.queues.lock().expect("poisoned").get(queue_url).map_or(0, |q| q.iter().filter(|(_, h)| !h).count())
+    }
+}
+
+#[async_trait]
+impl super::DeadLetters for MemoryDeadLetters {
+    async fn receive(&self, queue_url: &str, _: std::time::Duration) -> Result<Vec<super::DeadMessage>, QueueError> {
+        let mut queues = self.queues.lock().expect("poisoned");
+        let Some(queue) = queues.get_mut(queue_url) else { return Ok(Vec::new()) };
+        Ok(queue
+            .iter_mut()
+            .filter(|(_, hidden)| !hidden)
+            .take(10)
+            .map(|(m, hidden)| {
+                *hidden = true;
+                m.clone()
+            })
+            .collect())
+    }
+
+    async fn release(&self, queue_url: &str, receipts: &[String]) -> Result<(), QueueError> {
+        let mut queues = self.queues.lock().expect("poisoned");
+        for (m, hidden) in queues.get_mut(queue_url).into_iter().flatten() {
+            if receipts.contains(&m.receipt) {
+                *hidden = false;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError> {
+        if let Some(q) = self.queues.lock().expect("poisoned").get_mut(queue_url) {
+            q.retain(|(m, _)| m.receipt != receipt);
+        }
+        Ok(())
+    }
+}

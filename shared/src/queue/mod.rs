@@ -1,7 +1,7 @@
-//! The task queue behind a small trait: the submit path sends a [`TaskMessage`]; SQS (or the
-//! in-memory fake in handler tests) carries it to the worker.
+//! The task queue behind small traits: the submit path sends a [`TaskMessage`]; SQS (or the
+//! in-memory fake in handler tests) carries it to the worker; the worker changes a held
+//! message's visibility; the dead-letter use cases read and remove dead messages.
 
-pub mod dead;
 mod memory;
 mod sqs;
 
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use memory::{MemoryQueue, MemoryRequeue};
-pub use sqs::{QueueUrls, SqsQueue, SqsRequeue};
+pub use memory::{MemoryDeadLetters, MemoryQueue, MemoryRequeue};
+pub use sqs::{QueueUrls, SqsDeadLetters, SqsQueue, SqsRequeue};
 
 use crate::task::TaskMessage;
 
@@ -40,4 +40,30 @@ pub trait Requeue: Send + Sync {
     /// Makes the message visible again `delay` from now. `queue_arn` is the record's
     /// `eventSourceARN`.
     async fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
+}
+
+/// A message found in a dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadMessage {
+    pub queue_url: String,
+    pub message_id: String,
+    /// What deletes or releases it.
+    pub receipt: String,
+    /// `None` when the body is not a task message.
+    pub task: Option<TaskMessage>,
+    pub receive_count: u32,
+    pub sent_at_ms: Option<i64>,
+}
+
+/// Reading the dead-letter queues (SQS, or the in-memory fake).
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Up to ten messages of `queue_url`, each then kept out of sight for `hide`. Empty only
+    /// when the queue has no visible message (a long poll, which asks every SQS server).
+    async fn receive(&self, queue_url: &str, hide: Duration) -> Result<Vec<DeadMessage>, QueueError>;
+
+    /// Makes received messages visible again at once.
+    async fn release(&self, queue_url: &str, receipts: &[String]) -> Result<(), QueueError>;
+
+    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError>;
 }

@@ -142,3 +142,82 @@ impl Requeue for SqsRequeue {
         Ok(())
     }
 }
+
+/// The dead-letter queues on SQS.
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    client: Client,
+}
+
+impl SqsDeadLetters {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+fn dead_message(queue_url: &str, m: aws_sdk_sqs::types::Message) -> super::DeadMessage {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as Attr;
+    let attr = |name: Attr| m.attributes.as_ref().and_then(|a| a.get(&name)).cloned();
+    super::DeadMessage {
+        queue_url: queue_url.to_owned(),
+        task: m.body.as_deref().and_then(|b| serde_json::from_str(b).ok()),
+        receive_count: attr(Attr::ApproximateReceiveCount).and_then(|c| c.parse().ok()).unwrap_or(0),
+        sent_at_ms: attr(Attr::SentTimestamp).and_then(|c| c.parse().ok()),
+        message_id: m.message_id.unwrap_or_default(),
+        receipt: m.receipt_handle.unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl super::DeadLetters for SqsDeadLetters {
+    async fn receive(&self, queue_url: &str, hide: std::time::Duration) -> Result<Vec<super::DeadMessage>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(hide.as_secs().clamp(1, 43_200) as i32)
+            // A long poll asks every server, so an empty answer means an empty queue (a short
+            // one samples a few and may miss messages).
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| QueueError(anyhow::anyhow!("ReceiveMessage: {}", DisplayErrorContext(&e))))?;
+        Ok(out.messages.unwrap_or_default().into_iter().map(|m| dead_message(queue_url, m)).collect())
+    }
+
+    async fn release(&self, queue_url: &str, receipts: &[String]) -> Result<(), QueueError> {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Entry::builder().id(i.to_string()).receipt_handle(r).visibility_timeout(0).build())
+                .collect::<Result<Vec<_>, _>>()
+                .context("building a visibility change")
+                .map_err(QueueError)?;
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    QueueError(anyhow::anyhow!("ChangeMessageVisibilityBatch: {}", DisplayErrorContext(&e)))
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| QueueError(anyhow::anyhow!("DeleteMessage: {}", DisplayErrorContext(&e))))?;
+        Ok(())
+    }
+}

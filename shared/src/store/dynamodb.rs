@@ -2,10 +2,10 @@
 //!
 //! | pk                 | sk                  | item                                    |
 //! |--------------------|---------------------|-----------------------------------------|
-//! | `TASK#<id>`        | `META`              | a task (GSI1: `TASKS#<tenant>`, task id) |
-//! | `TENANT#<t>`       | `META`              | a tenant and its limits                 |
+//! | `TASK#<id>`        | `META`              | a task (GSI1: `TASKS#<tenant>`, task id; while open, `open`: `OPEN#<shard>`, due time) |
+//! | `TENANT#<t>`       | `META`              | a tenant and its limits (GSI1: `TENANTS`, tenant) |
 //! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running                 |
-//! | `TENANT#<t>`       | `BUCKET`            | the rate-limit token bucket             |
+//! | `TENANT#<t>`       | `BUCKET`            | the rate limit's theoretical arrival time |
 //! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day |
 //! | `TENANT#<t>`       | `MONTH#<YYYY-MM>`   | cost per month (budgets)                |
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
@@ -16,7 +16,8 @@
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -25,31 +26,40 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
-    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskRun,
-    TenantAdmin, TenantRead, UsageRead, bucket_take, day_of, month_of,
+    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Finish, Gcra,
+    IDEMPOTENCY_WINDOW, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
+    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
+    TenantAdmin, TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
 use crate::blobs::{Blobs, INLINE_LIMIT};
 use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::tenant::{ApiKey, Limits, Tenant};
 use crate::usage::Usage;
 
 const META: &str = "META";
 const INDEX: &str = "gsi1";
+/// The sparse index of open tasks by the time they are due to be looked at.
+const OPEN_INDEX: &str = "open";
+/// Partitions of the open index, so a busy deployment's task writes spread over several.
+const OPEN_SHARDS: u8 = 4;
+/// Attempts of a transaction that collides with others on the same items.
+const TRANSACT_ATTEMPTS: u32 = 8;
 
 /// Everything in a DynamoDB table (and S3, for what is too large for it).
 #[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
-    retention: std::time::Duration,
+    retention: Duration,
+    reconcile_after: Duration,
     blobs: Option<std::sync::Arc<dyn Blobs>>,
 }
 
@@ -81,6 +91,12 @@ struct TaskItem {
     /// Where the result text is when it is too large for the item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result_ref: Option<String>,
+    /// The open index's partition, present until the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open_pk: Option<String>,
+    /// When the reconciler should look at the task (epoch milliseconds), while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    due_at: Option<i64>,
 }
 
 /// A recorded step: the [`Step`] as JSON text, or a pointer to it.
@@ -109,6 +125,10 @@ struct KeyItem {
 struct TenantItem {
     pk: String,
     sk: String,
+    #[serde(default)]
+    gsi1pk: Option<String>,
+    #[serde(default)]
+    gsi1sk: Option<String>,
     #[serde(flatten)]
     tenant: Tenant,
 }
@@ -127,6 +147,12 @@ fn idem_key(tenant: &str, key: &str) -> String {
 
 fn tasks_index(tenant: &str) -> String {
     format!("TASKS#{tenant}")
+}
+
+fn open_shard(id: TaskId) -> String {
+    // A ULID's last character is random.
+    let last = id.to_string().bytes().last().unwrap_or(0);
+    format!("OPEN#{}", last % OPEN_SHARDS)
 }
 
 fn millis(t: OffsetDateTime) -> i64 {
@@ -161,22 +187,31 @@ fn from_item<'a, T: Deserialize<'a>>(item: HashMap<String, AttributeValue>) -> R
     serde_dynamo::from_item(item).context("a stored item does not have the expected shape").map_err(unavailable)
 }
 
-/// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
-/// its whole cause chain (the SDK's top line alone says only "service error").
+fn number(item: Option<&HashMap<String, AttributeValue>>, name: &str) -> Option<i64> {
+    match item?.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Every item a query matches, following its pages.
 async fn query_all(query: QueryFluentBuilder) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
     query.into_paginator().items().send().try_collect().await.map_err(|e| sdk_error("Query", e))
 }
 
+/// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
+/// its whole cause chain (the SDK's top line alone says only "service error").
 fn sdk_error<E, R>(what: &'static str, e: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    if e.code() == Some("ConditionalCheckFailedException") {
-        return StoreError::Conflict;
+    match e.code() {
+        Some("ConditionalCheckFailedException") => StoreError::Conflict,
+        // A plain write to an item an in-flight transaction holds.
+        Some("TransactionConflictException") => StoreError::Contended,
+        _ => StoreError::Unavailable(anyhow::anyhow!("{what}: {}", DisplayErrorContext(&e))),
     }
-    StoreError::Unavailable(anyhow::anyhow!("{what}: {}", DisplayErrorContext(&e)))
 }
 
 /// The `#name` placeholders in an expression.
@@ -187,30 +222,94 @@ fn attribute_names(expr: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// An update of one item, as a transaction part. Attribute names are written `#name` in the
-/// expressions and resolved here, so no reserved word (`status`, `result`…) bites.
-fn update_op(
-    table: &str,
-    pk: String,
-    sk: &str,
-    update: &str,
-    condition: Option<&str>,
-    values: Vec<(&str, AttributeValue)>,
-) -> Result<Update, StoreError> {
-    let mut u = Update::builder()
-        .table_name(table)
-        .key("pk", s(pk))
-        .key("sk", s(sk))
-        .update_expression(update)
-        .set_condition_expression(condition.map(str::to_owned))
-        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None);
-    for name in attribute_names(update).chain(condition.into_iter().flat_map(attribute_names)) {
-        u = u.expression_attribute_names(format!("#{name}"), name);
+/// An update of one item, written clause by clause. Attribute names are written `#name` and
+/// resolved when it is built, so no reserved word (`status`, `result`…) bites; conditions are
+/// joined with `AND`.
+#[derive(Debug, Clone, Default)]
+struct Expr {
+    set: Vec<String>,
+    add: Vec<String>,
+    remove: Vec<String>,
+    conditions: Vec<String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn set(mut self, clause: impl Into<String>) -> Self {
+        self.set.push(clause.into());
+        self
     }
-    for (k, v) in values {
-        u = u.expression_attribute_values(k, v);
+    fn add(mut self, clause: impl Into<String>) -> Self {
+        self.add.push(clause.into());
+        self
     }
-    u.build().context("building an update").map_err(unavailable)
+    fn remove(mut self, clause: impl Into<String>) -> Self {
+        self.remove.push(clause.into());
+        self
+    }
+    /// The update applies only if `condition` holds too.
+    fn when(mut self, condition: impl Into<String>) -> Self {
+        self.conditions.push(condition.into());
+        self
+    }
+    fn val(mut self, name: &str, v: AttributeValue) -> Self {
+        self.values.insert(name.to_owned(), v);
+        self
+    }
+
+    fn update_expression(&self) -> String {
+        let mut parts = Vec::new();
+        for (word, clauses) in [("SET", &self.set), ("ADD", &self.add), ("REMOVE", &self.remove)] {
+            if !clauses.is_empty() {
+                parts.push(format!("{word} {}", clauses.join(", ")));
+            }
+        }
+        parts.join(" ")
+    }
+
+    fn condition(&self) -> Option<String> {
+        match self.conditions.len() {
+            0 => None,
+            1 => Some(self.conditions[0].clone()),
+            _ => Some(self.conditions.iter().map(|c| format!("({c})")).collect::<Vec<_>>().join(" AND ")),
+        }
+    }
+
+    fn names(&self, update: &str, condition: Option<&str>) -> HashMap<String, String> {
+        attribute_names(update)
+            .chain(condition.into_iter().flat_map(attribute_names))
+            .map(|n| (format!("#{n}"), n.to_owned()))
+            .collect()
+    }
+
+    /// The update of the item `pk`/`sk`, as a transaction part.
+    fn on(self, table: &str, pk: String, sk: &str) -> Result<Update, StoreError> {
+        let update = self.update_expression();
+        let condition = self.condition();
+        let names = self.names(&update, condition.as_deref());
+        Update::builder()
+            .table_name(table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression(update)
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values((!self.values.is_empty()).then_some(self.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
+            .build()
+            .context("building an update")
+            .map_err(unavailable)
+    }
+}
+
+/// The condition that pins what a transition read: the status it saw, and the usage the
+/// tenant's counters had seen (so two transitions racing through the same status cannot both
+/// count the same usage).
+fn as_seen(expr: Expr, task: &TaskRecord) -> Expr {
+    expr.when("#status = :seen_status")
+        .when("attribute_not_exists(#counted) OR #counted.#cost_nanos = :seen_counted")
+        .val(":seen_status", s(task.status.as_str()))
+        .val(":seen_counted", n(task.counted.cost_nanos))
 }
 
 /// Which parts of a cancelled transaction failed their condition.
@@ -225,15 +324,45 @@ fn failed_conditions(
     }
 }
 
+enum TransactError {
+    /// Which parts' conditions failed.
+    Condition(Vec<bool>),
+    Store(StoreError),
+}
+
+impl From<TransactError> for StoreError {
+    fn from(e: TransactError) -> Self {
+        match e {
+            TransactError::Condition(_) => StoreError::Conflict,
+            TransactError::Store(e) => e,
+        }
+    }
+}
+
+/// The pause before retrying against other writers: up to 10 ms, 20 ms, 40 ms… 320 ms.
+fn contention_pause(attempt: u32) -> Duration {
+    crate::backoff::full_jitter(Duration::from_millis(10), Duration::from_millis(320), attempt)
+}
+
 impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>, retention: std::time::Duration) -> Self {
-        Self { client, table: table.into(), retention, blobs: None }
+    pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
+        Self { client, table: table.into(), retention, reconcile_after: DEFAULT_RECONCILE_AFTER, blobs: None }
     }
 
     /// Keeps content too large for an item in `blobs`. Without blobs, such content is refused.
     pub fn with_blobs(mut self, blobs: std::sync::Arc<dyn Blobs>) -> Self {
         self.blobs = Some(blobs);
         self
+    }
+
+    /// How long an open task may go unchanged before the reconciler looks at it.
+    pub fn with_reconcile_after(mut self, after: Duration) -> Self {
+        self.reconcile_after = after;
+        self
+    }
+
+    fn due(&self, from: OffsetDateTime) -> AttributeValue {
+        n(millis(from + self.reconcile_after))
     }
 
     /// Text to store under `key`: inline if small, else in S3, returning the pointer.
@@ -270,16 +399,22 @@ impl DynamoStore {
         Ok(record)
     }
 
-    /// Runs one conditional update on a task's record.
-    async fn update(
+    /// Runs one update of a task's record.
+    async fn update_task(
         &self,
         id: TaskId,
-        update: &str,
-        condition: &str,
-        values: Vec<(&str, AttributeValue)>,
+        expr: Expr,
         returning: ReturnValue,
     ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
-        let u = update_op(&self.table, task_key(id), META, update, Some(condition), values)?;
+        let u = expr.on(&self.table, task_key(id), META)?;
+        self.send_update(u, returning).await
+    }
+
+    async fn send_update(
+        &self,
+        u: Update,
+        returning: ReturnValue,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
         let out = self
             .client
             .update_item()
@@ -315,85 +450,90 @@ impl DynamoStore {
     }
 
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), TransactError> {
-        // A transaction that collides with another on the same items is cancelled with
-        // `TransactionConflict`: those are retried, failed conditions are not.
-        for attempt in 0.. {
+        // A transaction that collides with another on the same items (a tenant's counters,
+        // under a burst) is cancelled with `TransactionConflict`: those are retried after a
+        // random pause, failed conditions are not. Still colliding after that: `Contended`.
+        for attempt in 0..TRANSACT_ATTEMPTS {
             let result = self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await;
             let Err(e) = result else { return Ok(()) };
-            if let Some(failed) = failed_conditions(&e) {
-                if failed.iter().any(|f| *f) {
-                    return Err(TransactError::Condition(failed));
-                }
-                if attempt < 5 {
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * (attempt + 1))).await;
-                    continue;
-                }
+            match failed_conditions(&e) {
+                Some(failed) if failed.iter().any(|f| *f) => return Err(TransactError::Condition(failed)),
+                Some(_) => tokio::time::sleep(contention_pause(attempt)).await,
+                None => match sdk_error("TransactWriteItems", e) {
+                    StoreError::Contended => tokio::time::sleep(contention_pause(attempt)).await,
+                    other => return Err(TransactError::Store(other)),
+                },
             }
-            return Err(TransactError::Store(sdk_error("TransactWriteItems", e)));
         }
-        unreachable!()
+        Err(TransactError::Store(StoreError::Contended))
     }
 
-    /// The tenant-counter updates that go with a task reaching `status` at `now`, having
-    /// spent `usage`: one fewer active task, and the day's and month's totals.
-    fn terminal_counters(
-        &self,
-        tenant: &str,
-        status: TaskStatus,
-        usage: &Usage,
-        now: OffsetDateTime,
-    ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let counter = format!("#{}", status.as_str());
-        let active =
-            update_op(&self.table, tenant_key(tenant), "ACTIVE", "ADD #active :minus", None, vec![(":minus", n(-1))])?;
-        let day = update_op(
-            &self.table,
-            tenant_key(tenant),
-            &format!("USAGE#{}", day_of(now)),
-            &format!(
-                "SET #date = :date ADD {counter} :one, #input_tokens :i, #output_tokens :o, \
-                 #cache_read_input_tokens :cr, #cache_creation_input_tokens :cw, #cost_nanos :c"
-            ),
-            None,
-            vec![
-                (":date", s(day_of(now))),
-                (":one", n(1)),
-                (":i", n(usage.input_tokens)),
-                (":o", n(usage.output_tokens)),
-                (":cr", n(usage.cache_read_input_tokens)),
-                (":cw", n(usage.cache_creation_input_tokens)),
-                (":c", n(usage.cost_nanos)),
-            ],
-        )?;
-        let month = update_op(
-            &self.table,
-            tenant_key(tenant),
-            &format!("MONTH#{}", month_of(now)),
-            "ADD #cost_nanos :c",
-            None,
-            vec![(":c", n(usage.cost_nanos))],
-        )?;
-        Ok([active, day, month].into_iter().map(|u| TransactWriteItem::builder().update(u).build()).collect())
+    /// A tenant counter's update.
+    fn counter(&self, tenant: &str, sk: &str, expr: Expr) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder().update(expr.on(&self.table, tenant_key(tenant), sk)?).build())
     }
 
-    /// Moves a task to a terminal state with `task_update` (whose condition states when that
-    /// is allowed) and the tenant's counters with it, atomically.
+    /// The running count moved by `by`, stamped so the reconciler knows when it last moved.
+    fn active_change(&self, tenant: &str, by: i64, now: OffsetDateTime) -> Result<TransactWriteItem, StoreError> {
+        self.counter(
+            tenant,
+            "ACTIVE",
+            Expr::default()
+                .add("#active :by")
+                .set("#updated_ms = :now_ms")
+                .val(":by", n(by))
+                .val(":now_ms", n(millis(now))),
+        )
+    }
+
+    /// Moves `task` (as it was read) to the terminal `status` with `task_update` (whose
+    /// condition states when that is allowed), and the tenant's counters with it, atomically:
+    /// one fewer running, and the usage its counters have not seen yet (`total` beyond what
+    /// `task.counted` says) added to the day and the month.
     async fn terminal(
         &self,
         task: &TaskRecord,
-        task_update: Update,
+        task_update: Expr,
         status: TaskStatus,
-        usage: &Usage,
+        total: &Usage,
         now: OffsetDateTime,
         extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
-        let mut items = vec![TransactWriteItem::builder().update(task_update).build()];
-        items.extend(self.terminal_counters(&task.tenant_id, status, usage, now)?);
+        let delta = total.since(&task.counted);
+        let task_update = task_update.set("#counted = :counted").remove("#open_pk").remove("#due_at").val(
+            ":counted",
+            attr(&{
+                let mut counted = task.counted;
+                counted += delta;
+                counted
+            })?,
+        );
+        let day = Expr::default()
+            .set("#date = :date")
+            .add(format!("#{} :one", status.as_str()))
+            .add("#input_tokens :i")
+            .add("#output_tokens :o")
+            .add("#cache_read_input_tokens :cr")
+            .add("#cache_creation_input_tokens :cw")
+            .add("#cost_nanos :c")
+            .val(":date", s(day_of(now)))
+            .val(":one", n(1))
+            .val(":i", n(delta.input_tokens))
+            .val(":o", n(delta.output_tokens))
+            .val(":cr", n(delta.cache_read_input_tokens))
+            .val(":cw", n(delta.cache_creation_input_tokens))
+            .val(":c", n(delta.cost_nanos));
+        let mut items = vec![
+            TransactWriteItem::builder().update(task_update.on(&self.table, task_key(task.task_id), META)?).build(),
+            self.active_change(&task.tenant_id, -1, now)?,
+            self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
+        ];
+        if delta.cost_nanos > 0 {
+            let month = Expr::default().add("#cost_nanos :c").val(":c", n(delta.cost_nanos));
+            items.push(self.counter(&task.tenant_id, &format!("MONTH#{}", month_of(now)), month)?);
+        }
         items.extend(extra);
-        self.transact(items).await.map_err(|e| match e {
-            TransactError::Condition(_) => StoreError::Conflict,
-            TransactError::Store(e) => e,
-        })
+        Ok(self.transact(items).await?)
     }
 
     /// The put of a step item, never over an existing one.
@@ -417,40 +557,72 @@ impl DynamoStore {
             .map_err(unavailable)
     }
 
-    fn finish_update(&self, id: TaskId, lease: &Lease, f: &Finish) -> Result<Update, StoreError> {
-        let mut set = "SET #status = :status, #step = :step, #usage = :usage, #usage_by_model = :by_model, \
-                       #updated_at = :now"
-            .to_owned();
-        let mut values = vec![
-            (":status", s(f.status.as_str())),
-            (":step", n(f.step)),
-            (":usage", attr(&f.usage)?),
-            (":by_model", attr(&f.usage_by_model)?),
-            (":now", rfc3339(f.now)),
-            (":running", s(TaskStatus::Running.as_str())),
-            (":owner", s(&lease.owner)),
-        ];
+    /// A stored step's JSON text, fetched from S3 if it was kept there.
+    async fn step_text(&self, item: StepItem) -> Result<String, StoreError> {
+        match (item.data, item.data_ref) {
+            (Some(text), _) => Ok(text),
+            (None, Some(key)) => self.unspill(&key).await,
+            (None, None) => Err(unavailable(anyhow::anyhow!("step {} has no data", item.sk))),
+        }
+    }
+
+    /// The lease condition every write of a running task's runner states.
+    fn leased(expr: Expr, lease: &Lease) -> Expr {
+        expr.when("#status = :running AND #lease_owner = :owner")
+            .val(":running", s(TaskStatus::Running.as_str()))
+            .val(":owner", s(&lease.owner))
+    }
+
+    fn finish_update(f: &Finish, lease: &Lease) -> Result<Expr, StoreError> {
+        let mut e = Self::leased(
+            Expr::default()
+                .set("#status = :status")
+                .set("#step = :step")
+                .set("#usage = :usage")
+                .set("#usage_by_model = :by_model")
+                .set("#updated_at = :now")
+                .remove("#lease_owner")
+                .remove("#lease_until")
+                .val(":status", s(f.status.as_str()))
+                .val(":step", n(f.step))
+                .val(":usage", attr(&f.usage)?)
+                .val(":by_model", attr(&f.usage_by_model)?)
+                .val(":now", rfc3339(f.now)),
+            lease,
+        );
         if let Some(result) = &f.result {
-            set.push_str(", #result = :result");
-            values.push((":result", attr(result)?));
+            e = e.set("#result = :result").val(":result", attr(result)?);
         }
         if let Some(error) = &f.error {
-            set.push_str(", #error = :error");
-            values.push((":error", attr(error)?));
+            e = e.set("#error = :error").val(":error", attr(error)?);
         }
         if let Some(model) = &f.model {
-            set.push_str(", #model = :model");
-            values.push((":model", s(model)));
+            e = e.set("#model = :model").val(":model", s(model));
         }
-        set.push_str(" REMOVE #lease_owner, #lease_until");
-        update_op(&self.table, task_key(id), META, &set, Some("#status = :running AND #lease_owner = :owner"), values)
+        Ok(e)
     }
-}
 
-enum TransactError {
-    /// Which parts' conditions failed.
-    Condition(Vec<bool>),
-    Store(StoreError),
+    /// Every open task's tenant, counted.
+    async fn open_by_tenant(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for shard in 0..OPEN_SHARDS {
+            let items = query_all(
+                self.client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(OPEN_INDEX)
+                    .key_condition_expression("open_pk = :p")
+                    .expression_attribute_values(":p", s(format!("OPEN#{shard}"))),
+            )
+            .await?;
+            for i in items {
+                if let Some(AttributeValue::S(t)) = i.get("tenant_id") {
+                    *counts.entry(t.clone()).or_default() += 1;
+                }
+            }
+        }
+        Ok(counts)
+    }
 }
 
 #[async_trait]
@@ -472,6 +644,8 @@ impl TaskCreate for DynamoStore {
             expires_at: (task.created_at + self.retention).unix_timestamp(),
             prompt_ref,
             result_ref: None,
+            open_pk: Some(open_shard(task.task_id)),
+            due_at: Some(millis(task.created_at + self.reconcile_after)),
         };
         let put = Put::builder()
             .table_name(&self.table)
@@ -480,16 +654,18 @@ impl TaskCreate for DynamoStore {
             .build()
             .context("building a put")
             .map_err(unavailable)?;
-        let active = update_op(
-            &self.table,
-            tenant_key(&task.tenant_id),
+        let active = self.counter(
+            &task.tenant_id,
             "ACTIVE",
-            "ADD #active :one",
-            Some("attribute_not_exists(#active) OR #active < :max"),
-            vec![(":one", n(1)), (":max", n(admission.max_running))],
+            Expr::default()
+                .add("#active :one")
+                .set("#updated_ms = :now_ms")
+                .when("attribute_not_exists(#active) OR #active < :max")
+                .val(":one", n(1))
+                .val(":now_ms", n(millis(task.created_at)))
+                .val(":max", n(admission.max_running)),
         )?;
-        let mut items =
-            vec![TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().update(active).build()];
+        let mut items = vec![TransactWriteItem::builder().put(put).build(), active];
         if let Some(idem) = admission.idempotency {
             let now = task.created_at.unix_timestamp();
             let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
@@ -541,19 +717,16 @@ impl TaskCreate for DynamoStore {
         idempotency_key: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let update = update_op(
-            &self.table,
-            task_key(task.task_id),
-            META,
-            "SET #status = :failed, #error = :error, #updated_at = :now",
-            Some("#status = :queued"),
-            vec![
-                (":failed", s(TaskStatus::Failed.as_str())),
-                (":queued", s(TaskStatus::Queued.as_str())),
-                (":error", attr(error)?),
-                (":now", rfc3339(now)),
-            ],
-        )?;
+        let update = as_seen(
+            Expr::default()
+                .set("#status = :failed")
+                .set("#error = :error")
+                .set("#updated_at = :now")
+                .val(":failed", s(TaskStatus::Failed.as_str()))
+                .val(":error", attr(error)?)
+                .val(":now", rfc3339(now)),
+            task,
+        );
         // The key is freed so the client's retry with it creates a task that runs.
         let extra = idempotency_key
             .map(|k| {
@@ -569,7 +742,7 @@ impl TaskCreate for DynamoStore {
             .transpose()?
             .into_iter()
             .collect();
-        self.terminal(task, update, TaskStatus::Failed, &Usage::default(), now, extra).await
+        self.terminal(task, update, TaskStatus::Failed, &task.usage, now, extra).await
     }
 }
 
@@ -595,15 +768,44 @@ impl TaskRead for DynamoStore {
         .await?;
         let mut steps = Vec::with_capacity(items.len());
         for i in items {
-            let item: StepItem = from_item(i)?;
-            let text = match (item.data, item.data_ref) {
-                (Some(text), _) => text,
-                (None, Some(key)) => self.unspill(&key).await?,
-                (None, None) => return Err(unavailable(anyhow::anyhow!("step {} has no data", item.sk))),
-            };
+            let text = self.step_text(from_item(i)?).await?;
             steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
         }
         Ok(steps)
+    }
+
+    async fn step_page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<StepPage, StoreError> {
+        let start = after.map(|sk| HashMap::from([("pk".to_owned(), s(task_key(id))), ("sk".to_owned(), s(sk))]));
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
+            .expression_attribute_values(":pk", s(task_key(id)))
+            .expression_attribute_values(":step", s("STEP#"))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            // One more than asked tells whether more follow.
+            .limit(limit as i32 + 1)
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", e))?;
+        let items = out.items.unwrap_or_default();
+        let mut more = items.len() > limit;
+        let (mut steps, mut bytes, mut last) = (Vec::new(), 0, None);
+        for i in items.into_iter().take(limit) {
+            let item: StepItem = from_item(i)?;
+            let sk = item.sk.clone();
+            let text = self.step_text(item).await?;
+            if !steps.is_empty() && bytes + text.len() > STEP_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += text.len();
+            steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
+            last = Some(sk);
+        }
+        Ok(StepPage { steps, next: if more { last } else { None } })
     }
 
     async fn list(
@@ -613,21 +815,22 @@ impl TaskRead for DynamoStore {
         limit: usize,
         after: Option<TaskId>,
     ) -> Result<Page, StoreError> {
-        let mut tasks = Vec::new();
-        let mut start = after.map(|id| {
+        let key_of = |id: TaskId| {
             HashMap::from([
                 ("pk".to_owned(), s(task_key(id))),
                 ("sk".to_owned(), s(META)),
                 ("gsi1pk".to_owned(), s(tasks_index(tenant))),
                 ("gsi1sk".to_owned(), s(id.to_string())),
             ])
-        });
-        // A status filter applies after DynamoDB's limit, so a page is filled by reading on,
-        // a generous batch at a time; the cursor is the last task returned, so whatever a
-        // batch held beyond the page is read again next time, not lost.
-        let batch = if status.is_some() { limit.max(100) } else { limit + 1 };
-        let mut more = false;
+        };
+        let (mut tasks, mut examined, mut start) = (Vec::new(), 0usize, after.map(key_of));
+        // A status filter applies after DynamoDB's limit: a page is filled by reading on, but
+        // never past `LIST_EXAMINE_LIMIT` entries; then the cursor is the last entry examined,
+        // so whatever lies beyond is read next time and nothing is skipped. One task more than
+        // the page tells whether another page follows.
         loop {
+            let want = limit + 1 - tasks.len();
+            let batch = if status.is_some() { 100 } else { want };
             let mut q = self
                 .client
                 .query()
@@ -636,7 +839,7 @@ impl TaskRead for DynamoStore {
                 .key_condition_expression("gsi1pk = :pk")
                 .expression_attribute_values(":pk", s(tasks_index(tenant)))
                 .scan_index_forward(false)
-                .limit(batch as i32)
+                .limit(batch.min(LIST_EXAMINE_LIMIT - examined) as i32)
                 .set_exclusive_start_key(start.take());
             if let Some(status) = status {
                 q = q
@@ -645,20 +848,25 @@ impl TaskRead for DynamoStore {
                     .expression_attribute_values(":status", s(status.as_str()));
             }
             let out = q.send().await.map_err(|e| sdk_error("Query", e))?;
+            examined += out.scanned_count().max(0) as usize;
             for i in out.items.unwrap_or_default() {
-                if tasks.len() == limit {
-                    more = true;
-                    break;
+                tasks.push(from_item::<TaskItem>(i)?.record);
+                if tasks.len() > limit {
+                    tasks.truncate(limit);
+                    let next = tasks.last().map(|t| t.task_id);
+                    return Ok(Page { tasks, next });
                 }
-                tasks.push(self.resolve(from_item::<TaskItem>(i)?, false).await?);
             }
-            start = out.last_evaluated_key;
-            if more || start.is_none() {
-                break;
+            let Some(key) = out.last_evaluated_key else { return Ok(Page { tasks, next: None }) };
+            if examined >= LIST_EXAMINE_LIMIT {
+                let next = match key.get("gsi1sk") {
+                    Some(AttributeValue::S(id)) => id.parse().ok(),
+                    _ => None,
+                };
+                return Ok(Page { tasks, next });
             }
+            start = Some(key);
         }
-        let next = if more || start.is_some() { tasks.last().map(|t| t.task_id) } else { None };
-        Ok(Page { tasks, next })
     }
 }
 
@@ -670,76 +878,73 @@ impl TaskCancel for DynamoStore {
         for _ in 0..5 {
             let Some(item) = self.task_item(id).await? else { return Ok(Cancelled::NotFound) };
             let task = item.record;
-            match task.status {
+            let r = match task.status {
                 s if s.is_terminal() => return Ok(Cancelled::AlreadyFinished(s)),
                 TaskStatus::Queued => {
-                    let update = update_op(
-                        &self.table,
-                        task_key(id),
-                        META,
-                        "SET #status = :cancelled, #updated_at = :now, #error = :error",
-                        Some("#status = :queued"),
-                        vec![
-                            (":cancelled", s(TaskStatus::Cancelled.as_str())),
-                            (":queued", s(TaskStatus::Queued.as_str())),
-                            (":now", rfc3339(now)),
-                            (":error", attr(&cancelled_error())?),
-                        ],
-                    )?;
-                    match self.terminal(&task, update, TaskStatus::Cancelled, &task.usage, now, vec![]).await {
-                        Ok(()) => return Ok(Cancelled::Now),
-                        Err(StoreError::Conflict) => continue,
-                        Err(e) => return Err(e),
-                    }
+                    let update = as_seen(
+                        Expr::default()
+                            .set("#status = :cancelled")
+                            .set("#updated_at = :now")
+                            .set("#error = :error")
+                            .val(":cancelled", s(TaskStatus::Cancelled.as_str()))
+                            .val(":now", rfc3339(now))
+                            .val(":error", attr(&cancelled_error())?),
+                        &task,
+                    );
+                    self.terminal(&task, update, TaskStatus::Cancelled, &task.usage, now, vec![])
+                        .await
+                        .map(|()| Cancelled::Now)
                 }
-                _ => {
-                    let r = self
-                        .update(
-                            id,
-                            "SET #cancel_requested = :yes, #updated_at = :now",
-                            "#status = :running",
-                            vec![
-                                (":yes", AttributeValue::Bool(true)),
-                                (":running", s(TaskStatus::Running.as_str())),
-                                (":now", rfc3339(now)),
-                            ],
-                            ReturnValue::None,
-                        )
-                        .await;
-                    match r {
-                        Ok(_) => return Ok(Cancelled::Requested),
-                        Err(StoreError::Conflict) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
+                _ => self
+                    .update_task(
+                        id,
+                        Expr::default()
+                            .set("#cancel_requested = :yes")
+                            .set("#updated_at = :now")
+                            .when("#status = :running")
+                            .val(":yes", AttributeValue::Bool(true))
+                            .val(":running", s(TaskStatus::Running.as_str()))
+                            .val(":now", rfc3339(now)),
+                        ReturnValue::None,
+                    )
+                    .await
+                    .map(|_| Cancelled::Requested),
+            };
+            match r {
+                Err(StoreError::Conflict) => continue,
+                other => return other,
             }
         }
-        Err(StoreError::Conflict)
+        Err(StoreError::Contended)
     }
-}
-
-/// The error a cancelled task shows.
-pub fn cancelled_error() -> TaskError {
-    TaskError::new("cancelled", "the task was cancelled at the client's request")
 }
 
 #[async_trait]
 impl TaskRun for DynamoStore {
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError> {
         let claimed = self
-            .update(
+            .update_task(
                 id,
-                "SET #status = :running, #lease_owner = :owner, #lease_until = :until, #updated_at = :now ADD #attempts :one",
-                "attribute_exists(#pk) AND (#status = :queued OR (#status = :running AND #lease_until < :now_ms))",
-                vec![
-                    (":running", s(TaskStatus::Running.as_str())),
-                    (":queued", s(TaskStatus::Queued.as_str())),
-                    (":owner", s(&lease.owner)),
-                    (":until", n(millis(lease.until))),
-                    (":now", rfc3339(now)),
-                    (":now_ms", n(millis(now))),
-                    (":one", n(1)),
-                ],
+                Expr::default()
+                    .set("#status = :running")
+                    .set("#lease_owner = :owner")
+                    .set("#lease_until = :until")
+                    .set("#updated_at = :now")
+                    .set("#started_at = if_not_exists(#started_at, :now)")
+                    .set("#open_pk = :shard")
+                    .set("#due_at = :due")
+                    .add("#attempts :one")
+                    .when("attribute_exists(#pk)")
+                    .when("#status = :queued OR (#status = :running AND #lease_until < :now_ms)")
+                    .val(":running", s(TaskStatus::Running.as_str()))
+                    .val(":queued", s(TaskStatus::Queued.as_str()))
+                    .val(":owner", s(&lease.owner))
+                    .val(":until", n(millis(lease.until)))
+                    .val(":now", rfc3339(now))
+                    .val(":now_ms", n(millis(now)))
+                    .val(":shard", s(open_shard(id)))
+                    .val(":due", self.due(lease.until))
+                    .val(":one", n(1)),
                 ReturnValue::AllNew,
             )
             .await;
@@ -749,7 +954,7 @@ impl TaskRun for DynamoStore {
                 Err(e) => {
                     // Claimed but unreadable (its prompt object is gone, say): give it back
                     // rather than hold it until the lease runs out.
-                    let why = TaskError::new("store_error", "the task's stored content could not be read");
+                    let why = TaskError::new(ErrorCode::StoreError, "the task's stored content could not be read");
                     if let Err(release) = self.release(id, lease, &why, now).await {
                         tracing::error!(
                             error = format!("{:#}", anyhow::Error::from(release)),
@@ -778,24 +983,24 @@ impl TaskRun for DynamoStore {
     }
 
     async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
-        let mut set =
-            "SET #step = :step, #usage = :usage, #usage_by_model = :by_model, #lease_until = :until, #updated_at = :now"
-                .to_owned();
-        let mut values = vec![
-            (":step", n(p.step)),
-            (":usage", attr(&p.usage)?),
-            (":by_model", attr(&p.usage_by_model)?),
-            (":until", n(millis(p.lease_until))),
-            (":now", rfc3339(p.now)),
-            (":running", s(TaskStatus::Running.as_str())),
-            (":owner", s(&lease.owner)),
-        ];
+        let mut e = Self::leased(
+            Expr::default()
+                .set("#step = :step")
+                .set("#usage = :usage")
+                .set("#usage_by_model = :by_model")
+                .set("#lease_until = :until")
+                .set("#updated_at = :now")
+                .val(":step", n(p.step))
+                .val(":usage", attr(&p.usage)?)
+                .val(":by_model", attr(&p.usage_by_model)?)
+                .val(":until", n(millis(p.lease_until)))
+                .val(":now", rfc3339(p.now)),
+            lease,
+        );
         if let Some(model) = &p.model {
-            set.push_str(", #model = :model");
-            values.push((":model", s(model)));
+            e = e.set("#model = :model").val(":model", s(model));
         }
-        let after =
-            self.update(id, &set, "#status = :running AND #lease_owner = :owner", values, ReturnValue::AllNew).await?;
+        let after = self.update_task(id, e, ReturnValue::AllNew).await?;
         let cancel = after.and_then(|i| i.get("cancel_requested").cloned()) == Some(AttributeValue::Bool(true));
         Ok(if cancel { StepAck::CancelRequested } else { StepAck::Continue })
     }
@@ -809,22 +1014,17 @@ impl TaskRun for DynamoStore {
                 result.text = String::new();
             }
         }
-        let mut update = self.finish_update(task.task_id, lease, &f)?;
+        let mut update = Self::finish_update(&f, lease)?;
         if let Some(key) = result_ref {
             // The pointer is written with the rest of the terminal state.
-            update.update_expression = update.update_expression.replacen("SET ", "SET #result_ref = :result_ref, ", 1);
-            update
-                .expression_attribute_names
-                .get_or_insert_with(HashMap::new)
-                .insert("#result_ref".into(), "result_ref".into());
-            update.expression_attribute_values.get_or_insert_with(HashMap::new).insert(":result_ref".into(), s(key));
+            update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
         self.terminal(task, update, f.status, &f.usage, f.now, vec![]).await
     }
 
     async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
         let put = self.step_put(id, &Step::Model(step.clone())).await?;
-        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+        let check = ConditionCheck::builder()
             .table_name(&self.table)
             .key("pk", s(task_key(id)))
             .key("sk", s(META))
@@ -840,10 +1040,7 @@ impl TaskRun for DynamoStore {
             TransactWriteItem::builder().condition_check(check).build(),
             TransactWriteItem::builder().put(put).build(),
         ];
-        self.transact(items).await.map_err(|e| match e {
-            TransactError::Condition(_) => StoreError::Conflict,
-            TransactError::Store(e) => e,
-        })
+        Ok(self.transact(items).await?)
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
@@ -865,47 +1062,50 @@ impl TaskRun for DynamoStore {
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
-        self.update(
-            id,
-            "SET #status = :queued, #updated_at = :now, #last_error = :why REMOVE #lease_owner, #lease_until",
-            "#status = :running AND #lease_owner = :owner AND attribute_not_exists(#cancel_requested)",
-            vec![
-                (":queued", s(TaskStatus::Queued.as_str())),
-                (":running", s(TaskStatus::Running.as_str())),
-                (":owner", s(&lease.owner)),
-                (":now", rfc3339(now)),
-                (":why", attr(why)?),
-            ],
-            ReturnValue::None,
-        )
-        .await
-        .map(drop)
+        let e = Self::leased(
+            Expr::default()
+                .set("#status = :queued")
+                .set("#updated_at = :now")
+                .set("#last_error = :why")
+                .set("#due_at = :due")
+                .remove("#lease_owner")
+                .remove("#lease_until")
+                .when("attribute_not_exists(#cancel_requested)")
+                .val(":queued", s(TaskStatus::Queued.as_str()))
+                .val(":now", rfc3339(now))
+                .val(":why", attr(why)?)
+                .val(":due", self.due(now)),
+            lease,
+        );
+        self.update_task(id, e, ReturnValue::None).await.map(drop)
     }
 }
 
 #[async_trait]
 impl TaskDeadLetter for DynamoStore {
-    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn fail_abandoned(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
         let Some(item) = self.task_item(id).await? else { return Ok(false) };
         let task = item.record;
         if task.status.is_terminal() {
             return Ok(false);
         }
         // Whatever state it is in, it is not the one its runner left, if it left one; the
-        // condition pins the state we saw so a task that moves meanwhile is not overwritten.
-        let update = update_op(
-            &self.table,
-            task_key(id),
-            META,
-            "SET #status = :failed, #error = :error, #updated_at = :now REMOVE #lease_owner, #lease_until",
-            Some("#status = :seen"),
-            vec![
-                (":failed", s(TaskStatus::Failed.as_str())),
-                (":error", attr(error)?),
-                (":now", rfc3339(now)),
-                (":seen", s(task.status.as_str())),
-            ],
-        )?;
+        // condition pins the state we saw so a task that moves meanwhile is not overwritten,
+        // and a live lease (a runner at work) keeps it.
+        let update = as_seen(
+            Expr::default()
+                .set("#status = :failed")
+                .set("#error = :error")
+                .set("#updated_at = :now")
+                .remove("#lease_owner")
+                .remove("#lease_until")
+                .when("attribute_not_exists(#lease_until) OR #lease_until < :now_ms")
+                .val(":failed", s(TaskStatus::Failed.as_str()))
+                .val(":error", attr(error)?)
+                .val(":now", rfc3339(now))
+                .val(":now_ms", n(millis(now))),
+            &task,
+        );
         match self.terminal(&task, update, TaskStatus::Failed, &task.usage, now, vec![]).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
@@ -915,38 +1115,146 @@ impl TaskDeadLetter for DynamoStore {
 
     async fn requeue(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError> {
         let Some(item) = self.task_item(id).await? else { return Ok(false) };
-        if item.record.status != TaskStatus::Failed {
+        let task = item.record;
+        if task.status != TaskStatus::Failed {
             return Ok(false);
         }
-        let update = update_op(
-            &self.table,
-            task_key(id),
-            META,
-            "SET #status = :queued, #updated_at = :now REMOVE #error",
-            Some("#status = :failed"),
-            vec![
-                (":queued", s(TaskStatus::Queued.as_str())),
-                (":failed", s(TaskStatus::Failed.as_str())),
-                (":now", rfc3339(now)),
-            ],
-        )?;
-        let active = update_op(
-            &self.table,
-            tenant_key(&item.record.tenant_id),
-            "ACTIVE",
-            "ADD #active :one",
-            None,
-            vec![(":one", n(1))],
-        )?;
+        let update = as_seen(
+            Expr::default()
+                .set("#status = :queued")
+                .set("#updated_at = :now")
+                .set("#open_pk = :shard")
+                .set("#due_at = :due")
+                .remove("#error")
+                .val(":queued", s(TaskStatus::Queued.as_str()))
+                .val(":now", rfc3339(now))
+                .val(":shard", s(open_shard(id)))
+                .val(":due", self.due(now)),
+            &task,
+        );
+        // It runs again: it counts as running, and no longer as failed on the day it failed.
+        let failed_day = Expr::default().add("#failed :minus").val(":minus", n(-1));
         let items = vec![
-            TransactWriteItem::builder().update(update).build(),
-            TransactWriteItem::builder().update(active).build(),
+            TransactWriteItem::builder().update(update.on(&self.table, task_key(id), META)?).build(),
+            self.active_change(&task.tenant_id, 1, now)?,
+            self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(task.updated_at)), failed_day)?,
         ];
         match self.transact(items).await {
             Ok(()) => Ok(true),
             Err(TransactError::Condition(_)) => Ok(false),
             Err(TransactError::Store(e)) => Err(e),
         }
+    }
+}
+
+#[async_trait]
+impl TaskReconcile for DynamoStore {
+    async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<TaskId>, StoreError> {
+        let mut ids = Vec::new();
+        for shard in 0..OPEN_SHARDS {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OPEN_INDEX)
+                .key_condition_expression("open_pk = :p AND due_at < :now")
+                .expression_attribute_values(":p", s(format!("OPEN#{shard}")))
+                .expression_attribute_values(":now", n(millis(now)))
+                .limit(limit.saturating_sub(ids.len()).max(1) as i32)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            ids.extend(out.items.unwrap_or_default().iter().filter_map(|i| match i.get("pk") {
+                Some(AttributeValue::S(pk)) => pk.strip_prefix("TASK#").and_then(|id| id.parse::<TaskId>().ok()),
+                _ => None,
+            }));
+            if ids.len() >= limit {
+                break;
+            }
+        }
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    async fn reschedule(
+        &self,
+        task: &TaskRecord,
+        due: OffsetDateTime,
+        resent: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut e = Expr::default()
+            .set("#due_at = :due")
+            .when("#status = :seen_status AND #updated_at = :seen_updated")
+            .val(":due", n(millis(due)))
+            .val(":seen_status", s(task.status.as_str()))
+            .val(":seen_updated", rfc3339(task.updated_at));
+        if resent {
+            e = e.add("#resends :one").set("#last_resent_at = :now").val(":one", n(1)).val(":now", rfc3339(now));
+        }
+        match self.update_task(task.task_id, e, ReturnValue::None).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn repair_counts(&self, quiet: Duration, now: OffsetDateTime) -> Result<Vec<CountRepair>, StoreError> {
+        let started = millis(now);
+        let mut open = self.open_by_tenant().await?;
+        // Tenants with nothing open are in the truth too: their count should be 0.
+        let tenants = query_all(
+            self.client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .key_condition_expression("gsi1pk = :t")
+                .expression_attribute_values(":t", s("TENANTS")),
+        )
+        .await?;
+        for t in tenants {
+            if let Some(AttributeValue::S(id)) = t.get("gsi1sk") {
+                open.entry(id.clone()).or_default();
+            }
+        }
+        let mut repairs = Vec::new();
+        for (tenant, truth) in open {
+            let item = self.get_item(tenant_key(&tenant), "ACTIVE").await?;
+            let counted = number(item.as_ref(), "active").unwrap_or(0);
+            if counted == truth {
+                continue;
+            }
+            // Only a count that has not moved for `quiet` is compared with an index that may
+            // lag its table; the write's condition makes sure it still has not.
+            let moved = number(item.as_ref(), "updated_ms");
+            let settled = moved.is_none_or(|ms| ms < started - quiet.as_millis() as i64);
+            let mut repaired = false;
+            if settled {
+                let mut e = Expr::default()
+                    .set("#active = :truth")
+                    .set("#updated_ms = :now_ms")
+                    .val(":truth", n(truth))
+                    .val(":now_ms", n(started));
+                e = match (item.is_some(), moved) {
+                    (true, Some(ms)) => e
+                        .when("#active = :seen AND #updated_ms = :seen_ms")
+                        .val(":seen", n(counted))
+                        .val(":seen_ms", n(ms)),
+                    (true, None) => {
+                        e.when("#active = :seen AND attribute_not_exists(#updated_ms)").val(":seen", n(counted))
+                    }
+                    (false, _) => e.when("attribute_not_exists(#pk)"),
+                };
+                let u = e.on(&self.table, tenant_key(&tenant), "ACTIVE")?;
+                repaired = match self.send_update(u, ReturnValue::None).await {
+                    Ok(_) => true,
+                    Err(StoreError::Conflict | StoreError::Contended) => false,
+                    Err(e) => return Err(e),
+                };
+            }
+            repairs.push(CountRepair { tenant, counted, open: truth, repaired });
+        }
+        Ok(repairs)
     }
 }
 
@@ -974,7 +1282,14 @@ impl TenantRead for DynamoStore {
 #[async_trait]
 impl TenantAdmin for DynamoStore {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let record = TenantItem { pk: tenant_key(&tenant.tenant_id), sk: META.into(), tenant: tenant.clone() };
+        let record = TenantItem {
+            pk: tenant_key(&tenant.tenant_id),
+            sk: META.into(),
+            // Every tenant is listed under `TENANTS`, for the reconciler.
+            gsi1pk: Some("TENANTS".into()),
+            gsi1sk: Some(tenant.tenant_id.clone()),
+            tenant: tenant.clone(),
+        };
         self.client
             .put_item()
             .table_name(&self.table)
@@ -1056,47 +1371,90 @@ impl TenantAdmin for DynamoStore {
 #[async_trait]
 impl RateLimiter for DynamoStore {
     async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
-        // Read, refill, and write back only if nobody wrote in between (the condition on the
-        // version we read): every instance of every function shares one bucket, and no two
-        // can spend the same token.
-        for attempt in 0..8 {
-            let current = self.get_item(tenant_key(tenant), "BUCKET").await?;
-            let number = |name: &str| match current.as_ref().and_then(|i| i.get(name)) {
-                Some(AttributeValue::N(v)) => v.parse::<f64>().ok(),
-                _ => None,
+        // The bucket is one number (see `Gcra`), so a request is one atomic conditional
+        // update: `tat + interval` while the bucket is in use, `now + interval` when it has
+        // refilled (tat < now). Concurrent requests never invalidate each other's reads, as
+        // nothing is read first; a refused one learns the stored value from the failure.
+        let gcra = Gcra::new(limits);
+        let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
+        let bucket = |e: Expr| e.on(&self.table, tenant_key(tenant), "BUCKET");
+        let mut seen: Option<i64> = None;
+        for attempt in 0..4 {
+            let busy = seen.is_some_and(|tat| tat >= now_us);
+            let update = if busy {
+                // In use: spend one interval of what is left, if the burst allows.
+                bucket(
+                    Expr::default()
+                        .set("#tat = #tat + :interval")
+                        .when("#tat >= :now AND #tat <= :last")
+                        .val(":interval", n(gcra.interval_us))
+                        .val(":now", n(now_us))
+                        .val(":last", n(now_us + gcra.tolerance_us - gcra.interval_us)),
+                )?
+            } else {
+                // Idle (or never used): the burst is whole again.
+                bucket(
+                    Expr::default()
+                        .set("#tat = :next")
+                        .when("attribute_not_exists(#tat) OR #tat < :now")
+                        .val(":next", n(now_us + gcra.interval_us))
+                        .val(":now", n(now_us)),
+                )?
             };
-            let (tokens, updated) = (number("tokens"), number("updated_ms"));
-            let now_ms = millis(now).max(updated.unwrap_or(0.0) as i64);
-            let (decision, level) = bucket_take(
-                limits,
-                tokens.unwrap_or(f64::from(limits.burst)),
-                updated.unwrap_or(now_ms as f64) as i64,
-                now_ms,
-            );
-            let mut put = self
+            let sent = self
                 .client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s(tenant_key(tenant)))
-                .item("sk", s("BUCKET"))
-                .item("tokens", n(level))
-                .item("updated_ms", n(now_ms));
-            put = match updated {
-                Some(v) => put
-                    .condition_expression("updated_ms = :seen AND tokens = :tokens")
-                    .expression_attribute_values(":seen", n(v as i64))
-                    .expression_attribute_values(":tokens", n(tokens.unwrap_or_default())),
-                None => put.condition_expression("attribute_not_exists(pk)"),
-            };
-            match put.send().await.map_err(|e| sdk_error("PutItem", e)) {
-                Ok(_) => return Ok(decision),
-                Err(StoreError::Conflict) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(1..=10 * (attempt + 1)))).await;
+                .update_item()
+                .table_name(update.table_name)
+                .set_key(Some(update.key))
+                .update_expression(update.update_expression)
+                .set_condition_expression(update.condition_expression)
+                .set_expression_attribute_names(update.expression_attribute_names)
+                .set_expression_attribute_values(update.expression_attribute_values)
+                .return_values(ReturnValue::UpdatedNew)
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    let tat = number(out.attributes.as_ref(), "tat").unwrap_or(now_us + gcra.interval_us);
+                    // The decision as of the value before ours.
+                    return Ok(gcra.decide(Some(tat - gcra.interval_us), now_us).1);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let old = match e.as_service_error() {
+                        Some(
+                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                                ex,
+                            ),
+                        ) => ex.item().map(|i| number(Some(i), "tat")),
+                        _ => None,
+                    };
+                    match (old, sdk_error("UpdateItem", e)) {
+                        (Some(tat), _) => {
+                            let decision = gcra.decide(tat, now_us).1;
+                            if !decision.allowed {
+                                return Ok(decision);
+                            }
+                            // The other branch applies now (the bucket went idle, or came
+                            // into use, between our two guesses).
+                            seen = tat.or(Some(now_us - 1));
+                        }
+                        (None, StoreError::Contended) => tokio::time::sleep(contention_pause(attempt)).await,
+                        // The failure did not say what it found (an emulator may not): look.
+                        (None, StoreError::Conflict) => {
+                            let tat = number(self.get_item(tenant_key(tenant), "BUCKET").await?.as_ref(), "tat");
+                            let decision = gcra.decide(tat, now_us).1;
+                            if !decision.allowed {
+                                return Ok(decision);
+                            }
+                            seen = tat.or(Some(now_us - 1));
+                        }
+                        (None, other) => return Err(other),
+                    }
+                }
             }
         }
-        Err(StoreError::Conflict)
+        Err(StoreError::Contended)
     }
 }
 
@@ -1104,10 +1462,7 @@ impl RateLimiter for DynamoStore {
 impl UsageRead for DynamoStore {
     async fn month_cost(&self, tenant: &str, month: &str) -> Result<u64, StoreError> {
         let found = self.get_item(tenant_key(tenant), &format!("MONTH#{month}")).await?;
-        Ok(match found.as_ref().and_then(|i| i.get("cost_nanos")) {
-            Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
-            _ => 0,
-        })
+        Ok(number(found.as_ref(), "cost_nanos").unwrap_or(0).max(0) as u64)
     }
 
     async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError> {
@@ -1126,10 +1481,7 @@ impl UsageRead for DynamoStore {
 }
 
 fn day_usage(item: &HashMap<String, AttributeValue>) -> DayUsage {
-    let num = |name: &str| match item.get(name) {
-        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
-        _ => 0,
-    };
+    let num = |name: &str| number(Some(item), name).unwrap_or(0).max(0) as u64;
     DayUsage {
         date: match item.get("date") {
             Some(AttributeValue::S(d)) => d.clone(),
@@ -1156,5 +1508,12 @@ mod tests {
     fn placeholders_are_found_in_expressions() {
         let names: Vec<_> = attribute_names("SET #status = :s, #lease_until = :u REMOVE #a_b").collect();
         assert_eq!(names, ["status", "lease_until", "a_b"]);
+    }
+
+    #[test]
+    fn an_expression_joins_its_clauses_and_conditions() {
+        let e = Expr::default().set("#a = :a").add("#n :one").remove("#r").when("#a = :x").when("#b < :y");
+        assert_eq!(e.update_expression(), "SET #a = :a ADD #n :one REMOVE #r");
+        assert_eq!(e.condition().unwrap(), "(#a = :x) AND (#b < :y)");
     }
 }

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, DayUsage, Finish, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision,
-    RateLimiter, StepAck, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskRun,
-    TenantAdmin, TenantRead, UsageRead, bucket_take, day_of, month_of,
+    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Finish, Gcra,
+    IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck, StepPage,
+    StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin,
+    TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
 use crate::steps::{ModelStep, Step, ToolStep};
 use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
@@ -24,7 +25,12 @@ struct State {
     tenants: HashMap<String, Tenant>,
     keys: HashMap<String, ApiKey>,
     active: HashMap<String, i64>,
-    buckets: HashMap<String, (f64, i64)>,
+    /// When each tenant's running count last moved.
+    active_moved: HashMap<String, OffsetDateTime>,
+    /// Open tasks, by when the reconciler should look at them.
+    due: HashMap<TaskId, OffsetDateTime>,
+    /// Each tenant's theoretical arrival time, in microseconds (see [`Gcra`]).
+    buckets: HashMap<String, i64>,
     days: HashMap<(String, String), DayUsage>,
     months: HashMap<(String, String), u64>,
     idempotency: HashMap<(String, String), (TaskId, String, OffsetDateTime)>,
@@ -33,12 +39,23 @@ struct State {
 }
 
 impl State {
-    /// A task reached `status` having spent `usage`: move the tenant's counters.
-    fn count_terminal(&mut self, tenant: &str, status: TaskStatus, usage: &Usage, now: OffsetDateTime) {
-        *self.active.entry(tenant.to_owned()).or_default() -= 1;
+    fn move_active(&mut self, tenant: &str, by: i64, now: OffsetDateTime) {
+        *self.active.entry(tenant.to_owned()).or_default() += by;
+        self.active_moved.insert(tenant.to_owned(), now);
+    }
+
+    /// The task `id` reached `status` with `total` usage: close it, and move the tenant's
+    /// counters by what they have not seen of it yet.
+    fn count_terminal(&mut self, id: TaskId, status: TaskStatus, total: &Usage, now: OffsetDateTime) {
+        let Some((rec, _)) = self.tasks.get_mut(&id) else { return };
+        let delta = total.since(&rec.counted);
+        rec.counted += delta;
+        let tenant = rec.tenant_id.clone();
+        self.due.remove(&id);
+        self.move_active(&tenant, -1, now);
         let day = self
             .days
-            .entry((tenant.to_owned(), day_of(now)))
+            .entry((tenant.clone(), day_of(now)))
             .or_insert_with(|| DayUsage { date: day_of(now), ..DayUsage::default() });
         match status {
             TaskStatus::Succeeded => day.succeeded += 1,
@@ -46,21 +63,34 @@ impl State {
             TaskStatus::Cancelled => day.cancelled += 1,
             _ => {}
         }
-        day.usage += *usage;
-        *self.months.entry((tenant.to_owned(), month_of(now))).or_default() += usage.cost_nanos;
+        day.usage += delta;
+        *self.months.entry((tenant, month_of(now))).or_default() += delta.cost_nanos;
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
     /// When set, every call fails as if the store were down.
     down: AtomicBool,
+    reconcile_after: std::time::Duration,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self { state: Mutex::default(), down: AtomicBool::new(false), reconcile_after: DEFAULT_RECONCILE_AFTER }
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long an open task may go unchanged before the reconciler looks at it.
+    pub fn with_reconcile_after(mut self, after: std::time::Duration) -> Self {
+        self.reconcile_after = after;
+        self
     }
 
     /// Makes every later call fail with [`StoreError::Unavailable`].
@@ -142,7 +172,8 @@ impl TaskCreate for MemoryStore {
                 (task.task_id, idem.request_hash.to_owned(), task.created_at + IDEMPOTENCY_WINDOW),
             );
         }
-        *state.active.entry(task.tenant_id.clone()).or_default() += 1;
+        state.move_active(&task.tenant_id, 1, task.created_at);
+        state.due.insert(task.task_id, task.created_at + self.reconcile_after);
         state.tasks.insert(task.task_id, (task.clone(), None));
         Ok(Admitted::Created)
     }
@@ -166,7 +197,7 @@ impl TaskCreate for MemoryStore {
         if let Some(k) = idempotency_key {
             state.idempotency.remove(&(task.tenant_id.clone(), k.to_owned()));
         }
-        state.count_terminal(&task.tenant_id, TaskStatus::Failed, &Usage::default(), now);
+        state.count_terminal(task.task_id, TaskStatus::Failed, &task.usage, now);
         Ok(())
     }
 }
@@ -179,6 +210,24 @@ impl TaskRead for MemoryStore {
 
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
         Ok(self.lock()?.steps.get(&id).map(|s| s.values().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn step_page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<StepPage, StoreError> {
+        let state = self.lock()?;
+        let Some(all) = state.steps.get(&id) else { return Ok(StepPage { steps: Vec::new(), next: None }) };
+        let mut following =
+            all.iter().filter(|(sk, _)| after.is_none_or(|a| sk.as_str() > a)).map(|(sk, s)| (sk.clone(), s.clone()));
+        let (mut steps, mut bytes, mut last) = (Vec::new(), 0, None);
+        for (sk, step) in following.by_ref() {
+            let size = serde_json::to_string(&step).map(|t| t.len()).unwrap_or(0);
+            if steps.len() == limit || (!steps.is_empty() && bytes + size > STEP_PAGE_BYTES) {
+                return Ok(StepPage { steps, next: last });
+            }
+            bytes += size;
+            steps.push(step);
+            last = Some(sk);
+        }
+        Ok(StepPage { steps, next: None })
     }
 
     async fn list(
@@ -213,10 +262,10 @@ impl TaskCancel for MemoryStore {
             s if s.is_terminal() => Ok(Cancelled::AlreadyFinished(s)),
             TaskStatus::Queued => {
                 rec.status = TaskStatus::Cancelled;
-                rec.error = Some(super::dynamodb::cancelled_error());
+                rec.error = Some(cancelled_error());
                 rec.updated_at = now;
-                let (tenant, usage) = (rec.tenant_id.clone(), rec.usage);
-                state.count_terminal(&tenant, TaskStatus::Cancelled, &usage, now);
+                let usage = rec.usage;
+                state.count_terminal(id, TaskStatus::Cancelled, &usage, now);
                 Ok(Cancelled::Now)
             }
             _ => {
@@ -241,8 +290,11 @@ impl TaskRun for MemoryStore {
             rec.status = TaskStatus::Running;
             rec.attempts += 1;
             rec.updated_at = now;
+            rec.started_at.get_or_insert(now);
             *held = Some(lease.clone());
-            return Ok(Claim::Claimed(Box::new(rec.clone())));
+            let claimed = rec.clone();
+            state.due.insert(id, lease.until + self.reconcile_after);
+            return Ok(Claim::Claimed(Box::new(claimed)));
         }
         Ok(Claim::Leased { until: held.as_ref().map_or(now, |l| l.until) })
     }
@@ -282,8 +334,7 @@ impl TaskRun for MemoryStore {
             }
             rec.updated_at = f.now;
             *held = None;
-            let tenant = rec.tenant_id.clone();
-            state.count_terminal(&tenant, f.status, &f.usage, f.now);
+            state.count_terminal(task.task_id, f.status, &f.usage, f.now);
         })
     }
 
@@ -315,6 +366,7 @@ impl TaskRun for MemoryStore {
             rec.last_error = Some(why.clone());
             rec.updated_at = now;
             *held = None;
+            state.due.insert(id, now + self.reconcile_after);
             Ok(())
         })?
     }
@@ -322,18 +374,18 @@ impl TaskRun for MemoryStore {
 
 #[async_trait]
 impl TaskDeadLetter for MemoryStore {
-    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn fail_abandoned(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError> {
         let mut state = self.lock()?;
         let Some((rec, held)) = state.tasks.get_mut(&id) else { return Ok(false) };
-        if rec.status.is_terminal() {
+        if rec.status.is_terminal() || held.as_ref().is_some_and(|l| l.until >= now) {
             return Ok(false);
         }
         rec.status = TaskStatus::Failed;
         rec.error = Some(error.clone());
         rec.updated_at = now;
         *held = None;
-        let (tenant, usage) = (rec.tenant_id.clone(), rec.usage);
-        state.count_terminal(&tenant, TaskStatus::Failed, &usage, now);
+        let usage = rec.usage;
+        state.count_terminal(id, TaskStatus::Failed, &usage, now);
         Ok(true)
     }
 
@@ -343,12 +395,75 @@ impl TaskDeadLetter for MemoryStore {
         if rec.status != TaskStatus::Failed {
             return Ok(false);
         }
+        let failed_on = day_of(rec.updated_at);
         rec.status = TaskStatus::Queued;
         rec.error = None;
         rec.updated_at = now;
         let tenant = rec.tenant_id.clone();
-        *state.active.entry(tenant).or_default() += 1;
+        if let Some(day) = state.days.get_mut(&(tenant.clone(), failed_on)) {
+            day.failed = day.failed.saturating_sub(1);
+        }
+        state.move_active(&tenant, 1, now);
+        state.due.insert(id, now + self.reconcile_after);
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl TaskReconcile for MemoryStore {
+    async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<TaskId>, StoreError> {
+        let state = self.lock()?;
+        let mut due: Vec<(OffsetDateTime, TaskId)> =
+            state.due.iter().filter(|(_, at)| **at < now).map(|(id, at)| (*at, *id)).collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn reschedule(
+        &self,
+        task: &TaskRecord,
+        due: OffsetDateTime,
+        resent: bool,
+        _now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let Some((rec, _)) = state.tasks.get_mut(&task.task_id) else { return Ok(false) };
+        if rec.status != task.status || rec.updated_at != task.updated_at || rec.status.is_terminal() {
+            return Ok(false);
+        }
+        if resent {
+            rec.resends += 1;
+        }
+        state.due.insert(task.task_id, due);
+        Ok(true)
+    }
+
+    async fn repair_counts(
+        &self,
+        quiet: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CountRepair>, StoreError> {
+        let mut state = self.lock()?;
+        let mut open: HashMap<String, i64> = state.tenants.keys().map(|t| (t.clone(), 0)).collect();
+        for (rec, _) in state.tasks.values().filter(|(r, _)| !r.status.is_terminal()) {
+            *open.entry(rec.tenant_id.clone()).or_default() += 1;
+        }
+        let mut repairs = Vec::new();
+        let mut tenants: Vec<_> = open.into_iter().collect();
+        tenants.sort();
+        for (tenant, truth) in tenants {
+            let counted = state.active.get(&tenant).copied().unwrap_or(0);
+            if counted == truth {
+                continue;
+            }
+            let settled = state.active_moved.get(&tenant).is_none_or(|at| *at < now - quiet);
+            if settled {
+                state.active.insert(tenant.clone(), truth);
+                state.active_moved.insert(tenant.clone(), now);
+            }
+            repairs.push(CountRepair { tenant, counted, open: truth, repaired: settled });
+        }
+        Ok(repairs)
     }
 }
 
@@ -406,10 +521,11 @@ impl TenantAdmin for MemoryStore {
 impl RateLimiter for MemoryStore {
     async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
         let mut state = self.lock()?;
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        let (tokens, updated) = state.buckets.get(tenant).copied().unwrap_or((f64::from(limits.burst), now_ms));
-        let (decision, level) = bucket_take(limits, tokens, updated, now_ms.max(updated));
-        state.buckets.insert(tenant.to_owned(), (level, now_ms.max(updated)));
+        let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
+        let (next, decision) = Gcra::new(limits).decide(state.buckets.get(tenant).copied(), now_us);
+        if let Some(tat) = next {
+            state.buckets.insert(tenant.to_owned(), tat);
+        }
         Ok(decision)
     }
 }

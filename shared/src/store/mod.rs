@@ -6,9 +6,17 @@
 //! queued`, `the lease is ours`, `active < max_running`), and every change to a task's
 //! terminal state moves the tenant's counters (tasks active, usage per day and month) in the
 //! same transaction, so races are decided by the store, not by timing, and counters cannot
-//! drift. [`DynamoStore`] is the real adapter; [`MemoryStore`] the in-memory fake for handler
-//! tests, with the same rules.
+//! drift. A task remembers how much of its usage the counters have seen (`counted`), so a task
+//! that ends more than once (failed, redriven, succeeded) adds each token and nano-dollar once.
+//!
+//! Every task that has not ended is in the *open* set with a time it is due to be looked at
+//! (`due_at`: its creation, its lease's end, its hand-off, plus a grace period). The
+//! reconciler reads the tasks that are due: those are the ones whose message may be lost.
+//!
+//! [`DynamoStore`] is the real adapter; [`MemoryStore`] the in-memory fake for handler tests,
+//! with the same rules; [`conformance`] is the one suite both must pass.
 
+pub mod conformance;
 mod dynamodb;
 mod memory;
 
@@ -19,7 +27,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use dynamodb::{DynamoStore, cancelled_error};
+pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
 use crate::steps::{ModelStep, Step, ToolStep};
@@ -33,6 +41,9 @@ pub enum StoreError {
     /// The write's condition did not hold: another writer got there first.
     #[error("the task changed under us (conditional write failed)")]
     Conflict,
+    /// Other writers kept the same items busy through every retry; the caller may try again.
+    #[error("the task store is busy with concurrent writes to the same items")]
+    Contended,
     #[error("the task store is unavailable")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -90,6 +101,10 @@ pub struct Finish {
     pub now: OffsetDateTime,
 }
 
+/// How long an open task may go unchanged before the reconciler looks at it: past its
+/// creation or hand-off while `queued`, past its lease's end while `running`.
+pub const DEFAULT_RECONCILE_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// The tenant limits and idempotency a new task is admitted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission<'a> {
@@ -134,24 +149,54 @@ pub enum Cancelled {
     NotFound,
 }
 
-/// One page of a tenant's tasks, newest first.
+/// One page of a tenant's tasks, newest first. The records are summaries: a result kept in
+/// S3 is not fetched (its text is empty).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
     pub tasks: Vec<TaskRecord>,
-    /// Where the next page starts, if there is one.
+    /// Where the next page starts, if there is one: the last task examined, which with a
+    /// status filter may be one the page does not show.
     pub next: Option<TaskId>,
 }
 
-/// A token-bucket answer.
+/// Most index entries one list call examines, whatever its filter: a page of a rare status
+/// comes back short (or empty) with a cursor rather than reading a tenant's whole history.
+pub const LIST_EXAMINE_LIMIT: usize = 300;
+
+/// One page of a task's recorded steps, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPage {
+    pub steps: Vec<Step>,
+    /// The sort key of the last step returned, when more follow.
+    pub next: Option<String>,
+}
+
+/// The most a page of steps holds, serialized: well under Lambda's 6 MB response, with room
+/// for the envelope. A single larger step is returned alone.
+pub const STEP_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A rate-limit answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateDecision {
     pub allowed: bool,
-    /// Whole tokens left after this request.
+    /// Whole requests left in the burst after this one.
     pub remaining: u32,
-    /// Until one token is back (when refused).
+    /// Until one request is allowed again (when refused).
     pub retry_after: Duration,
-    /// Until the bucket is full again.
+    /// Until the whole burst is available again.
     pub reset: Duration,
+}
+
+/// A tenant's running count, compared with the truth (its open tasks), and what was done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRepair {
+    pub tenant: String,
+    /// What the counter said.
+    pub counted: i64,
+    /// Tasks of the tenant queued or running.
+    pub open: i64,
+    /// The counter was set to `open`. It is left alone while the tenant's tasks are changing.
+    pub repaired: bool,
 }
 
 /// One tenant's usage on one UTC day.
@@ -192,11 +237,15 @@ pub trait TaskCreate: Send + Sync {
 pub trait TaskRead: Send + Sync {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// The task's recorded steps, in order.
+    /// The task's recorded steps, in order: all of them (the worker's history).
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError>;
 
+    /// A page of the task's steps after the sort key `after`: at most `limit` steps and
+    /// [`STEP_PAGE_BYTES`] of them (at least one).
+    async fn step_page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<StepPage, StoreError>;
+
     /// A tenant's tasks, newest first, `limit` at most, optionally of one status, starting
-    /// after `after`.
+    /// after `after`, examining at most [`LIST_EXAMINE_LIMIT`] entries.
     async fn list(
         &self,
         tenant: &str,
@@ -235,15 +284,37 @@ pub trait TaskRun: Send + Sync {
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError>;
 }
 
-/// What the dead-letter sweeper and the redrive command do to tasks.
+/// Ending tasks nobody is running, and giving failed ones another chance: the dead-letter
+/// sweeper, the redrive command and the reconciler.
 #[async_trait]
 pub trait TaskDeadLetter: Send + Sync {
-    /// A task whose message was dead-lettered: if it has not ended, it ends `failed` with
-    /// `error`. Returns whether it changed.
-    async fn fail_undelivered(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Ends a task that has not ended and that no live lease holds `failed` with `error`, its
+    /// usage counted once. Returns whether it changed.
+    async fn fail_abandoned(&self, id: TaskId, error: &TaskError, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// A redriven task: if it ended `failed`, it is `queued` again. Returns whether it changed.
     async fn requeue(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError>;
+}
+
+/// What the reconciler reads and writes.
+#[async_trait]
+pub trait TaskReconcile: Send + Sync {
+    /// Open tasks due to be looked at by `now` (at most `limit`).
+    async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<TaskId>, StoreError>;
+
+    /// Looks at `task` again at `due` rather than now; `resent` counts a message sent again.
+    /// Applies only if the task is still as `task` shows it (status, update time).
+    async fn reschedule(
+        &self,
+        task: &TaskRecord,
+        due: OffsetDateTime,
+        resent: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Compares each tenant's running count with its open tasks, and sets the count to the
+    /// truth where they differ and the tenant's count has not moved for `quiet`.
+    async fn repair_counts(&self, quiet: Duration, now: OffsetDateTime) -> Result<Vec<CountRepair>, StoreError>;
 }
 
 /// A cheap call that proves the store answers, for `/ready`.
@@ -272,7 +343,7 @@ pub trait TenantAdmin: TenantRead {
     async fn revoke_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<ApiKey>, StoreError>;
 }
 
-/// The per-tenant token bucket, shared by every function instance.
+/// The per-tenant submit rate limit, shared by every function instance.
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
     async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError>;
@@ -287,6 +358,11 @@ pub trait UsageRead: Send + Sync {
     async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError>;
 }
 
+/// The error a cancelled task shows.
+pub fn cancelled_error() -> TaskError {
+    TaskError::new(crate::task::ErrorCode::Cancelled, "the task was cancelled at the client's request")
+}
+
 /// `YYYY-MM-DD` of a time, UTC.
 pub fn day_of(t: OffsetDateTime) -> String {
     let d = t.to_offset(time::UtcOffset::UTC).date();
@@ -298,23 +374,46 @@ pub fn month_of(t: OffsetDateTime) -> String {
     day_of(t)[..7].to_owned()
 }
 
-/// The token bucket's arithmetic, shared by both stores: refill `tokens` (as of `updated_ms`)
-/// to `now_ms`, then take one if there is one. Returns the decision and the new level.
-pub fn bucket_take(limits: &Limits, tokens: f64, updated_ms: i64, now_ms: i64) -> (RateDecision, f64) {
-    let rate = limits.rate_per_sec.max(1e-9);
-    let burst = f64::from(limits.burst.max(1));
-    let elapsed = (now_ms - updated_ms).max(0) as f64 / 1000.0;
-    let level = (tokens + elapsed * rate).min(burst);
-    let allowed = level >= 1.0;
-    let after = if allowed { level - 1.0 } else { level };
-    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
-    let decision = RateDecision {
-        allowed,
-        remaining: after.floor() as u32,
-        retry_after: if allowed { Duration::ZERO } else { secs((1.0 - level) / rate) },
-        reset: secs((burst - after) / rate),
-    };
-    (decision, after)
+/// The rate limit's arithmetic, shared by both stores: the generic cell rate algorithm, a
+/// token bucket kept as one number, the *theoretical arrival time* (TAT, microseconds). A
+/// request at `now` is allowed if `max(tat, now) + interval <= now + burst × interval`; the new
+/// TAT is then `max(tat, now) + interval`. One number means one atomic conditional update
+/// decides each request, with nothing read first: concurrent submits never retry each
+/// other's writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gcra {
+    /// Microseconds between two requests at the steady rate.
+    pub interval_us: i64,
+    /// How far ahead of `now` the TAT may run: the burst, in microseconds.
+    pub tolerance_us: i64,
+}
+
+impl Gcra {
+    pub fn new(limits: &Limits) -> Self {
+        let interval_us = (1e6 / limits.rate_per_sec.max(1e-6)).round().max(1.0) as i64;
+        Self { interval_us, tolerance_us: interval_us.saturating_mul(i64::from(limits.burst.max(1))) }
+    }
+
+    /// The new TAT if a request at `now_us` is allowed, and the answer to give.
+    pub fn decide(&self, tat_us: Option<i64>, now_us: i64) -> (Option<i64>, RateDecision) {
+        let from = tat_us.unwrap_or(now_us).max(now_us);
+        let next = from.saturating_add(self.interval_us);
+        let limit = now_us.saturating_add(self.tolerance_us);
+        let us = |v: i64| Duration::from_micros(v.max(0) as u64);
+        if next <= limit {
+            let decision = RateDecision {
+                allowed: true,
+                remaining: ((limit - next) / self.interval_us) as u32,
+                retry_after: Duration::ZERO,
+                reset: us(next - now_us),
+            };
+            (Some(next), decision)
+        } else {
+            let decision =
+                RateDecision { allowed: false, remaining: 0, retry_after: us(next - limit), reset: us(from - now_us) };
+            (None, decision)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,27 +425,28 @@ mod tests {
     }
 
     #[test]
-    fn a_full_bucket_allows_its_burst_then_refuses_until_it_refills() {
-        let l = limits(2.0, 3);
-        let mut tokens = 3.0;
+    fn a_fresh_limit_allows_its_burst_then_refuses_until_time_passes() {
+        let g = Gcra::new(&limits(2.0, 3));
+        let mut tat = None;
         for left in [2, 1, 0] {
-            let (d, t) = bucket_take(&l, tokens, 0, 0);
+            let (next, d) = g.decide(tat, 0);
             assert!(d.allowed);
             assert_eq!(d.remaining, left);
-            tokens = t;
+            tat = next;
         }
-        let (d, _) = bucket_take(&l, tokens, 0, 0);
-        assert!(!d.allowed);
+        let (next, d) = g.decide(tat, 0);
+        assert!(!d.allowed && next.is_none());
         assert_eq!(d.retry_after, Duration::from_millis(500));
-        let (d, _) = bucket_take(&l, tokens, 0, 500);
-        assert!(d.allowed, "half a second refills one token at 2/s");
+        assert!(g.decide(tat, 500_000).1.allowed, "half a second frees one request at 2/s");
     }
 
     #[test]
-    fn refills_never_exceed_the_burst() {
-        let (d, t) = bucket_take(&limits(1.0, 5), 0.0, 0, 3_600_000);
+    fn an_idle_limit_never_saves_more_than_its_burst() {
+        let g = Gcra::new(&limits(1.0, 5));
+        let (tat, d) = g.decide(Some(0), 3_600_000_000);
         assert!(d.allowed);
-        assert_eq!(t, 4.0);
+        assert_eq!(d.remaining, 4);
+        assert_eq!(tat, Some(3_601_000_000));
     }
 
     #[test]

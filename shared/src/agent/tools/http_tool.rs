@@ -162,7 +162,7 @@ mod tests {
     }
 
     fn ctx() -> ToolContext {
-        ToolContext { task_id: "01TASK".into(), step: 2, tool_use_id: "toolu_9".into() }
+        ToolContext { task_id: "01TASK".into(), tenant_id: "acme".into(), step: 2, tool_use_id: "toolu_9".into() }
     }
 
     #[tokio::test]

@@ -24,10 +24,12 @@ use crate::llm::ToolSpec;
 #[error("{0}")]
 pub struct ToolError(pub String);
 
-/// Where a call comes from: enough to make an idempotency key.
+/// Where a call comes from: whose task, which step; enough to make an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ToolContext {
     pub task_id: String,
+    /// The tenant that owns the task (HTTP tools are told, under the signature).
+    pub tenant_id: String,
     /// The step (model call) that asked for the tool.
     pub step: u32,
     pub tool_use_id: String,
@@ -127,6 +129,11 @@ impl ToolRegistry {
         Ok(self)
     }
 
+    /// Whether a tool of this name is offered.
+    pub fn knows(&self, name: &str) -> bool {
+        self.tools.iter().any(|e| e.tool.spec().name == name)
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.tools.iter().map(|e| e.tool.spec().name.clone()).collect()
     }
@@ -174,7 +181,7 @@ mod tests {
     use serde_json::json;
 
     fn ctx() -> ToolContext {
-        ToolContext { task_id: "T".into(), step: 1, tool_use_id: "tu".into() }
+        ToolContext { task_id: "T".into(), tenant_id: "acme".into(), step: 1, tool_use_id: "tu".into() }
     }
 
     #[tokio::test]

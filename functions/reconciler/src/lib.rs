@@ -1,0 +1,130 @@
+//! The reconciler: the net under "every accepted task finishes". Every minute it reads the
+//! open tasks that are *due* (`queued` or `running` and unchanged past their grace period:
+//! longer than `AGENTQ_RECONCILE_AFTER_SECS` since they were accepted or handed off, or since
+//! their lease ran out) and, for each:
+//!
+//! - over the deployment's task limits (started too often, running too long, waiting too
+//!   long): ends it `failed` with the limit's code;
+//! - otherwise sends its message again (its first one may never have been sent, if the
+//!   submit died between its two writes, or may have been lost) and looks again one grace
+//!   period later. A duplicate is harmless: the worker's claim runs a task once.
+//!
+//! Then it compares each tenant's running count with its open tasks and repairs a count
+//! that drifted, once it has been still for a while (the index it counts from may lag).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentq::config::Config;
+use agentq::metrics::{self, Unit};
+use agentq::queue::TaskQueue;
+use agentq::store::{TaskDeadLetter, TaskRead, TaskReconcile};
+use agentq::task::{TaskLimits, TaskMessage};
+use lambda_runtime::LambdaEvent;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+/// What the reconciler reads and writes.
+pub trait ReconcileStore: TaskReconcile + TaskRead + TaskDeadLetter {}
+impl<T: TaskReconcile + TaskRead + TaskDeadLetter> ReconcileStore for T {}
+
+/// The reconciler's settings, read once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The grace period: how long before a task that has not moved is looked at again.
+    pub reconcile_after: Duration,
+    pub limits: TaskLimits,
+    /// How long a tenant's running count must have been still before it is repaired.
+    pub quiet: Duration,
+    /// Due tasks handled per run; the rest wait for the next.
+    pub batch: usize,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Self { reconcile_after: c.reconcile_after, limits: c.task_limits, quiet: Duration::from_secs(30), batch: 500 }
+    }
+}
+
+/// The function's dependencies, built once per cold start.
+#[derive(Clone)]
+pub struct Reconciler {
+    pub store: Arc<dyn ReconcileStore>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub settings: Settings,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Due tasks read.
+    pub due: usize,
+    /// Messages sent again.
+    pub resent: usize,
+    /// Tasks ended over a limit.
+    pub ended: usize,
+    /// Running counts set to the truth.
+    pub repaired: usize,
+}
+
+/// One pass: the due tasks, then the running counts.
+pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let due = r.store.due(now, r.settings.batch).await?;
+    report.due = due.len();
+    for id in due {
+        let Some(task) = r.store.get(id).await? else { continue };
+        if task.status.is_terminal() {
+            continue;
+        }
+        if let Some(error) = r.settings.limits.exceeded_by(&task, now) {
+            if r.store.fail_abandoned(id, &error, now).await? {
+                tracing::warn!(task_id = %id, code = %error.code, "ended a task over the deployment's limits");
+                report.ended += 1;
+            }
+            continue;
+        }
+        let message = TaskMessage { task_id: id, priority: task.priority };
+        if let Err(e) = r.queue.enqueue(&message, &Default::default()).await {
+            // Looked at again next run.
+            tracing::error!(task_id = %id, error = format!("{:#}", e.0), "could not send a stranded task's message");
+            continue;
+        }
+        // Only now, so a task whose send failed stays due.
+        r.store.reschedule(&task, now + r.settings.reconcile_after, true, now).await?;
+        tracing::warn!(
+            task_id = %id,
+            tenant_id = %task.tenant_id,
+            status = %task.status,
+            resends = task.resends + 1,
+            idle_s = (now - task.updated_at).whole_seconds(),
+            "sent a stranded task's message again"
+        );
+        report.resent += 1;
+    }
+    for repair in r.store.repair_counts(r.settings.quiet, now).await? {
+        if repair.repaired {
+            report.repaired += 1;
+        }
+        tracing::warn!(
+            tenant_id = %repair.tenant,
+            counted = repair.counted,
+            open = repair.open,
+            repaired = repair.repaired,
+            "a tenant's running count differs from its open tasks"
+        );
+    }
+    Ok(report)
+}
+
+/// Handles the scheduled event.
+pub async fn handle(r: &Reconciler, _event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    let report = reconcile(r, agentq::now()).await?;
+    metrics::record()
+        .value("ReconcileDue", report.due as f64, Unit::Count)
+        .value("ReconcileResent", report.resent as f64, Unit::Count)
+        .value("ReconcileEnded", report.ended as f64, Unit::Count)
+        .value("ReconcileRepairedCounts", report.repaired as f64, Unit::Count)
+        .emit();
+    Ok(json!({"due": report.due, "resent": report.resent, "ended": report.ended, "repaired": report.repaired}))
+}
