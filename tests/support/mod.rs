@@ -33,6 +33,8 @@ pub const MAX_RECEIVE_COUNT: u32 = 3;
 /// Visibility timeout of the test queues, so retries come back quickly.
 pub const VISIBILITY_SECS: u32 = 1;
 pub const MODEL: &str = "claude-sonnet-4-5";
+/// The reconciler's grace period in the test stores: a stranded task is found within a test.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(2);
 /// The bucket the tests keep large content in.
 pub const TEST_BUCKET: &str = "agentq-test-blobs";
 /// The second model of the default chain.
@@ -70,6 +72,9 @@ pub struct TestApp {
     /// Every dead-letter queue.
     pub dlqs: Vec<String>,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The test's own table.
+    pub table: String,
     pub store: Arc<DynamoStore>,
     pub model: MockServer,
     /// A key of the tenant `acme`, whose limits are generous.
@@ -170,7 +175,8 @@ impl TestApp {
             anyhow::ensure!(exists, "creating the test bucket: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
         }
         let store = Arc::new(
-            DynamoStore::new(dynamodb, &table.name, retention)
+            DynamoStore::new(dynamodb.clone(), &table.name, retention)
+                .with_reconcile_after(RECONCILE_AFTER)
                 .with_blobs(Arc::new(agentq::blobs::S3Blobs::new(s3, TEST_BUCKET))),
         );
         let model = MockServer::start().await;
@@ -213,6 +219,8 @@ impl TestApp {
             dlq_url,
             dlqs,
             sqs,
+            dynamodb,
+            table: table.name.clone(),
             key: new_tenant(
                 store.as_ref(),
                 "acme",
@@ -232,6 +240,18 @@ impl TestApp {
 
     /// `POST /v1/tasks` with `key` and extra headers; returns the whole response.
     pub async fn post_as(&self, key: &str, body: &Value, headers: &[(&str, &str)]) -> Response<Body> {
+        self.post_with(&self.submit, key, body, headers).await
+    }
+
+    /// `POST /v1/tasks` to a submit function wired as `submit` says (a queue that never
+    /// answers, say).
+    pub async fn post_with(
+        &self,
+        submit: &submit::App,
+        key: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Response<Body> {
         let mut event: Value = serde_json::from_str(include_str!("../../events/submit.json")).unwrap();
         event["body"] = json!(body.to_string());
         event["headers"]["authorization"] = json!(format!("Bearer {key}"));
@@ -239,13 +259,48 @@ impl TestApp {
             event["headers"][*k] = json!(v);
         }
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
-        let response = submit::handle(&self.submit, req).await;
+        let response = submit::handle(submit, req).await;
         if response.status() == 202
             && let Some(id) = body_json(response.body())["task_id"].as_str()
         {
             self.accepted.lock().unwrap().push(id.to_owned());
         }
         response
+    }
+
+    /// Counts a task the test knows was accepted (stored) though no 202 said so, for
+    /// [`drain`](Self::drain).
+    pub fn track(&self, id: &str) {
+        self.accepted.lock().unwrap().push(id.to_owned());
+    }
+
+    /// The tenant's running count as stored (`TENANT#<t>`, `ACTIVE`).
+    pub async fn running_count(&self, tenant: &str) -> i64 {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("TENANT#{tenant}")))
+            .key("sk", AttributeValue::S("ACTIVE".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        match out.item.as_ref().and_then(|i| i.get("active")) {
+            Some(AttributeValue::N(n)) => n.parse().unwrap(),
+            _ => 0,
+        }
+    }
+
+    /// The reconciler over this test's store and queues.
+    pub fn reconciler(&self) -> reconciler::Reconciler {
+        let config = test_config(&self.table);
+        reconciler::Reconciler {
+            store: self.store.clone(),
+            queue: Arc::new(SqsQueue::new(self.sqs.clone(), self.queues.clone())),
+            settings: reconciler::Settings { reconcile_after: RECONCILE_AFTER, ..reconciler::Settings::from(&config) },
+        }
     }
 
     /// Ends a test as its clients would see it: every task it accepted reaches a terminal
