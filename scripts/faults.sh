@@ -10,6 +10,8 @@ export AGENTQ_PORT=${FAULTS_PORT:-3200} LAMBDA_PORT=${FAULTS_LAMBDA_PORT:-9200} 
 export STACK_NAME=agentq-faults LOCAL_RUNTIME=agentq LAMBDA_CONCURRENCY=2
 # An 8 s worker timeout, so a killed worker's lease runs out soon; the rest in proportion.
 export LAMBDA_TIMEOUTS="worker=8" AGENTQ_LOCAL_VISIBILITY_SECS=20 AGENTQ_SCHEDULE_SECS=2
+# A 5 s grace period, so the reconciler finds stranded tasks within the scenario.
+export AGENTQ_RECONCILE_AFTER_SECS=5
 export AGENTQ_DEADLINE_MARGIN_SECS=2 AGENTQ_VISIBILITY_SLACK_SECS=2 AGENTQ_RETRY_DELAY_SECS=1 \
   AGENTQ_RETRY_MAX_DELAY_SECS=2 AGENTQ_MODEL_MAX_ATTEMPTS=2 AGENTQ_MODEL_MAX_BACKOFF_SECS=1
 export AGENTQ_HTTP_TOOLS="[{\"name\":\"lookup\",\"description\":\"Looks a thing up.\",\"input_schema\":{\"type\":\"object\"},\"url\":\"http://127.0.0.1:$FAKE_MODEL_PORT/tool\",\"timeout_secs\":1,\"max_attempts\":2}]"

@@ -82,8 +82,6 @@ enum Command {
     Faults {
         #[arg(long, env = "AGENTQ_URL")]
         url: String,
-        #[arg(long, env = "AGENTQ_API_KEY", hide_env_values = true)]
-        api_key: String,
         #[arg(long, env = "FAKE_MODEL_URL")]
         model_url: String,
         #[arg(long)]
@@ -161,9 +159,7 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
             Ok(())
         }
-        Command::Faults { url, api_key, model_url, report, tasks } => {
-            faults(url, api_key, model_url, report, tasks).await
-        }
+        Command::Faults { url, model_url, report, tasks } => faults(url, model_url, report, tasks).await,
         Command::Run { url, timeout_secs, prompt } => run_task(&url, &prompt, Duration::from_secs(timeout_secs)).await,
         Command::FakeModel { listen, latency_ms } => {
             let knobs = agentq_local::fake_model::Knobs { latency_ms, ..Default::default() };
@@ -265,31 +261,57 @@ async fn serve(
     Ok(())
 }
 
-async fn faults(url: String, key: String, model_url: String, report: PathBuf, tasks: usize) -> anyhow::Result<()> {
+async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -> anyhow::Result<()> {
+    use agentq::store::TenantAdmin as _;
     use agentq_local::faults::{self, Harness};
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
+    let store = agentq::wiring::store(&config, &sdk);
+    // A tenant of the run's own, so its usage counters hold only this run's tasks.
+    let tenant = format!("faults-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let limits =
+        agentq::tenant::Limits { rate_per_sec: 500.0, burst: 500, max_running: 10_000, monthly_budget_nanos: None };
+    let now = agentq::now();
+    store.put_tenant(&agentq::tenant::Tenant { tenant_id: tenant.clone(), limits, created_at: now }).await?;
+    let (key, record) = agentq::tenant::new_key(&tenant, now);
+    store.put_key(&record).await?;
     let h = Harness {
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         url,
-        key,
+        key: key.expose().to_owned(),
+        tenant,
         model_url,
         sqs: agentq::aws::sqs(&sdk),
         s3: agentq::aws::s3(&sdk, true),
         bucket: config.bucket.clone().ok_or_else(|| anyhow!("AGENTQ_BUCKET is not set"))?,
-        store: agentq::wiring::store(&config, &sdk),
+        store,
         queues: config.queue_urls()?,
         dlqs: config.dead_letter_urls.clone(),
     };
     let mut reports = Vec::new();
-    for (name, run) in [("worker killed", 0), ("duplicates", 1), ("flaky", 2), ("poison", 3), ("redrive", 4)] {
+    let scenarios = [
+        "worker killed",
+        "duplicates",
+        "flaky",
+        "poison",
+        "redrive",
+        "stranded",
+        "long run",
+        "usage through redrive",
+        "burst",
+    ];
+    for (run, name) in scenarios.into_iter().enumerate() {
         tracing::info!(scenario = name, "running");
         let r = match run {
             0 => faults::worker_killed(&h, tasks, 20).await?,
             1 => faults::duplicate_deliveries(&h, 100).await?,
             2 => faults::flaky_world(&h, tasks).await?,
             3 => faults::poison(&h).await?,
-            _ => faults::dead_letter_and_redrive(&h).await?,
+            4 => faults::dead_letter_and_redrive(&h).await?,
+            5 => faults::stranded(&h, 5).await?,
+            6 => faults::long_run(&h, config.max_receive_count).await?,
+            7 => faults::usage_through_redrive(&h).await?,
+            _ => faults::burst(&h, 40).await?,
         };
         tracing::info!(
             scenario = name,
@@ -298,6 +320,7 @@ async fn faults(url: String, key: String, model_url: String, report: PathBuf, ta
             lost = r.lost,
             duplicate_runs = r.duplicate_runs,
             double_counted = r.double_counted,
+            usage_drift = r.usage_drift,
             seconds = r.seconds,
             "done"
         );

@@ -1,3 +1,341 @@
-//! The store's rules as one suite, run against every adapter: the in-memory fake in unit
-//! tests and DynamoDB Local in the integration tests. The handler tests trust the fake
-//! because it passes the same suite the real store does.
+//! The store's rules as one suite, run against every adapter: the in-memory fake in the unit
+//! tests and DynamoDB Local in the integration tests (`tests/conformance.rs`). The handler
+//! tests trust the fake because it passes the suite the real store passes.
+//!
+//! Each check uses a tenant of its own, so the suite can run on a table other tests share.
+//! A check panics, naming the rule, when an adapter breaks it.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{
+    Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
+    TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, day_of, month_of,
+};
+use crate::steps::ModelStep;
+use crate::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
+use crate::tenant::Limits;
+use crate::usage::Usage;
+
+/// Everything an adapter implements.
+pub trait Store:
+    TaskCreate + TaskRead + TaskRun + TaskCancel + TaskDeadLetter + TaskReconcile + UsageRead + RateLimiter + TenantAdmin
+{
+}
+impl<T> Store for T where
+    T: TaskCreate
+        + TaskRead
+        + TaskRun
+        + TaskCancel
+        + TaskDeadLetter
+        + TaskReconcile
+        + UsageRead
+        + RateLimiter
+        + TenantAdmin
+{
+}
+
+/// Runs every check against `store`, whose grace period before the reconciler looks at an
+/// open task is `reconcile_after`.
+pub async fn run(store: &dyn Store, reconcile_after: Duration) {
+    claims_run_a_task_once_and_take_over_an_expired_lease(store).await;
+    a_lost_lease_refuses_every_write(store).await;
+    cancel_ends_a_queued_task_and_stops_a_running_one(store).await;
+    finishing_counts_usage_and_frees_the_slot(store).await;
+    an_unqueued_task_fails_and_frees_its_key(store).await;
+    only_tasks_no_live_lease_holds_are_failed_as_abandoned(store).await;
+    usage_is_counted_once_through_failure_redrive_and_success(store).await;
+    admission_keeps_the_cap_and_the_idempotency_key(store).await;
+    open_tasks_fall_due_after_their_grace_and_ended_ones_never(store, reconcile_after).await;
+    the_rate_limit_allows_its_burst_then_refuses(store).await;
+}
+
+/// A new tenant, known to the store (so its running count is checked even with nothing open).
+async fn tenant(store: &dyn Store) -> String {
+    let id = format!("conf-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let tenant = crate::tenant::Tenant { tenant_id: id.clone(), limits: Limits::default(), created_at: crate::now() };
+    store.put_tenant(&tenant).await.expect("put_tenant");
+    id
+}
+
+fn record(tenant: &str, at: OffsetDateTime) -> TaskRecord {
+    let request = TaskRequest::parse(br#"{"prompt":"conformance"}"#, &Default::default()).expect("a valid request");
+    TaskRecord::new(request, tenant, at)
+}
+
+async fn admitted(store: &dyn Store, tenant: &str, at: OffsetDateTime) -> TaskRecord {
+    let task = record(tenant, at);
+    let admission = Admission { max_running: 1_000, idempotency: None };
+    assert_eq!(store.admit(&task, admission).await.expect("admit"), Admitted::Created);
+    task
+}
+
+fn lease(owner: &str, until: OffsetDateTime) -> Lease {
+    Lease { owner: owner.into(), until }
+}
+
+fn usage(input: u64, cost_nanos: u64) -> Usage {
+    Usage { input_tokens: input, output_tokens: 1, cost_nanos, ..Usage::default() }
+}
+
+fn progress(step: u32, spent: Usage, until: OffsetDateTime, now: OffsetDateTime) -> Progress {
+    Progress {
+        step,
+        usage: spent,
+        usage_by_model: [("m".to_owned(), spent)].into(),
+        model: Some("m".into()),
+        lease_until: until,
+        now,
+    }
+}
+
+fn finish(status: TaskStatus, step: u32, spent: Usage, now: OffsetDateTime) -> Finish {
+    Finish {
+        status,
+        result: (status == TaskStatus::Succeeded).then(|| TaskResult { text: "done".into(), truncated: false }),
+        error: None,
+        step,
+        usage: spent,
+        usage_by_model: [("m".to_owned(), spent)].into(),
+        model: Some("m".into()),
+        now,
+    }
+}
+
+async fn status(store: &dyn Store, id: TaskId) -> TaskStatus {
+    store.get(id).await.expect("get").expect("the task exists").status
+}
+
+/// The tenant's running count agrees with its open tasks (a repair that is never due shows
+/// any difference).
+async fn count_is_true(store: &dyn Store, tenant: &str, now: OffsetDateTime) {
+    let never = Duration::from_secs(10 * 365 * 86_400);
+    let drift = store.repair_counts(never, now).await.expect("repair_counts");
+    assert!(drift.iter().all(|r| r.tenant != tenant), "the running count drifted: {drift:?}");
+}
+
+async fn claims_run_a_task_once_and_take_over_an_expired_lease(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let first = lease("first", now + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &first, now).await.unwrap() else {
+        panic!("a queued task is claimed")
+    };
+    assert_eq!((claimed.status, claimed.attempts), (TaskStatus::Running, 1));
+    assert!(claimed.started_at.is_some(), "a claim records the first start");
+    let second = lease("second", now + Duration::from_secs(60));
+    assert!(
+        matches!(store.claim(task.task_id, &second, now).await.unwrap(), Claim::Leased { .. }),
+        "a live lease keeps a second delivery out"
+    );
+    let later = now + Duration::from_secs(61);
+    let Claim::Claimed(taken) = store.claim(task.task_id, &second, later).await.unwrap() else {
+        panic!("an expired lease is taken over")
+    };
+    assert_eq!(taken.attempts, 2);
+    assert_eq!(taken.started_at, claimed.started_at, "the first start is kept");
+    store.finish(&taken, &second, &finish(TaskStatus::Succeeded, 0, Usage::default(), later)).await.unwrap();
+    assert_eq!(store.claim(task.task_id, &first, later).await.unwrap(), Claim::Terminal(TaskStatus::Succeeded));
+    assert_eq!(store.claim(TaskId::new(), &first, later).await.unwrap(), Claim::NotFound);
+}
+
+async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let old = lease("old", now + Duration::from_secs(1));
+    store.claim(task.task_id, &old, now).await.unwrap();
+    let later = now + Duration::from_secs(2);
+    let new = lease("new", later + Duration::from_secs(60));
+    let Claim::Claimed(current) = store.claim(task.task_id, &new, later).await.unwrap() else { panic!("taken over") };
+    let step = ModelStep {
+        step: 1,
+        model: "m".into(),
+        content: vec![],
+        stop_reason: crate::llm::StopReason::EndTurn,
+        usage: usage(1, 1),
+    };
+    let conflict = |r: Result<_, StoreError>, what: &str| {
+        assert!(matches!(r, Err(StoreError::Conflict)), "{what} with a lost lease must conflict");
+    };
+    conflict(store.record_model_step(task.task_id, &old, &step).await, "recording a step");
+    conflict(store.progress(task.task_id, &old, &progress(1, usage(1, 1), later, later)).await.map(drop), "progress");
+    let why = TaskError::new(ErrorCode::Deadline, "out of time");
+    conflict(store.release(task.task_id, &old, &why, later).await, "release");
+    conflict(store.finish(&current, &old, &finish(TaskStatus::Succeeded, 1, usage(1, 1), later)).await, "finish");
+    store.record_model_step(task.task_id, &new, &step).await.expect("the holder records its step");
+    conflict(store.record_model_step(task.task_id, &new, &step).await, "recording a step twice");
+    store.release(task.task_id, &new, &why, later).await.expect("the holder hands the task back");
+    assert_eq!(status(store, task.task_id).await, TaskStatus::Queued);
+    let after = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!(after.last_error.map(|e| e.code), Some(ErrorCode::Deadline));
+    assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1);
+    let Claim::Claimed(again) = store.claim(task.task_id, &old, later).await.unwrap() else { panic!("queued again") };
+    store.finish(&again, &old, &finish(TaskStatus::Succeeded, 1, usage(1, 1), later)).await.unwrap();
+}
+
+async fn cancel_ends_a_queued_task_and_stops_a_running_one(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let queued = admitted(store, &t, now).await;
+    assert_eq!(store.cancel(queued.task_id, now).await.unwrap(), Cancelled::Now);
+    assert_eq!(status(store, queued.task_id).await, TaskStatus::Cancelled);
+    assert_eq!(store.cancel(queued.task_id, now).await.unwrap(), Cancelled::AlreadyFinished(TaskStatus::Cancelled));
+    let until = now + Duration::from_secs(60);
+    assert_eq!(
+        store.claim(queued.task_id, &lease("w", until), now).await.unwrap(),
+        Claim::Terminal(TaskStatus::Cancelled)
+    );
+
+    let task = admitted(store, &t, now).await;
+    let held = lease("w", until);
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    assert_eq!(store.cancel(task.task_id, now).await.unwrap(), Cancelled::Requested);
+    let ack = store.progress(task.task_id, &held, &progress(1, usage(10, 100), until, now)).await.unwrap();
+    assert_eq!(ack, StepAck::CancelRequested, "the runner learns of the cancel at its next step");
+    let why = TaskError::new(ErrorCode::Deadline, "out of time");
+    assert!(
+        matches!(store.release(task.task_id, &held, &why, now).await, Err(StoreError::Conflict)),
+        "a task whose cancel was requested is not handed back"
+    );
+    store.finish(&claimed, &held, &finish(TaskStatus::Cancelled, 1, usage(10, 100), now)).await.unwrap();
+    assert_eq!(store.cancel(TaskId::new(), now).await.unwrap(), Cancelled::NotFound);
+    count_is_true(store, &t, now).await;
+    let day = &store.days(&t, &day_of(now), &day_of(now)).await.unwrap()[0];
+    assert_eq!((day.cancelled, day.usage.cost_nanos), (2, 100), "usage spent before a cancel is counted");
+}
+
+async fn finishing_counts_usage_and_frees_the_slot(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let held = lease("w", now + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    store.finish(&claimed, &held, &finish(TaskStatus::Succeeded, 2, usage(500, 7_000), now)).await.unwrap();
+    let done = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!((done.status, done.step, done.usage.cost_nanos), (TaskStatus::Succeeded, 2, 7_000));
+    assert_eq!(done.result.map(|r| r.text), Some("done".into()));
+    assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 7_000);
+    let day = &store.days(&t, &day_of(now), &day_of(now)).await.unwrap()[0];
+    assert_eq!((day.succeeded, day.usage.input_tokens), (1, 500));
+    assert!(
+        matches!(
+            store.finish(&claimed, &held, &finish(TaskStatus::Failed, 2, usage(500, 7_000), now)).await,
+            Err(StoreError::Conflict)
+        ),
+        "a task ends once"
+    );
+    assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 7_000);
+}
+
+async fn an_unqueued_task_fails_and_frees_its_key(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = record(&t, now);
+    let idem = Idempotency { key: "k1", request_hash: "h1" };
+    let admission = Admission { max_running: 10, idempotency: Some(idem) };
+    assert_eq!(store.admit(&task, admission).await.unwrap(), Admitted::Created);
+    let error = TaskError::new(ErrorCode::EnqueueFailed, "queue down");
+    store.fail_unqueued(&task, &error, Some("k1"), now).await.unwrap();
+    let failed = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.error.map(|e| e.code)), (TaskStatus::Failed, Some(ErrorCode::EnqueueFailed)));
+    let retry = record(&t, now);
+    assert_eq!(store.admit(&retry, admission).await.unwrap(), Admitted::Created, "the key is free for the retry");
+    let error = TaskError::new(ErrorCode::EnqueueFailed, "queue down");
+    store.fail_unqueued(&retry, &error, Some("k1"), now).await.unwrap();
+}
+
+async fn only_tasks_no_live_lease_holds_are_failed_as_abandoned(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let held = lease("w", now + Duration::from_secs(60));
+    store.claim(task.task_id, &held, now).await.unwrap();
+    let error = TaskError::new(ErrorCode::DeliveryFailed, "set aside");
+    assert!(!store.fail_abandoned(task.task_id, &error, now).await.unwrap(), "a live run is left alone");
+    let later = now + Duration::from_secs(61);
+    assert!(store.fail_abandoned(task.task_id, &error, later).await.unwrap());
+    assert_eq!(status(store, task.task_id).await, TaskStatus::Failed);
+    assert!(!store.fail_abandoned(task.task_id, &error, later).await.unwrap(), "an ended task stays as it ended");
+    let queued = admitted(store, &t, now).await;
+    assert!(store.fail_abandoned(queued.task_id, &error, now).await.unwrap(), "a queued task has no live lease");
+    count_is_true(store, &t, now).await;
+}
+
+async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let first = lease("first", now + Duration::from_secs(1));
+    store.claim(task.task_id, &first, now).await.unwrap();
+    store.progress(task.task_id, &first, &progress(1, usage(100, 1_000), first.until, now)).await.unwrap();
+    // Its worker died; its message was dead-lettered.
+    let later = now + Duration::from_secs(2);
+    let error = TaskError::new(ErrorCode::DeliveryFailed, "set aside");
+    assert!(store.fail_abandoned(task.task_id, &error, later).await.unwrap());
+    assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 1_000, "counted when it failed");
+    assert!(store.requeue(task.task_id, later).await.unwrap(), "a failed task is queued again");
+    assert!(!store.requeue(task.task_id, later).await.unwrap(), "only a failed one");
+    let second = lease("second", later + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &second, later).await.unwrap() else { panic!("claimed") };
+    store.finish(&claimed, &second, &finish(TaskStatus::Succeeded, 2, usage(250, 2_500), later)).await.unwrap();
+    assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 2_500, "each nano-dollar once");
+    let days = store.days(&t, &day_of(now), &day_of(later)).await.unwrap();
+    let (succeeded, failed, input, cost) = days.iter().fold((0, 0, 0, 0), |a, d| {
+        (a.0 + d.succeeded, a.1 + d.failed, a.2 + d.usage.input_tokens, a.3 + d.usage.cost_nanos)
+    });
+    assert_eq!((succeeded, failed), (1, 0), "the redriven task no longer counts as failed");
+    assert_eq!((input, cost), (250, 2_500), "each token once");
+    count_is_true(store, &t, now).await;
+}
+
+async fn admission_keeps_the_cap_and_the_idempotency_key(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let capped = Admission { max_running: 1, idempotency: None };
+    let first = record(&t, now);
+    assert_eq!(store.admit(&first, capped).await.unwrap(), Admitted::Created);
+    assert_eq!(store.admit(&record(&t, now), capped).await.unwrap(), Admitted::ConcurrencyLimited { max: 1 });
+    assert_eq!(store.cancel(first.task_id, now).await.unwrap(), Cancelled::Now);
+    let keyed = Admission { max_running: 1, idempotency: Some(Idempotency { key: "order-1", request_hash: "same" }) };
+    let original = record(&t, now);
+    assert_eq!(store.admit(&original, keyed).await.unwrap(), Admitted::Created, "a slot freed by the cancel");
+    assert_eq!(store.admit(&record(&t, now), keyed).await.unwrap(), Admitted::Replayed(original.task_id));
+    let other = Admission { idempotency: Some(Idempotency { key: "order-1", request_hash: "other" }), ..keyed };
+    assert_eq!(store.admit(&record(&t, now), other).await.unwrap(), Admitted::KeyReused);
+    assert_eq!(store.cancel(original.task_id, now).await.unwrap(), Cancelled::Now);
+}
+
+async fn open_tasks_fall_due_after_their_grace_and_ended_ones_never(store: &dyn Store, after: Duration) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let due = |at: OffsetDateTime| async move { store.due(at, 10_000).await.unwrap().contains(&task.task_id) };
+    assert!(!due(now + after / 2).await, "within its grace");
+    assert!(due(now + after + Duration::from_secs(1)).await, "past its grace");
+    let seen = store.get(task.task_id).await.unwrap().unwrap();
+    let next = now + after * 3;
+    assert!(store.reschedule(&seen, next, true, now).await.unwrap());
+    assert!(!due(now + after * 2).await, "rescheduled");
+    assert!(due(next + Duration::from_secs(1)).await);
+    assert_eq!(store.get(task.task_id).await.unwrap().unwrap().resends, 1);
+    // Claimed: due again only past its lease plus the grace.
+    let until = now + after * 4;
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &lease("w", until), now).await.unwrap() else {
+        panic!("claimed")
+    };
+    assert!(!store.reschedule(&seen, next, true, now).await.unwrap(), "a stale view reschedules nothing");
+    assert!(!due(until).await);
+    assert!(due(until + after + Duration::from_secs(1)).await);
+    store.finish(&claimed, &lease("w", until), &finish(TaskStatus::Succeeded, 0, Usage::default(), now)).await.unwrap();
+    assert!(!due(until + after * 10).await, "an ended task is never due");
+    let repairs = store.repair_counts(Duration::ZERO, now + after * 10).await.unwrap();
+    assert!(repairs.iter().all(|r| r.tenant != t), "a tenant whose count is right needs no repair: {repairs:?}");
+}
+
+async fn the_rate_limit_allows_its_burst_then_refuses(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let limits = Limits { rate_per_sec: 1.0, burst: 3, ..Limits::default() };
+    for left in [2, 1, 0] {
+        let d = store.take(&t, &limits, now).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, left);
+    }
+    let refused = store.take(&t, &limits, now).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1));
+    assert!(store.take(&t, &limits, now + Duration::from_millis(1001)).await.unwrap().allowed, "a second refills one");
+}

@@ -548,3 +548,14 @@ impl UsageRead for MemoryStore {
         Ok(days)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_same_rules_as_dynamodb() {
+        let after = std::time::Duration::from_secs(60);
+        super::super::conformance::run(&MemoryStore::new().with_reconcile_after(after), after).await;
+    }
+}
