@@ -15,6 +15,7 @@ export AGENTQ_RECONCILE_AFTER_SECS=5
 export AGENTQ_DEADLINE_MARGIN_SECS=2 AGENTQ_VISIBILITY_SLACK_SECS=2 AGENTQ_RETRY_DELAY_SECS=1 \
   AGENTQ_RETRY_MAX_DELAY_SECS=2 AGENTQ_MODEL_MAX_ATTEMPTS=2 AGENTQ_MODEL_MAX_BACKOFF_SECS=1
 export AGENTQ_HTTP_TOOLS="[{\"name\":\"lookup\",\"description\":\"Looks a thing up.\",\"input_schema\":{\"type\":\"object\"},\"url\":\"http://127.0.0.1:$FAKE_MODEL_PORT/tool\",\"timeout_secs\":1,\"max_attempts\":2}]"
+export AGENTQ_TOOL_SIGNING_SECRET="faults-$RANDOM-$RANDOM"
 unset ANTHROPIC_API_KEY ANTHROPIC_BASE_URL
 source "$(dirname "$0")/common.sh"
 

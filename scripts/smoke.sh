@@ -14,6 +14,15 @@ source "$(dirname "$0")/common.sh"
 cleanup() { for name in gateway lambda fake-model; do stop_bg "$name"; done; }
 trap cleanup EXIT
 
+log "smoke: a configuration no function can start with fails make up at once, in the function's words"
+started=$SECONDS
+if AGENTQ_MODELS=anthropic:mystery-1 bash "$ROOT/scripts/up.sh" > "$RUN/up-bad.out" 2>&1; then
+  die "smoke: make up accepted a model with no price"
+fi
+grep -q 'AGENTQ_MODELS names "mystery-1", which has no price' "$RUN/up-bad.out" \
+  || die "smoke: make up failed without the function's own error: $(tail -3 "$RUN/up-bad.out")"
+((SECONDS - started < 60)) || die "smoke: make up took $((SECONDS - started)) s to fail"
+
 bash "$ROOT/scripts/up.sh" | tee "$RUN/up.out"
 url="http://127.0.0.1:$AGENTQ_PORT"
 grep -q "^agentq ready at $url\$" "$RUN/up.out" || die "make up did not print its ready line"

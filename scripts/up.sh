@@ -66,6 +66,12 @@ env_file="$RUN/functions.env"
     if [[ -n $v ]]; then v=${v//\\/\\\\}; v=${v//\"/\\\"}; v=${v//\$/\\\$}; printf '%s="%s"\n' "$k" "$v"; fi
   done | sort > "$env_file" )
 
+# A setting no function can start with fails here, in seconds, in the function's own words.
+if ! preflight=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$ROOT/target/debug/agentq-local" preflight --env-file "$env_file" 2>&1); then
+  stop_bg fake-model
+  die "${preflight#Error: } (no function was started)"
+fi
+
 if [[ ${LOCAL_RUNTIME:-cargo-lambda} == agentq ]]; then
   # agentq-local's own Lambda service: prebuilt binaries, template timeouts, dead processes
   # restarted (the fault suite and the benchmarks use it).

@@ -35,6 +35,12 @@ enum Command {
         #[arg(long, env = "AGENTQ_LOCAL_VISIBILITY_SECS")]
         visibility_timeout: Option<u32>,
     },
+    /// Check the functions' environment as their cold start would (configuration, model keys,
+    /// tool schemas) and say what is wrong, without starting anything.
+    Preflight {
+        #[arg(long)]
+        env_file: PathBuf,
+    },
     /// Delete the tables and queues integration tests made (names starting `test-`), so a
     /// long-lived emulator does not fill up.
     CleanTests,
@@ -115,6 +121,12 @@ async fn main() -> anyhow::Result<()> {
             for (k, v) in template.function_env(&done.refs) {
                 println!("{k}={v}");
             }
+            Ok(())
+        }
+        Command::Preflight { env_file } => {
+            let env = agentq_local::runtime::read_env_file(&env_file)?;
+            let config = agentq::Config::from_lookup(|k| env.get(k).filter(|v| !v.is_empty()).cloned())?;
+            agentq::wiring::preflight(&config).map_err(|e| anyhow!("the functions would not start: {e}"))?;
             Ok(())
         }
         Command::CleanTests => {

@@ -108,6 +108,9 @@ pub struct ToolConfig {
     pub http_tools: Vec<crate::agent::tools::HttpToolSpec>,
     /// Key of the HMAC signature on HTTP tool calls.
     pub signing_secret: Option<Secret>,
+    /// HTTP tools may run unsigned (`AGENTQ_ALLOW_UNSIGNED_TOOLS=true`); otherwise a deployment
+    /// with HTTP tools and no secret refuses to start.
+    pub allow_unsigned: bool,
 }
 
 /// Timeouts of every AWS call, well under the shortest function timeout (the API's 10 s), so
@@ -231,7 +234,15 @@ impl Config {
             http_get_timeout: Duration::from_secs(number("AGENTQ_HTTP_GET_TIMEOUT_SECS", 10)?),
             http_tools,
             signing_secret: get("AGENTQ_TOOL_SIGNING_SECRET").map(Secret::new),
+            allow_unsigned: get("AGENTQ_ALLOW_UNSIGNED_TOOLS").is_some_and(|v| v == "true" || v == "1"),
         };
+        if !tools.http_tools.is_empty() && tools.signing_secret.is_none() && !tools.allow_unsigned {
+            return Err(ConfigError::new(
+                "AGENTQ_TOOL_SIGNING_SECRET",
+                "is not set, and AGENTQ_HTTP_TOOLS defines tools: their calls could not be told from a forgery \
+                 (set the secret, or AGENTQ_ALLOW_UNSIGNED_TOOLS=true to run them unsigned)",
+            ));
+        }
         let model = ModelConfig {
             chain,
             base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
@@ -350,9 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn http_tools_without_a_signing_secret_refuse_to_start_unless_allowed() {
+        let tools = r#"[{"name":"lookup","description":"d","input_schema":{"type":"object"},"url":"https://x/y"}]"#;
+        let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", tools)]).unwrap_err();
+        assert_eq!(e.var, "AGENTQ_TOOL_SIGNING_SECRET");
+        assert!(
+            config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", tools), ("AGENTQ_ALLOW_UNSIGNED_TOOLS", "true")])
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn http_tools_and_budgets_are_read() {
         let c = config(&[
             ("AGENTQ_TABLE", "t"),
+            ("AGENTQ_TOOL_SIGNING_SECRET", "s"),
             ("AGENTQ_DEFAULT_MAX_COST_USD", "0.50"),
             ("AGENTQ_HTTP_GET_ALLOWED_HOSTS", "example.com, *.docs.rs"),
             (

@@ -74,6 +74,21 @@ pub fn model_chain(
     Ok(ModelChain::new(models, BreakerPolicy { threshold: m.breaker_threshold, cooldown: m.breaker_cooldown }))
 }
 
+/// Everything the functions check at cold start that needs no AWS call: the configuration
+/// parses, each model of the chain has its key, the tools' schemas compile. `make up` runs it
+/// before starting anything, so a broken setting fails in seconds with the function's own
+/// words instead of as a gateway that never becomes healthy.
+pub fn preflight(config: &Config) -> Result<(), String> {
+    let m = &config.model;
+    if m.api_key.is_none()
+        && let Some(spec) = m.chain.iter().find(|s| s.provider == Provider::Anthropic)
+    {
+        return Err(format!("configuration: ANTHROPIC_API_KEY is not set, and the chain has {}", spec.model));
+    }
+    let http = http_client().map_err(|e| e.to_string())?;
+    tool_registry(config, &http).map(drop).map_err(|e| e.to_string())
+}
+
 /// The model ids a request may name.
 pub fn model_ids(config: &Config) -> Vec<String> {
     config.model.chain.iter().map(|m| m.model.clone()).collect()
@@ -93,4 +108,31 @@ pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegi
         registry = registry.with(HttpTool::new(spec.clone(), http.clone(), t.signing_secret.clone()))?;
     }
     Ok(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[tokio::test]
+    async fn the_model_and_tool_client_never_follows_a_redirect() {
+        let server = MockServer::start().await;
+        let elsewhere = format!("{}/stolen", server.uri());
+        Mock::given(path("/v1/messages"))
+            .respond_with(ResponseTemplate::new(307).insert_header("location", elsewhere.as_str()))
+            .mount(&server)
+            .await;
+        let r = http_client()
+            .unwrap()
+            .post(format!("{}/v1/messages", server.uri()))
+            .header("x-api-key", "sk-secret")
+            .send()
+            .await;
+        assert_eq!(r.unwrap().status(), 307);
+        let paths: Vec<String> =
+            server.received_requests().await.unwrap().iter().map(|r| r.url.path().to_owned()).collect();
+        assert_eq!(paths, ["/v1/messages"], "the key went nowhere else");
+    }
 }

@@ -4,13 +4,19 @@
 //! Each request carries:
 //! - `Idempotency-Key: <task id>:<step>:<tool_use id>`, the same on every retry and on a
 //!   re-run after a crash, so the service can perform the action once;
-//! - `X-Agentq-Timestamp: <unix seconds>` and `X-Agentq-Signature: v1=<hex>`, an HMAC-SHA256
-//!   over `<timestamp>.<body>` with the shared secret, so the service can check the call came
-//!   from agentq and is fresh.
+//! - `X-Agentq-Tenant` and `X-Agentq-Task`: whose task asks;
+//! - `X-Agentq-Timestamp: <unix seconds>` and `X-Agentq-Signature: v2=<hex>`, an HMAC-SHA256
+//!   with the shared secret over the lines `<timestamp>`, `POST`, `<url>`, `<idempotency key>`,
+//!   `<tenant>` and then the body (see [`signed_text`]), so the service can check that the call
+//!   came from agentq, is fresh, and was not moved to another URL, tenant or call.
 //!
-//! Transient failures (408, 429, 5xx, timeouts, connection errors) are retried with jittered
-//! backoff; the final error becomes an `is_error` result. The endpoints are the operator's own
-//! configuration, so the `http_get` address guard does not apply to them.
+//! A deployment with HTTP tools and no signing secret refuses to start unless
+//! `AGENTQ_ALLOW_UNSIGNED_TOOLS=true` says it means it. Redirects are never followed (the
+//! signature would go with them). Transient failures (408, 429, 5xx, timeouts, connection
+//! errors) are retried with jittered backoff; the final error becomes an `is_error` result, in
+//! words that name the tool, not the endpoint (that is in the log). A response is read up to
+//! 256 KiB. The endpoints are the operator's own configuration, so the `http_get` address guard
+//! does not apply to them.
 
 use std::time::Duration;
 
@@ -72,14 +78,27 @@ impl HttpTool {
     }
 }
 
-/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
-pub fn signature(secret: &Secret, timestamp: i64, body: &[u8]) -> String {
+/// What a call's signature covers: one line each for the timestamp, the method, the URL, the
+/// idempotency key and the tenant, then the body.
+pub fn signed_text(
+    timestamp: i64,
+    method: &str,
+    url: &str,
+    idempotency_key: &str,
+    tenant: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut text = format!("{timestamp}\n{method}\n{url}\n{idempotency_key}\n{tenant}\n").into_bytes();
+    text.extend_from_slice(body);
+    text
+}
+
+/// `v2=<hex HMAC-SHA256(secret, signed_text)>`.
+pub fn signature(secret: &Secret, signed_text: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    mac.update(signed_text);
     let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("v1={hex}")
+    format!("v2={hex}")
 }
 
 /// One attempt's failure, and whether another is worth making.
@@ -91,24 +110,46 @@ struct Failure {
 impl HttpTool {
     async fn attempt(&self, body: &[u8], context: &ToolContext) -> Result<String, Failure> {
         let timestamp = crate::now().unix_timestamp();
+        let key = context.idempotency_key();
         let mut req = self
             .http
             .post(&self.url)
             .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", context.idempotency_key())
+            .header("idempotency-key", &key)
+            .header("x-agentq-tenant", &context.tenant_id)
+            .header("x-agentq-task", &context.task_id)
             .header("x-agentq-timestamp", timestamp.to_string())
             .body(body.to_vec());
         if let Some(secret) = &self.secret {
-            req = req.header("x-agentq-signature", signature(secret, timestamp, body));
+            let text = signed_text(timestamp, "POST", &self.url, &key, &context.tenant_id, body);
+            req = req.header("x-agentq-signature", signature(secret, &text));
         }
-        let response = req.send().await.map_err(|e| Failure {
-            message: format!("calling {} failed: {e}", self.spec.name),
-            transient: e.is_timeout() || e.is_connect() || e.is_request(),
+        let mut response = req.send().await.map_err(|e| {
+            // The error names the endpoint: the log may say so, the task may not.
+            tracing::warn!(tool = %self.spec.name, error = %e, "tool call failed");
+            let kind = if e.is_timeout() { "timed out" } else { "could not be reached" };
+            Failure {
+                message: format!("the {} tool {kind}", self.spec.name),
+                transient: e.is_timeout() || e.is_connect() || e.is_request(),
+            }
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| Failure { message: e.to_string(), transient: true })?;
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_RESPONSE_BYTES)]).into_owned();
+        // Read no more than will be kept, however much the service sends.
+        let mut bytes = Vec::new();
+        while bytes.len() < MAX_RESPONSE_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(tool = %self.spec.name, error = %e, "reading a tool's answer failed");
+                    let message = format!("the {} tool's answer could not be read", self.spec.name);
+                    return Err(Failure { message, transient: true });
+                }
+            }
+        }
+        bytes.truncate(MAX_RESPONSE_BYTES);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         if status.is_success() {
             return Ok(text);
         }
@@ -168,12 +209,16 @@ mod tests {
     #[tokio::test]
     async fn a_call_posts_the_input_signed_with_an_idempotency_key() {
         let server = MockServer::start().await;
+        // The receiver checks against the URL it is published at.
+        let published = format!("{}/hooks/lookup", server.uri());
         Mock::given(method("POST"))
             .and(header("idempotency-key", "01TASK:2:toolu_9"))
-            .respond_with(|req: &Request| {
+            .and(header("x-agentq-tenant", "acme"))
+            .and(header("x-agentq-task", "01TASK"))
+            .respond_with(move |req: &Request| {
                 let ts: i64 = req.headers["x-agentq-timestamp"].to_str().unwrap().parse().unwrap();
-                let expected = signature(&Secret::new("s3cret"), ts, &req.body);
-                if req.headers["x-agentq-signature"] != expected.as_str() {
+                let text = signed_text(ts, "POST", &published, "01TASK:2:toolu_9", "acme", &req.body);
+                if req.headers["x-agentq-signature"] != signature(&Secret::new("s3cret"), &text).as_str() {
                     return ResponseTemplate::new(401);
                 }
                 assert_eq!(serde_json::from_slice::<Value>(&req.body).unwrap(), json!({"q": "rust"}));
@@ -218,9 +263,28 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_is_an_hmac_of_timestamp_and_body() {
-        // echo -n '1700000000.{"a":1}' | openssl dgst -sha256 -hmac secret
-        let sig = signature(&Secret::new("secret"), 1_700_000_000, br#"{"a":1}"#);
-        assert_eq!(sig, "v1=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686");
+    fn the_signature_covers_time_method_url_key_tenant_and_body() {
+        let text = signed_text(1_700_000_000, "POST", "https://t.example/x", "T:1:u", "acme", br#"{"a":1}"#);
+        assert_eq!(text, b"1700000000\nPOST\nhttps://t.example/x\nT:1:u\nacme\n{\"a\":1}");
+        // printf '1700000000\nPOST\nhttps://t.example/x\nT:1:u\nacme\n{"a":1}' | openssl dgst -sha256 -hmac secret
+        let sig = signature(&Secret::new("secret"), &text);
+        assert_eq!(sig, "v2=f32584458579b28146ce56e52c74c5180f46df93059d978ee2950c4585081d10");
+        let moved = signed_text(1_700_000_000, "POST", "https://t.example/x", "T:1:u", "globex", br#"{"a":1}"#);
+        assert_ne!(signature(&Secret::new("secret"), &moved), sig, "another tenant, another signature");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_service_is_named_by_its_tool_not_its_address() {
+        let spec = HttpToolSpec {
+            name: "lookup".into(),
+            description: "d".into(),
+            input_schema: json!({"type": "object"}),
+            url: "http://127.0.0.1:9/internal/secret-path".into(),
+            timeout_secs: 1,
+            max_attempts: 1,
+        };
+        let e = HttpTool::new(spec, reqwest::Client::new(), None).call(&json!({}), &ctx()).await.unwrap_err();
+        assert!(!e.0.contains("127.0.0.1") && !e.0.contains("secret-path"), "{e}");
+        assert!(e.0.contains("lookup"), "{e}");
     }
 }
