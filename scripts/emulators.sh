@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts (or stops) the local AWS emulators: LocalStack for SQS and S3, DynamoDB Local for
+# Starts (or stops) the local AWS emulators: LocalStack for SQS, S3 and Secrets Manager, DynamoDB Local for
 # DynamoDB. Safe to run twice: a running emulator is left alone.
 #   scripts/emulators.sh start | stop
 set -euo pipefail
@@ -8,10 +8,10 @@ source "$(dirname "$0")/common.sh"
 start() {
   if ! curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$LOCALSTACK_PORT/_localstack/health" 2>/dev/null; then
     [[ -x $LOCALSTACK_VENV/bin/python ]] || die "LocalStack is not installed: run scripts/install.sh"
-    log "starting LocalStack (SQS, S3) on :$LOCALSTACK_PORT"
+    log "starting LocalStack (SQS, S3, Secrets Manager) on :$LOCALSTACK_PORT"
     mkdir -p "$RUN/localstack"
     # Host mode: without OVERRIDE_IN_DOCKER=0 it believes it runs in a container.
-    OVERRIDE_IN_DOCKER=0 GATEWAY_LISTEN="127.0.0.1:$LOCALSTACK_PORT" SERVICES=sqs,s3 \
+    OVERRIDE_IN_DOCKER=0 GATEWAY_LISTEN="127.0.0.1:$LOCALSTACK_PORT" SERVICES=sqs,s3,secretsmanager \
       LOCALSTACK_HOST="127.0.0.1:$LOCALSTACK_PORT" SQS_ENDPOINT_STRATEGY=path \
       FILESYSTEM_ROOT="$RUN/localstack" DISABLE_EVENTS=1 \
       start_bg localstack "$LOCALSTACK_VENV/bin/python" -m localstack.runtime.main

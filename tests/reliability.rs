@@ -468,3 +468,40 @@ async fn a_tenant_polling_hard_is_throttled_without_slowing_another() {
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     assert_eq!(app.call_status(&other, "GET", "/v1/tasks", &[]).await.0, 200);
 }
+
+#[tokio::test]
+async fn model_keys_and_the_signing_secret_are_read_from_secrets_manager_once_at_start() {
+    let app = TestApp::spawn().await;
+    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let name = format!("agentq-test-{}", ulid::Ulid::generate());
+    let created = secrets
+        .create_secret()
+        .name(&name)
+        .secret_string(
+            json!({"ANTHROPIC_API_KEY": "sk-from-the-vault", "AGENTQ_TOOL_SIGNING_SECRET": "whsec-vault"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let arn = created.arn.unwrap();
+    let mut config = agentq::Config::from_lookup(|k| match k {
+        "AGENTQ_TABLE" => Some(app.table.clone()),
+        "AGENTQ_SECRETS_ARN" => Some(arn.clone()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(config.model.api_key.is_none(), "nothing in the environment");
+    agentq::wiring::load_secrets(&mut config, &sdk).await.unwrap();
+    assert_eq!(config.model.api_key.as_ref().map(|k| k.expose()), Some("sk-from-the-vault"));
+    assert_eq!(config.tools.signing_secret.as_ref().map(|k| k.expose()), Some("whsec-vault"));
+    assert!(!format!("{config:?}").contains("vault"), "secrets never print");
+
+    let missing = agentq::Config::from_lookup(|k| match k {
+        "AGENTQ_TABLE" => Some(app.table.clone()),
+        "AGENTQ_SECRETS_ARN" => Some(format!("{arn}-gone")),
+        _ => None,
+    });
+    let e = agentq::wiring::load_secrets(&mut missing.unwrap(), &sdk).await.unwrap_err();
+    assert_eq!(e.var, "AGENTQ_SECRETS_ARN", "a function with an unreadable secret refuses to start");
+}

@@ -38,7 +38,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(var: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(var: &'static str, problem: impl Into<String>) -> Self {
         Self { var, problem: problem.into() }
     }
 }
@@ -169,6 +169,9 @@ pub struct Config {
     pub task_limits: TaskLimits,
     /// How long an open task may go unchanged before the reconciler looks at it.
     pub reconcile_after: Duration,
+    /// A Secrets Manager secret with the model keys and the tool signing secret, read once at
+    /// cold start (`wiring::load_secrets`); plain variables serve local runs.
+    pub secrets_arn: Option<String>,
     /// Reads (status, list, steps, usage) per second and burst, per tenant and instance.
     pub reads_per_sec: f64,
     pub read_burst: u32,
@@ -236,13 +239,7 @@ impl Config {
             signing_secret: get("AGENTQ_TOOL_SIGNING_SECRET").map(Secret::new),
             allow_unsigned: get("AGENTQ_ALLOW_UNSIGNED_TOOLS").is_some_and(|v| v == "true" || v == "1"),
         };
-        if !tools.http_tools.is_empty() && tools.signing_secret.is_none() && !tools.allow_unsigned {
-            return Err(ConfigError::new(
-                "AGENTQ_TOOL_SIGNING_SECRET",
-                "is not set, and AGENTQ_HTTP_TOOLS defines tools: their calls could not be told from a forgery \
-                 (set the secret, or AGENTQ_ALLOW_UNSIGNED_TOOLS=true to run them unsigned)",
-            ));
-        }
+
         let model = ModelConfig {
             chain,
             base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
@@ -300,6 +297,7 @@ impl Config {
                 max_tool_output_bytes: number("AGENTQ_MAX_TOOL_OUTPUT_BYTES", 4 * 1024 * 1024)?.max(1) as usize,
             },
             reconcile_after: Duration::from_secs(number("AGENTQ_RECONCILE_AFTER_SECS", 900)?.max(1)),
+            secrets_arn: get("AGENTQ_SECRETS_ARN"),
             reads_per_sec: number("AGENTQ_READS_PER_SEC", 20)?.max(1) as f64,
             read_burst: number("AGENTQ_READ_BURST", 40)?.clamp(1, u64::from(u32::MAX)) as u32,
         })
@@ -358,17 +356,6 @@ mod tests {
         assert_eq!(c.model.chain[2].model, "anthropic.claude-haiku-4-5-20251001-v1:0");
         let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_MODELS", "azure:gpt")]).unwrap_err();
         assert!(e.problem.contains("unknown provider"), "{e}");
-    }
-
-    #[test]
-    fn http_tools_without_a_signing_secret_refuse_to_start_unless_allowed() {
-        let tools = r#"[{"name":"lookup","description":"d","input_schema":{"type":"object"},"url":"https://x/y"}]"#;
-        let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", tools)]).unwrap_err();
-        assert_eq!(e.var, "AGENTQ_TOOL_SIGNING_SECRET");
-        assert!(
-            config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", tools), ("AGENTQ_ALLOW_UNSIGNED_TOOLS", "true")])
-                .is_ok()
-        );
     }
 
     #[test]

@@ -7,6 +7,36 @@ use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
 use crate::config::{Config, ConfigError, Provider};
 use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
 
+/// Reads the secret named by `AGENTQ_SECRETS_ARN` (a JSON object with any of
+/// `ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `AGENTQ_TOOL_SIGNING_SECRET`) into `config`, once,
+/// at cold start. Deployed, the keys live there and never in a function's environment; without
+/// the setting (local runs), the plain variables stand.
+pub async fn load_secrets(config: &mut Config, sdk: &aws_config::SdkConfig) -> Result<(), ConfigError> {
+    let Some(arn) = config.secrets_arn.clone() else { return Ok(()) };
+    let fail = |problem: String| ConfigError::new("AGENTQ_SECRETS_ARN", problem);
+    let out =
+        aws_sdk_secretsmanager::Client::new(sdk).get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+            fail(format!("could not be read: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)))
+        })?;
+    let text = out.secret_string.ok_or_else(|| fail("holds no secret string".into()))?;
+    let values: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).map_err(|_| {
+        fail(
+            "is not a JSON object of strings (keys ANTHROPIC_API_KEY, OPENAI_API_KEY, AGENTQ_TOOL_SIGNING_SECRET)"
+                .into(),
+        )
+    })?;
+    for (name, value) in values {
+        let secret = Some(crate::config::Secret::new(value));
+        match name.as_str() {
+            "ANTHROPIC_API_KEY" => config.model.api_key = secret,
+            "OPENAI_API_KEY" => config.model.openai_api_key = secret,
+            "AGENTQ_TOOL_SIGNING_SECRET" => config.tools.signing_secret = secret,
+            other => tracing::warn!(key = other, "the secret holds a key agentq does not use"),
+        }
+    }
+    Ok(())
+}
+
 /// The HTTP client of the model and tool calls, shared so connections are pooled. It never
 /// follows a redirect: a model request carries the provider's key, a tool request its
 /// signature, and neither may be replayed to wherever a `Location` points.
@@ -94,18 +124,39 @@ pub fn model_ids(config: &Config) -> Vec<String> {
     config.model.chain.iter().map(|m| m.model.clone()).collect()
 }
 
-/// The built-ins, `http_get` when hosts are allowed, and the configured HTTP tools.
-pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegistry, SchemaError> {
+/// The built-ins, `http_get` when hosts are allowed, and the configured HTTP tools. HTTP
+/// tools need the signing secret, unless `AGENTQ_ALLOW_UNSIGNED_TOOLS=true`.
+pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegistry, ConfigError> {
+    tools(config, http, true)
+}
+
+/// The names a request may restrict itself to (the submit path runs no tool, so it needs no
+/// signing secret).
+pub fn tool_names(config: &Config) -> Result<Vec<String>, ConfigError> {
+    let http = reqwest::Client::new();
+    Ok(tools(config, &http, false)?.names())
+}
+
+fn tools(config: &Config, http: &reqwest::Client, signing: bool) -> Result<ToolRegistry, ConfigError> {
     let t = &config.tools;
+    if signing && !t.http_tools.is_empty() && t.signing_secret.is_none() && !t.allow_unsigned {
+        return Err(ConfigError::new(
+            "AGENTQ_TOOL_SIGNING_SECRET",
+            "is not set, and AGENTQ_HTTP_TOOLS defines tools: their calls could not be told from a forgery \
+             (set the secret, or AGENTQ_ALLOW_UNSIGNED_TOOLS=true to run them unsigned)",
+        ));
+    }
+    let schema = |e: SchemaError| ConfigError::new("AGENTQ_HTTP_TOOLS", e.to_string());
     let mut registry = ToolRegistry::builtin();
     if !t.http_get_hosts.is_empty() {
         let mut policy = HttpGetPolicy::new(t.http_get_hosts.clone());
         policy.max_bytes = t.http_get_max_bytes;
         policy.timeout = t.http_get_timeout;
-        registry = registry.with(HttpGet::new(policy))?;
+        registry = registry.with(HttpGet::new(policy)).map_err(schema)?;
     }
     for spec in &t.http_tools {
-        registry = registry.with(HttpTool::new(spec.clone(), http.clone(), t.signing_secret.clone()))?;
+        registry =
+            registry.with(HttpTool::new(spec.clone(), http.clone(), t.signing_secret.clone())).map_err(schema)?;
     }
     Ok(registry)
 }
@@ -113,6 +164,24 @@ pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_tools_without_a_signing_secret_refuse_to_start_unless_allowed() {
+        let tools = r#"[{"name":"lookup","description":"d","input_schema":{"type":"object"},"url":"https://x/y"}]"#;
+        let config = |allow: bool| {
+            Config::from_lookup(|k| match k {
+                "AGENTQ_TABLE" => Some("t".into()),
+                "AGENTQ_HTTP_TOOLS" => Some(tools.into()),
+                "AGENTQ_ALLOW_UNSIGNED_TOOLS" => allow.then(|| "true".into()),
+                _ => None,
+            })
+            .unwrap()
+        };
+        let http = http_client().unwrap();
+        let e = tool_registry(&config(false), &http).unwrap_err();
+        assert_eq!(e.var, "AGENTQ_TOOL_SIGNING_SECRET");
+        assert!(tool_registry(&config(true), &http).unwrap().knows("lookup"));
+    }
     use wiremock::matchers::path;
     use wiremock::{Mock, MockServer, ResponseTemplate};
 

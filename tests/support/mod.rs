@@ -94,6 +94,7 @@ fn default_endpoints() {
         for (k, v) in [
             ("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:4566"),
             ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4566"),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:4566"),
             ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", "test"),

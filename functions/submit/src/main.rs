@@ -9,10 +9,9 @@ async fn main() -> Result<(), Error> {
     let telemetry = agentq::telemetry::traces::init();
     let config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
-    let http = reqwest::Client::new();
     let allowed = agentq::task::Allowed {
         models: agentq::wiring::model_ids(&config),
-        tools: agentq::wiring::tool_registry(&config, &http)?.names(),
+        tools: agentq::wiring::tool_names(&config)?,
     };
     let app = submit::App {
         store: Arc::new(agentq::wiring::store(&config, &sdk)),

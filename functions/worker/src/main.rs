@@ -9,8 +9,10 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::telemetry::traces::init();
-    let config = agentq::Config::from_env()?;
+    let mut config = agentq::Config::from_env()?;
     let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
+    // The model keys and the tool signing secret, from Secrets Manager when deployed.
+    wiring::load_secrets(&mut config, &sdk).await?;
     let http = wiring::http_client()?;
     let worker = worker::Worker {
         store: Arc::new(wiring::store(&config, &sdk)),
