@@ -501,10 +501,8 @@ impl ToolRun<'_> {
                 "tool ran"
             );
         });
-        // A name the model made up must not become a metric of its own.
-        let tool = if self.tools.knows(&call.name) { call.name.as_str() } else { "unknown" };
         metrics::record()
-            .dimension("tool", tool)
+            .dimension("tool", metric_tool_name(self.tools, &call.name))
             .dimension("outcome", out.error_type.unwrap_or("ok"))
             .value("ToolCalls", 1.0, Unit::Count)
             .value("ToolLatencyMs", latency_ms as f64, Unit::Milliseconds)
@@ -512,6 +510,12 @@ impl ToolRun<'_> {
             .emit();
         out
     }
+}
+
+/// The `tool` dimension of a call's metrics: a name the model made up must not become a
+/// metric of its own (CloudWatch bills each one).
+fn metric_tool_name<'a>(tools: &ToolRegistry, name: &'a str) -> &'a str {
+    if tools.knows(name) { name } else { "unknown" }
 }
 
 /// One `tool_use` block of a step, and its recorded result if an earlier run made one.

@@ -595,3 +595,10 @@ async fn tool_output_beyond_the_task_cap_is_cut_and_the_model_is_told() {
     );
     assert!(recorded[2].is_error && recorded[2].content.starts_with("not run"), "{:?}", recorded[2]);
 }
+
+#[test]
+fn a_tool_name_the_model_made_up_is_counted_as_unknown_not_as_a_metric_of_its_own() {
+    let tools = ToolRegistry::builtin();
+    assert_eq!(metric_tool_name(&tools, "calculator"), "calculator");
+    assert_eq!(metric_tool_name(&tools, "launch_rockets_v9"), "unknown");
+}
