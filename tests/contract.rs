@@ -83,7 +83,7 @@ async fn what_the_handlers_answer_matches_the_document() {
     conforms("/v1/tasks", "post", &app.post_as(&key, &json!({"prompt": ""}), &[]).await);
     conforms("/v1/tasks", "post", &app.post_as("aq_wrong", &json!({"prompt": "x"}), &[]).await);
     let limited =
-        app.tenant("slow", agentq::tenant::Limits { rate_per_sec: 0.01, burst: 1, ..Default::default() }).await;
+        app.tenant("slow", agentq::domain::tenant::Limits { rate_per_sec: 0.01, burst: 1, ..Default::default() }).await;
     app.post_as(&limited, &json!({"prompt": "x"}), &[]).await;
     conforms("/v1/tasks", "post", &app.post_as(&limited, &json!({"prompt": "x"}), &[]).await);
 

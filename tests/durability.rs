@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentq::tenant::Limits;
+use agentq::domain::tenant::Limits;
 use agentq_tests::{TestApp, answer, message};
 use serde_json::{Value, json};
 use wiremock::matchers::method;

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use agentq::domain::tenant::Limits;
 use agentq::store::TenantAdmin;
-use agentq::tenant::Limits;
 use agentq_tests::{CalculatorScript, TestApp, answer, body_json, message, prompt_of};
 use futures::future::join_all;
 use serde_json::{Value, json};

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentq::config::Secret;
+use agentq::domain::secret::Secret;
+use agentq::domain::usage::PriceTable;
 use agentq::llm::{BedrockModel, Model, OpenAiModel};
-use agentq::usage::PriceTable;
 use agentq_tests::{CalculatorScript, FALLBACK, MODEL, TestApp, answer, prompt_of};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
@@ -27,7 +27,7 @@ fn assert_cost_is_exact(task: &Value) {
     let prices = PriceTable::default();
     let mut total = 0.0;
     for (model, u) in task["usage_by_model"].as_object().unwrap() {
-        let usage = agentq::usage::Usage {
+        let usage = agentq::domain::usage::Usage {
             input_tokens: u["input_tokens"].as_u64().unwrap(),
             output_tokens: u["output_tokens"].as_u64().unwrap(),
             cache_read_input_tokens: u["cache_read_input_tokens"].as_u64().unwrap(),

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use agentq::metrics;
+use agentq::observe::metrics;
 use agentq_tests::{FALLBACK, MODEL, TestApp, answer};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -55,7 +55,7 @@ impl Captured {
         CAPTURED.get_or_init(|| {
             let (spans, lines) = (Spans::default(), Lines::default());
             let writer = lines.clone();
-            let _tracing = agentq::telemetry::traces::init_for_tests(spans.clone(), move || writer.clone());
+            let _tracing = agentq::observe::telemetry::traces::init_for_tests(spans.clone(), move || writer.clone());
             Captured { spans, lines }
         })
     }

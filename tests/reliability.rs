@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentq::agent::{Tool, ToolContext, ToolError, ToolRegistry};
+use agentq::domain::task::{Priority, TaskMessage, TaskRecord, TaskRequest};
 use agentq::llm::ToolSpec;
 use agentq::queue::SqsQueue;
 use agentq::store::{Admission, Lease, TaskCreate as _, TaskRead as _, TaskRun as _};
-use agentq::task::{Priority, TaskMessage, TaskRecord, TaskRequest};
 use agentq_tests::{
     MAX_RECEIVE_COUNT, RECONCILE_AFTER, TestApp, answer, body_json, message, prompt_of, tool_result_of,
 };
@@ -41,7 +41,7 @@ async fn black_hole() -> String {
 /// The submit function with its queue behind `endpoint`, and the deployment's AWS timeouts.
 async fn submit_with_queue_at(app: &TestApp, endpoint: &str) -> submit::App {
     let timeouts = agentq_tests::test_config(&app.table).aws_timeouts;
-    let sdk = agentq::aws::sdk_config(&timeouts).await;
+    let sdk = agentq::runtime::aws::sdk_config(&timeouts).await;
     let conf = aws_sdk_sqs::config::Builder::from(&sdk).endpoint_url(endpoint).build();
     let sqs = aws_sdk_sqs::Client::from_conf(conf);
     submit::App { queue: Arc::new(SqsQueue::new(sqs, app.queues.clone())), ..app.submit.clone() }
@@ -458,8 +458,8 @@ async fn steps_come_a_page_at_a_time_and_every_page_joins_up() {
 #[tokio::test]
 async fn a_tenant_polling_hard_is_throttled_without_slowing_another() {
     let mut app = TestApp::spawn().await;
-    app.status.reads = Arc::new(agentq::throttle::ReadThrottle::new(1.0, 5));
-    let other = app.tenant("quiet", agentq::tenant::Limits::default()).await;
+    app.status.reads = Arc::new(agentq::edge::throttle::ReadThrottle::new(1.0, 5));
+    let other = app.tenant("quiet", agentq::domain::tenant::Limits::default()).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
         statuses.push(app.call_status(&app.key, "GET", "/v1/tasks", &[]).await.0);
@@ -472,7 +472,7 @@ async fn a_tenant_polling_hard_is_throttled_without_slowing_another() {
 #[tokio::test]
 async fn model_keys_and_the_signing_secret_are_read_from_secrets_manager_once_at_start() {
     let app = TestApp::spawn().await;
-    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
+    let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let name = format!("agentq-test-{}", ulid::Ulid::generate());
     let created = secrets
@@ -485,23 +485,23 @@ async fn model_keys_and_the_signing_secret_are_read_from_secrets_manager_once_at
         .await
         .unwrap();
     let arn = created.arn.unwrap();
-    let mut config = agentq::Config::from_lookup(|k| match k {
+    let mut config = agentq::runtime::config::Config::from_lookup(|k| match k {
         "AGENTQ_TABLE" => Some(app.table.clone()),
         "AGENTQ_SECRETS_ARN" => Some(arn.clone()),
         _ => None,
     })
     .unwrap();
     assert!(config.model.api_key.is_none(), "nothing in the environment");
-    agentq::wiring::load_secrets(&mut config, &sdk).await.unwrap();
+    agentq::runtime::wiring::load_secrets(&mut config, &sdk).await.unwrap();
     assert_eq!(config.model.api_key.as_ref().map(|k| k.expose()), Some("sk-from-the-vault"));
     assert_eq!(config.tools.signing_secret.as_ref().map(|k| k.expose()), Some("whsec-vault"));
     assert!(!format!("{config:?}").contains("vault"), "secrets never print");
 
-    let missing = agentq::Config::from_lookup(|k| match k {
+    let missing = agentq::runtime::config::Config::from_lookup(|k| match k {
         "AGENTQ_TABLE" => Some(app.table.clone()),
         "AGENTQ_SECRETS_ARN" => Some(format!("{arn}-gone")),
         _ => None,
     });
-    let e = agentq::wiring::load_secrets(&mut missing.unwrap(), &sdk).await.unwrap_err();
+    let e = agentq::runtime::wiring::load_secrets(&mut missing.unwrap(), &sdk).await.unwrap_err();
     assert_eq!(e.var, "AGENTQ_SECRETS_ARN", "a function with an unreadable secret refuses to start");
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use agentq::deadletter::{self, Decision};
 use agentq::queue::SqsDeadLetters;
+use agentq::usecases::deadletter::{self, Decision};
 use clap::Subcommand;
 
 use crate::CliError;
@@ -27,13 +27,13 @@ fn unavailable(e: impl std::fmt::Display) -> CliError {
 }
 
 pub async fn run(command: DlqCommand, json: bool) -> Result<(), CliError> {
-    let config =
-        agentq::Config::from_env().map_err(|e| CliError::Usage(format!("{e} (make up writes .run/cli.env)")))?;
+    let config = agentq::runtime::config::Config::from_env()
+        .map_err(|e| CliError::Usage(format!("{e} (make up writes .run/cli.env)")))?;
     if config.dead_letter_urls.is_empty() {
         return Err(CliError::Usage("AGENTQ_DLQ_URLS is not set (make up writes it to .run/cli.env)".into()));
     }
-    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-    let dead = SqsDeadLetters::new(agentq::aws::sqs(&sdk));
+    let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+    let dead = SqsDeadLetters::new(agentq::runtime::aws::sqs(&sdk));
     let budget = Duration::from_secs(60);
     match command {
         DlqCommand::List => {
@@ -55,8 +55,8 @@ pub async fn run(command: DlqCommand, json: bool) -> Result<(), CliError> {
         DlqCommand::Redrive { task } => {
             let task =
                 task.map(|t| t.parse().map_err(|_| CliError::Usage(format!("{t:?} is not a task id")))).transpose()?;
-            let store = agentq::wiring::store(&config, &sdk);
-            let queue = agentq::wiring::queue(&config, &sdk).map_err(|e| CliError::Usage(e.to_string()))?;
+            let store = agentq::runtime::wiring::store(&config, &sdk);
+            let queue = agentq::runtime::wiring::queue(&config, &sdk).map_err(|e| CliError::Usage(e.to_string()))?;
             let moved = deadletter::redrive(&dead, &store, &queue, &config.dead_letter_urls, task, budget)
                 .await
                 .map_err(unavailable)?;

@@ -1,8 +1,8 @@
 //! `agentq keys`: create, list and revoke API keys. These are admin operations on the store
 //! (AWS credentials and `AGENTQ_TABLE`), not API calls, so no key is needed to make the first.
 
+use agentq::domain::tenant::{Limits, Tenant, new_key, tenant_id};
 use agentq::store::{DynamoStore, TenantAdmin, TenantRead};
-use agentq::tenant::{Limits, Tenant, new_key, tenant_id};
 use clap::Subcommand;
 
 use crate::CliError;
@@ -39,8 +39,8 @@ pub enum KeysCommand {
 async fn store() -> Result<DynamoStore, CliError> {
     let table = std::env::var("AGENTQ_TABLE")
         .map_err(|_| CliError::Usage("AGENTQ_TABLE is not set (make up writes it to .run/cli.env)".into()))?;
-    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-    Ok(DynamoStore::new(agentq::aws::dynamodb(&sdk), table, std::time::Duration::from_secs(30 * 86_400)))
+    let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+    Ok(DynamoStore::new(agentq::runtime::aws::dynamodb(&sdk), table, std::time::Duration::from_secs(30 * 86_400)))
 }
 
 fn unavailable(e: agentq::store::StoreError) -> CliError {

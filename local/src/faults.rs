@@ -343,7 +343,7 @@ pub async fn dead_letter_and_redrive(h: &Harness) -> anyhow::Result<Report> {
         first[0]["error"]["code"].as_str().unwrap_or("-")
     ));
     h.s3.put_object().bucket(&h.bucket).key(&key).body(prompt.clone().into_bytes().into()).send().await?;
-    let moved = agentq::deadletter::redrive(
+    let moved = agentq::usecases::deadletter::redrive(
         &agentq::queue::SqsDeadLetters::new(h.sqs.clone()),
         &h.store,
         &agentq::queue::SqsQueue::new(h.sqs.clone(), h.queues.clone()),
@@ -417,7 +417,7 @@ pub async fn usage_through_redrive(h: &Harness) -> anyhow::Result<Report> {
         anyhow::ensure!(Instant::now() < deadline, "the message never reached the dead-letter queue");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let moved = agentq::deadletter::redrive(
+    let moved = agentq::usecases::deadletter::redrive(
         &agentq::queue::SqsDeadLetters::new(h.sqs.clone()),
         &h.store,
         &agentq::queue::SqsQueue::new(h.sqs.clone(), h.queues.clone()),
@@ -442,9 +442,11 @@ pub async fn stranded(h: &Harness, tasks: usize) -> anyhow::Result<Report> {
     let mut prompts = Vec::new();
     for i in 0..tasks {
         let prompt = format!("stranded task {i} {}", ulid::Ulid::generate());
-        let request =
-            agentq::task::TaskRequest::parse(json!({"prompt": prompt}).to_string().as_bytes(), &Default::default())?;
-        let task = agentq::task::TaskRecord::new(request, &h.tenant, agentq::now());
+        let request = agentq::domain::task::TaskRequest::parse(
+            json!({"prompt": prompt}).to_string().as_bytes(),
+            &Default::default(),
+        )?;
+        let task = agentq::domain::task::TaskRecord::new(request, &h.tenant, agentq::now());
         h.store.admit(&task, agentq::store::Admission { max_running: u32::MAX, idempotency: None }).await?;
         prompts.push((task.task_id.to_string(), prompt));
     }

@@ -114,9 +114,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Provision { visibility_timeout } => {
             let template = Template::load(&cli.template, &cli.stack)?.with_visibility_timeout(visibility_timeout);
-            let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-            let (sqs, dynamodb, s3) =
-                (agentq::aws::sqs(&sdk), agentq::aws::dynamodb(&sdk), agentq::aws::s3(&sdk, true));
+            let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+            let (sqs, dynamodb, s3) = (
+                agentq::runtime::aws::sqs(&sdk),
+                agentq::runtime::aws::dynamodb(&sdk),
+                agentq::runtime::aws::s3(&sdk, true),
+            );
             let done = agentq_local::provision::provision(&template, &sqs, &dynamodb, &s3).await?;
             for (k, v) in template.function_env(&done.refs) {
                 println!("{k}={v}");
@@ -125,15 +128,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Preflight { env_file } => {
             let env = agentq_local::runtime::read_env_file(&env_file)?;
-            let config = agentq::Config::from_lookup(|k| env.get(k).filter(|v| !v.is_empty()).cloned())?;
-            agentq::wiring::preflight(&config).map_err(|e| anyhow!("the functions would not start: {e}"))?;
+            let config =
+                agentq::runtime::config::Config::from_lookup(|k| env.get(k).filter(|v| !v.is_empty()).cloned())?;
+            agentq::runtime::wiring::preflight(&config).map_err(|e| anyhow!("the functions would not start: {e}"))?;
             Ok(())
         }
         Command::CleanTests => {
-            let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
+            let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
             let (tables, queues) = agentq_local::provision::delete_prefixed(
-                &agentq::aws::sqs(&sdk),
-                &agentq::aws::dynamodb(&sdk),
+                &agentq::runtime::aws::sqs(&sdk),
+                &agentq::runtime::aws::dynamodb(&sdk),
                 "test-",
             )
             .await?;
@@ -191,8 +195,8 @@ async fn serve(
     pollers: usize,
     schedule_every: Duration,
 ) -> anyhow::Result<()> {
-    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-    let sqs = agentq::aws::sqs(&sdk);
+    let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+    let sqs = agentq::runtime::aws::sqs(&sdk);
     let http = reqwest::Client::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -276,16 +280,20 @@ async fn serve(
 async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -> anyhow::Result<()> {
     use agentq::store::TenantAdmin as _;
     use agentq_local::faults::{self, Harness};
-    let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-    let store = agentq::wiring::store(&config, &sdk);
+    let config = agentq::runtime::config::Config::from_env()?;
+    let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+    let store = agentq::runtime::wiring::store(&config, &sdk);
     // A tenant of the run's own, so its usage counters hold only this run's tasks.
     let tenant = format!("faults-{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let limits =
-        agentq::tenant::Limits { rate_per_sec: 500.0, burst: 500, max_running: 10_000, monthly_budget_nanos: None };
+    let limits = agentq::domain::tenant::Limits {
+        rate_per_sec: 500.0,
+        burst: 500,
+        max_running: 10_000,
+        monthly_budget_nanos: None,
+    };
     let now = agentq::now();
-    store.put_tenant(&agentq::tenant::Tenant { tenant_id: tenant.clone(), limits, created_at: now }).await?;
-    let (key, record) = agentq::tenant::new_key(&tenant, now);
+    store.put_tenant(&agentq::domain::tenant::Tenant { tenant_id: tenant.clone(), limits, created_at: now }).await?;
+    let (key, record) = agentq::domain::tenant::new_key(&tenant, now);
     store.put_key(&record).await?;
     let h = Harness {
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
@@ -293,11 +301,11 @@ async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -
         key: key.expose().to_owned(),
         tenant,
         model_url,
-        sqs: agentq::aws::sqs(&sdk),
-        s3: agentq::aws::s3(&sdk, true),
+        sqs: agentq::runtime::aws::sqs(&sdk),
+        s3: agentq::runtime::aws::s3(&sdk, true),
         bucket: config.bucket.clone().ok_or_else(|| anyhow!("AGENTQ_BUCKET is not set"))?,
         store,
-        queues: config.queue_urls()?,
+        queues: agentq::runtime::wiring::queue_urls(&config)?,
         dlqs: config.dead_letter_urls.clone(),
     };
     let mut reports = Vec::new();

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
-use agentq::config::{Config, Secret};
+use agentq::domain::secret::Secret;
+use agentq::domain::tenant::{Limits, Tenant, new_key};
+use agentq::domain::usage::PriceTable;
 use agentq::llm::{AnthropicModel, BreakerPolicy, Model, ModelChain};
 use agentq::queue::{QueueUrls, SqsQueue, SqsRequeue};
+use agentq::runtime::config::Config;
 use agentq::store::{DynamoStore, TaskRead as _, TenantAdmin};
-use agentq::tenant::{Limits, Tenant, new_key};
-use agentq::usage::PriceTable;
 use agentq_local::deliver::{Delivery, Invoke, PollReport, QueueRef};
 use agentq_local::template::Template;
 use anyhow::Context as _;
@@ -134,9 +135,9 @@ impl TestApp {
 
     async fn try_spawn(models: impl FnOnce(&str) -> Vec<Arc<dyn Model>>) -> anyhow::Result<Self> {
         default_endpoints();
-        let sdk = agentq::aws::sdk_config(&agentq::config::AwsTimeouts::TOOLS).await;
-        let sqs = agentq::aws::sqs(&sdk);
-        let dynamodb = agentq::aws::dynamodb(&sdk);
+        let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
+        let sqs = agentq::runtime::aws::sqs(&sdk);
+        let dynamodb = agentq::runtime::aws::dynamodb(&sdk);
         let stack = format!("test-{}", ulid::Ulid::generate().to_string().to_lowercase());
         let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), &stack)?;
 
@@ -168,7 +169,7 @@ impl TestApp {
 
         let retention = Duration::from_secs(86_400);
         // One bucket for every test: keys are under each task's id.
-        let s3 = agentq::aws::s3(&sdk, true);
+        let s3 = agentq::runtime::aws::s3(&sdk, true);
         if let Err(e) = s3.create_bucket().bucket(TEST_BUCKET).send().await {
             let exists = e
                 .as_service_error()
@@ -178,14 +179,14 @@ impl TestApp {
         let store = Arc::new(
             DynamoStore::new(dynamodb.clone(), &table.name, retention)
                 .with_reconcile_after(RECONCILE_AFTER)
-                .with_blobs(Arc::new(agentq::blobs::S3Blobs::new(s3, TEST_BUCKET))),
+                .with_blobs(Arc::new(agentq::store::blobs::S3Blobs::new(s3, TEST_BUCKET))),
         );
         let model = MockServer::start().await;
         let chain =
             ModelChain::new(models(&model.uri()), BreakerPolicy { threshold: 100, cooldown: Duration::from_secs(1) });
         let tools = ToolRegistry::builtin();
         let config = test_config(&table.name);
-        let allowed = agentq::task::Allowed { models: chain.ids(), tools: tools.names() };
+        let allowed = agentq::domain::task::Allowed { models: chain.ids(), tools: tools.names() };
         Ok(Self {
             submit: submit::App {
                 store: store.clone(),
@@ -195,7 +196,7 @@ impl TestApp {
             },
             status: status::App {
                 store: store.clone(),
-                reads: Arc::new(agentq::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)),
+                reads: Arc::new(agentq::edge::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)),
             },
             worker: worker::Worker {
                 store: store.clone(),
@@ -417,7 +418,7 @@ impl TestApp {
     /// `agentq dlq redrive`; returns how many messages moved.
     pub async fn redrive(&self, task: Option<&str>) -> usize {
         let task = task.map(|t| t.parse().unwrap());
-        agentq::deadletter::redrive(
+        agentq::usecases::deadletter::redrive(
             &agentq::queue::SqsDeadLetters::new(self.sqs.clone()),
             self.store.as_ref(),
             &SqsQueue::new(self.sqs.clone(), self.queues.clone()),

@@ -28,7 +28,7 @@ pub struct Sweeper {
 
 /// One sweep of every dead-letter queue, within `budget`.
 pub async fn sweep(s: &Sweeper, budget: Duration) -> anyhow::Result<(usize, usize)> {
-    Ok(agentq::deadletter::sweep(s.dead.as_ref(), s.store.as_ref(), &s.dlqs, budget).await?)
+    Ok(agentq::usecases::deadletter::sweep(s.dead.as_ref(), s.store.as_ref(), &s.dlqs, budget).await?)
 }
 
 /// Handles the scheduled event.
@@ -37,9 +37,9 @@ pub async fn handle(s: &Sweeper, _event: LambdaEvent<Value>) -> Result<Value, la
     if seen > 0 {
         tracing::warn!(dead_messages = seen, tasks_marked = marked, "dead-letter queues swept");
     }
-    agentq::metrics::record()
-        .value("DeadLetterMessages", seen as f64, agentq::metrics::Unit::Count)
-        .value("DeadLetterTasksMarked", marked as f64, agentq::metrics::Unit::Count)
+    agentq::observe::metrics::record()
+        .value("DeadLetterMessages", seen as f64, agentq::observe::metrics::Unit::Count)
+        .value("DeadLetterTasksMarked", marked as f64, agentq::observe::metrics::Unit::Count)
         .emit();
     Ok(json!({"dead_messages": seen, "tasks_marked": marked}))
 }

@@ -6,12 +6,12 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let telemetry = agentq::telemetry::traces::init();
-    let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
+    let telemetry = agentq::observe::telemetry::traces::init();
+    let config = agentq::runtime::config::Config::from_env()?;
+    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
     let sweeper = dlq::Sweeper {
-        store: Arc::new(agentq::wiring::store(&config, &sdk)),
-        dead: Arc::new(agentq::queue::SqsDeadLetters::new(agentq::aws::sqs(&sdk))),
+        store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
+        dead: Arc::new(agentq::queue::SqsDeadLetters::new(agentq::runtime::aws::sqs(&sdk))),
         dlqs: config.dead_letter_urls.clone(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(dlq::handle(&sweeper, event)))).await

@@ -15,11 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentq::config::Config;
-use agentq::metrics::{self, Unit};
+use agentq::domain::task::{TaskLimits, TaskMessage};
+use agentq::observe::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
+use agentq::runtime::config::Config;
 use agentq::store::{TaskDeadLetter, TaskRead, TaskReconcile};
-use agentq::task::{TaskLimits, TaskMessage};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 use time::OffsetDateTime;

@@ -6,12 +6,12 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let telemetry = agentq::telemetry::traces::init();
-    let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
+    let telemetry = agentq::observe::telemetry::traces::init();
+    let config = agentq::runtime::config::Config::from_env()?;
+    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
     let reconciler = reconciler::Reconciler {
-        store: Arc::new(agentq::wiring::store(&config, &sdk)),
-        queue: Arc::new(agentq::wiring::queue(&config, &sdk)?),
+        store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
+        queue: Arc::new(agentq::runtime::wiring::queue(&config, &sdk)?),
         settings: reconciler::Settings::from(&config),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| {

@@ -3,16 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentq::domain::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
 use agentq::queue::MemoryQueue;
 use agentq::store::{Lease, MemoryStore, TaskRead, TaskRun};
-use agentq::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
 use lambda_runtime::{Context, LambdaEvent};
 use reconciler::{Reconciler, Settings};
 
 const AFTER: Duration = Duration::from_secs(60);
 
 fn settings() -> Settings {
-    let config = agentq::Config::from_lookup(|k| (k == "AGENTQ_TABLE").then(|| "t".to_owned())).unwrap();
+    let config =
+        agentq::runtime::config::Config::from_lookup(|k| (k == "AGENTQ_TABLE").then(|| "t".to_owned())).unwrap();
     Settings { reconcile_after: AFTER, ..Settings::from(&config) }
 }
 

@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use agentq::api::{StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
-use agentq::auth::{Caller, authenticate};
-use agentq::http::{ApiError, json_response, respond};
+use agentq::domain::task::{FieldError, TaskId, TaskRecord, TaskStatus};
+use agentq::edge::api::{StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
+use agentq::edge::auth::{Caller, authenticate};
+use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
-use agentq::task::{FieldError, TaskId, TaskRecord, TaskStatus};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lambda_http::http::{Method, StatusCode};
@@ -39,7 +39,7 @@ impl<T: TaskRead + TaskCancel + TenantRead + UsageRead> StatusStore for T {}
 pub struct App {
     pub store: Arc<dyn StatusStore>,
     /// Each tenant's reads on this instance.
-    pub reads: Arc<agentq::throttle::ReadThrottle>,
+    pub reads: Arc<agentq::edge::throttle::ReadThrottle>,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.

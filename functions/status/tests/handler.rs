@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use agentq::domain::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
+use agentq::domain::tenant::Limits;
+use agentq::domain::usage::Usage;
 use agentq::store::{Finish, Lease, MemoryStore, Progress, TaskRun};
-use agentq::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
-use agentq::tenant::Limits;
-use agentq::usage::Usage;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use status::App;
@@ -19,7 +19,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let key = store.tenant_with_key("acme", Limits::default());
-    let reads = Arc::new(agentq::throttle::ReadThrottle::new(1000.0, 1000));
+    let reads = Arc::new(agentq::edge::throttle::ReadThrottle::new(1000.0, 1000));
     Fixture { app: App { store: store.clone(), reads }, store, key }
 }
 

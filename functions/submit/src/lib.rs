@@ -13,17 +13,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentq::api::Accepted;
-use agentq::auth::{Caller, authenticate};
-use agentq::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
-use agentq::metrics::{self, Unit};
+use agentq::domain::task::{
+    Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest,
+};
+use agentq::edge::api::Accepted;
+use agentq::edge::auth::{Caller, authenticate};
+use agentq::edge::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
+use agentq::observe::metrics::{self, Unit};
+use agentq::observe::telemetry::{self, traces};
 use agentq::queue::TaskQueue;
 use agentq::store::{
     Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
     month_of,
 };
-use agentq::task::{Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest};
-use agentq::telemetry::{self, traces};
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt as _, Response};
@@ -250,13 +252,13 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
 
 /// The answer to a repeated request: the task the first one created. If that task is still
 /// `queued`, its message is sent again: the first request may have died before sending it.
-async fn replay(app: &App, original: agentq::task::TaskId, trace_id: &str) -> Result<Response<Body>, ApiError> {
+async fn replay(app: &App, original: agentq::domain::task::TaskId, trace_id: &str) -> Result<Response<Body>, ApiError> {
     let task =
         app.store.get(original).await?.ok_or_else(|| {
             ApiError::Unexpected(anyhow::anyhow!("idempotency key points at a missing task {original}"))
         })?;
     tracing::info!(task_id = %original, status = %task.status, "idempotent replay");
-    if task.status == agentq::task::TaskStatus::Queued {
+    if task.status == agentq::domain::task::TaskStatus::Queued {
         let message = TaskMessage { task_id: task.task_id, priority: task.priority };
         let context = if trace_id.is_empty() { HashMap::new() } else { traces::headers_for(&tracing::Span::current()) };
         // If this send fails too, the reconciler is the net: the replay still answers.

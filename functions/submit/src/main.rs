@@ -6,16 +6,16 @@ use lambda_http::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let telemetry = agentq::telemetry::traces::init();
-    let config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
-    let allowed = agentq::task::Allowed {
-        models: agentq::wiring::model_ids(&config),
-        tools: agentq::wiring::tool_names(&config)?,
+    let telemetry = agentq::observe::telemetry::traces::init();
+    let config = agentq::runtime::config::Config::from_env()?;
+    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
+    let allowed = agentq::domain::task::Allowed {
+        models: agentq::runtime::wiring::model_ids(&config),
+        tools: agentq::runtime::wiring::tool_names(&config)?,
     };
     let app = submit::App {
-        store: Arc::new(agentq::wiring::store(&config, &sdk)),
-        queue: Arc::new(agentq::wiring::queue(&config, &sdk)?),
+        store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
+        queue: Arc::new(agentq::runtime::wiring::queue(&config, &sdk)?),
         model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
         allowed,
     };

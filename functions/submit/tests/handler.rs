@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use agentq::domain::task::{Priority, TaskStatus};
+use agentq::domain::tenant::Limits;
 use agentq::queue::MemoryQueue;
 use agentq::store::{MemoryStore, TaskRead};
-use agentq::task::{Priority, TaskStatus};
-use agentq::tenant::Limits;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use submit::App;
@@ -25,7 +25,7 @@ fn fixture_with(limits: Limits) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let key = store.tenant_with_key("acme", limits);
     let queue = Arc::new(MemoryQueue::new());
-    let allowed = agentq::task::Allowed {
+    let allowed = agentq::domain::task::Allowed {
         models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
         tools: vec!["calculator".into()],
     };
@@ -212,7 +212,7 @@ async fn a_queue_failure_answers_503_and_marks_the_task_failed() {
     assert_eq!(ids.len(), 1);
     let task = f.store.get(ids[0]).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error.unwrap().code, agentq::task::ErrorCode::EnqueueFailed);
+    assert_eq!(task.error.unwrap().code, agentq::domain::task::ErrorCode::EnqueueFailed);
 }
 
 #[tokio::test]

@@ -39,15 +39,15 @@ use std::time::Duration;
 use agentq::agent::{
     AgentTask, Checkpoint, Halt, Limits, Outcome, Report, RetryPolicy, ToolCaps, ToolRegistry, run_agent,
 };
-use agentq::config::{Config, TaskLimits};
+use agentq::domain::steps::{ModelStep, ToolStep};
+use agentq::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
+use agentq::domain::usage::PriceTable;
 use agentq::llm::ModelChain;
-use agentq::metrics::{self, Unit};
+use agentq::observe::metrics::{self, Unit};
+use agentq::observe::telemetry::traces;
 use agentq::queue::{Requeue, TaskQueue};
-use agentq::steps::{ModelStep, ToolStep};
+use agentq::runtime::config::{Config, TaskLimits};
 use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, cancelled_error};
-use agentq::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
-use agentq::telemetry::traces;
-use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::FutureExt as _;
@@ -106,7 +106,7 @@ impl From<&Config> for WorkerSettings {
 impl WorkerSettings {
     /// How long a task given back after its `receive_count`th delivery stays out of sight.
     pub fn retry_delay_for(&self, receive_count: u32) -> Duration {
-        agentq::backoff::growing(self.retry_delay, self.retry_max_delay, receive_count.saturating_sub(1))
+        agentq::domain::backoff::growing(self.retry_delay, self.retry_max_delay, receive_count.saturating_sub(1))
     }
 
     fn tool_caps(&self) -> ToolCaps {
@@ -377,7 +377,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 }
 
 /// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
-async fn execute(run: &Run<'_>, history: &[agentq::steps::Step], deadline: Deadline) -> Stop {
+async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadline: Deadline) -> Stop {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
     let mut checkpoint = StoreCheckpoint {
         store: worker.store.as_ref(),
@@ -584,7 +584,7 @@ impl Heartbeat<'_> {
 /// stops the run when the lease was lost or a cancel requested.
 struct StoreCheckpoint<'a> {
     store: &'a dyn WorkerStore,
-    id: agentq::task::TaskId,
+    id: agentq::domain::task::TaskId,
     lease: Lease,
     heartbeat: Heartbeat<'a>,
 }

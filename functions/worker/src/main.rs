@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use agentq::queue::SqsRequeue;
-use agentq::wiring;
+use agentq::runtime::wiring;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let telemetry = agentq::telemetry::traces::init();
-    let mut config = agentq::Config::from_env()?;
-    let sdk = agentq::aws::sdk_config(&config.aws_timeouts).await;
+    let telemetry = agentq::observe::telemetry::traces::init();
+    let mut config = agentq::runtime::config::Config::from_env()?;
+    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
     // The model keys and the tool signing secret, from Secrets Manager when deployed.
     wiring::load_secrets(&mut config, &sdk).await?;
     let http = wiring::http_client()?;
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
         tools: wiring::tool_registry(&config, &http)?,
         prices: config.prices.clone(),
         queue: Arc::new(wiring::queue(&config, &sdk)?),
-        requeue: Arc::new(SqsRequeue::new(agentq::aws::sqs(&sdk))),
+        requeue: Arc::new(SqsRequeue::new(agentq::runtime::aws::sqs(&sdk))),
         settings: worker::WorkerSettings::from(&config),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(worker::handle(&worker, event)))).await

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
+use agentq::domain::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
+use agentq::domain::usage::PriceTable;
 use agentq::llm::{
     BreakerPolicy, ContentBlock, Model, ModelChain, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage,
 };
 use agentq::queue::{MemoryQueue, MemoryRequeue};
 use agentq::store::{Lease, MemoryStore, TaskCancel, TaskRead, TaskRun};
-use agentq::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
-use agentq::usage::PriceTable;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
@@ -65,7 +65,7 @@ fn worker(store: Arc<MemoryStore>, model: Arc<FakeModel>) -> Worker {
 
 /// The deployment's defaults, with the test queue's receive count and a short margin.
 fn settings() -> WorkerSettings {
-    let config = agentq::Config::from_lookup(|k| match k {
+    let config = agentq::runtime::config::Config::from_lookup(|k| match k {
         "AGENTQ_TABLE" => Some("t".into()),
         "AGENTQ_MAX_RECEIVE_COUNT" => Some("3".into()),
         "AGENTQ_DEADLINE_MARGIN_SECS" => Some("1".into()),

@@ -28,12 +28,12 @@ use std::collections::BTreeMap;
 
 pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
+use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::task::{ErrorCode, TaskError, TaskResult};
+use crate::domain::usage::{PriceTable, Usage};
 pub use crate::llm::RetryPolicy;
 use crate::llm::{ChainError, ContentBlock, Message, ModelChain, ModelRequest, Role, StopReason};
-use crate::metrics::{self, Unit};
-use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{ErrorCode, TaskError, TaskResult};
-use crate::usage::{PriceTable, Usage};
+use crate::observe::metrics::{self, Unit};
 
 /// Tool calls of one turn run at most this many at a time.
 const TOOL_CONCURRENCY: usize = 8;
@@ -496,8 +496,8 @@ impl ToolRun<'_> {
                 is_error = out.is_error,
                 error_type = out.error_type,
                 latency_ms,
-                input = crate::telemetry::content(&call.input.to_string()),
-                output = crate::telemetry::content(&out.content),
+                input = crate::observe::telemetry::content(&call.input.to_string()),
+                output = crate::observe::telemetry::content(&out.content),
                 "tool ran"
             );
         });

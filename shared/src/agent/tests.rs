@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::llm::{BreakerPolicy, Model, ModelError, ModelResponse, TokenUsage};
-use crate::steps::{ModelStep, Step, ToolStep};
 
 struct Scripted {
     id: &'static str,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::http::send_json;
 use super::{ContentBlock, Message, Model, ModelError, ModelRequest, ModelResponse, StopReason, TokenUsage, ToolSpec};
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 
 /// The API version this client speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::retry::{RetryPolicy, complete_with_retries};
 use crate::llm::{Model, ModelError, ModelRequest, ModelResponse};
-use crate::metrics::{self, Unit};
+use crate::observe::metrics::{self, Unit};
 
 /// When a model's circuit opens and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,65 +15,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+// The conversation is the domain's; the providers speak it.
+pub use crate::domain::conversation::{ContentBlock, Message, Role, StopReason, ToolSpec, text_of};
 pub use anthropic::AnthropicModel;
 pub use bedrock::BedrockModel;
 pub use chain::{BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
 pub use openai::OpenAiModel;
 pub use retry::{RetryPolicy, complete_with_retries};
-
-/// Who said a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-/// One block of a message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ContentBlock {
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        input: Value,
-    },
-    ToolResult {
-        tool_use_id: String,
-        content: String,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        is_error: bool,
-    },
-    /// A block this version does not interpret (thinking, server tool results…), kept as
-    /// sent so it goes back to the provider unchanged.
-    #[serde(untagged)]
-    Other(Value),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: Role,
-    pub content: Vec<ContentBlock>,
-}
-
-impl Message {
-    pub fn user_text(text: impl Into<String>) -> Self {
-        Self { role: Role::User, content: vec![ContentBlock::Text { text: text.into() }] }
-    }
-}
-
-/// A tool as the model sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolSpec {
-    pub name: String,
-    pub description: String,
-    pub input_schema: Value,
-}
 
 /// One model call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,20 +32,6 @@ pub struct ModelRequest {
     pub messages: Vec<Message>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
-}
-
-/// Why the model stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    EndTurn,
-    ToolUse,
-    MaxTokens,
-    StopSequence,
-    Refusal,
-    PauseTurn,
-    #[serde(untagged)]
-    Other(String),
 }
 
 /// Tokens one call used, as the provider reports them.
@@ -131,18 +66,6 @@ impl ModelResponse {
     pub fn text(&self) -> String {
         text_of(&self.content)
     }
-}
-
-/// The text blocks of an answer, joined by newlines (tool calls and other blocks left out).
-pub fn text_of(content: &[ContentBlock]) -> String {
-    let texts: Vec<&str> = content
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::Text { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    texts.join("\n")
 }
 
 /// A failed model call.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::http::send_json;
 use super::{ContentBlock, Model, ModelError, ModelRequest, ModelResponse, Role, StopReason, TokenUsage};
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 
 /// A client for one model behind a Chat Completions endpoint.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::{Model, ModelError, ModelRequest, ModelResponse};
-use crate::metrics::{self, Unit};
+use crate::observe::metrics::{self, Unit};
 
 /// How hard to try one model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ impl Iterator for FullJitter {
         if self.retries + 1 >= self.policy.max_attempts {
             return None;
         }
-        let wait = crate::backoff::full_jitter(self.policy.base, self.policy.cap, self.retries);
+        let wait = crate::domain::backoff::full_jitter(self.policy.base, self.policy.cap, self.retries);
         self.retries += 1;
         Some(wait)
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 use super::{QueueError, TaskQueue};
-use crate::task::TaskMessage;
+use crate::domain::task::TaskMessage;
 
 #[derive(Debug, Default)]
 pub struct MemoryQueue {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 pub use memory::{MemoryDeadLetters, MemoryQueue, MemoryRequeue};
 pub use sqs::{QueueUrls, SqsDeadLetters, SqsQueue, SqsRequeue};
 
-use crate::task::TaskMessage;
+use crate::domain::task::TaskMessage;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the task queue is unavailable")]

@@ -7,7 +7,7 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{QueueError, Requeue, TaskQueue};
-use crate::task::{Priority, TaskMessage};
+use crate::domain::task::{Priority, TaskMessage};
 
 /// The queue URL of each priority.
 #[derive(Debug, Clone, PartialEq, Eq)]

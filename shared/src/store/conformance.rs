@@ -13,10 +13,10 @@ use super::{
     Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
     TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, day_of, month_of,
 };
-use crate::steps::ModelStep;
-use crate::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
-use crate::tenant::Limits;
-use crate::usage::Usage;
+use crate::domain::steps::ModelStep;
+use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
+use crate::domain::tenant::Limits;
+use crate::domain::usage::Usage;
 
 /// Everything an adapter implements.
 pub trait Store:
@@ -54,7 +54,8 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
 async fn tenant(store: &dyn Store) -> String {
     let id = format!("conf-{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let tenant = crate::tenant::Tenant { tenant_id: id.clone(), limits: Limits::default(), created_at: crate::now() };
+    let tenant =
+        crate::domain::tenant::Tenant { tenant_id: id.clone(), limits: Limits::default(), created_at: crate::now() };
     store.put_tenant(&tenant).await.expect("put_tenant");
     id
 }

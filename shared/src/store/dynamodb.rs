@@ -38,11 +38,11 @@ use super::{
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
     TenantAdmin, TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
-use crate::blobs::{Blobs, INLINE_LIMIT};
-use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
-use crate::tenant::{ApiKey, Limits, Tenant};
-use crate::usage::Usage;
+use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::domain::tenant::{ApiKey, Limits, Tenant};
+use crate::domain::usage::Usage;
+use crate::store::blobs::{Blobs, INLINE_LIMIT};
 
 const META: &str = "META";
 const INDEX: &str = "gsi1";
@@ -341,7 +341,7 @@ impl From<TransactError> for StoreError {
 
 /// The pause before retrying against other writers: up to 10 ms, 20 ms, 40 ms… 320 ms.
 fn contention_pause(attempt: u32) -> Duration {
-    crate::backoff::full_jitter(Duration::from_millis(10), Duration::from_millis(320), attempt)
+    crate::domain::backoff::full_jitter(Duration::from_millis(10), Duration::from_millis(320), attempt)
 }
 
 impl DynamoStore {

@@ -14,10 +14,10 @@ use super::{
     StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin,
     TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
-use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{TaskError, TaskId, TaskRecord, TaskStatus};
-use crate::tenant::{ApiKey, Limits, Tenant};
-use crate::usage::Usage;
+use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::domain::tenant::{ApiKey, Limits, Tenant};
+use crate::domain::usage::Usage;
 
 #[derive(Debug, Default)]
 struct State {
@@ -106,7 +106,7 @@ impl MemoryStore {
     /// Creates a tenant with `limits` and returns a new key of it.
     pub fn tenant_with_key(&self, name: &str, limits: Limits) -> String {
         let now = crate::now();
-        let (key, record) = crate::tenant::new_key(name, now);
+        let (key, record) = crate::domain::tenant::new_key(name, now);
         let mut state = self.state.lock().expect("poisoned");
         state.tenants.insert(name.to_owned(), Tenant { tenant_id: name.to_owned(), limits, created_at: now });
         state.keys.insert(record.hash.clone(), record);

@@ -16,6 +16,7 @@
 //! [`DynamoStore`] is the real adapter; [`MemoryStore`] the in-memory fake for handler tests,
 //! with the same rules; [`conformance`] is the one suite both must pass.
 
+pub mod blobs;
 pub mod conformance;
 mod dynamodb;
 mod memory;
@@ -30,10 +31,10 @@ use time::OffsetDateTime;
 pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
-use crate::steps::{ModelStep, Step, ToolStep};
-use crate::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
-use crate::tenant::{ApiKey, Limits, Tenant};
-use crate::usage::Usage;
+use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
+use crate::domain::tenant::{ApiKey, Limits, Tenant};
+use crate::domain::usage::Usage;
 
 /// A store call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +361,7 @@ pub trait UsageRead: Send + Sync {
 
 /// The error a cancelled task shows.
 pub fn cancelled_error() -> TaskError {
-    TaskError::new(crate::task::ErrorCode::Cancelled, "the task was cancelled at the client's request")
+    TaskError::new(crate::domain::task::ErrorCode::Cancelled, "the task was cancelled at the client's request")
 }
 
 /// `YYYY-MM-DD` of a time, UTC.

@@ -23,35 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable as _};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Tool, ToolContext, ToolError};
-use crate::config::Secret;
+use crate::domain::secret::Secret;
+pub use crate::domain::tooldef::HttpToolSpec;
 use crate::llm::ToolSpec;
-
-/// A tool as written in configuration (`AGENTQ_HTTP_TOOLS`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpToolSpec {
-    pub name: String,
-    pub description: String,
-    pub input_schema: Value,
-    pub url: String,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    #[serde(default = "default_attempts")]
-    pub max_attempts: usize,
-}
-
-fn default_timeout() -> u64 {
-    30
-}
-
-fn default_attempts() -> usize {
-    3
-}
 
 /// Largest response body passed back to the model.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;

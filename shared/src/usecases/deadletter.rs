@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
+use crate::domain::task::{ErrorCode, TaskError, TaskId};
 use crate::queue::{DeadLetters, DeadMessage, QueueError, TaskQueue};
 use crate::store::{TaskDeadLetter, TaskRead};
-use crate::task::{ErrorCode, TaskError, TaskId};
 
 /// What to do with a message once seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +172,9 @@ pub async fn redrive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::task::{Priority, TaskMessage, TaskRecord, TaskRequest, TaskStatus};
     use crate::queue::{MemoryDeadLetters, MemoryQueue};
     use crate::store::{Lease, MemoryStore, TaskRun as _};
-    use crate::task::{Priority, TaskMessage, TaskRecord, TaskRequest, TaskStatus};
 
     async fn running_task(store: &MemoryStore) -> TaskId {
         let request = TaskRequest::parse(br#"{"prompt":"x"}"#, &Default::default()).unwrap();

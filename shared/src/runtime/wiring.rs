@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use crate::agent::ToolRegistry;
 use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
-use crate::config::{Config, ConfigError, Provider};
 use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
+use crate::queue::QueueUrls;
+use crate::runtime::config::{Config, ConfigError, Provider};
 
 /// Reads the secret named by `AGENTQ_SECRETS_ARN` (a JSON object with any of
 /// `ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `AGENTQ_TOOL_SIGNING_SECRET`) into `config`, once,
@@ -26,7 +27,7 @@ pub async fn load_secrets(config: &mut Config, sdk: &aws_config::SdkConfig) -> R
         )
     })?;
     for (name, value) in values {
-        let secret = Some(crate::config::Secret::new(value));
+        let secret = Some(crate::domain::secret::Secret::new(value));
         match name.as_str() {
             "ANTHROPIC_API_KEY" => config.model.api_key = secret,
             "OPENAI_API_KEY" => config.model.openai_api_key = secret,
@@ -47,19 +48,32 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// The queue of each priority. High and low fall back to the default queue when they have
+/// none of their own.
+pub fn queue_urls(config: &Config) -> Result<QueueUrls, ConfigError> {
+    let default = config.queue_url.clone().ok_or_else(|| ConfigError::new("AGENTQ_QUEUE_URL", "is not set"))?;
+    Ok(QueueUrls {
+        high: config.queue_url_high.clone().unwrap_or_else(|| default.clone()),
+        low: config.queue_url_low.clone().unwrap_or_else(|| default.clone()),
+        default,
+    })
+}
+
 /// The queues tasks are sent to, one per priority.
 pub fn queue(config: &Config, sdk: &aws_config::SdkConfig) -> Result<crate::queue::SqsQueue, ConfigError> {
-    Ok(crate::queue::SqsQueue::new(crate::aws::sqs(sdk), config.queue_urls()?))
+    Ok(crate::queue::SqsQueue::new(crate::runtime::aws::sqs(sdk), queue_urls(config)?))
 }
 
 /// The task store: the table, and the bucket for large content when one is configured.
 pub fn store(config: &Config, sdk: &aws_config::SdkConfig) -> crate::store::DynamoStore {
-    let store = crate::store::DynamoStore::new(crate::aws::dynamodb(sdk), &config.table_name, config.task_retention)
-        .with_reconcile_after(config.reconcile_after);
+    let store =
+        crate::store::DynamoStore::new(crate::runtime::aws::dynamodb(sdk), &config.table_name, config.task_retention)
+            .with_reconcile_after(config.reconcile_after);
     match &config.bucket {
-        Some(bucket) => {
-            store.with_blobs(Arc::new(crate::blobs::S3Blobs::new(crate::aws::s3(sdk, config.s3_path_style), bucket)))
-        }
+        Some(bucket) => store.with_blobs(Arc::new(crate::store::blobs::S3Blobs::new(
+            crate::runtime::aws::s3(sdk, config.s3_path_style),
+            bucket,
+        ))),
         None => store,
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
+use crate::domain::tenant::Limits;
 use crate::store::{Gcra, RateDecision};
-use crate::tenant::Limits;
 
 /// Tenants' read budgets on this instance.
 #[derive(Debug)]

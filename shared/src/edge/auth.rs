@@ -4,9 +4,9 @@
 
 use lambda_http::Request;
 
-use crate::http::ApiError;
+use crate::domain::tenant::{Tenant, hash_key};
+use crate::edge::http::ApiError;
 use crate::store::TenantRead;
-use crate::tenant::{Tenant, hash_key};
 
 /// The authenticated tenant and the key it used.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +44,8 @@ pub async fn authenticate(store: &dyn TenantRead, req: &Request) -> Result<Calle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::tenant::{Limits, new_key};
     use crate::store::{MemoryStore, TenantAdmin};
-    use crate::tenant::{Limits, new_key};
     use lambda_http::Body;
 
     fn request(headers: &[(&str, &str)]) -> Request {

@@ -206,7 +206,7 @@ pub mod traces {
         pub async fn invocation<T>(&self, work: impl Future<Output = T>) -> T {
             let out = work.await;
             self.flush().await;
-            crate::metrics::flush_stdout();
+            crate::observe::metrics::flush_stdout();
             out
         }
     }

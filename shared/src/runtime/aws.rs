@@ -3,7 +3,7 @@
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
-use crate::config::AwsTimeouts;
+use crate::runtime::config::AwsTimeouts;
 
 /// The SDK configuration from the standard sources: region, credentials, and endpoints such
 /// as `AWS_ENDPOINT_URL_DYNAMODB` (how the local emulators are reached, with no code here

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::llm::{ContentBlock, StopReason};
-use crate::usage::Usage;
+use crate::domain::conversation::{ContentBlock, StopReason};
+use crate::domain::usage::Usage;
 
 /// One model call's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

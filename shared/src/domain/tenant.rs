@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 
 /// What a tenant may do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

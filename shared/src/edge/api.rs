@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::task::{Priority, TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
+use crate::domain::usage::Usage;
 use crate::store::DayUsage;
-use crate::task::{Priority, TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
-use crate::usage::Usage;
 
 /// The answer to an accepted submission.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,17 +233,17 @@ pub enum StepView {
     },
 }
 
-impl From<&crate::steps::Step> for StepView {
-    fn from(s: &crate::steps::Step) -> Self {
+impl From<&crate::domain::steps::Step> for StepView {
+    fn from(s: &crate::domain::steps::Step) -> Self {
         match s {
-            crate::steps::Step::Model(m) => Self::Model {
+            crate::domain::steps::Step::Model(m) => Self::Model {
                 step: m.step,
                 model: m.model.clone(),
                 content: m.content.clone(),
                 stop_reason: m.stop_reason.clone(),
                 usage: m.usage.into(),
             },
-            crate::steps::Step::Tool(t) => Self::Tool {
+            crate::domain::steps::Step::Tool(t) => Self::Tool {
                 step: t.step,
                 tool_use_id: t.tool_use_id.clone(),
                 name: t.name.clone(),

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use ulid::Ulid;
 
-use crate::usage::Usage;
+use crate::domain::usage::Usage;
 
 /// Longest prompt accepted, in characters: whatever fits the 1 MiB body limit. A prompt too
 /// large for a DynamoDB item is kept in S3.

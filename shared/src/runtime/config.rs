@@ -4,30 +4,12 @@
 //! AWS endpoints are not here: the SDK reads its standard `AWS_ENDPOINT_URL_<SERVICE>`
 //! settings itself, which is how the local emulators are reached.
 
-use std::fmt;
 use std::time::Duration;
 
-pub use crate::task::TaskLimits;
-use crate::usage::PriceTable;
-
-/// A value that must never reach a log: `Debug` and `Display` print a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+use crate::domain::secret::Secret;
+pub use crate::domain::task::TaskLimits;
+use crate::domain::tooldef::HttpToolSpec;
+use crate::domain::usage::PriceTable;
 
 /// A setting that is missing or malformed.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +87,7 @@ pub struct ToolConfig {
     pub http_get_max_bytes: usize,
     pub http_get_timeout: Duration,
     /// Tools served by the operator's HTTP endpoints.
-    pub http_tools: Vec<crate::agent::tools::HttpToolSpec>,
+    pub http_tools: Vec<HttpToolSpec>,
     /// Key of the HMAC signature on HTTP tool calls.
     pub signing_secret: Option<Secret>,
     /// HTTP tools may run unsigned (`AGENTQ_ALLOW_UNSIGNED_TOOLS=true`); otherwise a deployment
@@ -302,17 +284,6 @@ impl Config {
             read_burst: number("AGENTQ_READ_BURST", 40)?.clamp(1, u64::from(u32::MAX)) as u32,
         })
     }
-
-    /// The queue of each priority, for the functions that send. High and low fall back to the
-    /// default queue when they have none of their own.
-    pub fn queue_urls(&self) -> Result<crate::queue::QueueUrls, ConfigError> {
-        let default = self.queue_url.clone().ok_or_else(|| ConfigError::new("AGENTQ_QUEUE_URL", "is not set"))?;
-        Ok(crate::queue::QueueUrls {
-            high: self.queue_url_high.clone().unwrap_or_else(|| default.clone()),
-            low: self.queue_url_low.clone().unwrap_or_else(|| default.clone()),
-            default,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -332,7 +303,7 @@ mod tests {
         assert_eq!(c.model.base_url, "https://api.anthropic.com");
         assert_eq!(c.model.chain, [ModelSpec { provider: Provider::Anthropic, model: "claude-sonnet-4-5".into() }]);
         assert_eq!(c.max_receive_count, 5);
-        assert!(c.queue_urls().is_err());
+        assert!(c.queue_url.is_none());
     }
 
     #[test]

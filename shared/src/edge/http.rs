@@ -8,9 +8,9 @@ use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::domain::task::FieldError;
 use crate::queue::QueueError;
 use crate::store::{RateDecision, StoreError};
-use crate::task::FieldError;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -1,0 +1,11 @@
+//! The domain: what a task, a tenant, a step and a bill are, and the rules that need nothing
+//! but those types. Nothing here knows of AWS, HTTP or configuration.
+
+pub mod backoff;
+pub mod conversation;
+pub mod secret;
+pub mod steps;
+pub mod task;
+pub mod tenant;
+pub mod tooldef;
+pub mod usage;
