@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agentq::domain::steps::Spend;
 use agentq::domain::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use agentq::domain::tenant::Limits;
 use agentq::domain::usage::Usage;
@@ -94,14 +95,13 @@ async fn a_running_task_shows_its_progress_and_model() {
     let task = f.stored("acme").await;
     f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
     let usage = Usage { input_tokens: 1000, output_tokens: 100, cost_nanos: 4_500_000, ..Usage::default() };
-    let progress = Progress {
+    let spend = Spend {
         step: 2,
         usage,
         usage_by_model: [("claude-sonnet-4-5".to_owned(), usage)].into(),
         model: Some("claude-sonnet-4-5".into()),
-        lease_until: lease().until,
-        now: agentq::now(),
     };
+    let progress = Progress { spend, lease_until: lease().until, now: agentq::now() };
     f.store.progress(task.task_id, &lease(), &progress).await.unwrap();
     let b = json_of(&f.get(&task.task_id.to_string()).await);
     assert_eq!(b["status"], "running");
@@ -120,16 +120,7 @@ async fn terminal_tasks_show_their_result_or_error() {
     ] {
         let task = f.stored("acme").await;
         f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
-        let finish = Finish {
-            status,
-            result,
-            error,
-            step: 3,
-            usage: Usage::default(),
-            usage_by_model: Default::default(),
-            model: None,
-            now: agentq::now(),
-        };
+        let finish = Finish { status, result, error, spend: Spend { step: 3, ..Spend::default() }, now: agentq::now() };
         f.store.finish(&task, &lease(), &finish).await.unwrap();
         let b = json_of(&f.get(&task.task_id.to_string()).await);
         assert_eq!(b["status"], status.as_str());

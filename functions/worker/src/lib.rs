@@ -245,10 +245,11 @@ impl Stop {
                 status,
                 result,
                 error,
-                step: report.steps,
-                usage: report.usage,
-                usage_by_model: report.usage_by_model.clone(),
-                model: report.model.clone().or_else(|| task.model.clone()),
+                spend: {
+                    let mut spend = task.spend.clone();
+                    spend.advance_to(&report.spend);
+                    spend
+                },
                 now: agentq::now(),
             })
         };
@@ -266,16 +267,7 @@ impl Stop {
 
 /// A terminal state for `task` as it stands, ending it with `status` and `error`.
 fn end_as_is(task: &TaskRecord, status: TaskStatus, error: TaskError) -> Finish {
-    Finish {
-        status,
-        result: None,
-        error: Some(error),
-        step: task.step,
-        usage: task.usage,
-        usage_by_model: task.usage_by_model.clone(),
-        model: task.model.clone(),
-        now: agentq::now(),
-    }
+    Finish { status, result: None, error: Some(error), spend: task.spend.clone(), now: agentq::now() }
 }
 
 /// One message's run, from claim to what SQS should do with it.
@@ -457,7 +449,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
             }
         }
         Stop::HandOff(error) => {
-            tracing::info!(code = %error.code, steps = task.step, "out of time; handing the task to a fresh message");
+            tracing::info!(code = %error.code, steps = task.spend.step, "out of time; handing the task to a fresh message");
             match release(run, &error).await {
                 Released::Yes => {}
                 Released::Cancelled => return cancelled(run).await,
@@ -516,8 +508,8 @@ async fn write_finish(run: &Run<'_>, finish: &Finish, disposition: Disposition) 
             let total_ms = (finish.now - task.created_at).whole_milliseconds().max(0) as u64;
             tracing::info!(
                 status = %finish.status,
-                iterations = finish.step,
-                cost_usd = finish.usage.cost_usd(),
+                iterations = finish.spend.step,
+                cost_usd = finish.spend.usage.cost_usd(),
                 duration_ms,
                 total_ms,
                 error_code,
@@ -527,8 +519,8 @@ async fn write_finish(run: &Run<'_>, finish: &Finish, disposition: Disposition) 
                 .dimension("status", finish.status.as_str())
                 .value("TasksFinished", 1.0, Unit::Count)
                 .value("TaskDurationMs", total_ms as f64, Unit::Milliseconds)
-                .value("TaskCostUsd", finish.usage.cost_usd(), Unit::None)
-                .value("TaskIterations", f64::from(finish.step), Unit::Count)
+                .value("TaskCostUsd", finish.spend.usage.cost_usd(), Unit::None)
+                .value("TaskIterations", f64::from(finish.spend.step), Unit::Count)
                 .property("tenant_id", task.tenant_id.as_str())
                 .property("task_id", task.task_id.to_string())
                 .property("error_code", error_code)
@@ -604,14 +596,7 @@ impl Checkpoint for StoreCheckpoint<'_> {
             .instrument(tracing::info_span!("store.record_step"))
             .await
             .map_err(|e| halt("recording a step", e))?;
-        let progress = Progress {
-            step: step.step,
-            usage: report.usage,
-            usage_by_model: report.usage_by_model.clone(),
-            model: Some(step.model.clone()),
-            lease_until: self.lease.until,
-            now: agentq::now(),
-        };
+        let progress = Progress { spend: report.spend.clone(), lease_until: self.lease.until, now: agentq::now() };
         let ack = self
             .store
             .progress(self.id, &self.lease, &progress)

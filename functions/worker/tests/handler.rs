@@ -149,9 +149,9 @@ async fn a_queued_task_runs_to_succeeded_with_its_cost() {
     assert_eq!(task.status, TaskStatus::Succeeded);
     assert_eq!(task.result.unwrap().text, "done");
     // 10 input at $1/MTok + 2 output at $5/MTok.
-    assert_eq!(task.usage.cost_nanos, 10_000 + 10_000);
-    assert_eq!(task.step, 1);
-    assert_eq!(task.model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(task.spend.usage.cost_nanos, 10_000 + 10_000);
+    assert_eq!(task.spend.step, 1);
+    assert_eq!(task.spend.model.as_deref(), Some("claude-haiku-4-5"));
 }
 
 #[tokio::test]
@@ -298,8 +298,8 @@ async fn a_cancel_requested_during_a_run_stops_it_at_the_next_step_with_its_usag
     assert!(failures(&r).is_empty());
     let task = store.get(id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Cancelled);
-    assert_eq!(task.step, 1, "stopped at the first step boundary");
-    assert_eq!(task.usage.input_tokens, 10, "the usage spent is kept");
+    assert_eq!(task.spend.step, 1, "stopped at the first step boundary");
+    assert_eq!(task.spend.usage.input_tokens, 10, "the usage spent is kept");
     assert_eq!(store.active("acme"), 0);
 }
 

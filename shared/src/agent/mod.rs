@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
-use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskResult};
 use crate::domain::usage::{PriceTable, Usage};
 pub use crate::llm::RetryPolicy;
@@ -121,24 +121,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub outcome: Outcome,
-    /// Model calls made.
-    pub steps: u32,
-    pub usage: Usage,
-    /// Usage and cost per model that answered.
-    pub usage_by_model: BTreeMap<String, Usage>,
-    /// The model that gave the last answer.
-    pub model: Option<String>,
+    pub spend: Spend,
     /// Model calls this run made (not replayed).
     pub new_calls: u32,
-}
-
-impl Report {
-    fn count(&mut self, step: &ModelStep) {
-        self.steps = step.step;
-        self.usage += step.usage;
-        *self.usage_by_model.entry(step.model.clone()).or_default() += step.usage;
-        self.model = Some(step.model.clone());
-    }
 }
 
 /// What a model answer means for the run: go on, or stop with an outcome.
@@ -183,14 +168,8 @@ pub async fn run_agent(
 ) -> Report {
     let mut request =
         ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
-    let mut report = Report {
-        outcome: Outcome::Halted(Halt::Store(String::new())),
-        steps: 0,
-        usage: Usage::default(),
-        usage_by_model: BTreeMap::new(),
-        model: None,
-        new_calls: 0,
-    };
+    let mut report =
+        Report { outcome: Outcome::Halted(Halt::Store(String::new())), spend: Spend::default(), new_calls: 0 };
     let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| usage.cost_nanos >= max);
 
     // Tool output already recorded counts against the task's cap.
@@ -221,7 +200,7 @@ pub async fn run_agent(
         Step::Model(m) => Some(m),
         Step::Tool(_) => None,
     }) {
-        report.count(step);
+        report.spend.count(step);
         request.messages.push(Message { role: Role::Assistant, content: step.content.clone() });
         match next_after(step) {
             Next::Continue => {}
@@ -243,20 +222,20 @@ pub async fn run_agent(
     }
     if !task.history.is_empty() {
         tracing::info!(
-            replayed_steps = report.steps,
-            cost_usd = report.usage.cost_usd(),
+            replayed_steps = report.spend.step,
+            cost_usd = report.spend.usage.cost_usd(),
             "resumed from recorded steps"
         );
     }
 
     let outcome = loop {
-        if report.steps >= task.max_iterations {
+        if report.spend.step >= task.max_iterations {
             break Outcome::Failed(TaskError::new(
                 ErrorCode::MaxIterationsExceeded,
                 format!("the model did not finish within {} steps", task.max_iterations),
             ));
         }
-        if over_budget(&report.usage) {
+        if over_budget(&report.spend.usage) {
             break budget_exceeded(task.max_cost_nanos);
         }
         if limits.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -268,7 +247,7 @@ pub async fn run_agent(
 
         // One span per step: the model call (with its retries and fallbacks), the checkpoint,
         // the tools it asked for.
-        let step_span = tracing::info_span!("step", step = report.steps + 1);
+        let step_span = tracing::info_span!("step", step = report.spend.step + 1);
         let (response, model_id) =
             match models.complete(&request, limits.retry, limits.deadline).instrument(step_span.clone()).await {
                 Ok(r) => r,
@@ -302,13 +281,13 @@ pub async fn run_agent(
             }
         }
         let step = ModelStep {
-            step: report.steps + 1,
+            step: report.spend.step + 1,
             model: model_id,
             content: response.content,
             stop_reason: response.stop_reason,
             usage,
         };
-        report.count(&step);
+        report.spend.count(&step);
         metrics::record()
             .dimension("model", step.model.as_str())
             .value("InputTokens", usage.input_tokens as f64, Unit::Count)
@@ -331,7 +310,7 @@ pub async fn run_agent(
         match next_after(&step) {
             Next::Done(outcome) => break outcome,
             // A finished answer is delivered even if it crossed the budget: it is paid for.
-            _ if over_budget(&report.usage) => break budget_exceeded(task.max_cost_nanos),
+            _ if over_budget(&report.spend.usage) => break budget_exceeded(task.max_cost_nanos),
             Next::Continue => request.messages.push(Message { role: Role::Assistant, content: step.content }),
             Next::Tools => {
                 let results = match run.all(&step, &|_| None, &*checkpoint).instrument(step_span.clone()).await {

@@ -76,7 +76,7 @@ impl Checkpoint for Steps {
         if self.1 {
             return Err(Halt::LeaseLost);
         }
-        self.0.push((step.step, report.usage));
+        self.0.push((step.step, report.spend.usage));
         Ok(())
     }
 
@@ -126,12 +126,12 @@ async fn an_end_turn_answer_succeeds_with_its_text_and_priced_usage() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]));
     let (report, steps) = run(&model, 10).await;
     assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "42".into(), truncated: false }));
-    assert_eq!(report.steps, 1);
+    assert_eq!(report.spend.step, 1);
     // 100 input at $3/MTok + 10 output at $15/MTok = 300_000 + 150_000 n$.
-    assert_eq!(report.usage.cost_nanos, 450_000);
-    assert_eq!(report.model.as_deref(), Some("claude-sonnet-4-5"));
-    assert_eq!(report.usage_by_model["claude-sonnet-4-5"], report.usage);
-    assert_eq!(steps.0, [(1, report.usage)]);
+    assert_eq!(report.spend.usage.cost_nanos, 450_000);
+    assert_eq!(report.spend.model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(report.spend.usage_by_model["claude-sonnet-4-5"], report.spend.usage);
+    assert_eq!(steps.0, [(1, report.spend.usage)]);
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
         second.messages[2].content,
         [ContentBlock::ToolResult { tool_use_id: "tu_1".into(), content: "42".into(), is_error: false }]
     );
-    assert_eq!(report.usage.input_tokens, 200);
+    assert_eq!(report.spend.usage.input_tokens, 200);
 }
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
     let model = Arc::new(Scripted::new(vec![tool_turn(), tool_turn()]));
     let (report, _) = run(&model, 2).await;
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::MaxIterationsExceeded));
-    assert_eq!(report.steps, 2);
+    assert_eq!(report.spend.step, 2);
     assert_eq!(model.calls(), 2);
 }
 
@@ -232,7 +232,7 @@ async fn transient_failures_are_retried_within_one_step() {
     let model = Arc::new(Scripted::new(vec![overloaded(), overloaded(), answer(StopReason::EndTurn, text("ok"))]));
     let (report, _) = run(&model, 10).await;
     assert!(matches!(report.outcome, Outcome::Succeeded(_)));
-    assert_eq!(report.steps, 1);
+    assert_eq!(report.spend.step, 1);
     assert_eq!(model.calls(), 3);
 }
 
@@ -291,10 +291,10 @@ async fn a_model_that_stays_down_hands_over_to_the_next_in_the_chain() {
     let fallback = Arc::new(Scripted::named("claude-haiku-4-5", vec![answer(StopReason::EndTurn, text("from haiku"))]));
     let (report, _) = run_task(&chain(vec![primary.clone(), fallback.clone()]), task(3), limits()).await;
     assert!(matches!(&report.outcome, Outcome::Succeeded(r) if r.text == "from haiku"));
-    assert_eq!(report.model.as_deref(), Some("claude-haiku-4-5"));
+    assert_eq!(report.spend.model.as_deref(), Some("claude-haiku-4-5"));
     assert_eq!(primary.calls(), 3, "the primary had its retries");
     // Priced as haiku: 100 × $1 + 10 × $5 per MTok.
-    assert_eq!(report.usage_by_model["claude-haiku-4-5"].cost_nanos, 150_000);
+    assert_eq!(report.spend.usage_by_model["claude-haiku-4-5"].cost_nanos, 150_000);
 }
 
 #[tokio::test]
@@ -375,7 +375,7 @@ async fn a_run_stops_at_its_budget_with_the_usage_so_far() {
         report.outcome
     );
     assert_eq!(model.calls(), 2);
-    assert_eq!(report.usage.cost_nanos, 900_000);
+    assert_eq!(report.spend.usage.cost_nanos, 900_000);
 }
 
 fn recorded_tool_turn() -> ModelStep {
@@ -400,7 +400,7 @@ async fn spending_recorded_by_earlier_runs_counts_against_the_budget() {
     let (report, _) = run_task(&chain(vec![model.clone()]), spent, limits()).await;
     assert!(matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::BudgetExceeded));
     assert_eq!(model.calls(), 0);
-    assert_eq!(report.usage.cost_nanos, 450_000);
+    assert_eq!(report.spend.usage.cost_nanos, 450_000);
 }
 
 #[tokio::test]
@@ -427,8 +427,8 @@ async fn a_resumed_run_replays_recorded_steps_without_paying_for_them_again() {
     .await;
     assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "It is 42.".into(), truncated: false }));
     assert_eq!(model.calls(), 1, "only the step after the recorded ones");
-    assert_eq!((report.steps, report.new_calls), (2, 1));
-    assert_eq!(report.usage.cost_nanos, 450_000 * 2, "the recorded step counted once");
+    assert_eq!((report.spend.step, report.new_calls), (2, 1));
+    assert_eq!(report.spend.usage.cost_nanos, 450_000 * 2, "the recorded step counted once");
     assert!(steps.2.lock().unwrap().is_empty(), "the recorded tool result was reused, not re-run");
     // The model saw the whole conversation, recorded turns included.
     let sent = &model.requests.lock().unwrap()[0];

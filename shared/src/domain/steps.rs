@@ -3,10 +3,47 @@
 //! out of time) replays them instead of paying for them twice, and `GET /v1/tasks/{id}/steps`
 //! shows them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::conversation::{ContentBlock, StopReason};
 use crate::domain::usage::Usage;
+
+/// What a run has spent so far: its model calls, their tokens and cost in all and per model,
+/// and the model that answered last. The task record, the worker's progress and finish, and
+/// the agent loop's report all carry this one type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    /// Model calls made.
+    #[serde(default)]
+    pub step: u32,
+    #[serde(default)]
+    pub usage: Usage,
+    /// Usage and cost per model that answered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage_by_model: BTreeMap<String, Usage>,
+    /// The model that gave the latest answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl Spend {
+    /// Takes a later state of the same run's bill; the last model is kept if `newer` names
+    /// none (a run that ends before any answer).
+    pub fn advance_to(&mut self, newer: &Spend) {
+        let model = newer.model.clone().or_else(|| self.model.take());
+        *self = Spend { model, ..newer.clone() };
+    }
+
+    /// Adds a model answer to the bill.
+    pub fn count(&mut self, step: &ModelStep) {
+        self.step = step.step;
+        self.usage += step.usage;
+        *self.usage_by_model.entry(step.model.clone()).or_default() += step.usage;
+        self.model = Some(step.model.clone());
+    }
+}
 
 /// One model call's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@
 //! A [`TaskRequest`] can only be built by parsing a request body, so a value of that type is
 //! always valid; handlers never re-check fields.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use ulid::Ulid;
 
+use crate::domain::steps::Spend;
 use crate::domain::usage::Usage;
 
 /// Longest prompt accepted, in characters: whatever fits the 1 MiB body limit. A prompt too
@@ -480,24 +480,16 @@ pub struct TaskRecord {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// Model calls made so far.
-    #[serde(default)]
-    pub step: u32,
+    /// What it has spent: model calls, tokens and cost.
+    #[serde(flatten)]
+    pub spend: Spend,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
-    #[serde(default)]
-    pub usage: Usage,
-    /// The model that gave the latest answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
     /// How many times a worker has claimed the task.
     #[serde(default)]
     pub attempts: u32,
-    /// Usage and cost per model that answered.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub usage_by_model: BTreeMap<String, Usage>,
     /// The model the request asked for (the head of its chain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_model: Option<String>,
@@ -540,13 +532,10 @@ impl TaskRecord {
             metadata: request.metadata,
             created_at: now,
             updated_at: now,
-            step: 0,
+            spend: Spend::default(),
             result: None,
             error: None,
-            usage: Usage::default(),
-            model: None,
             attempts: 0,
-            usage_by_model: BTreeMap::new(),
             requested_model: request.model,
             tools: request.tools,
             max_cost_nanos: request.max_cost_nanos,

@@ -89,13 +89,13 @@ impl From<&TaskRecord> for TaskView {
             metadata: r.metadata.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
-            progress: ProgressView { step: r.step, max_steps: r.max_iterations },
+            progress: ProgressView { step: r.spend.step, max_steps: r.max_iterations },
             result: r.result.clone(),
             error: r.error.clone(),
-            usage: r.usage.into(),
-            usage_by_model: r.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
-            iterations: r.step,
-            model: r.model.clone(),
+            usage: r.spend.usage.into(),
+            usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
+            iterations: r.spend.step,
+            model: r.spend.model.clone(),
             trace_id: r.trace_id.clone(),
         }
     }
@@ -134,11 +134,11 @@ impl From<&TaskRecord> for TaskSummary {
             metadata: r.metadata.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
-            progress: ProgressView { step: r.step, max_steps: r.max_iterations },
+            progress: ProgressView { step: r.spend.step, max_steps: r.max_iterations },
             error: r.error.clone(),
-            usage: r.usage.into(),
-            iterations: r.step,
-            model: r.model.clone(),
+            usage: r.spend.usage.into(),
+            iterations: r.spend.step,
+            model: r.spend.model.clone(),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{
     Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
     TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, day_of, month_of,
 };
-use crate::domain::steps::ModelStep;
+use crate::domain::steps::{ModelStep, Spend};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use crate::domain::tenant::Limits;
 use crate::domain::usage::Usage;
@@ -80,15 +80,13 @@ fn usage(input: u64, cost_nanos: u64) -> Usage {
     Usage { input_tokens: input, output_tokens: 1, cost_nanos, ..Usage::default() }
 }
 
+/// What `step` model calls that cost `spent` in all, all by model `m`, add up to.
+fn spend(step: u32, spent: Usage) -> Spend {
+    Spend { step, usage: spent, usage_by_model: [("m".to_owned(), spent)].into(), model: Some("m".into()) }
+}
+
 fn progress(step: u32, spent: Usage, until: OffsetDateTime, now: OffsetDateTime) -> Progress {
-    Progress {
-        step,
-        usage: spent,
-        usage_by_model: [("m".to_owned(), spent)].into(),
-        model: Some("m".into()),
-        lease_until: until,
-        now,
-    }
+    Progress { spend: spend(step, spent), lease_until: until, now }
 }
 
 fn finish(status: TaskStatus, step: u32, spent: Usage, now: OffsetDateTime) -> Finish {
@@ -96,10 +94,7 @@ fn finish(status: TaskStatus, step: u32, spent: Usage, now: OffsetDateTime) -> F
         status,
         result: (status == TaskStatus::Succeeded).then(|| TaskResult { text: "done".into(), truncated: false }),
         error: None,
-        step,
-        usage: spent,
-        usage_by_model: [("m".to_owned(), spent)].into(),
-        model: Some("m".into()),
+        spend: spend(step, spent),
         now,
     }
 }
@@ -212,7 +207,7 @@ async fn finishing_counts_usage_and_frees_the_slot(store: &dyn Store) {
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
     store.finish(&claimed, &held, &finish(TaskStatus::Succeeded, 2, usage(500, 7_000), now)).await.unwrap();
     let done = store.get(task.task_id).await.unwrap().unwrap();
-    assert_eq!((done.status, done.step, done.usage.cost_nanos), (TaskStatus::Succeeded, 2, 7_000));
+    assert_eq!((done.status, done.spend.step, done.spend.usage.cost_nanos), (TaskStatus::Succeeded, 2, 7_000));
     assert_eq!(done.result.map(|r| r.text), Some("done".into()));
     assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 7_000);
     let day = &store.days(&t, &day_of(now), &day_of(now)).await.unwrap()[0];

@@ -38,7 +38,7 @@ use super::{
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
     TenantAdmin, TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
-use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
 use crate::domain::usage::Usage;
@@ -573,20 +573,29 @@ impl DynamoStore {
             .val(":owner", s(&lease.owner))
     }
 
+    /// Writes what a run has spent (the model only once one has answered).
+    fn with_spend(e: Expr, spend: &Spend) -> Result<Expr, StoreError> {
+        let e = e
+            .set("#step = :step")
+            .set("#usage = :usage")
+            .set("#usage_by_model = :by_model")
+            .val(":step", n(spend.step))
+            .val(":usage", attr(&spend.usage)?)
+            .val(":by_model", attr(&spend.usage_by_model)?);
+        Ok(match &spend.model {
+            Some(model) => e.set("#model = :model").val(":model", s(model)),
+            None => e,
+        })
+    }
+
     fn finish_update(f: &Finish, lease: &Lease) -> Result<Expr, StoreError> {
         let mut e = Self::leased(
             Expr::default()
                 .set("#status = :status")
-                .set("#step = :step")
-                .set("#usage = :usage")
-                .set("#usage_by_model = :by_model")
                 .set("#updated_at = :now")
                 .remove("#lease_owner")
                 .remove("#lease_until")
                 .val(":status", s(f.status.as_str()))
-                .val(":step", n(f.step))
-                .val(":usage", attr(&f.usage)?)
-                .val(":by_model", attr(&f.usage_by_model)?)
                 .val(":now", rfc3339(f.now)),
             lease,
         );
@@ -596,10 +605,7 @@ impl DynamoStore {
         if let Some(error) = &f.error {
             e = e.set("#error = :error").val(":error", attr(error)?);
         }
-        if let Some(model) = &f.model {
-            e = e.set("#model = :model").val(":model", s(model));
-        }
-        Ok(e)
+        Self::with_spend(e, &f.spend)
     }
 
     /// Every open task's tenant, counted.
@@ -742,7 +748,7 @@ impl TaskCreate for DynamoStore {
             .transpose()?
             .into_iter()
             .collect();
-        self.terminal(task, update, TaskStatus::Failed, &task.usage, now, extra).await
+        self.terminal(task, update, TaskStatus::Failed, &task.spend.usage, now, extra).await
     }
 }
 
@@ -891,7 +897,7 @@ impl TaskCancel for DynamoStore {
                             .val(":error", attr(&cancelled_error())?),
                         &task,
                     );
-                    self.terminal(&task, update, TaskStatus::Cancelled, &task.usage, now, vec![])
+                    self.terminal(&task, update, TaskStatus::Cancelled, &task.spend.usage, now, vec![])
                         .await
                         .map(|()| Cancelled::Now)
                 }
@@ -983,23 +989,15 @@ impl TaskRun for DynamoStore {
     }
 
     async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
-        let mut e = Self::leased(
+        let e = Self::leased(
             Expr::default()
-                .set("#step = :step")
-                .set("#usage = :usage")
-                .set("#usage_by_model = :by_model")
                 .set("#lease_until = :until")
                 .set("#updated_at = :now")
-                .val(":step", n(p.step))
-                .val(":usage", attr(&p.usage)?)
-                .val(":by_model", attr(&p.usage_by_model)?)
                 .val(":until", n(millis(p.lease_until)))
                 .val(":now", rfc3339(p.now)),
             lease,
         );
-        if let Some(model) = &p.model {
-            e = e.set("#model = :model").val(":model", s(model));
-        }
+        let e = Self::with_spend(e, &p.spend)?;
         let after = self.update_task(id, e, ReturnValue::AllNew).await?;
         let cancel = after.and_then(|i| i.get("cancel_requested").cloned()) == Some(AttributeValue::Bool(true));
         Ok(if cancel { StepAck::CancelRequested } else { StepAck::Continue })
@@ -1019,7 +1017,7 @@ impl TaskRun for DynamoStore {
             // The pointer is written with the rest of the terminal state.
             update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
-        self.terminal(task, update, f.status, &f.usage, f.now, vec![]).await
+        self.terminal(task, update, f.status, &f.spend.usage, f.now, vec![]).await
     }
 
     async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
@@ -1106,7 +1104,7 @@ impl TaskDeadLetter for DynamoStore {
                 .val(":now_ms", n(millis(now))),
             &task,
         );
-        match self.terminal(&task, update, TaskStatus::Failed, &task.usage, now, vec![]).await {
+        match self.terminal(&task, update, TaskStatus::Failed, &task.spend.usage, now, vec![]).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),

@@ -197,7 +197,7 @@ impl TaskCreate for MemoryStore {
         if let Some(k) = idempotency_key {
             state.idempotency.remove(&(task.tenant_id.clone(), k.to_owned()));
         }
-        state.count_terminal(task.task_id, TaskStatus::Failed, &task.usage, now);
+        state.count_terminal(task.task_id, TaskStatus::Failed, &task.spend.usage, now);
         Ok(())
     }
 }
@@ -264,7 +264,7 @@ impl TaskCancel for MemoryStore {
                 rec.status = TaskStatus::Cancelled;
                 rec.error = Some(cancelled_error());
                 rec.updated_at = now;
-                let usage = rec.usage;
+                let usage = rec.spend.usage;
                 state.count_terminal(id, TaskStatus::Cancelled, &usage, now);
                 Ok(Cancelled::Now)
             }
@@ -302,12 +302,7 @@ impl TaskRun for MemoryStore {
     async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
         self.with_leased(id, lease, |state, _| {
             let (rec, held) = state.tasks.get_mut(&id).expect("checked");
-            rec.step = p.step;
-            rec.usage = p.usage;
-            rec.usage_by_model.clone_from(&p.usage_by_model);
-            if p.model.is_some() {
-                rec.model.clone_from(&p.model);
-            }
+            rec.spend.advance_to(&p.spend);
             rec.updated_at = p.now;
             if let Some(l) = held {
                 l.until = p.lease_until;
@@ -320,21 +315,16 @@ impl TaskRun for MemoryStore {
         self.with_leased(task.task_id, lease, |state, _| {
             let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
             rec.status = f.status;
-            rec.step = f.step;
-            rec.usage = f.usage;
-            rec.usage_by_model.clone_from(&f.usage_by_model);
+            rec.spend.advance_to(&f.spend);
             if f.result.is_some() {
                 rec.result.clone_from(&f.result);
             }
             if f.error.is_some() {
                 rec.error.clone_from(&f.error);
             }
-            if f.model.is_some() {
-                rec.model.clone_from(&f.model);
-            }
             rec.updated_at = f.now;
             *held = None;
-            state.count_terminal(task.task_id, f.status, &f.usage, f.now);
+            state.count_terminal(task.task_id, f.status, &f.spend.usage, f.now);
         })
     }
 
@@ -384,7 +374,7 @@ impl TaskDeadLetter for MemoryStore {
         rec.error = Some(error.clone());
         rec.updated_at = now;
         *held = None;
-        let usage = rec.usage;
+        let usage = rec.spend.usage;
         state.count_terminal(id, TaskStatus::Failed, &usage, now);
         Ok(true)
     }

@@ -21,7 +21,6 @@ pub mod conformance;
 mod dynamodb;
 mod memory;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +30,7 @@ use time::OffsetDateTime;
 pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
-use crate::domain::steps::{ModelStep, Step, ToolStep};
+use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
 use crate::domain::usage::Usage;
@@ -72,10 +71,7 @@ pub enum Claim {
 /// The state written after each step of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
-    pub step: u32,
-    pub usage: Usage,
-    pub usage_by_model: BTreeMap<String, Usage>,
-    pub model: Option<String>,
+    pub spend: Spend,
     /// The lease is renewed with every step.
     pub lease_until: OffsetDateTime,
     pub now: OffsetDateTime,
@@ -95,10 +91,7 @@ pub struct Finish {
     pub status: TaskStatus,
     pub result: Option<TaskResult>,
     pub error: Option<TaskError>,
-    pub step: u32,
-    pub usage: Usage,
-    pub usage_by_model: BTreeMap<String, Usage>,
-    pub model: Option<String>,
+    pub spend: Spend,
     pub now: OffsetDateTime,
 }
 
