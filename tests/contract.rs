@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use agentq::edge::routes::ROUTES;
 use agentq_local::template::Template;
 use agentq_tests::{TestApp, answer, body_json};
 use lambda_http::{Body, Response};
@@ -13,6 +14,18 @@ use wiremock::matchers::method;
 
 fn document() -> Value {
     serde_json::from_str(submit::OPENAPI).expect("openapi.json is JSON")
+}
+
+#[test]
+fn the_route_table_is_what_the_template_routes_to_each_function() {
+    let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), "agentq").unwrap();
+    let mut routed: Vec<(String, String, String)> =
+        template.routes().into_iter().filter_map(|r| Some((r.method?.to_uppercase(), r.path?, r.function))).collect();
+    routed.sort();
+    let mut table: Vec<(String, String, String)> =
+        ROUTES.iter().map(|r| (r.method.to_owned(), r.path.to_owned(), r.function.binary().to_owned())).collect();
+    table.sort();
+    assert_eq!(routed, table);
 }
 
 #[test]
@@ -37,6 +50,28 @@ fn every_routed_operation_is_documented_and_every_documented_one_routed() {
         .collect();
     documented.sort();
     assert_eq!(routed, documented);
+    let mut table: Vec<(String, String)> =
+        ROUTES.iter().map(|r| (r.path.to_owned(), r.method.to_lowercase())).collect();
+    table.sort();
+    assert_eq!(table, documented, "the route table and the document");
+}
+
+#[test]
+fn the_documented_request_limits_are_the_ones_the_parser_enforces() {
+    use agentq::domain::task::{
+        DEFAULT_MAX_ITERATIONS, MAX_COST_USD_LIMIT, MAX_ITERATIONS_LIMIT, MAX_METADATA_BYTES, MAX_PROMPT_CHARS,
+        MIN_COST_USD,
+    };
+    let doc = document();
+    let request = &doc["components"]["schemas"]["TaskRequest"]["properties"];
+    assert_eq!(request["prompt"]["maxLength"], MAX_PROMPT_CHARS);
+    assert_eq!(request["max_iterations"]["maximum"], MAX_ITERATIONS_LIMIT);
+    assert_eq!(request["max_iterations"]["default"], DEFAULT_MAX_ITERATIONS);
+    assert_eq!(request["max_cost_usd"]["minimum"], MIN_COST_USD);
+    assert_eq!(request["max_cost_usd"]["maximum"], MAX_COST_USD_LIMIT);
+    let metadata = request["metadata"]["description"].as_str().unwrap();
+    assert!(metadata.contains(&format!("{} KB", MAX_METADATA_BYTES / 1024)), "{metadata}");
+    assert_eq!(doc["components"]["schemas"]["TaskRequest"]["properties"].as_object().unwrap().len(), 7);
 }
 
 /// Checks one response against the document: its status is documented for the operation,

@@ -183,6 +183,19 @@ impl Harness {
         Ok(())
     }
 
+    /// `agentq dlq redrive --task id`: how many messages moved.
+    async fn redrive(&self, id: &str) -> anyhow::Result<usize> {
+        agentq::usecases::deadletter::redrive(
+            &agentq::queue::SqsDeadLetters::new(self.sqs.clone()),
+            &self.store,
+            &agentq::queue::SqsQueue::new(self.sqs.clone(), self.queues.clone()),
+            &self.dlqs,
+            Some(id.parse()?),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     fn kill_workers(&self) -> bool {
         std::process::Command::new("pkill").args(["-KILL", "-f", "/worker$"]).status().is_ok_and(|s| s.success())
     }
@@ -343,15 +356,7 @@ pub async fn dead_letter_and_redrive(h: &Harness) -> anyhow::Result<Report> {
         first[0]["error"]["code"].as_str().unwrap_or("-")
     ));
     h.s3.put_object().bucket(&h.bucket).key(&key).body(prompt.clone().into_bytes().into()).send().await?;
-    let moved = agentq::usecases::deadletter::redrive(
-        &agentq::queue::SqsDeadLetters::new(h.sqs.clone()),
-        &h.store,
-        &agentq::queue::SqsQueue::new(h.sqs.clone(), h.queues.clone()),
-        &h.dlqs,
-        Some(id.parse()?),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let moved = h.redrive(&id).await?;
     report.notes.push(format!("redrive moved {moved} message(s)"));
     let done = h.wait(std::slice::from_ref(&id), Duration::from_secs(120)).await?;
     h.tally(&mut report, &[(id, prompt)], &done, 1, before).await?;
@@ -417,15 +422,7 @@ pub async fn usage_through_redrive(h: &Harness) -> anyhow::Result<Report> {
         anyhow::ensure!(Instant::now() < deadline, "the message never reached the dead-letter queue");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let moved = agentq::usecases::deadletter::redrive(
-        &agentq::queue::SqsDeadLetters::new(h.sqs.clone()),
-        &h.store,
-        &agentq::queue::SqsQueue::new(h.sqs.clone(), h.queues.clone()),
-        &h.dlqs,
-        Some(id.parse()?),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let moved = h.redrive(&id).await?;
     report.notes.push(format!("redrive moved {moved} message(s)"));
     let done = h.wait(std::slice::from_ref(&id), Duration::from_secs(120)).await?;
     h.tally(&mut report, &[(id, prompt)], &done, 3, before).await?;

@@ -196,7 +196,7 @@ impl TestApp {
             },
             status: status::App {
                 store: store.clone(),
-                reads: Arc::new(agentq::edge::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)),
+                reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
             },
             worker: worker::Worker {
                 store: store.clone(),

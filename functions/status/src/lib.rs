@@ -14,10 +14,11 @@ use agentq::domain::task::{FieldError, TaskId, TaskRecord, TaskStatus};
 use agentq::edge::api::{StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
+use agentq::edge::routes::{self, Op};
 use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lambda_http::http::{Method, StatusCode};
+use lambda_http::http::StatusCode;
 use lambda_http::{Body, Request, RequestExt as _, Response};
 use time::{Date, Duration};
 
@@ -49,53 +50,28 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
 
 #[tracing::instrument(skip_all, fields(tenant_id, task_id))]
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().trim_end_matches('/').to_owned();
-    let method = req.method().clone();
-    let not_allowed = |allowed| ApiError::MethodNotAllowed { method: method.to_string(), allowed };
     // Routing is checked before authentication so a wrong route is a 404/405 for anyone.
-    enum Route {
-        Task(String),
-        Steps(String),
-        List,
-        Usage,
-    }
-    let route = match path.as_str() {
-        "/v1/tasks" => Route::List,
-        "/v1/usage" => Route::Usage,
-        p => match p.strip_prefix("/v1/tasks/") {
-            // API Gateway passes `{id}` as a path parameter; a bare function URL has the path.
-            Some(rest) if !rest.contains('/') => Route::Task(
-                req.path_parameters_ref()
-                    .and_then(|p| p.first("id").map(str::to_owned))
-                    .unwrap_or_else(|| rest.to_owned()),
-            ),
-            Some(rest) if rest.ends_with("/steps") && rest.matches('/').count() == 1 => Route::Steps(
-                req.path_parameters_ref()
-                    .and_then(|p| p.first("id").map(str::to_owned))
-                    .unwrap_or_else(|| rest.trim_end_matches("/steps").to_owned()),
-            ),
-            _ => return Err(ApiError::NotFound(format!("no route for {p}"))),
-        },
+    let matched = routes::resolve(req.method().as_str(), req.uri().path())?;
+    // API Gateway passes `{id}` as a path parameter; a bare function URL has the path.
+    let id = || {
+        req.path_parameters_ref()
+            .and_then(|p| p.first("id").map(str::to_owned))
+            .or_else(|| matched.id.clone())
+            .unwrap_or_default()
     };
-    match (&route, &method) {
-        (Route::Task(_), &Method::GET | &Method::DELETE)
-        | (Route::List | Route::Usage | Route::Steps(_), &Method::GET) => {}
-        (Route::Task(_), _) => return Err(not_allowed("GET, DELETE")),
-        (Route::Steps(_), _) => return Err(not_allowed("GET")),
-        (Route::List, _) => return Err(not_allowed("GET, POST")),
-        (Route::Usage, _) => return Err(not_allowed("GET")),
-    }
     let caller = authenticate(app.store.as_ref(), req).await?;
     let decision = app.reads.take(&caller.tenant.tenant_id, agentq::now());
     if !decision.allowed {
         return Err(ApiError::RateLimited { limit: app.reads.burst, rate_per_sec: app.reads.per_sec, decision });
     }
-    match route {
-        Route::Task(raw) if method == Method::DELETE => cancel(app, &caller, &raw).await,
-        Route::Task(raw) => get_task(app, &caller, &raw).await,
-        Route::Steps(raw) => steps(app, &caller, &raw, req).await,
-        Route::List => list(app, &caller, req).await,
-        Route::Usage => usage(app, &caller, req).await,
+    match matched.route.op {
+        Op::GetTask => get_task(app, &caller, &id()).await,
+        Op::CancelTask => cancel(app, &caller, &id()).await,
+        Op::TaskSteps => steps(app, &caller, &id(), req).await,
+        Op::ListTasks => list(app, &caller, req).await,
+        Op::Usage => usage(app, &caller, req).await,
+        // Another function's route: API Gateway never sends it here.
+        _ => Err(ApiError::NotFound(format!("no route for {}", req.uri().path()))),
     }
 }
 
@@ -118,17 +94,7 @@ async fn get_task(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body
 
 async fn steps(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<Response<Body>, ApiError> {
     let limit = limit(req, DEFAULT_STEPS, MAX_STEPS)?;
-    let after = match query(req, "cursor") {
-        None => None,
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|sk| sk.starts_with("STEP#"))
-                .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))?,
-        ),
-    };
+    let after = cursor(req, |sk| sk.starts_with("STEP#").then_some(sk))?;
     let task = owned_task(app, caller, raw).await?;
     let page = app.store.step_page(task.task_id, after.as_deref(), limit).await?;
     Ok(json_response(
@@ -139,6 +105,20 @@ async fn steps(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<R
             next_cursor: page.next.map(|sk| URL_SAFE_NO_PAD.encode(sk)),
         },
     ))
+}
+
+/// The `cursor` query parameter, one this API returned (base64url of what `parse` accepts).
+fn cursor<T>(req: &Request, parse: impl FnOnce(String) -> Option<T>) -> Result<Option<T>, ApiError> {
+    query(req, "cursor")
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(parse)
+                .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))
+        })
+        .transpose()
 }
 
 /// The `limit` query parameter: `default` if absent, 1 to `max`.
@@ -187,17 +167,7 @@ async fn list(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body
         ),
     };
     let limit = limit(req, DEFAULT_PAGE, MAX_PAGE)?;
-    let after = match query(req, "cursor") {
-        None => None,
-        Some(c) => Some(
-            URL_SAFE_NO_PAD
-                .decode(c.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse::<TaskId>().ok())
-                .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))?,
-        ),
-    };
+    let after = cursor(req, |s| s.parse::<TaskId>().ok())?;
     let page = app.store.list(&caller.tenant.tenant_id, status, limit, after).await?;
     let body = TaskList {
         tasks: page.tasks.iter().map(TaskSummary::from).collect(),

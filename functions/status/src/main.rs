@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
     let app = status::App {
         store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
-        reads: Arc::new(agentq::edge::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)),
+        reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

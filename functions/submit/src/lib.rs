@@ -19,6 +19,7 @@ use agentq::domain::task::{
 use agentq::edge::api::Accepted;
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
+use agentq::edge::routes::{self, Op};
 use agentq::observe::metrics::{self, Unit};
 use agentq::observe::telemetry::{self, traces};
 use agentq::queue::TaskQueue;
@@ -26,8 +27,8 @@ use agentq::store::{
     Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
     month_of,
 };
+use lambda_http::http::StatusCode;
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
-use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt as _, Response};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -53,23 +54,18 @@ pub struct App {
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    let result = match (req.method(), req.uri().path().trim_end_matches('/')) {
-        (&Method::POST, "/v1/tasks") => submit(app, &req).await,
-        (_, "/v1/tasks") => Err(not_allowed(&req, "GET, POST")),
-        (&Method::GET, "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (&Method::GET, "/ready") => Ok(ready(app).await),
-        (&Method::GET, "/openapi.json") => Ok(openapi()),
-        (_, "/health" | "/ready" | "/openapi.json") => Err(not_allowed(&req, "GET")),
-        (_, "/v1/usage") => Err(not_allowed(&req, "GET")),
-        (_, path) if path.starts_with("/v1/tasks/") && path.ends_with("/steps") => Err(not_allowed(&req, "GET")),
-        (_, path) if path.starts_with("/v1/tasks/") => Err(not_allowed(&req, "GET, DELETE")),
-        (_, path) => Err(ApiError::NotFound(format!("no route for {path}"))),
+    let result = match routes::resolve(req.method().as_str(), req.uri().path()) {
+        Ok(m) => match m.route.op {
+            Op::Submit => submit(app, &req).await,
+            Op::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Op::Ready => Ok(ready(app).await),
+            Op::OpenApi => Ok(openapi()),
+            // Another function's route: API Gateway never sends it here.
+            _ => Err(ApiError::NotFound(format!("no route for {}", req.uri().path()))),
+        },
+        Err(e) => Err(e),
     };
     respond(result)
-}
-
-fn not_allowed(req: &Request, allowed: &'static str) -> ApiError {
-    ApiError::MethodNotAllowed { method: req.method().to_string(), allowed }
 }
 
 fn openapi() -> Response<Body> {

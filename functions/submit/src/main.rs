@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agentq::runtime::wiring;
 use lambda_http::{Error, service_fn};
 
 #[tokio::main]
@@ -9,15 +10,11 @@ async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let config = agentq::runtime::config::Config::from_env()?;
     let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
-    let allowed = agentq::domain::task::Allowed {
-        models: agentq::runtime::wiring::model_ids(&config),
-        tools: agentq::runtime::wiring::tool_names(&config)?,
-    };
     let app = submit::App {
-        store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
-        queue: Arc::new(agentq::runtime::wiring::queue(&config, &sdk)?),
-        model_configured: reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http")),
-        allowed,
+        store: Arc::new(wiring::store(&config, &sdk)),
+        queue: Arc::new(wiring::queue(&config, &sdk)?),
+        model_configured: wiring::model_configured(&config),
+        allowed: wiring::allowed(&config)?,
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

@@ -46,9 +46,10 @@ impl From<Usage> for UsageView {
     }
 }
 
-/// A task as a client sees it: everything but the prompt.
+/// A task in a list: its state and cost, without its result (read the task for that), so a
+/// page stays small whatever the tasks produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskView {
+pub struct TaskSummary {
     pub task_id: TaskId,
     pub status: TaskStatus,
     /// A cancel was requested while the task ran; it stops at its next step.
@@ -64,63 +65,11 @@ pub struct TaskView {
     pub updated_at: OffsetDateTime,
     pub progress: ProgressView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<TaskResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     pub usage: UsageView,
-    /// Usage and cost per model that answered (more than one after a fallback).
-    pub usage_by_model: BTreeMap<String, UsageView>,
     /// Model calls made.
     pub iterations: u32,
     /// The model that gave the latest answer, once one has.
-    pub model: Option<String>,
-    /// The trace of the task's work, to find it in X-Ray or another tracing backend.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-}
-
-impl From<&TaskRecord> for TaskView {
-    fn from(r: &TaskRecord) -> Self {
-        Self {
-            task_id: r.task_id,
-            status: r.status,
-            cancel_requested: r.cancel_requested && !r.status.is_terminal(),
-            priority: r.priority,
-            metadata: r.metadata.clone(),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            progress: ProgressView { step: r.spend.step, max_steps: r.max_iterations },
-            result: r.result.clone(),
-            error: r.error.clone(),
-            usage: r.spend.usage.into(),
-            usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
-            iterations: r.spend.step,
-            model: r.spend.model.clone(),
-            trace_id: r.trace_id.clone(),
-        }
-    }
-}
-
-/// A task in a list: its state and cost, without its result (read the task for that), so a
-/// page stays small whatever the tasks produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSummary {
-    pub task_id: TaskId,
-    pub status: TaskStatus,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cancel_requested: bool,
-    pub priority: Priority,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-    pub progress: ProgressView,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<TaskError>,
-    pub usage: UsageView,
-    pub iterations: u32,
     pub model: Option<String>,
 }
 
@@ -139,6 +88,32 @@ impl From<&TaskRecord> for TaskSummary {
             usage: r.spend.usage.into(),
             iterations: r.spend.step,
             model: r.spend.model.clone(),
+        }
+    }
+}
+
+/// A task as a client sees it: everything but the prompt (its summary, and its result, its
+/// cost per model and its trace).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub summary: TaskSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    /// Usage and cost per model that answered (more than one after a fallback).
+    pub usage_by_model: BTreeMap<String, UsageView>,
+    /// The trace of the task's work, to find it in X-Ray or another tracing backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(r: &TaskRecord) -> Self {
+        Self {
+            summary: TaskSummary::from(r),
+            result: r.result.clone(),
+            usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
+            trace_id: r.trace_id.clone(),
         }
     }
 }

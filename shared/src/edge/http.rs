@@ -29,7 +29,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{method} is not allowed here; allowed: {allowed}")]
-    MethodNotAllowed { method: String, allowed: &'static str },
+    MethodNotAllowed { method: String, allowed: String },
     /// No key, a wrong key, or a revoked key.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -120,7 +120,9 @@ impl From<ApiError> for Response<Body> {
         let headers = response.headers_mut();
         match err {
             ApiError::MethodNotAllowed { allowed, .. } => {
-                headers.insert(HeaderName::from_static("allow"), HeaderValue::from_static(allowed));
+                if let Ok(allowed) = HeaderValue::from_str(&allowed) {
+                    headers.insert(HeaderName::from_static("allow"), allowed);
+                }
             }
             ApiError::Unavailable(_) | ApiError::ConcurrencyLimited { .. } => {
                 headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("5"));

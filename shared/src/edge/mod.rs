@@ -4,4 +4,5 @@
 pub mod api;
 pub mod auth;
 pub mod http;
+pub mod routes;
 pub mod throttle;

@@ -133,6 +133,21 @@ pub fn preflight(config: &Config) -> Result<(), String> {
     tool_registry(config, &http).map(drop).map_err(|e| e.to_string())
 }
 
+/// What a request may choose from: the chain's models and the deployment's tools.
+pub fn allowed(config: &Config) -> Result<crate::domain::task::Allowed, ConfigError> {
+    Ok(crate::domain::task::Allowed { models: model_ids(config), tools: tool_names(config)? })
+}
+
+/// Whether a model endpoint is configured, so tasks can run (`/ready` reports it).
+pub fn model_configured(config: &Config) -> bool {
+    reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http"))
+}
+
+/// Each tenant's read budget on this instance.
+pub fn read_throttle(config: &Config) -> crate::edge::throttle::ReadThrottle {
+    crate::edge::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)
+}
+
 /// The model ids a request may name.
 pub fn model_ids(config: &Config) -> Vec<String> {
     config.model.chain.iter().map(|m| m.model.clone()).collect()
