@@ -21,6 +21,37 @@ pub fn growing(first: Duration, max: Duration, n: u32) -> Duration {
     ceiling(first, max, n).mul_f64(1.0 + fastrand::f64() * 0.1)
 }
 
+/// The waits between the attempts of one call: `attempts - 1` of them, each drawn with full
+/// jitter under a ceiling that doubles from `first` up to `max`. An iterator, so retry
+/// libraries (backon) take it as their backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    first: Duration,
+    max: Duration,
+    attempts: u32,
+    done: u32,
+}
+
+impl Retries {
+    /// The schedule of a call tried `attempts` times in all, the first included.
+    pub fn new(first: Duration, max: Duration, attempts: u32) -> Self {
+        Self { first, max, attempts, done: 0 }
+    }
+}
+
+impl Iterator for Retries {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.done + 1 >= self.attempts {
+            return None;
+        }
+        let wait = full_jitter(self.first, self.max, self.done);
+        self.done += 1;
+        Some(wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,6 +62,17 @@ mod tests {
         let bounds: Vec<u64> = (0..7).map(|n| ceiling(first, max, n).as_secs()).collect();
         assert_eq!(bounds, [30, 60, 120, 240, 480, 900, 900]);
         assert!(ceiling(first, max, u32::MAX) == max, "no overflow");
+    }
+
+    #[test]
+    fn a_retry_schedule_has_a_wait_between_each_two_attempts_under_its_ceiling() {
+        let (first, max) = (Duration::from_millis(100), Duration::from_millis(500));
+        let waits: Vec<_> = Retries::new(first, max, 8).collect();
+        assert_eq!(waits.len(), 7);
+        for (n, w) in waits.iter().enumerate() {
+            assert!(*w <= ceiling(first, max, n as u32), "wait {n} = {w:?}");
+        }
+        assert_eq!(Retries::new(first, max, 1).count(), 0, "one attempt means no retry");
     }
 
     #[test]

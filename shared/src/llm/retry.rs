@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use backon::{Backoff, Retryable as _};
+use backon::Retryable as _;
 use tokio::time::Instant;
 
 use tracing::Instrument as _;
@@ -31,33 +31,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// "Full jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter"): each wait is drawn
-/// uniformly from `[0, min(cap, base × 2^n)]`, which spreads retrying clients apart best.
-#[derive(Debug)]
-struct FullJitter {
-    policy: RetryPolicy,
-    retries: u32,
-}
-
-impl Iterator for FullJitter {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        if self.retries + 1 >= self.policy.max_attempts {
-            return None;
-        }
-        let wait = crate::domain::backoff::full_jitter(self.policy.base, self.policy.cap, self.retries);
-        self.retries += 1;
-        Some(wait)
-    }
-}
-
-impl FullJitter {
-    fn backoff(policy: RetryPolicy) -> impl Backoff {
-        Self { policy, retries: 0 }
-    }
-}
-
 /// Calls `model`, retrying transient failures under `policy` until `deadline`.
 pub async fn complete_with_retries(
     model: &dyn Model,
@@ -67,7 +40,7 @@ pub async fn complete_with_retries(
 ) -> Result<ModelResponse, ModelError> {
     let attempt = AtomicU32::new(1);
     (|| observed(model, request, attempt.load(Ordering::Relaxed)))
-        .retry(FullJitter::backoff(policy))
+        .retry(crate::domain::backoff::Retries::new(policy.base, policy.cap, policy.max_attempts))
         .sleep(tokio::time::sleep)
         .when(ModelError::is_transient)
         .adjust(|e, backoff| {
@@ -115,26 +88,4 @@ async fn observed(model: &dyn Model, request: &ModelRequest, attempt: u32) -> Re
         .value("ModelLatencyMs", latency_ms as f64, Unit::Milliseconds)
         .emit();
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn full_jitter_stays_under_the_growing_ceiling_and_the_cap() {
-        let policy = RetryPolicy { max_attempts: 8, base: Duration::from_millis(100), cap: Duration::from_millis(500) };
-        let waits: Vec<_> = FullJitter { policy, retries: 0 }.collect();
-        assert_eq!(waits.len(), 7);
-        for (n, w) in waits.iter().enumerate() {
-            let ceiling = Duration::from_millis(100 * (1 << n)).min(Duration::from_millis(500));
-            assert!(*w <= ceiling, "wait {n} = {w:?} over {ceiling:?}");
-        }
-    }
-
-    #[test]
-    fn one_attempt_means_no_retry() {
-        let policy = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
-        assert_eq!(FullJitter { policy, retries: 0 }.count(), 0);
-    }
 }

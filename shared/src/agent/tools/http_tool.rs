@@ -21,12 +21,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Tool, ToolContext, ToolError};
+use crate::domain::backoff::Retries;
 use crate::domain::secret::Secret;
 pub use crate::domain::tooldef::HttpToolSpec;
 use crate::llm::ToolSpec;
@@ -146,11 +147,7 @@ impl Tool for HttpTool {
 
     async fn call(&self, input: &Value, context: &ToolContext) -> Result<String, ToolError> {
         let body = serde_json::to_vec(input).map_err(|e| ToolError(e.to_string()))?;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .with_max_times(self.max_attempts - 1);
+        let backoff = Retries::new(Duration::from_millis(200), Duration::from_secs(5), self.max_attempts as u32);
         (|| self.attempt(&body, context))
             .retry(backoff)
             .sleep(tokio::time::sleep)
