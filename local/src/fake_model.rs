@@ -71,6 +71,81 @@ struct Shared {
     knobs: Knobs,
     stats: BTreeMap<String, PromptStats>,
     rng: fastrand::Rng,
+    cache: PromptCache,
+}
+
+/// Prompt caching as the Messages API bills it: a request's prompt is its tools, its system
+/// blocks and its messages' blocks, in that order; a block marked `cache_control` is a
+/// breakpoint, and the prefix up to each breakpoint is written to the cache (5 minutes, and
+/// only from 1,024 tokens). A later request whose prompt starts with a cached prefix reads it:
+/// `cache_read_input_tokens` for that prefix, `cache_creation_input_tokens` for what it writes
+/// beyond it up to its last breakpoint, `input_tokens` for the rest. Tokens are bytes / 4.
+#[derive(Debug, Default)]
+pub struct PromptCache {
+    entries: std::collections::HashMap<String, std::time::Instant>,
+}
+
+/// The three parts of a request's input, in tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputBill {
+    pub input: u64,
+    pub cache_write: u64,
+    pub cache_read: u64,
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(300);
+const MIN_CACHED_TOKENS: u64 = 1024;
+
+impl PromptCache {
+    /// Bills `request` and records what it writes.
+    pub fn bill(&mut self, request: &Value) -> InputBill {
+        let now = std::time::Instant::now();
+        self.entries.retain(|_, expires| *expires > now);
+        let mut segments: Vec<(Value, bool)> = Vec::new();
+        let mut push = |mut v: Value, role: Option<&str>| {
+            let breakpoint = v.as_object_mut().and_then(|o| o.remove("cache_control")).is_some();
+            if let Some(role) = role {
+                v = json!({"role": role, "block": v});
+            }
+            segments.push((v, breakpoint));
+        };
+        for tool in request["tools"].as_array().into_iter().flatten() {
+            push(tool.clone(), None);
+        }
+        match &request["system"] {
+            Value::String(text) => push(json!({"type": "text", "text": text}), None),
+            Value::Array(blocks) => blocks.iter().for_each(|b| push(b.clone(), None)),
+            _ => {}
+        }
+        for m in request["messages"].as_array().into_iter().flatten() {
+            let role = m["role"].as_str().unwrap_or("user");
+            match &m["content"] {
+                Value::String(text) => push(json!({"type": "text", "text": text}), Some(role)),
+                Value::Array(blocks) => blocks.iter().for_each(|b| push(b.clone(), Some(role))),
+                _ => {}
+            }
+        }
+        let mut hasher = Sha256::new();
+        let (mut tokens, mut prefixes) = (0u64, Vec::new());
+        for (v, breakpoint) in &segments {
+            let text = v.to_string();
+            hasher.update(text.as_bytes());
+            tokens += (text.len() / 4) as u64;
+            let hash: String = hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
+            prefixes.push((hash, tokens, *breakpoint));
+        }
+        let total = tokens.max(1);
+        let read =
+            prefixes.iter().filter(|(h, ..)| self.entries.contains_key(h)).map(|(_, t, _)| *t).max().unwrap_or(0);
+        let written = prefixes.iter().filter(|(_, t, b)| *b && *t >= MIN_CACHED_TOKENS).map(|(_, t, _)| *t).max();
+        for (hash, t, breakpoint) in &prefixes {
+            if *breakpoint && *t >= MIN_CACHED_TOKENS {
+                self.entries.insert(hash.clone(), now + CACHE_TTL);
+            }
+        }
+        let cached_to = written.unwrap_or(0).max(read);
+        InputBill { cache_read: read, cache_write: cached_to - read, input: total - cached_to }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +156,12 @@ pub struct FakeModel {
 impl FakeModel {
     pub fn new(knobs: Knobs) -> Self {
         Self {
-            shared: Arc::new(Mutex::new(Shared { knobs, stats: BTreeMap::new(), rng: fastrand::Rng::with_seed(42) })),
+            shared: Arc::new(Mutex::new(Shared {
+                knobs,
+                stats: BTreeMap::new(),
+                rng: fastrand::Rng::with_seed(42),
+                cache: PromptCache::default(),
+            })),
         }
     }
 
@@ -196,7 +276,11 @@ async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: Strin
             (json!([{"type": "text", "text": format!("{answer} (fake model, digest={key})")}]), "end_turn")
         }
     };
-    fake.shared.lock().expect("poisoned").stats.entry(key).or_default().answered += 1;
+    let bill = {
+        let mut shared = fake.shared.lock().expect("poisoned");
+        shared.stats.entry(key).or_default().answered += 1;
+        shared.cache.bill(&request)
+    };
     let output_tokens = (content.to_string().len() / 4).max(1);
     axum::Json(json!({
         "id": format!("msg_{:016x}", fastrand::u64(..)),
@@ -207,10 +291,10 @@ async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: Strin
         "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
-            "input_tokens": (body.len() / 4).max(1),
+            "input_tokens": bill.input,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0
+            "cache_creation_input_tokens": bill.cache_write,
+            "cache_read_input_tokens": bill.cache_read
         }
     }))
     .into_response()
@@ -249,6 +333,39 @@ mod tests {
         assert_eq!(arithmetic("What is 6 * 7?").as_deref(), Some("6 * 7"));
         assert_eq!(arithmetic("compute (2 + 3) * 4 please").as_deref(), Some("(2 + 3) * 4"));
         assert_eq!(arithmetic("hello 2026").as_deref(), None);
+    }
+
+    fn request(tools: usize, turns: usize, cached: bool) -> Value {
+        let mark = |mut v: Value, on: bool| {
+            if on && cached {
+                v["cache_control"] = json!({"type": "ephemeral"});
+            }
+            v
+        };
+        let tools: Vec<Value> = (0..tools)
+            .map(|i| mark(json!({"name": format!("t{i}"), "description": "x".repeat(8000)}), i + 1 == tools))
+            .collect();
+        let messages: Vec<Value> = (0..turns)
+            .map(|i| {
+                let role = if i % 2 == 0 { "user" } else { "assistant" };
+                json!({"role": role, "content": [mark(json!({"type": "text", "text": format!("turn {i} {}", "y".repeat(400))}), i + 1 == turns)]})
+            })
+            .collect();
+        json!({"tools": tools, "messages": messages})
+    }
+
+    #[test]
+    fn a_cached_prefix_is_read_by_the_next_request_and_only_the_new_part_written() {
+        let mut cache = PromptCache::default();
+        let first = cache.bill(&request(2, 1, true));
+        assert_eq!(first.cache_read, 0);
+        assert!(first.cache_write > 4000 && first.input == 0, "{first:?}");
+        let second = cache.bill(&request(2, 3, true));
+        assert_eq!(second.cache_read, first.cache_write, "the first request's prefix is read");
+        assert!(second.cache_write > 0 && second.cache_write < 300, "{second:?}");
+        let plain = PromptCache::default().bill(&request(2, 3, false));
+        assert_eq!((plain.cache_read, plain.cache_write), (0, 0));
+        assert_eq!(plain.input, second.cache_read + second.cache_write + second.input);
     }
 
     #[test]

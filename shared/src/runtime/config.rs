@@ -74,6 +74,8 @@ pub struct ModelConfig {
     pub max_attempts: u32,
     /// Cap of one backoff wait (before jitter).
     pub max_backoff: Duration,
+    /// Mark prompt-cache breakpoints in Anthropic requests (`AGENTQ_PROMPT_CACHING`, on).
+    pub prompt_caching: bool,
     /// Consecutive unusable calls that open a model's circuit, and how long it stays open.
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
@@ -233,6 +235,7 @@ impl Config {
             timeout: Duration::from_secs(number("AGENTQ_MODEL_TIMEOUT_SECS", 120)?),
             max_attempts: number("AGENTQ_MODEL_MAX_ATTEMPTS", 4)?.clamp(1, 20) as u32,
             max_backoff: Duration::from_secs(number("AGENTQ_MODEL_MAX_BACKOFF_SECS", 20)?),
+            prompt_caching: get("AGENTQ_PROMPT_CACHING").is_none_or(|v| v != "false" && v != "0"),
             breaker_threshold: number("AGENTQ_BREAKER_THRESHOLD", 5)?.max(1) as u32,
             breaker_cooldown: Duration::from_secs(number("AGENTQ_BREAKER_COOLDOWN_SECS", 30)?),
         };

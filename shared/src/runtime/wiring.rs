@@ -99,7 +99,9 @@ pub fn model_chain(
                         var: "ANTHROPIC_API_KEY",
                         problem: format!("is not set, and the chain has {}", spec.model),
                     })?;
-                    Arc::new(AnthropicModel::new(http.clone(), &m.base_url, key, &spec.model, m.max_tokens, m.timeout))
+                    let model =
+                        AnthropicModel::new(http.clone(), &m.base_url, key, &spec.model, m.max_tokens, m.timeout);
+                    Arc::new(model.with_prompt_caching(m.prompt_caching))
                 }
                 Provider::OpenAi => Arc::new(OpenAiModel::new(
                     http.clone(),
