@@ -61,7 +61,10 @@ async fn a_tool_using_conversation_runs_the_tool_and_sends_its_result_back() {
     let turn = &requests[1]["messages"];
     assert_eq!(turn[1]["role"], "assistant");
     assert_eq!(turn[1]["content"][0]["type"], "tool_use");
-    assert_eq!(turn[2]["content"][0], json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}));
+    // The conversation's last block also carries the prompt-cache breakpoint.
+    let mut result = turn[2]["content"][0].clone();
+    assert_eq!(result.as_object_mut().unwrap().remove("cache_control"), Some(json!({"type": "ephemeral"})));
+    assert_eq!(result, json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}));
     app.drain().await;
 }
 

@@ -56,6 +56,8 @@ pub fn test_config(table: &str) -> Config {
         ("AGENTQ_UNAVAILABLE_MESSAGE", "The models are unavailable; try again later.".into()),
         ("AGENTQ_READS_PER_SEC", "1000".into()),
         ("AGENTQ_READ_BURST", "1000".into()),
+        // Revocations and limit changes seen at once, as the tests expect.
+        ("AGENTQ_AUTH_CACHE_SECS", "0".into()),
     ]);
     Config::from_lookup(|k| vars.get(k).cloned()).expect("the test configuration is valid")
 }
@@ -193,10 +195,12 @@ impl TestApp {
                 queue: Arc::new(SqsQueue::new(sqs.clone(), queues.clone())),
                 model_configured: true,
                 allowed,
+                auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
             },
             status: status::App {
                 store: store.clone(),
                 reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
+                auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
             },
             worker: worker::Worker {
                 store: store.clone(),

@@ -41,6 +41,8 @@ pub struct App {
     pub store: Arc<dyn StatusStore>,
     /// Each tenant's reads on this instance.
     pub reads: Arc<agentq::edge::throttle::ReadThrottle>,
+    /// Callers this instance authenticated lately.
+    pub auth: Arc<agentq::edge::auth::AuthCache>,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -59,7 +61,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             .or_else(|| matched.id.clone())
             .unwrap_or_default()
     };
-    let caller = authenticate(app.store.as_ref(), req).await?;
+    let caller = authenticate(app.store.as_ref(), &app.auth, req).await?;
     let decision = app.reads.take(&caller.tenant.tenant_id, agentq::now());
     if !decision.allowed {
         return Err(ApiError::RateLimited { limit: app.reads.burst, rate_per_sec: app.reads.per_sec, decision });

@@ -12,6 +12,7 @@ async fn main() -> Result<(), Error> {
     let app = status::App {
         store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
         reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
+        auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentq::domain::steps::Spend;
+use agentq::domain::steps::{ModelStep, Spend};
 use agentq::domain::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use agentq::domain::tenant::Limits;
 use agentq::domain::usage::Usage;
@@ -21,7 +21,8 @@ fn fixture() -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let key = store.tenant_with_key("acme", Limits::default());
     let reads = Arc::new(agentq::edge::throttle::ReadThrottle::new(1000.0, 1000));
-    Fixture { app: App { store: store.clone(), reads }, store, key }
+    let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
+    Fixture { app: App { store: store.clone(), reads, auth }, store, key }
 }
 
 fn request(key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> Request {
@@ -101,8 +102,15 @@ async fn a_running_task_shows_its_progress_and_model() {
         usage_by_model: [("claude-sonnet-4-5".to_owned(), usage)].into(),
         model: Some("claude-sonnet-4-5".into()),
     };
-    let progress = Progress { spend, lease_until: lease().until, now: agentq::now() };
-    f.store.progress(task.task_id, &lease(), &progress).await.unwrap();
+    let progress = Progress { spend, now: agentq::now() };
+    let answer = ModelStep {
+        step: 2,
+        model: "claude-sonnet-4-5".into(),
+        content: vec![],
+        stop_reason: agentq::llm::StopReason::ToolUse,
+        usage,
+    };
+    f.store.record_model_step(task.task_id, &lease(), &answer, &progress).await.unwrap();
     let b = json_of(&f.get(&task.task_id.to_string()).await);
     assert_eq!(b["status"], "running");
     assert_eq!(b["progress"], json!({"step": 2, "max_steps": 7}));

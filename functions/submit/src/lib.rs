@@ -50,6 +50,8 @@ pub struct App {
     pub model_configured: bool,
     /// The models and tools a request may name.
     pub allowed: Allowed,
+    /// Callers this instance authenticated lately.
+    pub auth: Arc<agentq::edge::auth::AuthCache>,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -145,7 +147,7 @@ async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
 
 async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) -> Result<Response<Body>, ApiError> {
     let Caller { tenant, .. } =
-        authenticate(app.store.as_ref(), req).instrument(tracing::info_span!("authenticate")).await?;
+        authenticate(app.store.as_ref(), &app.auth, req).instrument(tracing::info_span!("authenticate")).await?;
     span.record("tenant_id", tenant.tenant_id.as_str());
     let limits = tenant.limits;
     let now = agentq::now();

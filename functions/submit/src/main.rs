@@ -15,6 +15,7 @@ async fn main() -> Result<(), Error> {
         queue: Arc::new(wiring::queue(&config, &sdk)?),
         model_configured: wiring::model_configured(&config),
         allowed: wiring::allowed(&config)?,
+        auth: Arc::new(wiring::auth_cache(&config)),
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

@@ -29,7 +29,8 @@ fn fixture_with(limits: Limits) -> Fixture {
         models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
         tools: vec!["calculator".into()],
     };
-    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed };
+    let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
+    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed, auth };
     Fixture { app, store, queue, key }
 }
 

@@ -4,10 +4,10 @@
 //! Per message: decode it, claim the task with a conditional write (so a duplicate delivery
 //! never runs it twice; the lease lasts until this invocation's deadline), check it is within
 //! the deployment's task limits, load the steps an earlier run recorded, and run the agent
-//! loop from there with a checkpoint that records every model answer and tool result as it
-//! happens, writes progress, renews the lease and keeps the message hidden (a visibility
-//! heartbeat: until shortly after this invocation's deadline, so a worker that dies is
-//! replaced soon, not after the queue's long timeout).
+//! loop from there with a checkpoint that records every model answer (with the progress it
+//! makes, in one write) and tool result as it happens. At the claim the message is hidden
+//! until shortly after this invocation's deadline (the lease's end too), so a worker that dies
+//! is replaced soon, not after the queue's long timeout, and nothing needs renewing per step.
 //!
 //! How a run stops is a [`Stop`], and [`settle`] alone decides what that means for the task
 //! and for SQS:
@@ -371,12 +371,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 /// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
 async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadline: Deadline) -> Stop {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
-    let mut checkpoint = StoreCheckpoint {
-        store: worker.store.as_ref(),
-        id: task.task_id,
-        lease: run.lease.clone(),
-        heartbeat: run.heartbeat,
-    };
+    let mut checkpoint = StoreCheckpoint { store: worker.store.as_ref(), id: task.task_id, lease: run.lease.clone() };
     let models = match &task.requested_model {
         Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
             tracing::warn!(model = %m, "the requested model is no longer in the chain; using the whole chain");
@@ -572,13 +567,12 @@ impl Heartbeat<'_> {
     }
 }
 
-/// Records each step, writes progress, renews the lease and the message's invisibility;
-/// stops the run when the lease was lost or a cancel requested.
+/// Records each step with the progress it makes; stops the run when the lease was lost or a
+/// cancel requested.
 struct StoreCheckpoint<'a> {
     store: &'a dyn WorkerStore,
     id: agentq::domain::task::TaskId,
     lease: Lease,
-    heartbeat: Heartbeat<'a>,
 }
 
 fn halt(what: &str, e: StoreError) -> Halt {
@@ -591,19 +585,15 @@ fn halt(what: &str, e: StoreError) -> Halt {
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
     async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
-        self.store
-            .record_model_step(self.id, &self.lease, step)
+        // One write: the answer and the progress it makes. The lease and the message's
+        // invisibility were set to the invocation's deadline at the claim and need no renewal.
+        let progress = Progress { spend: report.spend.clone(), now: agentq::now() };
+        let ack = self
+            .store
+            .record_model_step(self.id, &self.lease, step, &progress)
             .instrument(tracing::info_span!("store.record_step"))
             .await
             .map_err(|e| halt("recording a step", e))?;
-        let progress = Progress { spend: report.spend.clone(), lease_until: self.lease.until, now: agentq::now() };
-        let ack = self
-            .store
-            .progress(self.id, &self.lease, &progress)
-            .instrument(tracing::info_span!("store.progress"))
-            .await
-            .map_err(|e| halt("writing progress", e))?;
-        self.heartbeat.beat().await;
         match ack {
             StepAck::CancelRequested => Err(Halt::CancelRequested),
             StepAck::Continue => Ok(()),

@@ -156,6 +156,9 @@ pub struct Config {
     /// A Secrets Manager secret with the model keys and the tool signing secret, read once at
     /// cold start (`wiring::load_secrets`); plain variables serve local runs.
     pub secrets_arn: Option<String>,
+    /// How long an instance remembers an authenticated key (the delay before a revocation
+    /// takes effect).
+    pub auth_cache: Duration,
     /// Reads (status, list, steps, usage) per second and burst, per tenant and instance.
     pub reads_per_sec: f64,
     pub read_burst: u32,
@@ -283,6 +286,7 @@ impl Config {
             },
             reconcile_after: Duration::from_secs(number("AGENTQ_RECONCILE_AFTER_SECS", 900)?.max(1)),
             secrets_arn: get("AGENTQ_SECRETS_ARN"),
+            auth_cache: Duration::from_secs(number("AGENTQ_AUTH_CACHE_SECS", 5)?.min(60)),
             reads_per_sec: number("AGENTQ_READS_PER_SEC", 20)?.max(1) as f64,
             read_burst: number("AGENTQ_READ_BURST", 40)?.clamp(1, u64::from(u32::MAX)) as u32,
         })

@@ -145,6 +145,11 @@ pub fn model_configured(config: &Config) -> bool {
     reqwest::Url::parse(&config.model.base_url).is_ok_and(|u| u.scheme().starts_with("http"))
 }
 
+/// The instance's memory of authenticated callers.
+pub fn auth_cache(config: &Config) -> crate::edge::auth::AuthCache {
+    crate::edge::auth::AuthCache::new(config.auth_cache)
+}
+
 /// Each tenant's read budget on this instance.
 pub fn read_throttle(config: &Config) -> crate::edge::throttle::ReadThrottle {
     crate::edge::throttle::ReadThrottle::new(config.reads_per_sec, config.read_burst)

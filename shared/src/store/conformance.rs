@@ -85,8 +85,19 @@ fn spend(step: u32, spent: Usage) -> Spend {
     Spend { step, usage: spent, usage_by_model: [("m".to_owned(), spent)].into(), model: Some("m".into()) }
 }
 
-fn progress(step: u32, spent: Usage, until: OffsetDateTime, now: OffsetDateTime) -> Progress {
-    Progress { spend: spend(step, spent), lease_until: until, now }
+fn progress(step: u32, spent: Usage, now: OffsetDateTime) -> Progress {
+    Progress { spend: spend(step, spent), now }
+}
+
+/// Model step `n`, an answer that cost `spent`.
+fn answer(n: u32, spent: Usage) -> ModelStep {
+    ModelStep {
+        step: n,
+        model: "m".into(),
+        content: vec![],
+        stop_reason: crate::llm::StopReason::EndTurn,
+        usage: spent,
+    }
 }
 
 fn finish(status: TaskStatus, step: u32, spent: Usage, now: OffsetDateTime) -> Finish {
@@ -144,23 +155,19 @@ async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
     let later = now + Duration::from_secs(2);
     let new = lease("new", later + Duration::from_secs(60));
     let Claim::Claimed(current) = store.claim(task.task_id, &new, later).await.unwrap() else { panic!("taken over") };
-    let step = ModelStep {
-        step: 1,
-        model: "m".into(),
-        content: vec![],
-        stop_reason: crate::llm::StopReason::EndTurn,
-        usage: usage(1, 1),
-    };
+    let step = answer(1, usage(1, 1));
+    let made = progress(1, usage(1, 1), later);
     let conflict = |r: Result<_, StoreError>, what: &str| {
         assert!(matches!(r, Err(StoreError::Conflict)), "{what} with a lost lease must conflict");
     };
-    conflict(store.record_model_step(task.task_id, &old, &step).await, "recording a step");
-    conflict(store.progress(task.task_id, &old, &progress(1, usage(1, 1), later, later)).await.map(drop), "progress");
+    conflict(store.record_model_step(task.task_id, &old, &step, &made).await.map(drop), "recording a step");
     let why = TaskError::new(ErrorCode::Deadline, "out of time");
     conflict(store.release(task.task_id, &old, &why, later).await, "release");
     conflict(store.finish(&current, &old, &finish(TaskStatus::Succeeded, 1, usage(1, 1), later)).await, "finish");
-    store.record_model_step(task.task_id, &new, &step).await.expect("the holder records its step");
-    conflict(store.record_model_step(task.task_id, &new, &step).await, "recording a step twice");
+    let ack = store.record_model_step(task.task_id, &new, &step, &made).await.expect("the holder records its step");
+    assert_eq!(ack, StepAck::Continue);
+    assert_eq!(store.get(task.task_id).await.unwrap().unwrap().spend, made.spend, "progress goes with the step");
+    conflict(store.record_model_step(task.task_id, &new, &step, &made).await.map(drop), "recording a step twice");
     store.release(task.task_id, &new, &why, later).await.expect("the holder hands the task back");
     assert_eq!(status(store, task.task_id).await, TaskStatus::Queued);
     let after = store.get(task.task_id).await.unwrap().unwrap();
@@ -186,8 +193,10 @@ async fn cancel_ends_a_queued_task_and_stops_a_running_one(store: &dyn Store) {
     let held = lease("w", until);
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
     assert_eq!(store.cancel(task.task_id, now).await.unwrap(), Cancelled::Requested);
-    let ack = store.progress(task.task_id, &held, &progress(1, usage(10, 100), until, now)).await.unwrap();
+    let made = progress(1, usage(10, 100), now);
+    let ack = store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
     assert_eq!(ack, StepAck::CancelRequested, "the runner learns of the cancel at its next step");
+    assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1, "the paid answer is recorded all the same");
     let why = TaskError::new(ErrorCode::Deadline, "out of time");
     assert!(
         matches!(store.release(task.task_id, &held, &why, now).await, Err(StoreError::Conflict)),
@@ -259,7 +268,8 @@ async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn S
     let task = admitted(store, &t, now).await;
     let first = lease("first", now + Duration::from_secs(1));
     store.claim(task.task_id, &first, now).await.unwrap();
-    store.progress(task.task_id, &first, &progress(1, usage(100, 1_000), first.until, now)).await.unwrap();
+    let made = progress(1, usage(100, 1_000), now);
+    store.record_model_step(task.task_id, &first, &answer(1, usage(100, 1_000)), &made).await.unwrap();
     // Its worker died; its message was dead-lettered.
     let later = now + Duration::from_secs(2);
     let error = TaskError::new(ErrorCode::DeliveryFailed, "set aside");

@@ -26,8 +26,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -988,21 +987,6 @@ impl TaskRun for DynamoStore {
         }
     }
 
-    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
-        let e = Self::leased(
-            Expr::default()
-                .set("#lease_until = :until")
-                .set("#updated_at = :now")
-                .val(":until", n(millis(p.lease_until)))
-                .val(":now", rfc3339(p.now)),
-            lease,
-        );
-        let e = Self::with_spend(e, &p.spend)?;
-        let after = self.update_task(id, e, ReturnValue::AllNew).await?;
-        let cancel = after.and_then(|i| i.get("cancel_requested").cloned()) == Some(AttributeValue::Bool(true));
-        Ok(if cancel { StepAck::CancelRequested } else { StepAck::Continue })
-    }
-
     async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
         let mut f = f.clone();
         let mut result_ref = None;
@@ -1020,25 +1004,44 @@ impl TaskRun for DynamoStore {
         self.terminal(task, update, f.status, &f.spend.usage, f.now, vec![]).await
     }
 
-    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
+    async fn record_model_step(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        step: &ModelStep,
+        progress: &Progress,
+    ) -> Result<StepAck, StoreError> {
+        // One transaction: the step item (never over an existing one) and the record's
+        // progress, whose condition is the lease (and, first, that no cancel is pending).
         let put = self.step_put(id, &Step::Model(step.clone())).await?;
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(task_key(id)))
-            .key("sk", s(META))
-            .condition_expression("#status = :running AND #lease_owner = :owner")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#lease_owner", "lease_owner")
-            .expression_attribute_values(":running", s(TaskStatus::Running.as_str()))
-            .expression_attribute_values(":owner", s(&lease.owner))
-            .build()
-            .context("building a condition check")
-            .map_err(unavailable)?;
-        let items = vec![
-            TransactWriteItem::builder().condition_check(check).build(),
-            TransactWriteItem::builder().put(put).build(),
-        ];
-        Ok(self.transact(items).await?)
+        let write = |watch_cancel: bool| -> Result<Vec<TransactWriteItem>, StoreError> {
+            let mut e =
+                Self::leased(Expr::default().set("#updated_at = :now").val(":now", rfc3339(progress.now)), lease);
+            if watch_cancel {
+                e = e.when("attribute_not_exists(#cancel_requested)");
+            }
+            let e = Self::with_spend(e, &progress.spend)?;
+            Ok(vec![
+                TransactWriteItem::builder().update(e.on(&self.table, task_key(id), META)?).build(),
+                TransactWriteItem::builder().put(put.clone()).build(),
+            ])
+        };
+        match self.transact(write(true)?).await {
+            Ok(()) => Ok(StepAck::Continue),
+            Err(TransactError::Condition(failed)) if !failed.get(1).copied().unwrap_or(false) => {
+                // The record refused: a cancel is pending, or the lease is gone. One read tells;
+                // a paid answer is recorded either way the lease allows.
+                let held = self.task_item(id).await?.is_some_and(|i| {
+                    i.record.status == TaskStatus::Running && i.lease_owner.as_deref() == Some(lease.owner.as_str())
+                });
+                if !held {
+                    return Err(StoreError::Conflict);
+                }
+                self.transact(write(false)?).await?;
+                Ok(StepAck::CancelRequested)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {

@@ -299,18 +299,6 @@ impl TaskRun for MemoryStore {
         Ok(Claim::Leased { until: held.as_ref().map_or(now, |l| l.until) })
     }
 
-    async fn progress(&self, id: TaskId, lease: &Lease, p: &Progress) -> Result<StepAck, StoreError> {
-        self.with_leased(id, lease, |state, _| {
-            let (rec, held) = state.tasks.get_mut(&id).expect("checked");
-            rec.spend.advance_to(&p.spend);
-            rec.updated_at = p.now;
-            if let Some(l) = held {
-                l.until = p.lease_until;
-            }
-            if rec.cancel_requested { StepAck::CancelRequested } else { StepAck::Continue }
-        })
-    }
-
     async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
         self.with_leased(task.task_id, lease, |state, _| {
             let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
@@ -328,7 +316,13 @@ impl TaskRun for MemoryStore {
         })
     }
 
-    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError> {
+    async fn record_model_step(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        step: &ModelStep,
+        p: &Progress,
+    ) -> Result<StepAck, StoreError> {
         let step = Step::Model(step.clone());
         self.with_leased(id, lease, |state, _| {
             let steps = state.steps.entry(id).or_default();
@@ -336,7 +330,10 @@ impl TaskRun for MemoryStore {
                 return Err(StoreError::Conflict);
             }
             steps.insert(step.sort_key(), step.clone());
-            Ok(())
+            let (rec, _) = state.tasks.get_mut(&id).expect("checked");
+            rec.spend.advance_to(&p.spend);
+            rec.updated_at = p.now;
+            Ok(if rec.cancel_requested { StepAck::CancelRequested } else { StepAck::Continue })
         })?
     }
 

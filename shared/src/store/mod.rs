@@ -68,12 +68,10 @@ pub enum Claim {
     Leased { until: OffsetDateTime },
 }
 
-/// The state written after each step of a run.
+/// The state written with each step of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     pub spend: Spend,
-    /// The lease is renewed with every step.
-    pub lease_until: OffsetDateTime,
     pub now: OffsetDateTime,
 }
 
@@ -261,11 +259,17 @@ pub trait TaskRun: Send + Sync {
     /// Takes a `queued` task, or a `running` one whose lease has expired (its runner died).
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError>;
 
-    async fn progress(&self, id: TaskId, lease: &Lease, progress: &Progress) -> Result<StepAck, StoreError>;
-
-    /// Records a model answer, if `lease` is still the task's. `Conflict` if it is not, or if
-    /// the step was already recorded (by a runner that lost its lease).
-    async fn record_model_step(&self, id: TaskId, lease: &Lease, step: &ModelStep) -> Result<(), StoreError>;
+    /// Records a model answer and the run's progress with it (what it has spent), in one write,
+    /// if `lease` is still the task's. `Conflict` if it is not, or if the step was already
+    /// recorded (by a runner that lost its lease). The answer is recorded even when a cancel
+    /// was requested meanwhile (it is paid for); the ack says to stop.
+    async fn record_model_step(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        step: &ModelStep,
+        progress: &Progress,
+    ) -> Result<StepAck, StoreError>;
 
     /// Records a tool result; a result already recorded for that call is kept.
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError>;
