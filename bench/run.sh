@@ -72,7 +72,7 @@ cpu() {
     while read -r p; do cat "/proc/$p/stat" 2>/dev/null; done |
     sed 's/.*) //' | awk -v hz="$(getconf CLK_TCK)" '{s += $12 + $13} END {print s / hz}'
 }
-FUNCTIONS='^(submit|status|worker|dlq)$'
+FUNCTIONS='^(submit|status|worker|dlq|reconciler)$'
 cpu_all() {
   printf 'functions=%s lambda_service=%s ' "$(cpu lambda "$FUNCTIONS")" "$(cpu lambda "$FUNCTIONS" exclude)"
   local c; for c in gateway localstack dynamodb fake-llm; do printf '%s=%s ' "$c" "$(cpu "$c")"; done
@@ -92,8 +92,11 @@ for scenario in "A_latency0ms 0" "B_latency200ms 200"; do
   [[ $WARMUP_TASKS -gt 0 ]] && { drive warmup "$WARMUP_TASKS" >&2 || true; }
   curl -sf -X DELETE "http://127.0.0.1:$LLM_PORT/stats" > /dev/null
   before=$(cpu_all)
+  log_from=$(($(stat -c %s "$RUN/lambda.log") + 1))
   line=$(drive "agentq_$1" "$TASKS") || rc=1
   after=$(cpu_all)
+  # The functions' own count of AWS requests (EMF `AwsRequests`, every attempt), this scenario.
+  tail -c +"$log_from" "$RUN/lambda.log" > "$RUN/scenario.log"
   stats=$(curl -sf "http://127.0.0.1:$LLM_PORT/stats")
   echo "$line" | "$VENV/bin/python" -c '
 import json, sys
@@ -104,7 +107,21 @@ parse = lambda s: {k: float(v) for k, v in (p.split("=") for p in s.split())}
 b, a = parse(sys.argv[2]), parse(sys.argv[3])
 # CPU per task, ms, by component.
 d["cpu_ms_per_task"] = {k: round((a[k] - b[k]) * 1000 / d["tasks"], 1) for k in a}
-print(json.dumps(d))' "$stats" "$before" "$after" >> "$results"
+# AWS requests per task, by service and operation (warm-up excluded; polls included).
+requests = {}
+for line in open(sys.argv[4], errors="replace"):
+    start = line.find("{")
+    try:
+        rec = json.loads(line[start:]) if start >= 0 else None
+    except ValueError:
+        continue
+    if not isinstance(rec, dict) or "AwsRequests" not in rec:
+        continue
+    for op, n in rec.get("operations", {}).items():
+        key = rec["service"] + "." + op
+        requests[key] = requests.get(key, 0) + n
+d["aws_requests_per_task"] = {k: round(v / d["tasks"], 2) for k, v in sorted(requests.items())}
+print(json.dumps(d))' "$stats" "$before" "$after" "$RUN/scenario.log" >> "$results"
   log "  $line"
   stop_bg fake-llm
 done
@@ -135,6 +152,11 @@ for r in rows:
     calls = r.get("llm_stats", {}).get("total", "")
     print(f"| {r['system']} | {scenario} | {r['succeeded']}/{r['tasks']} | {r['lost']} | {r['wrong']} | {r['wall_s']} | "
           f"{r['throughput_tps']} | {r['submit_p50_ms']} / {r['submit_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {calls} |")
+for r in cpu:
+    reqs = r.get("aws_requests_per_task", {})
+    if reqs:
+        print()
+        print(f"{r['label']}: AWS requests per task (polls included): " + ", ".join(f"{k} {v}" for k, v in reqs.items()))
 if cpu:
     names = list(cpu[0]["cpu_ms_per_task"])
     print()

@@ -197,6 +197,11 @@ async fn the_metrics_of_a_finished_task_carry_its_status_cost_tokens_and_model()
     let calls = records_with(&records, "ModelCalls");
     assert!(calls.iter().any(|c| c["model"] == MODEL && c["outcome"] == "ok"), "{calls:?}");
     assert!(records_with(&records, "ModelLatencyMs").iter().all(|c| c["ModelLatencyMs"].as_f64().unwrap() >= 0.0));
+    // Every AWS request is counted, by service, with its operations.
+    let requests = records_with(&records, "AwsRequests");
+    let dynamodb = requests.iter().find(|r| r["service"] == "DynamoDB").expect("DynamoDB requests counted");
+    assert!(dynamodb["operations"]["TransactWriteItems"].as_u64().unwrap() >= 2, "{dynamodb}");
+    assert!(requests.iter().any(|r| r["service"] == "SQS" && r["operations"]["SendMessage"].as_u64() >= Some(1)));
     app.drain().await;
 }
 

@@ -37,6 +37,8 @@ struct Sink {
     namespace: String,
     function: String,
     records: Vec<Value>,
+    /// AWS requests made since the last flush, by service and operation.
+    requests: std::collections::BTreeMap<(String, String), u64>,
 }
 
 fn sink() -> &'static Mutex<Sink> {
@@ -46,6 +48,7 @@ fn sink() -> &'static Mutex<Sink> {
             namespace: std::env::var("AGENTQ_METRICS_NAMESPACE").unwrap_or_else(|_| "agentq".into()),
             function: std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into()),
             records: Vec::new(),
+            requests: Default::default(),
         })
     })
 }
@@ -111,11 +114,35 @@ impl Record {
 
 /// Writes the buffered records, one line each, and forgets them.
 pub fn flush(mut out: impl Write) {
+    requests_to_records();
     let records = std::mem::take(&mut sink().lock().expect("poisoned").records);
     for r in records {
         let _ = writeln!(out, "{r}");
     }
     let _ = out.flush();
+}
+
+/// Counts one AWS request (one HTTP attempt: what AWS bills), written with the invocation's
+/// other metrics as `AwsRequests` by service, with the count of each operation a property.
+pub fn count_request(service: &str, operation: &str) {
+    *sink().lock().expect("poisoned").requests.entry((service.to_owned(), operation.to_owned())).or_default() += 1;
+}
+
+fn requests_to_records() {
+    let requests = std::mem::take(&mut sink().lock().expect("poisoned").requests);
+    let mut by_service: std::collections::BTreeMap<String, (u64, Map<String, Value>)> = Default::default();
+    for ((service, operation), n) in requests {
+        let entry = by_service.entry(service).or_default();
+        entry.0 += n;
+        entry.1.insert(operation, json!(n));
+    }
+    for (service, (total, operations)) in by_service {
+        record()
+            .dimension("service", service)
+            .value("AwsRequests", total as f64, Unit::Count)
+            .property("operations", Value::Object(operations))
+            .emit();
+    }
 }
 
 /// Writes the buffered records to stdout (CloudWatch reads them from the function's log).
@@ -125,6 +152,7 @@ pub fn flush_stdout() {
 
 /// The buffered records, taken (for tests).
 pub fn take() -> Vec<Value> {
+    requests_to_records();
     std::mem::take(&mut sink().lock().expect("poisoned").records)
 }
 
