@@ -28,8 +28,9 @@ WARMUP_TASKS=${WARMUP_TASKS:-10} BASELINES=${BASELINES-prefork threads}
 LLM_PORT=${BENCH_LLM_PORT:-8389}
 source "$ROOT/scripts/common.sh"
 
-# The harness keeps its venv under ~/.cache/agentq-bench when its folder is read-only.
-if [[ -w $SHARED_BENCH ]]; then STATE="${BENCH_STATE:-$SHARED_BENCH}"; else STATE="${BENCH_STATE:-$HOME/.cache/agentq-bench}"; fi
+# The harness's venv lives under ~/.cache, never in the handout folder (which may be read-only).
+STATE="${BENCH_STATE:-$HOME/.cache/agentq-bench}"
+mkdir -p "$STATE"
 VENV="$STATE/.venv"
 if [[ ! -x $VENV/bin/python ]]; then
   log "creating the bench venv in $VENV"
