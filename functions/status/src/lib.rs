@@ -1,6 +1,7 @@
 //! The status function: a tenant's view of its tasks. `GET /v1/tasks/{id}` (state, progress,
 //! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks/{id}/steps` (the recorded
-//! model answers and tool results, a page at a time), `GET /v1/tasks` (summaries, newest
+//! model answers and tool results, a page at a time), `GET /v1/tasks/{id}/events` (its event
+//! log: queued, started, each step, the end), `GET /v1/tasks` (summaries, newest
 //! first, paginated) and `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
 //! malformed one all get the same 404, so ids cannot be probed.
 //!
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 
 use agentq::domain::task::{FieldError, TaskId, TaskRecord, TaskStatus};
-use agentq::edge::api::{StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
+use agentq::edge::api::{EventList, StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::edge::routes::{self, Op};
@@ -27,6 +28,9 @@ const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 /// The longest usage report, in days.
 const MAX_USAGE_DAYS: i64 = 366;
+/// Events per page when the request names none, and the most it may name.
+const DEFAULT_EVENTS: usize = 100;
+const MAX_EVENTS: usize = 500;
 /// Steps per page when the request names none, and the most it may name.
 const DEFAULT_STEPS: usize = 100;
 const MAX_STEPS: usize = 500;
@@ -70,6 +74,7 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         Op::GetTask => get_task(app, &caller, &id()).await,
         Op::CancelTask => cancel(app, &caller, &id()).await,
         Op::TaskSteps => steps(app, &caller, &id(), req).await,
+        Op::TaskEvents => events(app, &caller, &id(), req).await,
         Op::ListTasks => list(app, &caller, req).await,
         Op::Usage => usage(app, &caller, req).await,
         // Another function's route: API Gateway never sends it here.
@@ -107,6 +112,17 @@ async fn steps(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<R
             next_cursor: page.next.map(|sk| URL_SAFE_NO_PAD.encode(sk)),
         },
     ))
+}
+
+async fn events(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<Response<Body>, ApiError> {
+    let limit = limit(req, DEFAULT_EVENTS, MAX_EVENTS)?;
+    let after = match query(req, "after") {
+        None => 0,
+        Some(a) => a.parse::<u32>().map_err(|_| invalid("after", "must be an event's seq, a whole number"))?,
+    };
+    let task = owned_task(app, caller, raw).await?;
+    let page = app.store.events(task.task_id, after, limit).await?;
+    Ok(json_response(StatusCode::OK, &EventList { task_id: task.task_id, events: page.events, next_after: page.next }))
 }
 
 /// The `cursor` query parameter, one this API returned (base64url of what `parse` accepts).

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agentq::domain::events::TaskEvent;
 use agentq::domain::steps::{ModelStep, Spend};
 use agentq::domain::task::{ErrorCode, TaskError, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use agentq::domain::tenant::Limits;
@@ -102,7 +103,6 @@ async fn a_running_task_shows_its_progress_and_model() {
         usage_by_model: [("claude-sonnet-4-5".to_owned(), usage)].into(),
         model: Some("claude-sonnet-4-5".into()),
     };
-    let progress = Progress { spend, now: agentq::now() };
     let answer = ModelStep {
         step: 2,
         model: "claude-sonnet-4-5".into(),
@@ -110,6 +110,8 @@ async fn a_running_task_shows_its_progress_and_model() {
         stop_reason: agentq::llm::StopReason::ToolUse,
         usage,
     };
+    let event = TaskEvent::step(task.task_id, 2, &answer, &spend, agentq::now());
+    let progress = Progress { spend, now: agentq::now(), event };
     f.store.record_model_step(task.task_id, &lease(), &answer, &progress).await.unwrap();
     let b = json_of(&f.get(&task.task_id.to_string()).await);
     assert_eq!(b["status"], "running");
@@ -128,7 +130,9 @@ async fn terminal_tasks_show_their_result_or_error() {
     ] {
         let task = f.stored("acme").await;
         f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
-        let finish = Finish { status, result, error, spend: Spend { step: 3, ..Spend::default() }, now: agentq::now() };
+        let spend = Spend { step: 3, ..Spend::default() };
+        let event = TaskEvent::ended(task.task_id, 2, status, &spend, error.as_ref(), agentq::now());
+        let finish = Finish { status, result, error, spend, now: agentq::now(), event };
         f.store.finish(&task, &lease(), &finish).await.unwrap();
         let b = json_of(&f.get(&task.task_id.to_string()).await);
         assert_eq!(b["status"], status.as_str());

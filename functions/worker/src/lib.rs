@@ -39,6 +39,7 @@ use std::time::Duration;
 use agentq::agent::{
     AgentTask, Checkpoint, Halt, Limits, Outcome, Report, RetryPolicy, ToolCaps, ToolRegistry, run_agent,
 };
+use agentq::domain::events::TaskEvent;
 use agentq::domain::steps::{ModelStep, ToolStep};
 use agentq::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
 use agentq::domain::usage::PriceTable;
@@ -222,11 +223,20 @@ impl Deadline {
     }
 }
 
+/// The terminal state a run reached, before it is written (with its event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub status: TaskStatus,
+    pub result: Option<agentq::domain::task::TaskResult>,
+    pub error: Option<TaskError>,
+    pub spend: agentq::domain::steps::Spend,
+}
+
 /// How a run stopped: everything [`settle`] needs to decide the task's and the message's fate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stop {
     /// The task reached a terminal state: write it.
-    End(Finish),
+    End(Ending),
     /// The invocation ran out of time: give the task to the next one.
     HandOff(TaskError),
     /// Every model of the chain is unavailable: try again after a growing delay.
@@ -241,17 +251,9 @@ impl Stop {
     /// What a finished run's report means.
     fn of(report: &Report, task: &TaskRecord) -> Self {
         let finish = |status, result, error| {
-            Stop::End(Finish {
-                status,
-                result,
-                error,
-                spend: {
-                    let mut spend = task.spend.clone();
-                    spend.advance_to(&report.spend);
-                    spend
-                },
-                now: agentq::now(),
-            })
+            let mut spend = task.spend.clone();
+            spend.advance_to(&report.spend);
+            Stop::End(Ending { status, result, error, spend })
         };
         match &report.outcome {
             Outcome::Succeeded(result) => finish(TaskStatus::Succeeded, Some(result.clone()), None),
@@ -266,12 +268,29 @@ impl Stop {
 }
 
 /// A terminal state for `task` as it stands, ending it with `status` and `error`.
-fn end_as_is(task: &TaskRecord, status: TaskStatus, error: TaskError) -> Finish {
-    Finish { status, result: None, error: Some(error), spend: task.spend.clone(), now: agentq::now() }
+fn end_as_is(task: &TaskRecord, status: TaskStatus, error: TaskError) -> Ending {
+    Ending { status, result: None, error: Some(error), spend: task.spend.clone() }
+}
+
+/// The seq of a run's next event: the run is its task's only writer while its lease holds.
+#[derive(Debug)]
+struct EventSeq(std::sync::atomic::AtomicU32);
+
+impl EventSeq {
+    /// The next seq, unused until [`advance`](Self::advance)d past.
+    fn next(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    fn advance(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// One message's run, from claim to what SQS should do with it.
 struct Run<'a> {
+    /// The task's log, as far as this run has written it.
+    events: EventSeq,
     worker: &'a Worker,
     task: TaskRecord,
     lease: Lease,
@@ -336,7 +355,8 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             .property("task_id", id.to_string())
             .emit();
     }
-    let run = Run { worker, task, lease, heartbeat, receive_count, started: Instant::now() };
+    let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events));
+    let run = Run { events, worker, task, lease, heartbeat, receive_count, started: Instant::now() };
     if let Some(error) = settings.limits.exceeded_by(&run.task, agentq::now()) {
         tracing::warn!(code = %error.code, attempts = run.task.attempts, "the task is over the deployment's limits");
         let stop = Stop::End(end_as_is(&run.task, TaskStatus::Failed, error));
@@ -350,6 +370,15 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 
     // Keep the message hidden while we run, and no longer than our deadline plus a little.
     run.heartbeat.beat().await;
+    let started = TaskEvent::started(&run.task, run.events.next(), agentq::now());
+    match worker.store.record_event(id, &run.lease, &started).await {
+        Ok(()) => run.events.advance(),
+        Err(StoreError::Conflict) => return settle(&run, Stop::LeaseLost).await,
+        Err(e) => {
+            let stop = Stop::StoreTrouble(format!("writing the started event: {:#}", anyhow::Error::from(e)));
+            return settle(&run, stop).await;
+        }
+    }
     let history = match worker.store.steps(id).instrument(tracing::info_span!("store.steps")).await {
         Ok(h) => h,
         Err(e) => {
@@ -371,7 +400,12 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 /// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
 async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadline: Deadline) -> Stop {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
-    let mut checkpoint = StoreCheckpoint { store: worker.store.as_ref(), id: task.task_id, lease: run.lease.clone() };
+    let mut checkpoint = StoreCheckpoint {
+        store: worker.store.as_ref(),
+        id: task.task_id,
+        lease: run.lease.clone(),
+        events: &run.events,
+    };
     let models = match &task.requested_model {
         Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
             tracing::warn!(model = %m, "the requested model is no longer in the chain; using the whole chain");
@@ -414,7 +448,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
     let id = task.task_id;
     match stop {
-        Stop::End(finish) => write_finish(run, &finish, Disposition::Done).await,
+        Stop::End(ending) => write_finish(run, &ending, Disposition::Done).await,
         Stop::LeaseLost => {
             tracing::warn!("lease lost to another delivery; stopping without writing");
             Disposition::Done
@@ -488,13 +522,24 @@ async fn release(run: &Run<'_>, why: &TaskError) -> Released {
 }
 
 async fn cancelled(run: &Run<'_>) -> Disposition {
-    let finish = end_as_is(&run.task, TaskStatus::Cancelled, cancelled_error());
-    write_finish(run, &finish, Disposition::Done).await
+    let ending = end_as_is(&run.task, TaskStatus::Cancelled, cancelled_error());
+    write_finish(run, &ending, Disposition::Done).await
 }
 
-/// Writes a terminal state; what SQS is told depends on whether the write held.
-async fn write_finish(run: &Run<'_>, finish: &Finish, disposition: Disposition) -> Disposition {
+/// Writes a terminal state and its event; what SQS is told depends on whether the write held.
+async fn write_finish(run: &Run<'_>, ending: &Ending, disposition: Disposition) -> Disposition {
     let task = &run.task;
+    let now = agentq::now();
+    let event =
+        TaskEvent::ended(task.task_id, run.events.next(), ending.status, &ending.spend, ending.error.as_ref(), now);
+    let finish = &Finish {
+        status: ending.status,
+        result: ending.result.clone(),
+        error: ending.error.clone(),
+        spend: ending.spend.clone(),
+        now,
+        event,
+    };
     match run.worker.store.finish(task, &run.lease, finish).instrument(tracing::info_span!("store.finish")).await {
         Ok(()) => {
             let error_code = finish.error.as_ref().map(|e| e.code.as_str());
@@ -573,6 +618,7 @@ struct StoreCheckpoint<'a> {
     store: &'a dyn WorkerStore,
     id: agentq::domain::task::TaskId,
     lease: Lease,
+    events: &'a EventSeq,
 }
 
 fn halt(what: &str, e: StoreError) -> Halt {
@@ -587,13 +633,16 @@ impl Checkpoint for StoreCheckpoint<'_> {
     async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
         // One write: the answer and the progress it makes. The lease and the message's
         // invisibility were set to the invocation's deadline at the claim and need no renewal.
-        let progress = Progress { spend: report.spend.clone(), now: agentq::now() };
+        let now = agentq::now();
+        let event = TaskEvent::step(self.id, self.events.next(), step, &report.spend, now);
+        let progress = Progress { spend: report.spend.clone(), now, event };
         let ack = self
             .store
             .record_model_step(self.id, &self.lease, step, &progress)
             .instrument(tracing::info_span!("store.record_step"))
             .await
             .map_err(|e| halt("recording a step", e))?;
+        self.events.advance();
         match ack {
             StepAck::CancelRequested => Err(Halt::CancelRequested),
             StepAck::Continue => Ok(()),

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod conversation;
+pub mod events;
 pub mod secret;
 pub mod steps;
 pub mod task;

@@ -516,6 +516,9 @@ pub struct TaskRecord {
     /// How many times the reconciler sent its message again.
     #[serde(default)]
     pub resends: u32,
+    /// The sequence number of the task's last event (its log is numbered from 1).
+    #[serde(default)]
+    pub events: u32,
 }
 
 impl TaskRecord {
@@ -544,6 +547,8 @@ impl TaskRecord {
             counted: Usage::default(),
             started_at: None,
             resends: 0,
+            // The `task.queued` event its admission writes.
+            events: 1,
         }
     }
 }

@@ -238,3 +238,13 @@ pub struct StepList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
+
+/// One page of `GET /v1/tasks/{id}/events`: the task's events after `after`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    pub task_id: TaskId,
+    pub events: Vec<crate::domain::events::TaskEvent>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u32>,
+}

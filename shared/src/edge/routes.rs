@@ -33,6 +33,7 @@ pub enum Op {
     GetTask,
     CancelTask,
     TaskSteps,
+    TaskEvents,
     Usage,
 }
 
@@ -56,6 +57,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/tasks/{id}", Op::GetTask, Function::Status),
     route("DELETE", "/v1/tasks/{id}", Op::CancelTask, Function::Status),
     route("GET", "/v1/tasks/{id}/steps", Op::TaskSteps, Function::Status),
+    route("GET", "/v1/tasks/{id}/events", Op::TaskEvents, Function::Status),
     route("GET", "/v1/usage", Op::Usage, Function::Status),
     route("GET", "/health", Op::Health, Function::Submit),
     route("GET", "/ready", Op::Ready, Function::Submit),

@@ -13,6 +13,7 @@ use super::{
     Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
     TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, day_of, month_of,
 };
+use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::{ModelStep, Spend};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use crate::domain::tenant::Limits;
@@ -49,6 +50,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     admission_keeps_the_cap_and_the_idempotency_key(store).await;
     open_tasks_fall_due_after_their_grace_and_ended_ones_never(store, reconcile_after).await;
     the_rate_limit_allows_its_burst_then_refuses(store).await;
+    a_tasks_log_numbers_every_change_in_order(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -85,8 +87,16 @@ fn spend(step: u32, spent: Usage) -> Spend {
     Spend { step, usage: spent, usage_by_model: [("m".to_owned(), spent)].into(), model: Some("m".into()) }
 }
 
-fn progress(step: u32, spent: Usage, now: OffsetDateTime) -> Progress {
-    Progress { spend: spend(step, spent), now }
+/// The next seq of the task's log, as the store has it.
+async fn next_seq(store: &dyn Store, id: TaskId) -> u32 {
+    store.get(id).await.expect("get").expect("the task exists").events + 1
+}
+
+/// The progress of model step `step` (its answer cost `spent` in all), with its event.
+async fn progress(store: &dyn Store, id: TaskId, step: u32, spent: Usage, now: OffsetDateTime) -> Progress {
+    let spend = spend(step, spent);
+    let event = TaskEvent::step(id, next_seq(store, id).await, &answer(step, spent), &spend, now);
+    Progress { spend, now, event }
 }
 
 /// Model step `n`, an answer that cost `spent`.
@@ -100,8 +110,17 @@ fn answer(n: u32, spent: Usage) -> ModelStep {
     }
 }
 
-fn finish(status: TaskStatus, step: u32, spent: Usage, now: OffsetDateTime) -> Finish {
+async fn finish(
+    store: &dyn Store,
+    id: TaskId,
+    status: TaskStatus,
+    step: u32,
+    spent: Usage,
+    now: OffsetDateTime,
+) -> Finish {
+    let event = TaskEvent::ended(id, next_seq(store, id).await, status, &spend(step, spent), None, now);
     Finish {
+        event,
         status,
         result: (status == TaskStatus::Succeeded).then(|| TaskResult { text: "done".into(), truncated: false }),
         error: None,
@@ -142,7 +161,10 @@ async fn claims_run_a_task_once_and_take_over_an_expired_lease(store: &dyn Store
     };
     assert_eq!(taken.attempts, 2);
     assert_eq!(taken.started_at, claimed.started_at, "the first start is kept");
-    store.finish(&taken, &second, &finish(TaskStatus::Succeeded, 0, Usage::default(), later)).await.unwrap();
+    store
+        .finish(&taken, &second, &finish(store, taken.task_id, TaskStatus::Succeeded, 0, Usage::default(), later).await)
+        .await
+        .unwrap();
     assert_eq!(store.claim(task.task_id, &first, later).await.unwrap(), Claim::Terminal(TaskStatus::Succeeded));
     assert_eq!(store.claim(TaskId::new(), &first, later).await.unwrap(), Claim::NotFound);
 }
@@ -156,14 +178,19 @@ async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
     let new = lease("new", later + Duration::from_secs(60));
     let Claim::Claimed(current) = store.claim(task.task_id, &new, later).await.unwrap() else { panic!("taken over") };
     let step = answer(1, usage(1, 1));
-    let made = progress(1, usage(1, 1), later);
+    let made = progress(store, task.task_id, 1, usage(1, 1), later).await;
     let conflict = |r: Result<_, StoreError>, what: &str| {
         assert!(matches!(r, Err(StoreError::Conflict)), "{what} with a lost lease must conflict");
     };
     conflict(store.record_model_step(task.task_id, &old, &step, &made).await.map(drop), "recording a step");
     let why = TaskError::new(ErrorCode::Deadline, "out of time");
     conflict(store.release(task.task_id, &old, &why, later).await, "release");
-    conflict(store.finish(&current, &old, &finish(TaskStatus::Succeeded, 1, usage(1, 1), later)).await, "finish");
+    conflict(
+        store
+            .finish(&current, &old, &finish(store, current.task_id, TaskStatus::Succeeded, 1, usage(1, 1), later).await)
+            .await,
+        "finish",
+    );
     let ack = store.record_model_step(task.task_id, &new, &step, &made).await.expect("the holder records its step");
     assert_eq!(ack, StepAck::Continue);
     assert_eq!(store.get(task.task_id).await.unwrap().unwrap().spend, made.spend, "progress goes with the step");
@@ -174,7 +201,10 @@ async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
     assert_eq!(after.last_error.map(|e| e.code), Some(ErrorCode::Deadline));
     assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1);
     let Claim::Claimed(again) = store.claim(task.task_id, &old, later).await.unwrap() else { panic!("queued again") };
-    store.finish(&again, &old, &finish(TaskStatus::Succeeded, 1, usage(1, 1), later)).await.unwrap();
+    store
+        .finish(&again, &old, &finish(store, again.task_id, TaskStatus::Succeeded, 1, usage(1, 1), later).await)
+        .await
+        .unwrap();
 }
 
 async fn cancel_ends_a_queued_task_and_stops_a_running_one(store: &dyn Store) {
@@ -193,7 +223,7 @@ async fn cancel_ends_a_queued_task_and_stops_a_running_one(store: &dyn Store) {
     let held = lease("w", until);
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
     assert_eq!(store.cancel(task.task_id, now).await.unwrap(), Cancelled::Requested);
-    let made = progress(1, usage(10, 100), now);
+    let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
     let ack = store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
     assert_eq!(ack, StepAck::CancelRequested, "the runner learns of the cancel at its next step");
     assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1, "the paid answer is recorded all the same");
@@ -202,7 +232,10 @@ async fn cancel_ends_a_queued_task_and_stops_a_running_one(store: &dyn Store) {
         matches!(store.release(task.task_id, &held, &why, now).await, Err(StoreError::Conflict)),
         "a task whose cancel was requested is not handed back"
     );
-    store.finish(&claimed, &held, &finish(TaskStatus::Cancelled, 1, usage(10, 100), now)).await.unwrap();
+    store
+        .finish(&claimed, &held, &finish(store, claimed.task_id, TaskStatus::Cancelled, 1, usage(10, 100), now).await)
+        .await
+        .unwrap();
     assert_eq!(store.cancel(TaskId::new(), now).await.unwrap(), Cancelled::NotFound);
     count_is_true(store, &t, now).await;
     let day = &store.days(&t, &day_of(now), &day_of(now)).await.unwrap()[0];
@@ -214,7 +247,14 @@ async fn finishing_counts_usage_and_frees_the_slot(store: &dyn Store) {
     let task = admitted(store, &t, now).await;
     let held = lease("w", now + Duration::from_secs(60));
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
-    store.finish(&claimed, &held, &finish(TaskStatus::Succeeded, 2, usage(500, 7_000), now)).await.unwrap();
+    store
+        .finish(
+            &claimed,
+            &held,
+            &finish(store, claimed.task_id, TaskStatus::Succeeded, 2, usage(500, 7_000), now).await,
+        )
+        .await
+        .unwrap();
     let done = store.get(task.task_id).await.unwrap().unwrap();
     assert_eq!((done.status, done.spend.step, done.spend.usage.cost_nanos), (TaskStatus::Succeeded, 2, 7_000));
     assert_eq!(done.result.map(|r| r.text), Some("done".into()));
@@ -223,7 +263,13 @@ async fn finishing_counts_usage_and_frees_the_slot(store: &dyn Store) {
     assert_eq!((day.succeeded, day.usage.input_tokens), (1, 500));
     assert!(
         matches!(
-            store.finish(&claimed, &held, &finish(TaskStatus::Failed, 2, usage(500, 7_000), now)).await,
+            store
+                .finish(
+                    &claimed,
+                    &held,
+                    &finish(store, claimed.task_id, TaskStatus::Failed, 2, usage(500, 7_000), now).await
+                )
+                .await,
             Err(StoreError::Conflict)
         ),
         "a task ends once"
@@ -268,7 +314,7 @@ async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn S
     let task = admitted(store, &t, now).await;
     let first = lease("first", now + Duration::from_secs(1));
     store.claim(task.task_id, &first, now).await.unwrap();
-    let made = progress(1, usage(100, 1_000), now);
+    let made = progress(store, task.task_id, 1, usage(100, 1_000), now).await;
     store.record_model_step(task.task_id, &first, &answer(1, usage(100, 1_000)), &made).await.unwrap();
     // Its worker died; its message was dead-lettered.
     let later = now + Duration::from_secs(2);
@@ -279,7 +325,14 @@ async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn S
     assert!(!store.requeue(task.task_id, later).await.unwrap(), "only a failed one");
     let second = lease("second", later + Duration::from_secs(60));
     let Claim::Claimed(claimed) = store.claim(task.task_id, &second, later).await.unwrap() else { panic!("claimed") };
-    store.finish(&claimed, &second, &finish(TaskStatus::Succeeded, 2, usage(250, 2_500), later)).await.unwrap();
+    store
+        .finish(
+            &claimed,
+            &second,
+            &finish(store, claimed.task_id, TaskStatus::Succeeded, 2, usage(250, 2_500), later).await,
+        )
+        .await
+        .unwrap();
     assert_eq!(store.month_cost(&t, &month_of(now)).await.unwrap(), 2_500, "each nano-dollar once");
     let days = store.days(&t, &day_of(now), &day_of(later)).await.unwrap();
     let (succeeded, failed, input, cost) = days.iter().fold((0, 0, 0, 0), |a, d| {
@@ -326,7 +379,14 @@ async fn open_tasks_fall_due_after_their_grace_and_ended_ones_never(store: &dyn 
     assert!(!store.reschedule(&seen, next, true, now).await.unwrap(), "a stale view reschedules nothing");
     assert!(!due(until).await);
     assert!(due(until + after + Duration::from_secs(1)).await);
-    store.finish(&claimed, &lease("w", until), &finish(TaskStatus::Succeeded, 0, Usage::default(), now)).await.unwrap();
+    store
+        .finish(
+            &claimed,
+            &lease("w", until),
+            &finish(store, claimed.task_id, TaskStatus::Succeeded, 0, Usage::default(), now).await,
+        )
+        .await
+        .unwrap();
     assert!(!due(until + after * 10).await, "an ended task is never due");
     let repairs = store.repair_counts(Duration::ZERO, now + after * 10).await.unwrap();
     assert!(repairs.iter().all(|r| r.tenant != t), "a tenant whose count is right needs no repair: {repairs:?}");
@@ -344,4 +404,51 @@ async fn the_rate_limit_allows_its_burst_then_refuses(store: &dyn Store) {
     assert!(!refused.allowed);
     assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1));
     assert!(store.take(&t, &limits, now + Duration::from_millis(1001)).await.unwrap().allowed, "a second refills one");
+}
+
+async fn kinds(store: &dyn Store, id: TaskId, after: u32) -> Vec<(u32, EventKind)> {
+    store.events(id, after, 100).await.expect("events").events.iter().map(|e| (e.seq, e.kind)).collect()
+}
+
+async fn a_tasks_log_numbers_every_change_in_order(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let held = lease("w", now + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    let started = TaskEvent::started(&claimed, claimed.events + 1, now);
+    store.record_event(task.task_id, &held, &started).await.unwrap();
+    assert!(
+        matches!(
+            store.record_event(task.task_id, &lease("other", held.until), &started).await,
+            Err(StoreError::Conflict)
+        ),
+        "only the lease holder writes to the log"
+    );
+    let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
+    store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
+    store
+        .finish(&claimed, &held, &finish(store, task.task_id, TaskStatus::Succeeded, 1, usage(10, 100), now).await)
+        .await
+        .unwrap();
+    use EventKind as E;
+    assert_eq!(kinds(store, task.task_id, 0).await, [(1, E::Queued), (2, E::Started), (3, E::Step), (4, E::Succeeded)]);
+    assert_eq!(kinds(store, task.task_id, 2).await, [(3, E::Step), (4, E::Succeeded)], "read after a seq");
+    let page = store.events(task.task_id, 0, 2).await.unwrap();
+    assert_eq!((page.events.len(), page.next), (2, Some(2)));
+    assert_eq!(store.events(task.task_id, 2, 2).await.unwrap().next, None);
+    let ids: std::collections::HashSet<String> =
+        store.events(task.task_id, 0, 100).await.unwrap().events.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 4, "every event has its own id");
+
+    // The transitions other functions make write to the log too.
+    let cancelled = admitted(store, &t, now).await;
+    store.cancel(cancelled.task_id, now).await.unwrap();
+    assert_eq!(kinds(store, cancelled.task_id, 0).await, [(1, E::Queued), (2, E::Cancelled)]);
+    let abandoned = admitted(store, &t, now).await;
+    let error = TaskError::new(ErrorCode::DeliveryFailed, "set aside");
+    assert!(store.fail_abandoned(abandoned.task_id, &error, now).await.unwrap());
+    assert!(store.requeue(abandoned.task_id, now).await.unwrap());
+    assert_eq!(kinds(store, abandoned.task_id, 0).await, [(1, E::Queued), (2, E::Failed), (3, E::Queued)]);
+    assert_eq!(store.cancel(abandoned.task_id, now).await.unwrap(), Cancelled::Now);
+    assert_eq!(kinds(store, abandoned.task_id, 3).await, [(4, E::Cancelled)]);
 }

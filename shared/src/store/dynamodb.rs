@@ -12,6 +12,7 @@
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h                |
 //! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
 //! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
+//! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
 //!
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
@@ -32,11 +33,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Finish, Gcra,
+    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
     IDEMPOTENCY_WINDOW, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
     TenantAdmin, TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
+use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -307,8 +309,24 @@ impl Expr {
 fn as_seen(expr: Expr, task: &TaskRecord) -> Expr {
     expr.when("#status = :seen_status")
         .when("attribute_not_exists(#counted) OR #counted.#cost_nanos = :seen_counted")
+        .when("attribute_not_exists(#events) OR #events = :seen_events")
         .val(":seen_status", s(task.status.as_str()))
         .val(":seen_counted", n(task.counted.cost_nanos))
+        .val(":seen_events", n(task.events))
+}
+
+/// `EVT#000012`: an event's sort key, in `seq` order.
+fn event_key(seq: u32) -> String {
+    format!("EVT#{seq:06}")
+}
+
+/// A stored event: the [`TaskEvent`] as JSON text.
+#[derive(Serialize, Deserialize)]
+struct EventItem {
+    pk: String,
+    sk: String,
+    data: String,
+    expires_at: i64,
 }
 
 /// Which parts of a cancelled transaction failed their condition.
@@ -485,28 +503,40 @@ impl DynamoStore {
         )
     }
 
-    /// Moves `task` (as it was read) to the terminal `status` with `task_update` (whose
-    /// condition states when that is allowed), and the tenant's counters with it, atomically:
-    /// one fewer running, and the usage its counters have not seen yet (`total` beyond what
-    /// `task.counted` says) added to the day and the month.
+    /// Moves `task` (as it was read) to the terminal state `ending` reports, with
+    /// `task_update` (whose condition states when that is allowed), appends `ending` to its
+    /// log, and moves the tenant's counters, atomically: one fewer running, and the usage its
+    /// counters have not seen yet (`total` beyond what `task.counted` says) added to the day
+    /// and the month.
     async fn terminal(
         &self,
         task: &TaskRecord,
         task_update: Expr,
-        status: TaskStatus,
+        ending: &TaskEvent,
         total: &Usage,
         now: OffsetDateTime,
         extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
+        let status = match ending.kind {
+            EventKind::Succeeded => TaskStatus::Succeeded,
+            EventKind::Cancelled => TaskStatus::Cancelled,
+            _ => TaskStatus::Failed,
+        };
         let delta = total.since(&task.counted);
-        let task_update = task_update.set("#counted = :counted").remove("#open_pk").remove("#due_at").val(
-            ":counted",
-            attr(&{
-                let mut counted = task.counted;
-                counted += delta;
-                counted
-            })?,
-        );
+        let task_update = task_update
+            .set("#events = :event_seq")
+            .val(":event_seq", n(ending.seq))
+            .set("#counted = :counted")
+            .remove("#open_pk")
+            .remove("#due_at")
+            .val(
+                ":counted",
+                attr(&{
+                    let mut counted = task.counted;
+                    counted += delta;
+                    counted
+                })?,
+            );
         let day = Expr::default()
             .set("#date = :date")
             .add(format!("#{} :one", status.as_str()))
@@ -526,6 +556,7 @@ impl DynamoStore {
             TransactWriteItem::builder().update(task_update.on(&self.table, task_key(task.task_id), META)?).build(),
             self.active_change(&task.tenant_id, -1, now)?,
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
+            self.event_put(ending)?,
         ];
         if delta.cost_nanos > 0 {
             let month = Expr::default().add("#cost_nanos :c").val(":c", n(delta.cost_nanos));
@@ -533,6 +564,24 @@ impl DynamoStore {
         }
         items.extend(extra);
         Ok(self.transact(items).await?)
+    }
+
+    /// The put of an event item, never over an existing one (a `seq` is written once).
+    fn event_put(&self, event: &TaskEvent) -> Result<TransactWriteItem, StoreError> {
+        let item = EventItem {
+            pk: task_key(event.task_id),
+            sk: event_key(event.seq),
+            data: serde_json::to_string(event).context("serializing an event").map_err(unavailable)?,
+            expires_at: (crate::now() + self.retention).unix_timestamp(),
+        };
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(self::item(&item)?))
+            .condition_expression("attribute_not_exists(sk)")
+            .build()
+            .context("building a put")
+            .map_err(unavailable)?;
+        Ok(TransactWriteItem::builder().put(put).build())
     }
 
     /// The put of a step item, never over an existing one.
@@ -689,6 +738,8 @@ impl TaskCreate for DynamoStore {
                 .map_err(unavailable)?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
+        // The log's first event, with the record it reports.
+        items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
         match self.transact(items).await {
             Ok(()) => Ok(Admitted::Created),
             Err(TransactError::Store(e)) => Err(e),
@@ -747,7 +798,8 @@ impl TaskCreate for DynamoStore {
             .transpose()?
             .into_iter()
             .collect();
-        self.terminal(task, update, TaskStatus::Failed, &task.spend.usage, now, extra).await
+        let ending = TaskEvent::ended(task.task_id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
+        self.terminal(task, update, &ending, &task.spend.usage, now, extra).await
     }
 }
 
@@ -811,6 +863,32 @@ impl TaskRead for DynamoStore {
             last = Some(sk);
         }
         Ok(StepPage { steps, next: if more { last } else { None } })
+    }
+
+    async fn events(&self, id: TaskId, after: u32, limit: usize) -> Result<EventPage, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(task_key(id)))
+            .expression_attribute_values(":from", s(event_key(after.saturating_add(1))))
+            .expression_attribute_values(":to", s(event_key(999_999)))
+            .consistent_read(true)
+            // One more than asked tells whether more follow.
+            .limit(limit as i32 + 1)
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", e))?;
+        let mut events = Vec::new();
+        for i in out.items.unwrap_or_default() {
+            let item: EventItem = from_item(i)?;
+            events.push(serde_json::from_str::<TaskEvent>(&item.data).context("a stored event").map_err(unavailable)?);
+        }
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next = if more { events.last().map(|e| e.seq) } else { None };
+        Ok(EventPage { events, next })
     }
 
     async fn list(
@@ -896,9 +974,10 @@ impl TaskCancel for DynamoStore {
                             .val(":error", attr(&cancelled_error())?),
                         &task,
                     );
-                    self.terminal(&task, update, TaskStatus::Cancelled, &task.spend.usage, now, vec![])
-                        .await
-                        .map(|()| Cancelled::Now)
+                    let error = cancelled_error();
+                    let ending =
+                        TaskEvent::ended(id, task.events + 1, TaskStatus::Cancelled, &task.spend, Some(&error), now);
+                    self.terminal(&task, update, &ending, &task.spend.usage, now, vec![]).await.map(|()| Cancelled::Now)
                 }
                 _ => self
                     .update_task(
@@ -1001,7 +1080,7 @@ impl TaskRun for DynamoStore {
             // The pointer is written with the rest of the terminal state.
             update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
-        self.terminal(task, update, f.status, &f.spend.usage, f.now, vec![]).await
+        self.terminal(task, update, &f.event, &f.spend.usage, f.now, vec![]).await
     }
 
     async fn record_model_step(
@@ -1015,8 +1094,14 @@ impl TaskRun for DynamoStore {
         // progress, whose condition is the lease (and, first, that no cancel is pending).
         let put = self.step_put(id, &Step::Model(step.clone())).await?;
         let write = |watch_cancel: bool| -> Result<Vec<TransactWriteItem>, StoreError> {
-            let mut e =
-                Self::leased(Expr::default().set("#updated_at = :now").val(":now", rfc3339(progress.now)), lease);
+            let mut e = Self::leased(
+                Expr::default()
+                    .set("#updated_at = :now")
+                    .set("#events = :event_seq")
+                    .val(":now", rfc3339(progress.now))
+                    .val(":event_seq", n(progress.event.seq)),
+                lease,
+            );
             if watch_cancel {
                 e = e.when("attribute_not_exists(#cancel_requested)");
             }
@@ -1024,6 +1109,7 @@ impl TaskRun for DynamoStore {
             Ok(vec![
                 TransactWriteItem::builder().update(e.on(&self.table, task_key(id), META)?).build(),
                 TransactWriteItem::builder().put(put.clone()).build(),
+                self.event_put(&progress.event)?,
             ])
         };
         match self.transact(write(true)?).await {
@@ -1060,6 +1146,15 @@ impl TaskRun for DynamoStore {
             Ok(_) | Err(StoreError::Conflict) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError> {
+        let e = Self::leased(Expr::default().set("#events = :event_seq").val(":event_seq", n(event.seq)), lease);
+        let items = vec![
+            TransactWriteItem::builder().update(e.on(&self.table, task_key(id), META)?).build(),
+            self.event_put(event)?,
+        ];
+        Ok(self.transact(items).await?)
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
@@ -1107,7 +1202,8 @@ impl TaskDeadLetter for DynamoStore {
                 .val(":now_ms", n(millis(now))),
             &task,
         );
-        match self.terminal(&task, update, TaskStatus::Failed, &task.spend.usage, now, vec![]).await {
+        let ending = TaskEvent::ended(id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
+        match self.terminal(&task, update, &ending, &task.spend.usage, now, vec![]).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
@@ -1133,12 +1229,15 @@ impl TaskDeadLetter for DynamoStore {
                 .val(":due", self.due(now)),
             &task,
         );
+        let queued = TaskEvent::queued(&task, task.events + 1, now);
+        let update = update.set("#events = :event_seq").val(":event_seq", n(queued.seq));
         // It runs again: it counts as running, and no longer as failed on the day it failed.
         let failed_day = Expr::default().add("#failed :minus").val(":minus", n(-1));
         let items = vec![
             TransactWriteItem::builder().update(update.on(&self.table, task_key(id), META)?).build(),
             self.active_change(&task.tenant_id, 1, now)?,
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(task.updated_at)), failed_day)?,
+            self.event_put(&queued)?,
         ];
         match self.transact(items).await {
             Ok(()) => Ok(true),

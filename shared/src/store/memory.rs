@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Finish, Gcra,
+    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
     IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck, StepPage,
     StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin,
     TenantRead, UsageRead, cancelled_error, day_of, month_of,
 };
+use crate::domain::events::TaskEvent;
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -34,11 +35,36 @@ struct State {
     days: HashMap<(String, String), DayUsage>,
     months: HashMap<(String, String), u64>,
     idempotency: HashMap<(String, String), (TaskId, String, OffsetDateTime)>,
+    /// Each task's event log, in `seq` order.
+    events: HashMap<TaskId, Vec<TaskEvent>>,
     /// Recorded steps by task, keyed by their sort key.
     steps: HashMap<TaskId, std::collections::BTreeMap<String, Step>>,
 }
 
 impl State {
+    /// Appends an event to its task's log (a `seq` is written once), and notes it on the record.
+    fn append(&mut self, event: TaskEvent) -> Result<(), StoreError> {
+        let log = self.events.entry(event.task_id).or_default();
+        if log.iter().any(|e| e.seq == event.seq) {
+            return Err(StoreError::Conflict);
+        }
+        if let Some((rec, _)) = self.tasks.get_mut(&event.task_id) {
+            rec.events = rec.events.max(event.seq);
+        }
+        log.push(event);
+        log.sort_by_key(|e| e.seq);
+        Ok(())
+    }
+
+    /// The task ended (with `error`, if any): its counters move and its log says so.
+    fn end(&mut self, id: TaskId, status: TaskStatus, error: Option<&TaskError>, now: OffsetDateTime) {
+        let Some((rec, _)) = self.tasks.get(&id) else { return };
+        let (spend, seq) = (rec.spend.clone(), rec.events + 1);
+        self.count_terminal(id, status, &spend.usage, now);
+        // The log's next seq is free: nothing else appends to an ended task.
+        let _ = self.append(TaskEvent::ended(id, seq, status, &spend, error, now));
+    }
+
     fn move_active(&mut self, tenant: &str, by: i64, now: OffsetDateTime) {
         *self.active.entry(tenant.to_owned()).or_default() += by;
         self.active_moved.insert(tenant.to_owned(), now);
@@ -175,6 +201,7 @@ impl TaskCreate for MemoryStore {
         state.move_active(&task.tenant_id, 1, task.created_at);
         state.due.insert(task.task_id, task.created_at + self.reconcile_after);
         state.tasks.insert(task.task_id, (task.clone(), None));
+        state.append(TaskEvent::queued(task, 1, task.created_at))?;
         Ok(Admitted::Created)
     }
 
@@ -197,7 +224,7 @@ impl TaskCreate for MemoryStore {
         if let Some(k) = idempotency_key {
             state.idempotency.remove(&(task.tenant_id.clone(), k.to_owned()));
         }
-        state.count_terminal(task.task_id, TaskStatus::Failed, &task.spend.usage, now);
+        state.end(task.task_id, TaskStatus::Failed, Some(error), now);
         Ok(())
     }
 }
@@ -228,6 +255,16 @@ impl TaskRead for MemoryStore {
             last = Some(sk);
         }
         Ok(StepPage { steps, next: None })
+    }
+
+    async fn events(&self, id: TaskId, after: u32, limit: usize) -> Result<EventPage, StoreError> {
+        let state = self.lock()?;
+        let following: Vec<TaskEvent> =
+            state.events.get(&id).into_iter().flatten().filter(|e| e.seq > after).take(limit + 1).cloned().collect();
+        let more = following.len() > limit;
+        let events: Vec<TaskEvent> = following.into_iter().take(limit).collect();
+        let next = if more { events.last().map(|e| e.seq) } else { None };
+        Ok(EventPage { events, next })
     }
 
     async fn list(
@@ -265,7 +302,8 @@ impl TaskCancel for MemoryStore {
                 rec.error = Some(cancelled_error());
                 rec.updated_at = now;
                 let usage = rec.spend.usage;
-                state.count_terminal(id, TaskStatus::Cancelled, &usage, now);
+                let _ = usage;
+                state.end(id, TaskStatus::Cancelled, Some(&cancelled_error()), now);
                 Ok(Cancelled::Now)
             }
             _ => {
@@ -301,6 +339,7 @@ impl TaskRun for MemoryStore {
 
     async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
         self.with_leased(task.task_id, lease, |state, _| {
+            state.append(f.event.clone())?;
             let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
             rec.status = f.status;
             rec.spend.advance_to(&f.spend);
@@ -313,7 +352,8 @@ impl TaskRun for MemoryStore {
             rec.updated_at = f.now;
             *held = None;
             state.count_terminal(task.task_id, f.status, &f.spend.usage, f.now);
-        })
+            Ok(())
+        })?
     }
 
     async fn record_model_step(
@@ -330,11 +370,16 @@ impl TaskRun for MemoryStore {
                 return Err(StoreError::Conflict);
             }
             steps.insert(step.sort_key(), step.clone());
+            state.append(p.event.clone())?;
             let (rec, _) = state.tasks.get_mut(&id).expect("checked");
             rec.spend.advance_to(&p.spend);
             rec.updated_at = p.now;
             Ok(if rec.cancel_requested { StepAck::CancelRequested } else { StepAck::Continue })
         })?
+    }
+
+    async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError> {
+        self.with_leased(id, lease, |state, _| state.append(event.clone()))?
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
@@ -372,7 +417,8 @@ impl TaskDeadLetter for MemoryStore {
         rec.updated_at = now;
         *held = None;
         let usage = rec.spend.usage;
-        state.count_terminal(id, TaskStatus::Failed, &usage, now);
+        let _ = usage;
+        state.end(id, TaskStatus::Failed, Some(error), now);
         Ok(true)
     }
 
@@ -392,6 +438,9 @@ impl TaskDeadLetter for MemoryStore {
         }
         state.move_active(&tenant, 1, now);
         state.due.insert(id, now + self.reconcile_after);
+        let (rec, _) = state.tasks.get(&id).expect("found above");
+        let queued = TaskEvent::queued(rec, rec.events + 1, now);
+        state.append(queued)?;
         Ok(true)
     }
 }

@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
+use crate::domain::events::TaskEvent;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -73,6 +74,8 @@ pub enum Claim {
 pub struct Progress {
     pub spend: Spend,
     pub now: OffsetDateTime,
+    /// The `task.step` event the step appends to the task's log.
+    pub event: TaskEvent,
 }
 
 /// What the store says after a step is recorded.
@@ -91,6 +94,8 @@ pub struct Finish {
     pub error: Option<TaskError>,
     pub spend: Spend,
     pub now: OffsetDateTime,
+    /// The terminal event (`task.succeeded`, …) the finish appends to the task's log.
+    pub event: TaskEvent,
 }
 
 /// How long an open task may go unchanged before the reconciler looks at it: past its
@@ -154,6 +159,14 @@ pub struct Page {
 /// Most index entries one list call examines, whatever its filter: a page of a rare status
 /// comes back short (or empty) with a cursor rather than reading a tenant's whole history.
 pub const LIST_EXAMINE_LIMIT: usize = 300;
+
+/// One page of a task's events, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<TaskEvent>,
+    /// The `seq` to read after for the next page, when more follow.
+    pub next: Option<u32>,
+}
 
 /// One page of a task's recorded steps, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +249,9 @@ pub trait TaskRead: Send + Sync {
     /// [`STEP_PAGE_BYTES`] of them (at least one).
     async fn step_page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<StepPage, StoreError>;
 
+    /// The task's events after `after` (a `seq`), at most `limit`.
+    async fn events(&self, id: TaskId, after: u32, limit: usize) -> Result<EventPage, StoreError>;
+
     /// A tenant's tasks, newest first, `limit` at most, optionally of one status, starting
     /// after `after`, examining at most [`LIST_EXAMINE_LIMIT`] entries.
     async fn list(
@@ -270,6 +286,10 @@ pub trait TaskRun: Send + Sync {
         step: &ModelStep,
         progress: &Progress,
     ) -> Result<StepAck, StoreError>;
+
+    /// Appends `event` (its `seq` the task's next) to the task's log, if `lease` is still the
+    /// task's (`task.started`, after a claim).
+    async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError>;
 
     /// Records a tool result; a result already recorded for that call is kept.
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError>;

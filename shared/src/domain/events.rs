@@ -1,0 +1,168 @@
+//! A task's event log: what happened to it, in order, each event written in the same
+//! transaction as the change it reports, so the log never says more or less than the record.
+//! Events are numbered per task from 1 (`seq`, contiguous) and carry a globally unique id
+//! (`evt_<ULID>`), the id a webhook delivery of the event carries too, so a receiver can drop
+//! a duplicate.
+//!
+//! Content (prompts, answers, tool results) is never in an event, only referred to: a client
+//! reads it from `GET /v1/tasks/{id}/steps`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::domain::steps::{ModelStep, Spend};
+use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "task.queued")]
+    Queued,
+    #[serde(rename = "task.started")]
+    Started,
+    #[serde(rename = "task.step")]
+    Step,
+    #[serde(rename = "task.succeeded")]
+    Succeeded,
+    #[serde(rename = "task.failed")]
+    Failed,
+    #[serde(rename = "task.cancelled")]
+    Cancelled,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] =
+        [Self::Queued, Self::Started, Self::Step, Self::Succeeded, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "task.queued",
+            Self::Started => "task.started",
+            Self::Step => "task.step",
+            Self::Succeeded => "task.succeeded",
+            Self::Failed => "task.failed",
+            Self::Cancelled => "task.cancelled",
+        }
+    }
+
+    /// The event a task's terminal `status` is reported by.
+    pub fn ending(status: TaskStatus) -> Self {
+        match status {
+            TaskStatus::Succeeded => Self::Succeeded,
+            TaskStatus::Cancelled => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// One event of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// Unique across all tasks: `evt_<ULID>`.
+    pub id: String,
+    pub task_id: TaskId,
+    /// 1 for the task's first event; no gaps.
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// What the event says: the task's status and spending, and what the kind adds.
+    pub data: Value,
+}
+
+/// A task's spending as events show it: model calls, tokens and dollars so far.
+fn spent(spend: &Spend) -> Value {
+    json!({
+        "steps": spend.step,
+        "input_tokens": spend.usage.input_tokens,
+        "output_tokens": spend.usage.output_tokens,
+        "cost_usd": spend.usage.cost_usd(),
+    })
+}
+
+impl TaskEvent {
+    fn new(task: TaskId, seq: u32, kind: EventKind, time: OffsetDateTime, data: Value) -> Self {
+        Self { id: format!("evt_{}", ulid::Ulid::generate()), task_id: task, seq, kind, time, data }
+    }
+
+    /// The task was accepted (or queued again by a redrive).
+    pub fn queued(task: &TaskRecord, seq: u32, now: OffsetDateTime) -> Self {
+        let data = json!({"task_id": task.task_id, "status": "queued", "priority": task.priority});
+        Self::new(task.task_id, seq, EventKind::Queued, now, data)
+    }
+
+    /// A worker started (or resumed) the task.
+    pub fn started(task: &TaskRecord, seq: u32, now: OffsetDateTime) -> Self {
+        let data = json!({"task_id": task.task_id, "status": "running", "attempt": task.attempts, "spent": spent(&task.spend)});
+        Self::new(task.task_id, seq, EventKind::Started, now, data)
+    }
+
+    /// The model answered: which step, which model, why it stopped, what it cost.
+    pub fn step(task: TaskId, seq: u32, step: &ModelStep, spend: &Spend, now: OffsetDateTime) -> Self {
+        let tools = step
+            .content
+            .iter()
+            .filter(|b| matches!(b, crate::domain::conversation::ContentBlock::ToolUse { .. }))
+            .count();
+        let data = json!({
+            "task_id": task,
+            "status": "running",
+            "step": step.step,
+            "model": step.model,
+            "stop_reason": step.stop_reason,
+            "tool_calls": tools,
+            "usage": {"input_tokens": step.usage.input_tokens, "output_tokens": step.usage.output_tokens, "cost_usd": step.usage.cost_usd()},
+            "spent": spent(spend),
+            "steps_url": format!("/v1/tasks/{task}/steps"),
+        });
+        Self::new(task, seq, EventKind::Step, now, data)
+    }
+
+    /// The task ended with `status`.
+    pub fn ended(
+        task: TaskId,
+        seq: u32,
+        status: TaskStatus,
+        spend: &Spend,
+        error: Option<&TaskError>,
+        now: OffsetDateTime,
+    ) -> Self {
+        let mut data =
+            json!({"task_id": task, "status": status, "spent": spent(spend), "task_url": format!("/v1/tasks/{task}")});
+        if let Some(error) = error {
+            data["error"] = json!(error);
+        }
+        Self::new(task, seq, EventKind::ending(status), now, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_named_as_the_api_documents_them() {
+        for kind in EventKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        assert_eq!(EventKind::ending(TaskStatus::Failed), EventKind::Failed);
+    }
+
+    #[test]
+    fn an_ending_event_carries_the_status_spending_and_error_but_no_content() {
+        let id = TaskId::new();
+        let error = TaskError::new(crate::domain::task::ErrorCode::Refused, "no");
+        let e = TaskEvent::ended(id, 4, TaskStatus::Failed, &Spend::default(), Some(&error), crate::now());
+        assert_eq!((e.seq, e.kind), (4, EventKind::Failed));
+        assert!(e.id.starts_with("evt_"));
+        assert_eq!(e.data["error"]["code"], "refused");
+        assert_eq!(e.data["status"], "failed");
+        assert_ne!(TaskEvent::ended(id, 4, TaskStatus::Failed, &Spend::default(), None, crate::now()).id, e.id);
+    }
+}
