@@ -73,6 +73,9 @@ export AGENTQ_URL="$url" AGENTQ_API_KEY="$key"
 cli="$ROOT/target/debug/agentq"
 "$cli" list --limit 5 | grep -q "$id" || fail "agentq list does not show $id"
 "$cli" get "$id" | grep -q succeeded || fail "agentq get does not show $id succeeded"
+"$cli" --json watch "$id" > "$RUN/watch" || fail "agentq watch $id did not end in success"
+[[ $(grep -o '"type":"[a-z.]*"' "$RUN/watch" | cut -d'"' -f4 | tr '\n' ' ') == "task.queued task.started task.step task.step task.succeeded " ]] \
+  || fail "agentq watch $id followed an odd story: $(cat "$RUN/watch")"
 "$cli" usage | grep -q total || fail "agentq usage printed no total"
 set +e; "$cli" cancel "$id" >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 3 ]] || fail "cancelling a finished task exited $rc, not 3"

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::CliError;
 
-/// How often `--wait` polls.
+/// How often `--wait` and `watch` read the task's log again when it has nothing new.
 const POLL: Duration = Duration::from_millis(500);
 
 pub struct Client {
@@ -59,34 +59,55 @@ impl Client {
             }
             return Ok(());
         }
-        self.wait(&id).await
+        self.watch(&id).await
     }
 
     async fn task(&self, id: &str) -> Result<Value, CliError> {
         Ok(self.call(self.http.get(format!("{}/v1/tasks/{id}", self.base))).await?.1)
     }
 
-    /// Polls a task until it ends, with a progress bar on stderr.
-    async fn wait(&self, id: &str) -> Result<(), CliError> {
+    /// Follows a task's event log until it ends: a progress bar on stderr (step, status, cost
+    /// so far), or with `--json` each event as a line; then the task. The log is read after the
+    /// last event seen, so nothing is missed or shown twice.
+    pub async fn watch(&self, id: &str) -> Result<(), CliError> {
         let bar = ProgressBar::new(1);
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix} step {pos}/{len} · {elapsed} · {msg}")
                 .expect("a valid template"),
         );
         bar.set_prefix(id.to_owned());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let task = loop {
-            let task = self.task(id).await?;
-            bar.set_length(task["progress"]["max_steps"].as_u64().unwrap_or(1));
-            bar.set_position(task["progress"]["step"].as_u64().unwrap_or(0));
-            bar.set_message(format!("{} · ${:.6}", task["status"].as_str().unwrap_or("?"), cost(&task)));
-            if is_terminal(&task) {
-                break task;
+        bar.set_length(self.task(id).await?["progress"]["max_steps"].as_u64().unwrap_or(1));
+        if !self.json {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        let mut after = 0;
+        'follow: loop {
+            let url = format!("{}/v1/tasks/{id}/events", self.base);
+            let (_, page) = self.call(self.http.get(url).query(&[("after", after.to_string())])).await?;
+            for event in page["events"].as_array().into_iter().flatten() {
+                after = event["seq"].as_u64().unwrap_or(after);
+                if self.json {
+                    out!("{event}");
+                }
+                let data = &event["data"];
+                if let Some(step) = data["spent"]["steps"].as_u64() {
+                    bar.set_position(step);
+                }
+                let cost = data["spent"]["cost_usd"].as_f64().unwrap_or(0.0);
+                bar.set_message(format!("{} · ${cost:.6}", event["type"].as_str().unwrap_or("?")));
+                if matches!(event["type"].as_str(), Some("task.succeeded" | "task.failed" | "task.cancelled")) {
+                    break 'follow;
+                }
             }
-            tokio::time::sleep(POLL).await;
-        };
+            if page.get("next_after").is_none() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
         bar.finish_and_clear();
-        self.print_task(&task);
+        let task = self.task(id).await?;
+        if !self.json {
+            self.print_task(&task);
+        }
         outcome(&task)
     }
 
@@ -200,10 +221,6 @@ impl Client {
 
 fn cost(task: &Value) -> f64 {
     task["usage"]["cost_usd"].as_f64().unwrap_or(0.0)
-}
-
-fn is_terminal(task: &Value) -> bool {
-    matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
 }
 
 fn outcome(task: &Value) -> Result<(), CliError> {

@@ -66,6 +66,9 @@ enum Command {
     },
     /// Show a task.
     Get { id: String },
+    /// Follow a task's events until it ends (its progress and cost), then show it; exits as
+    /// `submit --wait` does.
+    Watch { id: String },
     /// Cancel a task.
     Cancel { id: String },
     /// List your tasks, newest first.
@@ -189,6 +192,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     client.submit(&body, idempotency_key.as_deref(), *wait).await
                 }
                 Command::Get { id } => client.get(id).await,
+                Command::Watch { id } => client.watch(id).await,
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
