@@ -7,8 +7,8 @@
 //!              read throttle
 //!  usecases/   work over several adapters: the dead-letter sweep and redrive
 //!  agent/      the agent loop and its tools (no AWS)
-//!  llm/ store/ queue/    adapters: model providers, DynamoDB (+ S3 blobs), SQS; each
-//!              behind small traits with an in-memory fake
+//!  llm/ store/ queue/ outbound/    adapters: model providers, DynamoDB (+ S3 blobs), SQS,
+//!              guarded outbound HTTP (webhooks); behind small traits with in-memory fakes
 //!  observe/    logs, traces, EMF metrics
 //!  domain/     tasks, tenants, usage and money, steps, secrets, backoff: plain types and rules
 //! ```
@@ -18,6 +18,7 @@ pub mod domain;
 pub mod edge;
 pub mod llm;
 pub mod observe;
+pub mod outbound;
 pub mod queue;
 pub mod runtime;
 pub mod store;
@@ -37,7 +38,7 @@ mod tests {
         match module {
             "domain" => 0,
             "observe" => 1,
-            "llm" | "store" | "queue" => 2,
+            "llm" | "store" | "queue" | "outbound" => 2,
             "agent" => 3,
             "usecases" => 4,
             "edge" => 5,

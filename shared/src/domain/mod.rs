@@ -10,3 +10,4 @@ pub mod task;
 pub mod tenant;
 pub mod tooldef;
 pub mod usage;
+pub mod webhooks;

@@ -1,0 +1,204 @@
+//! Webhooks: endpoints a tenant registers (or a task names) to be told of its tasks' events,
+//! the secrets that sign the deliveries (Standard Webhooks), the schedule of retries, and the
+//! record of every attempt.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::events::{EventKind, TaskEvent};
+use crate::domain::secret::Secret;
+use crate::domain::task::TaskId;
+
+/// How long a rotated-out secret still signs deliveries beside the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// A new signing secret: `whsec_` and 24 random bytes, base64 (the Standard Webhooks form).
+pub fn new_secret() -> Secret {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    Secret::new(format!("whsec_{}", STANDARD.encode(bytes)))
+}
+
+/// An endpoint a tenant registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `wh_<ULID>`.
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    /// The event types it wants; empty for all.
+    #[serde(default)]
+    pub events: Vec<EventKind>,
+    /// The secret that signs its deliveries (kept, since signing needs it; shown once).
+    pub secret: String,
+    /// The secret it had before the last rotation, still signing beside the new one until
+    /// `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub previous_until: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Endpoint {
+    /// A new endpoint of `tenant`, with a new secret.
+    pub fn new(tenant: &str, url: String, events: Vec<EventKind>, now: OffsetDateTime) -> Self {
+        Self {
+            id: format!("wh_{}", ulid::Ulid::generate()),
+            tenant_id: tenant.to_owned(),
+            url,
+            events,
+            secret: new_secret().expose().to_owned(),
+            previous_secret: None,
+            previous_until: None,
+            created_at: now,
+        }
+    }
+
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+
+    /// The secrets that sign a delivery at `now`: the current one, and the previous one while
+    /// its overlap lasts.
+    pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_until)
+            && until > now
+        {
+            secrets.push(previous);
+        }
+        secrets
+    }
+
+    /// A new secret; the old one keeps signing for [`ROTATION_OVERLAP`].
+    pub fn rotate(&mut self, now: OffsetDateTime) {
+        self.previous_secret = Some(std::mem::replace(&mut self.secret, new_secret().expose().to_owned()));
+        self.previous_until = Some(now + ROTATION_OVERLAP);
+    }
+}
+
+/// The webhook a task named on submit: its URL and the secret the 202 returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskWebhook {
+    pub url: String,
+    pub secret: String,
+}
+
+/// Where a delivery goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// An endpoint the tenant registered.
+    Endpoint { id: String },
+    /// The task's own webhook.
+    Task,
+}
+
+impl Target {
+    /// A short name for keys and logs: the endpoint id, or `task`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Endpoint { id } => id,
+            Self::Task => "task",
+        }
+    }
+}
+
+/// One delivery to make: an event of a task, to a target. The message that carries it names
+/// only these; the event and the endpoint are read when it is sent, so a rotated secret or a
+/// removed endpoint is honoured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryJob {
+    pub tenant_id: String,
+    pub task_id: TaskId,
+    pub seq: u32,
+    pub target: Target,
+}
+
+/// The body of a delivery, as Standard Webhooks defines it.
+pub fn payload(event: &TaskEvent) -> serde_json::Value {
+    serde_json::json!({
+        "type": event.kind.as_str(),
+        "timestamp": event.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "data": event.data,
+    })
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub attempt: u32,
+    pub event_id: String,
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub target: Target,
+    pub url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// The receiver's HTTP status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    pub delivered: bool,
+}
+
+/// How long after the `n`th failed attempt (from 1) the next one is made: 30 s, 2 min,
+/// 10 min, 30 min, 1 h, 2 h, 4 h, then every 8 h; `attempts` in all (the queue's
+/// `maxReceiveCount`), after which the delivery is dead-lettered.
+pub fn retry_delay(n: u32, scale: f64) -> Duration {
+    const SCHEDULE: [u64; 8] = [30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800];
+    let secs = SCHEDULE[(n.max(1) as usize - 1).min(SCHEDULE.len() - 1)];
+    Duration::from_secs_f64(secs as f64 * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_in_the_standard_webhooks_form() {
+        let s = new_secret();
+        let raw = s.expose().strip_prefix("whsec_").unwrap();
+        assert_eq!(STANDARD.decode(raw).unwrap().len(), 24);
+        assert_ne!(new_secret().expose(), s.expose());
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_signing_through_its_overlap_only() {
+        let now = crate::now();
+        let mut e = Endpoint::new("acme", "https://example.com/hook".into(), vec![], now);
+        let old = e.secret.clone();
+        e.rotate(now);
+        assert_ne!(e.secret, old);
+        assert_eq!(e.signing_secrets(now), [e.secret.as_str(), old.as_str()]);
+        assert_eq!(e.signing_secrets(now + ROTATION_OVERLAP + Duration::from_secs(1)), [e.secret.as_str()]);
+    }
+
+    #[test]
+    fn an_endpoint_wants_all_events_or_those_it_names() {
+        let now = crate::now();
+        let all = Endpoint::new("acme", "https://x".into(), vec![], now);
+        let ends = Endpoint::new("acme", "https://x".into(), vec![EventKind::Succeeded, EventKind::Failed], now);
+        assert!(all.wants(EventKind::Step));
+        assert!(ends.wants(EventKind::Failed) && !ends.wants(EventKind::Step));
+    }
+
+    #[test]
+    fn retries_grow_to_every_eight_hours() {
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay(n, 1.0).as_secs()).collect();
+        assert_eq!(delays, [30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800, 28_800, 28_800]);
+        assert_eq!(retry_delay(1, 0.01), Duration::from_millis(300));
+    }
+}
