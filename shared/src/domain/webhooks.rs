@@ -134,6 +134,8 @@ pub fn payload(event: &TaskEvent) -> serde_json::Value {
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
+    /// `att_<ULID>`, in time order.
+    pub id: String,
     /// 1 for the first.
     pub attempt: u32,
     pub event_id: String,
@@ -152,6 +154,13 @@ pub struct Attempt {
     pub error: Option<String>,
     pub latency_ms: u64,
     pub delivered: bool,
+    /// When the next attempt is due, if this one failed and attempts remain.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// This one failed and was the last: the delivery is in the dead-letter queue until it is
+    /// redriven.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 /// How long after the `n`th failed attempt (from 1) the next one is made: 30 s, 2 min,

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 
 use super::{
     Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
-    TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, day_of, month_of,
+    TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, WebhookStore,
+    day_of, month_of,
 };
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::{ModelStep, Spend};
@@ -21,7 +22,16 @@ use crate::domain::usage::Usage;
 
 /// Everything an adapter implements.
 pub trait Store:
-    TaskCreate + TaskRead + TaskRun + TaskCancel + TaskDeadLetter + TaskReconcile + UsageRead + RateLimiter + TenantAdmin
+    TaskCreate
+    + TaskRead
+    + TaskRun
+    + TaskCancel
+    + TaskDeadLetter
+    + TaskReconcile
+    + UsageRead
+    + RateLimiter
+    + TenantAdmin
+    + WebhookStore
 {
 }
 impl<T> Store for T where
@@ -34,6 +44,7 @@ impl<T> Store for T where
         + UsageRead
         + RateLimiter
         + TenantAdmin
+        + WebhookStore
 {
 }
 
@@ -51,6 +62,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     open_tasks_fall_due_after_their_grace_and_ended_ones_never(store, reconcile_after).await;
     the_rate_limit_allows_its_burst_then_refuses(store).await;
     a_tasks_log_numbers_every_change_in_order(store).await;
+    endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -451,4 +463,61 @@ async fn a_tasks_log_numbers_every_change_in_order(store: &dyn Store) {
     assert_eq!(kinds(store, abandoned.task_id, 0).await, [(1, E::Queued), (2, E::Failed), (3, E::Queued)]);
     assert_eq!(store.cancel(abandoned.task_id, now).await.unwrap(), Cancelled::Now);
     assert_eq!(kinds(store, abandoned.task_id, 3).await, [(4, E::Cancelled)]);
+}
+
+async fn endpoints_are_the_tenants_own_and_attempts_read_in_order(store: &dyn Store) {
+    use crate::domain::webhooks::{Attempt, Endpoint, Target};
+    let (mine, theirs) = (tenant(store).await, tenant(store).await);
+    let now = crate::now();
+    let first = Endpoint::new(&mine, "https://a.example/hook".into(), vec![], now);
+    let mut second =
+        Endpoint::new(&mine, "https://b.example/hook".into(), vec![EventKind::Succeeded], now + Duration::from_secs(1));
+    store.put_endpoint(&first).await.unwrap();
+    store.put_endpoint(&second).await.unwrap();
+    let ids: Vec<String> = store.endpoints(&mine).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, [first.id.clone(), second.id.clone()], "a tenant's endpoints, oldest first");
+    assert!(store.endpoints(&theirs).await.unwrap().is_empty(), "another tenant sees none");
+    assert!(store.endpoint(&theirs, &first.id).await.unwrap().is_none(), "nor reads one by id");
+
+    second.rotate(now);
+    store.put_endpoint(&second).await.unwrap();
+    assert_eq!(store.endpoint(&mine, &second.id).await.unwrap().as_ref(), Some(&second), "a put replaces");
+    assert!(!store.delete_endpoint(&theirs, &first.id).await.unwrap(), "another tenant cannot delete it");
+    assert!(store.delete_endpoint(&mine, &first.id).await.unwrap());
+    assert!(!store.delete_endpoint(&mine, &first.id).await.unwrap(), "a second delete finds nothing");
+    assert_eq!(store.endpoints(&mine).await.unwrap().len(), 1);
+
+    let task = TaskId::new();
+    // Ids are ULIDs: a millisecond apart, they sort in the order they were made.
+    let attempt = |n: u32, seq: u32, target: Target| Attempt {
+        id: {
+            std::thread::sleep(Duration::from_millis(2));
+            format!("att_{}", ulid::Ulid::generate())
+        },
+        attempt: n,
+        event_id: format!("evt_{seq}"),
+        seq,
+        kind: EventKind::Step,
+        target,
+        url: "https://a.example/hook".into(),
+        time: now,
+        status: Some(500),
+        error: None,
+        latency_ms: 3,
+        delivered: false,
+        next_attempt_at: None,
+        dead_lettered: false,
+    };
+    let made = [
+        attempt(1, 2, Target::Task),
+        attempt(1, 1, Target::Endpoint { id: second.id.clone() }),
+        attempt(2, 1, Target::Endpoint { id: second.id.clone() }),
+    ];
+    for a in &made {
+        store.record_attempt(task, a).await.unwrap();
+    }
+    let page = store.attempts(task, None, 2).await.unwrap();
+    assert_eq!(page.attempts, [made[1].clone(), made[2].clone()], "by event, then target, then time");
+    let rest = store.attempts(task, page.next.as_deref(), 2).await.unwrap();
+    assert_eq!((rest.attempts, rest.next), (vec![made[0].clone()], None));
 }

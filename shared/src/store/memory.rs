@@ -9,16 +9,17 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
-    IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck, StepPage,
-    StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin,
-    TenantRead, UsageRead, cancelled_error, day_of, month_of,
+    Admission, Admitted, AttemptPage, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage,
+    Finish, Gcra, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
+    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
+    TenantAdmin, TenantRead, UsageRead, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
 };
 use crate::domain::events::TaskEvent;
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
 use crate::domain::usage::Usage;
+use crate::domain::webhooks::{Attempt, Endpoint};
 
 #[derive(Debug, Default)]
 struct State {
@@ -39,6 +40,10 @@ struct State {
     events: HashMap<TaskId, Vec<TaskEvent>>,
     /// Recorded steps by task, keyed by their sort key.
     steps: HashMap<TaskId, std::collections::BTreeMap<String, Step>>,
+    /// Webhook endpoints by tenant and id.
+    endpoints: HashMap<(String, String), Endpoint>,
+    /// Delivery attempts by task, keyed by their sort key.
+    attempts: HashMap<TaskId, std::collections::BTreeMap<String, Attempt>>,
 }
 
 impl State {
@@ -582,6 +587,51 @@ impl UsageRead for MemoryStore {
             .collect();
         days.sort_by(|a, b| a.date.cmp(&b.date));
         Ok(days)
+    }
+}
+
+#[async_trait]
+impl WebhookStore for MemoryStore {
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        self.lock()?.endpoints.insert((endpoint.tenant_id.clone(), endpoint.id.clone()), endpoint.clone());
+        Ok(())
+    }
+
+    async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+        let mut all: Vec<Endpoint> =
+            self.lock()?.endpoints.values().filter(|e| e.tenant_id == tenant).cloned().collect();
+        all.sort_by_key(|e| e.created_at);
+        Ok(all)
+    }
+
+    async fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        Ok(self.lock()?.endpoints.get(&(tenant.to_owned(), id.to_owned())).cloned())
+    }
+
+    async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.endpoints.remove(&(tenant.to_owned(), id.to_owned())).is_some())
+    }
+
+    async fn record_attempt(&self, task: TaskId, attempt: &Attempt) -> Result<(), StoreError> {
+        self.lock()?.attempts.entry(task).or_default().insert(attempt_key(attempt), attempt.clone());
+        Ok(())
+    }
+
+    async fn attempts(&self, task: TaskId, after: Option<&str>, limit: usize) -> Result<AttemptPage, StoreError> {
+        let state = self.lock()?;
+        let following: Vec<&Attempt> = state
+            .attempts
+            .get(&task)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .map(|(_, a)| a)
+            .take(limit + 1)
+            .collect();
+        let more = following.len() > limit;
+        let attempts: Vec<Attempt> = following.into_iter().take(limit).cloned().collect();
+        let next = if more { attempts.last().map(attempt_key) } else { None };
+        Ok(AttemptPage { attempts, next })
     }
 }
 

@@ -35,6 +35,7 @@ use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
 use crate::domain::usage::Usage;
+use crate::domain::webhooks::{Attempt, Endpoint};
 
 /// A store call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +334,39 @@ pub trait TaskReconcile: Send + Sync {
     /// Compares each tenant's running count with its open tasks, and sets the count to the
     /// truth where they differ and the tenant's count has not moved for `quiet`.
     async fn repair_counts(&self, quiet: Duration, now: OffsetDateTime) -> Result<Vec<CountRepair>, StoreError>;
+}
+
+/// One page of a task's delivery attempts, by event, target and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptPage {
+    pub attempts: Vec<Attempt>,
+    /// The sort key of the last attempt returned, when more follow.
+    pub next: Option<String>,
+}
+
+/// The most endpoints a tenant may register.
+pub const MAX_ENDPOINTS: usize = 20;
+
+/// Webhook endpoints, and the record of every delivery attempt.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores the endpoint, or replaces it (a rotated secret).
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError>;
+    /// The tenant's endpoints, oldest first.
+    async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError>;
+    async fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError>;
+    /// Removes the endpoint; whether there was one.
+    async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    /// Records an attempt to deliver one of `task`'s events (kept as long as the task).
+    async fn record_attempt(&self, task: TaskId, attempt: &Attempt) -> Result<(), StoreError>;
+    /// A page of the task's attempts after the sort key `after`, at most `limit`.
+    async fn attempts(&self, task: TaskId, after: Option<&str>, limit: usize) -> Result<AttemptPage, StoreError>;
+}
+
+/// `DLV#000004#wh_…#<ulid>`: an attempt's sort key: by event, then target, then time, so
+/// the attempts at one delivery are together and in order.
+pub fn attempt_key(attempt: &Attempt) -> String {
+    format!("DLV#{:06}#{}#{}", attempt.seq, attempt.target.name(), attempt.id)
 }
 
 /// A cheap call that proves the store answers, for `/ready`.

@@ -13,9 +13,13 @@
 //! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
 //! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
 //! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
+//! | `TASK#<id>`        | `DLV#<seq>#<target>#<id>` | an attempt to deliver an event (webhooks) |
+//! | `TENANT#<t>`       | `WEBHOOK#<id>`      | a webhook endpoint                      |
 //!
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
+
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
