@@ -87,7 +87,7 @@ fn spent(spend: &Spend) -> Value {
 }
 
 impl TaskEvent {
-    fn new(task: TaskId, seq: u32, kind: EventKind, time: OffsetDateTime, data: Value) -> Self {
+    pub fn new(task: TaskId, seq: u32, kind: EventKind, time: OffsetDateTime, data: Value) -> Self {
         Self { id: format!("evt_{}", ulid::Ulid::generate()), task_id: task, seq, kind, time, data }
     }
 

@@ -185,6 +185,7 @@ pub struct TaskRequest {
     model: Option<String>,
     tools: Option<Vec<String>>,
     max_cost_nanos: Option<u64>,
+    webhook_url: Option<String>,
 }
 
 impl TaskRequest {
@@ -208,6 +209,11 @@ impl TaskRequest {
     }
     pub fn max_cost_nanos(&self) -> Option<u64> {
         self.max_cost_nanos
+    }
+    /// The URL the task's own webhook goes to (`"webhook": {"url"}`), checked only for its
+    /// form here: the deployment's outbound rules are the submit path's to apply.
+    pub fn webhook_url(&self) -> Option<&str> {
+        self.webhook_url.as_deref()
     }
 
     /// Parses a JSON body, collecting every field error rather than stopping at the first,
@@ -350,13 +356,42 @@ impl TaskRequest {
             }
         };
 
+        let webhook_url = match fields.remove("webhook") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(mut w)) => {
+                let url = match w.remove("url") {
+                    Some(Value::String(u)) => Some(u),
+                    Some(other) => {
+                        errors.push(FieldError::new("webhook.url", format!("must be a string, not {}", kind(&other))));
+                        None
+                    }
+                    None => {
+                        errors.push(FieldError::new("webhook.url", "is required"));
+                        None
+                    }
+                };
+                let mut extra: Vec<_> = w.keys().cloned().collect();
+                extra.sort();
+                errors
+                    .extend(extra.into_iter().map(|k| FieldError::new(format!("webhook.{k}"), "is not a known field")));
+                url
+            }
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "webhook",
+                    format!("must be an object like {{\"url\": …}}, not {}", kind(&other)),
+                ));
+                None
+            }
+        };
+
         let mut unknown: Vec<_> = fields.keys().cloned().collect();
         unknown.sort();
         errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
 
         match (prompt, errors.is_empty()) {
             (Some(prompt), true) => {
-                Ok(Self { prompt, priority, max_iterations, metadata, model, tools, max_cost_nanos })
+                Ok(Self { prompt, priority, max_iterations, metadata, model, tools, max_cost_nanos, webhook_url })
             }
             _ => Err(RequestError::Invalid(errors)),
         }
@@ -519,6 +554,9 @@ pub struct TaskRecord {
     /// The sequence number of the task's last event (its log is numbered from 1).
     #[serde(default)]
     pub events: u32,
+    /// The task's own webhook, named on submit: every event of the task is delivered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::domain::webhooks::TaskWebhook>,
 }
 
 impl TaskRecord {
@@ -549,6 +587,7 @@ impl TaskRecord {
             resends: 0,
             // The `task.queued` event its admission writes.
             events: 1,
+            webhook: None,
         }
     }
 }

@@ -16,6 +16,15 @@ use crate::domain::task::TaskId;
 /// How long a rotated-out secret still signs deliveries beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
+/// A new id, `prefix_<ULID>`, later than every other this process made: endpoints and
+/// attempts sort by id in the order they were made, even within a millisecond.
+pub fn new_id(prefix: &str) -> String {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut generator = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let next = generator.get_or_insert_with(ulid::Generator::new).generate().unwrap_or_else(|_| ulid::Ulid::generate());
+    format!("{prefix}_{next}")
+}
+
 /// A new signing secret: `whsec_` and 24 random bytes, base64 (the Standard Webhooks form).
 pub fn new_secret() -> Secret {
     let mut bytes = [0u8; 24];
@@ -49,7 +58,7 @@ impl Endpoint {
     /// A new endpoint of `tenant`, with a new secret.
     pub fn new(tenant: &str, url: String, events: Vec<EventKind>, now: OffsetDateTime) -> Self {
         Self {
-            id: format!("wh_{}", ulid::Ulid::generate()),
+            id: new_id("wh"),
             tenant_id: tenant.to_owned(),
             url,
             events,
@@ -163,9 +172,31 @@ pub struct Attempt {
     pub dead_lettered: bool,
 }
 
+/// How many attempts a delivery gets, and how far apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// Attempts in all (the webhook queue's `maxReceiveCount`), after which the delivery is
+    /// dead-lettered. The default 12 spans about 40 hours.
+    pub max_attempts: u32,
+    /// The delays, in percent (100 in a deployment; tests shorten them).
+    pub scale_percent: u32,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        Self { max_attempts: 12, scale_percent: 100 }
+    }
+}
+
+impl RetrySchedule {
+    /// When the attempt after the `n`th (from 1) is due, if there is one.
+    pub fn after(&self, n: u32) -> Option<Duration> {
+        (n < self.max_attempts).then(|| retry_delay(n, f64::from(self.scale_percent) / 100.0))
+    }
+}
+
 /// How long after the `n`th failed attempt (from 1) the next one is made: 30 s, 2 min,
-/// 10 min, 30 min, 1 h, 2 h, 4 h, then every 8 h; `attempts` in all (the queue's
-/// `maxReceiveCount`), after which the delivery is dead-lettered.
+/// 10 min, 30 min, 1 h, 2 h, 4 h, then every 8 h.
 pub fn retry_delay(n: u32, scale: f64) -> Duration {
     const SCHEDULE: [u64; 8] = [30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800];
     let secs = SCHEDULE[(n.max(1) as usize - 1).min(SCHEDULE.len() - 1)];
@@ -209,5 +240,9 @@ mod tests {
         let delays: Vec<u64> = (1..=10).map(|n| retry_delay(n, 1.0).as_secs()).collect();
         assert_eq!(delays, [30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800, 28_800, 28_800]);
         assert_eq!(retry_delay(1, 0.01), Duration::from_millis(300));
+        let schedule = RetrySchedule::default();
+        let total: u64 = (1..schedule.max_attempts).map(|n| schedule.after(n).unwrap().as_secs()).sum();
+        assert_eq!(total / 3600, 39, "twelve attempts over about 40 hours");
+        assert_eq!(schedule.after(12), None, "the twelfth is the last");
     }
 }

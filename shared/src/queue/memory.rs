@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use super::{QueueError, TaskQueue};
+use super::{DeliveryQueue, QueueError, TaskQueue};
 use crate::domain::task::TaskMessage;
+use crate::domain::webhooks::DeliveryJob;
 
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
@@ -107,6 +108,7 @@ impl MemoryDeadLetters {
             queue_url: queue_url.to_owned(),
             message_id: id.clone(),
             receipt: id,
+            body: task.as_ref().and_then(|t| serde_json::to_string(t).ok()).unwrap_or_default(),
             task,
             receive_count: 3,
             sent_at_ms: None,
@@ -155,6 +157,39 @@ impl super::DeadLetters for MemoryDeadLetters {
         if let Some(q) = self.queues.lock().expect("poisoned").get_mut(queue_url) {
             q.retain(|(m, _)| m.receipt != receipt);
         }
+        Ok(())
+    }
+}
+
+/// Records the delivery jobs sent, for handler tests.
+#[derive(Debug, Default)]
+pub struct MemoryDeliveryQueue {
+    sent: Mutex<Vec<DeliveryJob>>,
+    down: AtomicBool,
+}
+
+impl MemoryDeliveryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The jobs sent so far.
+    pub fn sent(&self) -> Vec<DeliveryJob> {
+        self.sent.lock().expect("poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for MemoryDeliveryQueue {
+    async fn send(&self, jobs: &[DeliveryJob]) -> Result<(), QueueError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(QueueError(anyhow::anyhow!("memory delivery queue set down")));
+        }
+        self.sent.lock().expect("poisoned").extend_from_slice(jobs);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The task queue behind small traits: the submit path sends a [`TaskMessage`]; SQS (or the
 //! in-memory fake in handler tests) carries it to the worker; the worker changes a held
-//! message's visibility; the dead-letter use cases read and remove dead messages.
+//! message's visibility; the dead-letter use cases read and remove dead messages. Webhook
+//! deliveries wait in a queue of their own ([`DeliveryQueue`]).
 
 mod memory;
 mod sqs;
@@ -9,10 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use memory::{MemoryDeadLetters, MemoryQueue, MemoryRequeue};
-pub use sqs::{QueueUrls, SqsDeadLetters, SqsQueue, SqsRequeue};
+pub use memory::{MemoryDeadLetters, MemoryDeliveryQueue, MemoryQueue, MemoryRequeue};
+pub use sqs::{QueueUrls, SqsDeadLetters, SqsDeliveryQueue, SqsQueue, SqsRequeue};
 
 use crate::domain::task::TaskMessage;
+use crate::domain::webhooks::DeliveryJob;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the task queue is unavailable")]
@@ -51,6 +53,8 @@ pub struct DeadMessage {
     pub receipt: String,
     /// `None` when the body is not a task message.
     pub task: Option<TaskMessage>,
+    /// The message as sent.
+    pub body: String,
     pub receive_count: u32,
     pub sent_at_ms: Option<i64>,
 }
@@ -66,4 +70,13 @@ pub trait DeadLetters: Send + Sync {
     async fn release(&self, queue_url: &str, receipts: &[String]) -> Result<(), QueueError>;
 
     async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError>;
+}
+
+/// The queue webhook deliveries wait in until the notifier sends them (and, after a failed
+/// attempt, until their next attempt is due).
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Sends every job (in batches); fails if any could not be sent, so the caller retries
+    /// them all (a duplicate job delivers the same `webhook-id` again, which receivers drop).
+    async fn send(&self, jobs: &[DeliveryJob]) -> Result<(), QueueError>;
 }

@@ -6,8 +6,9 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use super::{QueueError, Requeue, TaskQueue};
+use super::{DeliveryQueue, QueueError, Requeue, TaskQueue};
 use crate::domain::task::{Priority, TaskMessage};
+use crate::domain::webhooks::DeliveryJob;
 
 /// The queue URL of each priority.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,7 @@ fn dead_message(queue_url: &str, m: aws_sdk_sqs::types::Message) -> super::DeadM
     super::DeadMessage {
         queue_url: queue_url.to_owned(),
         task: m.body.as_deref().and_then(|b| serde_json::from_str(b).ok()),
+        body: m.body.clone().unwrap_or_default(),
         receive_count: attr(Attr::ApproximateReceiveCount).and_then(|c| c.parse().ok()).unwrap_or(0),
         sent_at_ms: attr(Attr::SentTimestamp).and_then(|c| c.parse().ok()),
         message_id: m.message_id.unwrap_or_default(),
@@ -218,6 +220,54 @@ impl super::DeadLetters for SqsDeadLetters {
             .send()
             .await
             .map_err(|e| QueueError(anyhow::anyhow!("DeleteMessage: {}", DisplayErrorContext(&e))))?;
+        Ok(())
+    }
+}
+
+/// Sends delivery jobs to the webhook queue, ten to a `SendMessageBatch`.
+#[derive(Debug, Clone)]
+pub struct SqsDeliveryQueue {
+    client: Client,
+    url: String,
+}
+
+impl SqsDeliveryQueue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        Self { client, url: url.into() }
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for SqsDeliveryQueue {
+    async fn send(&self, jobs: &[DeliveryJob]) -> Result<(), QueueError> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry as Entry;
+        for chunk in jobs.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    let body = serde_json::to_string(job).context("serializing a delivery job")?;
+                    Entry::builder().id(i.to_string()).message_body(body).build().context("building a batch entry")
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(QueueError)?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| QueueError(anyhow::anyhow!("SendMessageBatch: {}", DisplayErrorContext(&e))))?;
+            if let Some(failed) = out.failed.first() {
+                return Err(QueueError(anyhow::anyhow!(
+                    "SendMessageBatch refused {} of {} jobs: {}",
+                    out.failed.len(),
+                    chunk.len(),
+                    failed.message.as_deref().unwrap_or(&failed.code)
+                )));
+            }
+        }
         Ok(())
     }
 }

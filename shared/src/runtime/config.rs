@@ -162,6 +162,22 @@ pub struct Config {
     /// Reads (status, list, steps, usage) per second and burst, per tenant and instance.
     pub reads_per_sec: f64,
     pub read_burst: u32,
+    pub webhooks: WebhookConfig,
+}
+
+/// How webhooks are delivered (docs/webhooks.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// Receivers on this machine over plain http may be registered (`make up` turns it on;
+    /// never in a deployment).
+    pub allow_local: bool,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+    /// Attempts and the delays between them.
+    pub retry: crate::domain::webhooks::RetrySchedule,
+    /// The queue deliveries wait in, and its dead-letter queue.
+    pub queue_url: Option<String>,
+    pub dead_letter_url: Option<String>,
 }
 
 impl Config {
@@ -289,6 +305,16 @@ impl Config {
             auth_cache: Duration::from_secs(number("AGENTQ_AUTH_CACHE_SECS", 5)?.min(60)),
             reads_per_sec: number("AGENTQ_READS_PER_SEC", 20)?.max(1) as f64,
             read_burst: number("AGENTQ_READ_BURST", 40)?.clamp(1, u64::from(u32::MAX)) as u32,
+            webhooks: WebhookConfig {
+                allow_local: get("AGENTQ_WEBHOOKS_ALLOW_LOCAL").is_some_and(|v| v == "true" || v == "1"),
+                timeout: Duration::from_secs(number("AGENTQ_WEBHOOK_TIMEOUT_SECS", 10)?.clamp(1, 30)),
+                retry: crate::domain::webhooks::RetrySchedule {
+                    max_attempts: number("AGENTQ_WEBHOOK_MAX_ATTEMPTS", 12)?.clamp(1, 1000) as u32,
+                    scale_percent: number("AGENTQ_WEBHOOK_RETRY_SCALE_PERCENT", 100)?.clamp(1, 100) as u32,
+                },
+                queue_url: get("AGENTQ_WEBHOOK_QUEUE_URL"),
+                dead_letter_url: get("AGENTQ_WEBHOOK_DLQ_URL"),
+            },
         })
     }
 }

@@ -488,12 +488,8 @@ async fn endpoints_are_the_tenants_own_and_attempts_read_in_order(store: &dyn St
     assert_eq!(store.endpoints(&mine).await.unwrap().len(), 1);
 
     let task = TaskId::new();
-    // Ids are ULIDs: a millisecond apart, they sort in the order they were made.
     let attempt = |n: u32, seq: u32, target: Target| Attempt {
-        id: {
-            std::thread::sleep(Duration::from_millis(2));
-            format!("att_{}", ulid::Ulid::generate())
-        },
+        id: crate::domain::webhooks::new_id("att"),
         attempt: n,
         event_id: format!("evt_{seq}"),
         seq,

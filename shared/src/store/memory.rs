@@ -600,7 +600,7 @@ impl WebhookStore for MemoryStore {
     async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
         let mut all: Vec<Endpoint> =
             self.lock()?.endpoints.values().filter(|e| e.tenant_id == tenant).cloned().collect();
-        all.sort_by_key(|e| e.created_at);
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(all)
     }
 

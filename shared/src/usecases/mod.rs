@@ -2,3 +2,4 @@
 //! and redrive, shared by the sweeper function, the CLI and the fault suite.
 
 pub mod deadletter;
+pub mod webhooks;

@@ -63,7 +63,7 @@ impl WebhookStore for DynamoStore {
         .await?;
         let mut endpoints: Vec<Endpoint> =
             items.into_iter().map(|i| from_item::<EndpointItem>(i).map(|e| e.endpoint)).collect::<Result<_, _>>()?;
-        endpoints.sort_by_key(|e| e.created_at);
+        endpoints.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(endpoints)
     }
 
