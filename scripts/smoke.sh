@@ -77,8 +77,47 @@ cli="$ROOT/target/debug/agentq"
 [[ $(grep -o '"type":"[a-z.]*"' "$RUN/watch" | cut -d'"' -f4 | tr '\n' ' ') == "task.queued task.started task.step task.step task.succeeded " ]] \
   || fail "agentq watch $id followed an odd story: $(cat "$RUN/watch")"
 "$cli" usage | grep -q total || fail "agentq usage printed no total"
+
+log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
+live=$("$cli" submit "What is 9 * 9?")
+curl -sSN --max-time 60 "${auth[@]}" "$url/v1/tasks/$live/stream" > "$RUN/stream" || fail "the stream of $live failed"
+[[ $(grep '^event:' "$RUN/stream" | cut -d' ' -f2 | tr '\n' ' ') == "task.queued task.started task.step task.step task.succeeded " ]] \
+  || fail "the stream of $live told an odd story: $(cat "$RUN/stream")"
+curl -sSN --max-time 30 "${auth[@]}" -H 'Last-Event-ID: 3' "$url/v1/tasks/$live/stream" > "$RUN/stream-resumed"
+[[ $(grep '^id:' "$RUN/stream-resumed" | cut -d' ' -f2 | tr '\n' ' ') == "4 5 " ]] \
+  || fail "the stream resumed after 3 did not give 4 and 5: $(cat "$RUN/stream-resumed")"
+expect 401 "$url/v1/tasks/$live/stream"
 set +e; "$cli" cancel "$id" >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 3 ]] || fail "cancelling a finished task exited $rc, not 3"
+
+log "smoke: webhooks: an endpoint added with the CLI gets a task's end, signed for the reference library"
+# The tests' receiver verifies with `standardwebhooks` (PyPI); it serves until its stdin closes,
+# which happens when this script exits.
+mkfifo "$RUN/receiver.in" 2>/dev/null || true
+"$TOOLS_VENV/bin/python" "$ROOT/tests/receivers/webhook_receiver.py" < "$RUN/receiver.in" > "$RUN/receiver.out" &
+exec 7> "$RUN/receiver.in"
+for _ in $(seq 1 100); do grep -q '^listening ' "$RUN/receiver.out" && break; sleep 0.1; done
+hook="http://127.0.0.1:$(sed -n 's/^listening //p' "$RUN/receiver.out")"
+[[ $hook != "http://127.0.0.1:" ]] || fail "the webhook receiver did not start"
+"$cli" --json webhooks add "$hook/hooks/smoke" --event task.succeeded > "$RUN/endpoint" || fail "agentq webhooks add failed"
+field() { grep -o "\"$1\":\"[^\"]*\"" "$2" | head -1 | cut -d'"' -f4; }
+endpoint=$(field id "$RUN/endpoint") secret=$(field secret "$RUN/endpoint")
+[[ $secret == whsec_* ]] || fail "the new endpoint's secret is not shown: $(cat "$RUN/endpoint")"
+curl -sS -o /dev/null -X PUT "$hook/control/smoke" -d "{\"secrets\":[\"$secret\"]}"
+"$cli" webhooks list | grep -q "$endpoint" || fail "agentq webhooks list does not show $endpoint"
+"$cli" webhooks test "$endpoint" | grep -q '^delivered' || fail "agentq webhooks test $endpoint was not delivered"
+hooked=$("$cli" submit "What is 3 * 4?")
+for _ in $(seq 1 120); do
+  curl -sS "$hook/control/smoke" > "$RUN/received"
+  grep -q "\"task_id\": \"$hooked\"" "$RUN/received" && break
+  sleep 0.5
+done
+grep -q "\"task_id\": \"$hooked\"" "$RUN/received" || fail "no webhook arrived for $hooked: $(cat "$RUN/received")"
+grep -q '"verified": false' "$RUN/received" && fail "a delivery did not verify: $(cat "$RUN/received")"
+grep -q '"type": "task.succeeded"' "$RUN/received" || fail "the delivery is not task.succeeded: $(cat "$RUN/received")"
+"$cli" webhooks deliveries "$hooked" | grep -q 'HTTP 204' || fail "agentq webhooks deliveries $hooked shows no 204"
+"$cli" webhooks remove "$endpoint" >/dev/null || fail "agentq webhooks remove failed"
+"$cli" webhooks list | grep -q "$endpoint" && fail "$endpoint is still listed after removal"
 
 log "smoke: the task's story in the logs, under its trace id, with its metrics"
 "$cli" logs "$id" --dir "$RUN" > "$RUN/story" || fail "agentq logs found nothing for $id"

@@ -16,7 +16,7 @@ if [[ ${PROFILE:-dev} != dev ]]; then
   log "building the functions ($PROFILE profile)"
   # agentq-local too: it stands in for API Gateway and Lambda, whose CPU a benchmark on
   # this machine must not inflate with a debug build.
-  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p reconciler -p agentq-local
+  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p reconciler -p notifier -p stream -p agentq-local
   BIN_DIR="$ROOT/target/$PROFILE"
 fi
 bash scripts/emulators.sh start
@@ -55,6 +55,8 @@ for k in AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_SQS
 done
 # LocalStack's S3 wants path-style addressing.
 env[AGENTQ_S3_PATH_STYLE]=true
+# Webhook receivers on this machine (http://127.0.0.1:…) are allowed locally, never deployed.
+[[ -n ${env[AGENTQ_WEBHOOKS_ALLOW_LOCAL]:-} ]] || env[AGENTQ_WEBHOOKS_ALLOW_LOCAL]=true
 # The log shape functions have in AWS (LoggingConfig LogFormat: JSON).
 env[AWS_LAMBDA_LOG_FORMAT]=JSON
 env[AWS_LAMBDA_LOG_LEVEL]=${AWS_LAMBDA_LOG_LEVEL:-INFO}
@@ -112,6 +114,8 @@ AGENTQ_QUEUE_URL="${env[AGENTQ_QUEUE_URL]}"
 AGENTQ_QUEUE_URL_HIGH="${env[AGENTQ_QUEUE_URL_HIGH]}"
 AGENTQ_QUEUE_URL_LOW="${env[AGENTQ_QUEUE_URL_LOW]}"
 AGENTQ_DLQ_URLS="${env[AGENTQ_DLQ_URLS]}"
+AGENTQ_WEBHOOK_QUEUE_URL="${env[AGENTQ_WEBHOOK_QUEUE_URL]}"
+AGENTQ_WEBHOOK_DLQ_URL="${env[AGENTQ_WEBHOOK_DLQ_URL]}"
 AGENTQ_BUCKET="${env[AGENTQ_BUCKET]}"
 AGENTQ_S3_PATH_STYLE="true"
 AWS_ENDPOINT_URL_S3="$AWS_ENDPOINT_URL_S3"

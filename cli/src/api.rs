@@ -7,18 +7,33 @@ use serde_json::Value;
 
 use crate::CliError;
 
-/// How often `--wait` and `watch` read the task's log again when it has nothing new.
+/// How often `--wait` and `watch` read the task's log again when it has nothing new (where
+/// there is no event stream).
 const POLL: Duration = Duration::from_millis(500);
+/// The longest one stream connection may last (a deployed stream ends before: 300 s).
+const STREAM_LIFE: Duration = Duration::from_secs(900);
+
+/// How one connection to the event stream ended.
+enum Listened {
+    /// The task's terminal event arrived.
+    Ended,
+    /// The stream closed first (its maximum life, or the network): connect again.
+    Closed,
+    /// There is no stream here.
+    NoStream,
+}
 
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Where the event stream is served (deployed: the stack's `StreamUrl`).
+    stream_base: String,
     key: String,
     json: bool,
 }
 
 impl Client {
-    pub fn new(base: &str, key: Option<&str>, json: bool) -> Result<Self, CliError> {
+    pub fn new(base: &str, stream_base: Option<&str>, key: Option<&str>, json: bool) -> Result<Self, CliError> {
         let key = key.ok_or_else(|| {
             CliError::Usage("no API key: pass --api-key, set AGENTQ_API_KEY, or run `make up` in the checkout".into())
         })?;
@@ -26,7 +41,22 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| CliError::Unavailable(e.to_string()))?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), json })
+        let stream_base = stream_base.unwrap_or(base).trim_end_matches('/').to_owned();
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), stream_base, key: key.to_owned(), json })
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// `method` on the API's `path`, with a JSON body when given; the answer's status and body.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), CliError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.call(req).await
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), CliError> {
@@ -66,9 +96,11 @@ impl Client {
         Ok(self.call(self.http.get(format!("{}/v1/tasks/{id}", self.base))).await?.1)
     }
 
-    /// Follows a task's event log until it ends: a progress bar on stderr (step, status, cost
-    /// so far), or with `--json` each event as a line; then the task. The log is read after the
-    /// last event seen, so nothing is missed or shown twice.
+    /// Follows a task's events until it ends: a progress bar on stderr (step, status, cost so
+    /// far), or with `--json` each event as a line; then the task. It listens on the event
+    /// stream, reconnecting after the last event it got when a stream ends early, and falls back
+    /// to reading the log every half second where no stream is served (an API without the
+    /// stream function). Either way nothing is missed or shown twice.
     pub async fn watch(&self, id: &str) -> Result<(), CliError> {
         let bar = ProgressBar::new(1);
         bar.set_style(
@@ -81,26 +113,15 @@ impl Client {
             bar.enable_steady_tick(Duration::from_millis(120));
         }
         let mut after = 0;
-        'follow: loop {
-            let url = format!("{}/v1/tasks/{id}/events", self.base);
-            let (_, page) = self.call(self.http.get(url).query(&[("after", after.to_string())])).await?;
-            for event in page["events"].as_array().into_iter().flatten() {
-                after = event["seq"].as_u64().unwrap_or(after);
-                if self.json {
-                    out!("{event}");
+        let mut ended = false;
+        while !ended {
+            match self.listen(id, &bar, &mut after).await? {
+                Listened::Ended => ended = true,
+                Listened::Closed => {}
+                Listened::NoStream => {
+                    self.poll(id, &bar, &mut after).await?;
+                    ended = true;
                 }
-                let data = &event["data"];
-                if let Some(step) = data["spent"]["steps"].as_u64() {
-                    bar.set_position(step);
-                }
-                let cost = data["spent"]["cost_usd"].as_f64().unwrap_or(0.0);
-                bar.set_message(format!("{} · ${cost:.6}", event["type"].as_str().unwrap_or("?")));
-                if matches!(event["type"].as_str(), Some("task.succeeded" | "task.failed" | "task.cancelled")) {
-                    break 'follow;
-                }
-            }
-            if page.get("next_after").is_none() {
-                tokio::time::sleep(POLL).await;
             }
         }
         bar.finish_and_clear();
@@ -109,6 +130,79 @@ impl Client {
             self.print_task(&task);
         }
         outcome(&task)
+    }
+
+    /// One connection to the task's event stream, from after `after`.
+    async fn listen(&self, id: &str, bar: &ProgressBar, after: &mut u64) -> Result<Listened, CliError> {
+        use eventsource_stream::Eventsource as _;
+        use futures::StreamExt as _;
+        let url = format!("{}/v1/tasks/{id}/stream", self.stream_base);
+        let sent = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .header("last-event-id", after.to_string())
+            .header("accept", "text/event-stream")
+            .timeout(STREAM_LIFE)
+            .send()
+            .await;
+        let Ok(response) = sent else { return Ok(Listened::NoStream) };
+        let is_stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            // Our own refusal (a problem+json with a code) stands; anything else means this
+            // API has no stream.
+            return match (status, body["code"].as_str()) {
+                (400..=499, Some(_)) => Err(CliError::Rejected(problem(status, &body))),
+                _ => Ok(Listened::NoStream),
+            };
+        }
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(message) = events.next().await {
+            let Ok(message) = message else { return Ok(Listened::Closed) };
+            let Ok(event) = serde_json::from_str::<Value>(&message.data) else { continue };
+            *after = event["seq"].as_u64().unwrap_or(*after);
+            if self.show(bar, &event) {
+                return Ok(Listened::Ended);
+            }
+        }
+        Ok(Listened::Closed)
+    }
+
+    /// Reads the task's log after `after` until its end.
+    async fn poll(&self, id: &str, bar: &ProgressBar, after: &mut u64) -> Result<(), CliError> {
+        loop {
+            let url = format!("{}/v1/tasks/{id}/events", self.base);
+            let (_, page) = self.call(self.http.get(url).query(&[("after", after.to_string())])).await?;
+            for event in page["events"].as_array().into_iter().flatten() {
+                *after = event["seq"].as_u64().unwrap_or(*after);
+                if self.show(bar, event) {
+                    return Ok(());
+                }
+            }
+            if page.get("next_after").is_none() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// Shows one event; whether it is the task's last.
+    fn show(&self, bar: &ProgressBar, event: &Value) -> bool {
+        if self.json {
+            out!("{event}");
+        }
+        let data = &event["data"];
+        if let Some(step) = data["spent"]["steps"].as_u64() {
+            bar.set_position(step);
+        }
+        let cost = data["spent"]["cost_usd"].as_f64().unwrap_or(0.0);
+        bar.set_message(format!("{} · ${cost:.6}", event["type"].as_str().unwrap_or("?")));
+        matches!(event["type"].as_str(), Some("task.succeeded" | "task.failed" | "task.cancelled"))
     }
 
     pub async fn get(&self, id: &str) -> Result<(), CliError> {

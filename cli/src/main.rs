@@ -21,6 +21,7 @@ mod api;
 mod dlq;
 mod keys;
 mod logs;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,10 @@ pub struct Cli {
     /// Base URL of the agentq API.
     #[arg(long, global = true, env = "AGENTQ_URL", default_value = "http://127.0.0.1:3000")]
     url: String,
+    /// Base URL of the event stream, when it is not the API's (deployed: the stack's
+    /// `StreamUrl` output).
+    #[arg(long, global = true, env = "AGENTQ_STREAM_URL")]
+    stream_url: Option<String>,
     /// API key (sent as `Authorization: Bearer`).
     #[arg(long, global = true, env = "AGENTQ_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -99,6 +104,12 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Webhook endpoints (add, list, remove, rotate, test), a task's deliveries, and redrive of
+    /// dead-lettered deliveries (admin).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// One task's log lines across submit and worker, in order (the local stack's logs).
     Logs {
@@ -172,8 +183,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Keys { command } => keys::run(command, cli.json).await,
         Command::Dlq { command } => dlq::run(command, cli.json).await,
+        Command::Webhooks { command: webhooks::WebhooksCommand::Redrive { task } } => {
+            webhooks::redrive(task, cli.json).await
+        }
+        Command::Webhooks { command } => {
+            webhooks::run(
+                command,
+                &api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?,
+            )
+            .await
+        }
         ref command => {
-            let client = api::Client::new(&cli.url, cli.api_key.as_deref(), cli.json)?;
+            let client = api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?;
             match command {
                 Command::Submit { prompt, priority, max_iterations, model, max_cost_usd, idempotency_key, wait } => {
                     let mut body = serde_json::json!({"prompt": prompt});
@@ -196,7 +217,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
-                Command::Keys { .. } | Command::Dlq { .. } | Command::Logs { .. } => unreachable!("handled above"),
+                Command::Keys { .. } | Command::Dlq { .. } | Command::Logs { .. } | Command::Webhooks { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

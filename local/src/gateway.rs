@@ -101,8 +101,13 @@ async fn handle(
     let Some((route, params)) = gw.route(&method, uri.path()) else {
         return message(StatusCode::NOT_FOUND, "Not Found");
     };
-    let event = event(route, params, &method, &uri, &headers, &body, &peer.ip().to_string());
-    match invoke(&gw, &route.function, &event).await {
+    let response = if route.streaming {
+        proxy_to_url(&gw, &route.function, &method, &uri, &headers, body).await
+    } else {
+        let event = event(route, params, &method, &uri, &headers, &body, &peer.ip().to_string());
+        invoke(&gw, &route.function, &event).await
+    };
+    match response {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(function = %route.function, error = format!("{e:#}"), "integration failed");
@@ -111,8 +116,9 @@ async fn handle(
     }
 }
 
-/// The API Gateway HTTP API event (payload format 2.0) for a request.
-fn event(
+/// The API Gateway HTTP API event (payload format 2.0) for a request; a function URL's
+/// event is the same, with the route `$default` and no path parameters.
+pub(crate) fn event(
     route: &Route,
     params: Map<String, Value>,
     method: &Method,
@@ -121,10 +127,12 @@ fn event(
     body: &Bytes,
     source_ip: &str,
 ) -> Value {
+    // A function URL has no routes: every request is `$default`, without path parameters.
     let route_key = match (&route.method, &route.path) {
-        (Some(m), Some(p)) => format!("{m} {p}"),
+        (Some(m), Some(p)) if !route.streaming => format!("{m} {p}"),
         _ => "$default".to_owned(),
     };
+    let params = if route.streaming { Map::new() } else { params };
     // Repeated headers are joined with commas in payload 2.0.
     let mut hdrs = Map::new();
     for (name, value) in headers {
@@ -204,6 +212,11 @@ async fn invoke(gw: &Gateway, function: &str, event: &Value) -> anyhow::Result<R
     if function_error || out.get("errorType").is_some() {
         return Err(anyhow!("the function failed: {out}"));
     }
+    response_of(&out)
+}
+
+/// The HTTP response a function's API Gateway answer (payload 2.0) stands for.
+pub(crate) fn response_of(out: &Value) -> anyhow::Result<Response> {
     let status = out["statusCode"].as_u64().ok_or_else(|| anyhow!("no statusCode in {out}"))?;
     let mut builder = Response::builder().status(u16::try_from(status)?);
     for (k, v) in out["headers"].as_object().into_iter().flatten() {
@@ -229,12 +242,71 @@ async fn invoke(gw: &Gateway, function: &str, event: &Value) -> anyhow::Result<R
     Ok(builder.body(axum::body::Body::from(body))?)
 }
 
+/// A route served by a function URL in `RESPONSE_STREAM` mode is passed to the Lambda
+/// service's function URL (`/lambda-url/{function}/…`, as `cargo lambda watch` and
+/// `agentq-local lambdas` both serve it), which streams the function's answer back: no 30 s
+/// integration limit, the body passed on as it comes.
+async fn proxy_to_url(
+    gw: &Gateway,
+    function: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> anyhow::Result<Response> {
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("{}/lambda-url/{function}{}{query}", gw.lambda_url, uri.path());
+    let mut request = gw.http.request(method.clone(), url).body(body);
+    for (name, value) in headers.iter().filter(|(n, _)| *n != axum::http::header::HOST) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.context("calling the function URL")?;
+    let mut builder = Response::builder().status(response.status());
+    for (name, value) in response.headers().iter().filter(|(n, _)| !n.as_str().starts_with("lambda-runtime")) {
+        builder = builder.header(name, value);
+    }
+    Ok(builder.body(axum::body::Body::from_stream(response.bytes_stream()))?)
+}
+
+/// The bytes between a streamed response's metadata prelude and its body.
+const PRELUDE_END: [u8; 8] = [0; 8];
+
+/// A streamed function response as HTTP: the JSON prelude (status, headers, cookies) up to
+/// eight NUL bytes, then the body, passed on as it comes.
+pub(crate) async fn streamed_response<S>(mut chunks: S) -> anyhow::Result<Response>
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+{
+    use futures::StreamExt as _;
+    let mut head = Vec::new();
+    let split = loop {
+        if let Some(at) = head.windows(PRELUDE_END.len()).position(|w| w == PRELUDE_END) {
+            break at;
+        }
+        match chunks.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk.context("reading the prelude")?),
+            None => return Err(anyhow!("the stream ended before its prelude")),
+        }
+    };
+    let prelude: Value = serde_json::from_slice(&head[..split]).context("parsing the prelude")?;
+    let mut builder = Response::builder().status(u16::try_from(prelude["statusCode"].as_u64().unwrap_or(200))?);
+    for (k, v) in prelude["headers"].as_object().into_iter().flatten() {
+        builder = builder.header(HeaderName::try_from(k.as_str())?, HeaderValue::try_from(v.as_str().unwrap_or(""))?);
+    }
+    for c in prelude["cookies"].as_array().into_iter().flatten() {
+        builder = builder.header("set-cookie", HeaderValue::try_from(c.as_str().unwrap_or(""))?);
+    }
+    let rest = Bytes::copy_from_slice(&head[split + PRELUDE_END.len()..]);
+    let body = futures::stream::iter((!rest.is_empty()).then_some(Ok(rest))).chain(chunks);
+    Ok(builder.body(axum::body::Body::from_stream(body))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn route(method: &str, path: &str, f: &str) -> Route {
-        Route { method: Some(method.into()), path: Some(path.into()), function: f.into() }
+        Route { method: Some(method.into()), path: Some(path.into()), function: f.into(), streaming: false }
     }
 
     fn gateway() -> Gateway {
@@ -243,7 +315,7 @@ mod tests {
                 route("POST", "/v1/tasks", "submit"),
                 route("GET", "/v1/tasks/{id}", "status"),
                 route("GET", "/v1/tasks/latest", "special"),
-                Route { method: None, path: None, function: "fallback".into() },
+                Route { method: None, path: None, function: "fallback".into(), streaming: false },
             ],
             reqwest::Client::new(),
             "http://x",

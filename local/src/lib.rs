@@ -1,6 +1,6 @@
 //! Local stand-ins for what AWS provides around agentq's functions, so the whole system runs
 //! on one machine with no Docker: resource provisioning from template.yaml, an API Gateway,
-//! the SQS event source, a small Lambda service that runs the functions' binaries, and a
+//! the SQS and DynamoDB stream event sources, a small Lambda service that runs the functions' binaries, and a
 //! scripted fake model. None of this is deployed.
 
 pub mod deliver;
@@ -9,4 +9,5 @@ pub mod faults;
 pub mod gateway;
 pub mod provision;
 pub mod runtime;
+pub mod streams;
 pub mod template;

@@ -264,6 +264,30 @@ async fn serve(
         }));
     }
 
+    // Table streams feed their functions (the notifier) as Lambda's event source mapping does.
+    let tables = template.tables()?;
+    let dynamodb = agentq::runtime::aws::dynamodb(&sdk);
+    for source in template.stream_sources()? {
+        let table = tables
+            .iter()
+            .find(|t| t.logical_id == source.table_logical_id)
+            .ok_or_else(|| anyhow!("no table {}", source.table_logical_id))?;
+        // TRIM_HORIZON, as the template's event source starts: nothing written before the
+        // poller started is missed (a restart gives records again; deliveries repeat their ids).
+        let poller = agentq_local::streams::StreamPoller::open(
+            agentq_local::streams::client(&sdk),
+            &dynamodb,
+            &table.name,
+            source.filters.clone(),
+            source.batch_size,
+            true,
+        )
+        .await?;
+        tracing::info!(function = %source.function, table = %table.name, "delivering the table's stream");
+        let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &source.function));
+        deliveries.push(tokio::spawn(poller.run(invoker, Duration::from_millis(200), stop_rx.clone())));
+    }
+
     let router = Gateway::new(template.routes(), http, lambda).router();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "gateway serving the HTTP API");

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -119,14 +119,8 @@ fn projection(index: &crate::template::IndexSpec) -> Projection {
 
 /// An existing table made from an older template: add the indexes it lacks.
 async fn add_missing_indexes(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
-    let described = dynamodb
-        .describe_table()
-        .table_name(&t.name)
-        .send()
-        .await
-        .map_err(|e| anyhow!("DescribeTable {}: {}", t.name, DisplayErrorContext(&e)))?;
-    let present: Vec<String> = described
-        .table
+    let present: Vec<String> = describe(dynamodb, &t.name)
+        .await?
         .and_then(|d| d.global_secondary_indexes)
         .unwrap_or_default()
         .into_iter()
@@ -200,9 +194,15 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
                 .build()?,
         );
     }
+    if let Some(view) = &t.stream_view_type {
+        req = req.stream_specification(stream_spec(view)?);
+    }
     match req.send().await {
         Ok(_) => {}
-        Err(e) if e.code() == Some("ResourceInUseException") => add_missing_indexes(dynamodb, t).await?,
+        Err(e) if e.code() == Some("ResourceInUseException") => {
+            add_missing_indexes(dynamodb, t).await?;
+            enable_stream(dynamodb, t).await?;
+        }
         Err(e) => return Err(anyhow!("CreateTable {}: {}", t.name, DisplayErrorContext(&e))),
     }
     if let Some(attr) = &t.ttl_attribute {
@@ -216,6 +216,41 @@ pub async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) ->
                     .context("enabling TTL");
             }
         }
+    }
+    Ok(())
+}
+
+async fn describe(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> anyhow::Result<Option<aws_sdk_dynamodb::types::TableDescription>> {
+    let described = dynamodb
+        .describe_table()
+        .table_name(name)
+        .send()
+        .await
+        .map_err(|e| anyhow!("DescribeTable {name}: {}", DisplayErrorContext(&e)))?;
+    Ok(described.table)
+}
+
+fn stream_spec(view: &str) -> anyhow::Result<StreamSpecification> {
+    Ok(StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::from(view)).build()?)
+}
+
+/// Turns on the template's stream on a table made without one (by an older template, or by
+/// a test that did not need it).
+pub async fn enable_stream(dynamodb: &aws_sdk_dynamodb::Client, t: &TableSpec) -> anyhow::Result<()> {
+    let Some(view) = &t.stream_view_type else { return Ok(()) };
+    let enabled =
+        describe(dynamodb, &t.name).await?.and_then(|d| d.stream_specification).is_some_and(|s| s.stream_enabled);
+    if !enabled {
+        dynamodb
+            .update_table()
+            .table_name(&t.name)
+            .stream_specification(stream_spec(view)?)
+            .send()
+            .await
+            .map_err(|e| anyhow!("UpdateTable {} (stream): {}", t.name, DisplayErrorContext(&e)))?;
     }
     Ok(())
 }

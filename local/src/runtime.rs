@@ -29,8 +29,15 @@ pub struct FunctionSpec {
     pub instances: usize,
 }
 
-/// What an invocation came to.
-type Outcome = Result<Bytes, Bytes>;
+/// What an invocation came to: its response (or the start of a streamed one), or its error.
+type Outcome = Result<Reply, Bytes>;
+
+/// A function's response: whole, or streamed (`Lambda-Runtime-Function-Response-Mode:
+/// streaming`), its chunks passed on as the function sends them.
+enum Reply {
+    Whole(Bytes),
+    Streamed(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
 
 struct Invocation {
     id: String,
@@ -64,13 +71,60 @@ impl Host {
 
     /// The Lambda Invoke API (`POST /2015-03-31/functions/{name}/invocations`).
     pub fn router(self) -> axum::Router {
-        axum::Router::new().route("/2015-03-31/functions/{name}/invocations", post(invoke)).with_state(Arc::new(self))
+        axum::Router::new()
+            .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+            .route("/lambda-url/{name}/{*path}", axum::routing::any(function_url))
+            .with_state(Arc::new(self))
     }
 }
 
+/// A function URL (`/lambda-url/{name}/…`, as `cargo lambda watch` serves it): the request
+/// as a function URL event; a streamed answer is passed on as it comes.
+async fn function_url(
+    State(host): State<Arc<Host>>,
+    Path((name, _)): Path<(String, String)>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().strip_prefix(&format!("/lambda-url/{name}")).unwrap_or("/");
+    let Ok(inner) = format!("{path}{}", uri.query().map(|q| format!("?{q}")).unwrap_or_default()).parse() else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let route = crate::template::Route { method: None, path: None, function: name.clone(), streaming: true };
+    let event = crate::gateway::event(&route, Default::default(), &method, &inner, &headers, &body, "127.0.0.1");
+    let answer = match dispatch(&host, &name, Bytes::from(event.to_string())).await {
+        Ok(Reply::Streamed(mut chunks)) => {
+            crate::gateway::streamed_response(futures::stream::poll_fn(move |cx| chunks.poll_recv(cx))).await
+        }
+        Ok(Reply::Whole(bytes)) => serde_json::from_slice(&bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|out| crate::gateway::response_of(&out)),
+        Err(failure) => return failure,
+    };
+    answer.unwrap_or_else(|e| {
+        tracing::error!(function = %name, error = format!("{e:#}"), "function URL failed");
+        (StatusCode::BAD_GATEWAY, "the function's answer could not be read").into_response()
+    })
+}
+
 async fn invoke(State(host): State<Arc<Host>>, Path(name): Path<String>, payload: Bytes) -> Response {
-    let Some((queue, timeout)) = host.functions.get(&name) else {
-        return (StatusCode::NOT_FOUND, format!("no function {name}")).into_response();
+    match dispatch(&host, &name, payload).await {
+        Ok(Reply::Whole(body)) => (StatusCode::OK, body).into_response(),
+        Ok(Reply::Streamed(mut chunks)) => {
+            let chunks = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+            (StatusCode::OK, axum::body::Body::from_stream(chunks)).into_response()
+        }
+        Err(failure) => failure,
+    }
+}
+
+/// Hands `payload` to one of the function's processes and waits for its answer; a failure is
+/// the response the Invoke API gives for it.
+async fn dispatch(host: &Host, name: &str, payload: Bytes) -> Result<Reply, Response> {
+    let Some((queue, timeout)) = host.functions.get(name) else {
+        return Err((StatusCode::NOT_FOUND, format!("no function {name}")).into_response());
     };
     let (reply, answer) = oneshot::channel();
     let deadline = time::OffsetDateTime::now_utc() + *timeout;
@@ -81,19 +135,19 @@ async fn invoke(State(host): State<Arc<Host>>, Path(name): Path<String>, payload
         reply,
     };
     if queue.send(invocation).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the function is not running").into_response();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "the function is not running").into_response());
     }
     // Waiting for a process to take it counts too: Lambda would have throttled.
     let outcome = tokio::time::timeout(*timeout + Duration::from_secs(30), answer).await;
     match outcome {
-        Ok(Ok(Ok(body))) => (StatusCode::OK, body).into_response(),
-        Ok(Ok(Err(error))) => function_error(error),
-        Ok(Err(_)) => function_error(Bytes::from_static(
+        Ok(Ok(Ok(reply))) => Ok(reply),
+        Ok(Ok(Err(error))) => Err(function_error(error)),
+        Ok(Err(_)) => Err(function_error(Bytes::from_static(
             br#"{"errorType":"Runtime.Lost","errorMessage":"the invocation was lost"}"#,
-        )),
-        Err(_) => function_error(Bytes::from_static(
+        ))),
+        Err(_) => Err(function_error(Bytes::from_static(
             br#"{"errorType":"Sandbox.Timedout","errorMessage":"no answer in time"}"#,
-        )),
+        ))),
     }
 }
 
@@ -196,14 +250,39 @@ async fn next(State(state): State<Arc<Instance>>) -> Response {
     (StatusCode::OK, headers, inv.payload).into_response()
 }
 
-async fn respond(State(state): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
-    match state.held.lock().await.remove(&id) {
-        Some((reply, _)) => {
-            let _ = reply.send(Ok(body));
-            StatusCode::ACCEPTED
-        }
-        None => StatusCode::NOT_FOUND,
+async fn respond(
+    State(state): State<Arc<Instance>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> StatusCode {
+    let Some((reply, _)) = state.held.lock().await.remove(&id) else { return StatusCode::NOT_FOUND };
+    let streaming = headers
+        .get("lambda-runtime-function-response-mode")
+        .is_some_and(|m| m.as_bytes().eq_ignore_ascii_case(b"streaming"));
+    if !streaming {
+        return match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => {
+                let _ = reply.send(Ok(Reply::Whole(bytes)));
+                StatusCode::ACCEPTED
+            }
+            Err(_) => StatusCode::BAD_REQUEST,
+        };
     }
+    // Streamed: the invoker gets the chunks as they arrive, until the function ends its body
+    // (or the invoker hangs up, which ends the function's response as Lambda does).
+    use futures::StreamExt as _;
+    let (tx, rx) = mpsc::channel(16);
+    let _ = reply.send(Ok(Reply::Streamed(rx)));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(std::io::Error::other);
+        let failed = chunk.is_err();
+        if tx.send(chunk).await.is_err() || failed {
+            break;
+        }
+    }
+    StatusCode::ACCEPTED
 }
 
 async fn error(State(state): State<Arc<Instance>>, Path(id): Path<String>, body: Bytes) -> StatusCode {

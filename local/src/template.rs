@@ -47,6 +47,8 @@ pub struct TableSpec {
     pub key_schema: Vec<(String, String)>,
     pub indexes: Vec<IndexSpec>,
     pub ttl_attribute: Option<String>,
+    /// The stream's view type (`NEW_IMAGE`…), when the table has a stream.
+    pub stream_view_type: Option<String>,
 }
 
 /// A global secondary index of a table.
@@ -69,6 +71,10 @@ pub struct Route {
     pub path: Option<String>,
     /// The function's binary name (what `cargo lambda` invokes).
     pub function: String,
+    /// Served by the function's URL in `RESPONSE_STREAM` mode rather than by the HTTP API:
+    /// the response is streamed, and the route is the one the template's `Metadata.agentq`
+    /// names for the local gateway.
+    pub streaming: bool,
 }
 
 /// A function invoked on a schedule.
@@ -77,6 +83,16 @@ pub struct Scheduled {
     pub function: String,
     /// The schedule expression, e.g. `rate(1 minute)`.
     pub schedule: String,
+}
+
+/// A DynamoDB stream event source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSource {
+    pub table_logical_id: String,
+    pub function: String,
+    pub batch_size: u32,
+    /// Event filter patterns (EventBridge syntax); a record passes if any matches.
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// An SQS event source mapping.
@@ -263,6 +279,7 @@ impl Template {
                     ttl_attribute: (ttl["Enabled"].as_bool() == Some(true))
                         .then(|| scalar(&ttl["AttributeName"]))
                         .flatten(),
+                    stream_view_type: scalar(&p["StreamSpecification"]["StreamViewType"]),
                 })
             })
             .collect()
@@ -286,16 +303,30 @@ impl Template {
             .map(|e| &e["Properties"])
     }
 
+    /// The HTTP API's routes, and those of streaming function URLs (`Metadata.agentq.Routes`,
+    /// `"GET /path"` each).
     pub fn routes(&self) -> Vec<Route> {
-        self.functions()
-            .flat_map(|(_, function, r)| {
-                Self::events(r, "HttpApi").map(move |p| Route {
-                    method: scalar(&p["Method"]).map(|m| m.to_ascii_uppercase()),
-                    path: scalar(&p["Path"]),
+        let api = self.functions().flat_map(|(_, function, r)| {
+            Self::events(r, "HttpApi").map(move |p| Route {
+                method: scalar(&p["Method"]).map(|m| m.to_ascii_uppercase()),
+                path: scalar(&p["Path"]),
+                function: function.clone(),
+                streaming: false,
+            })
+        });
+        let urls = self.functions().flat_map(|(_, function, r)| {
+            let streaming = r["Properties"]["FunctionUrlConfig"]["InvokeMode"].as_str() == Some("RESPONSE_STREAM");
+            r["Metadata"]["agentq"]["Routes"].as_sequence().into_iter().flatten().filter_map(move |line| {
+                let (method, path) = line.as_str()?.split_once(' ')?;
+                Some(Route {
+                    method: Some(method.to_ascii_uppercase()),
+                    path: Some(path.to_owned()),
                     function: function.clone(),
+                    streaming,
                 })
             })
-            .collect()
+        });
+        api.chain(urls).collect()
     }
 
     pub fn sqs_sources(&self) -> anyhow::Result<Vec<SqsSource>> {
@@ -319,6 +350,42 @@ impl Template {
                     function: function.clone(),
                     batch_size,
                     max_concurrency,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every DynamoDB stream event source: the function, the table, and the filter patterns.
+    pub fn stream_sources(&self) -> anyhow::Result<Vec<StreamSource>> {
+        let none = HashMap::new();
+        let mut out = Vec::new();
+        for (id, function, r) in self.functions() {
+            for p in Self::events(r, "DynamoDB") {
+                let Value::Tagged(t) = &p["Stream"] else { bail!("{id}: Stream must be !GetAtt Table.StreamArn") };
+                let table = t
+                    .value
+                    .as_str()
+                    .and_then(|s| s.strip_suffix(".StreamArn"))
+                    .ok_or_else(|| anyhow!("{id}: bad stream"))?;
+                let batch_size = match &p["BatchSize"] {
+                    Value::Null => 100,
+                    v => self.resolve(v, &none)?.parse()?,
+                };
+                let filters = p["FilterCriteria"]["Filters"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| scalar(&f["Pattern"]))
+                    .map(|pattern| {
+                        serde_json::from_str(&pattern).with_context(|| format!("{id}: filter pattern {pattern}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                out.push(StreamSource {
+                    table_logical_id: table.to_owned(),
+                    function: function.clone(),
+                    batch_size,
+                    filters,
                 });
             }
         }

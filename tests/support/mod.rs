@@ -29,8 +29,15 @@ use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+pub mod webhooks;
+
 /// Deliveries before a message is dead-lettered, in the test queues.
 pub const MAX_RECEIVE_COUNT: u32 = 3;
+/// Attempts at a webhook delivery before it is dead-lettered, in the test queues.
+pub const WEBHOOK_MAX_ATTEMPTS: u32 = 5;
+/// The webhook retry schedule in the tests, in percent of the deployed one: 0.3 s, 1.2 s, 6 s
+/// and 18 s between the five attempts (30 s, 2 min, 10 min, 30 min deployed).
+pub const WEBHOOK_RETRY_SCALE_PERCENT: u32 = 1;
 /// Visibility timeout of the test queues, so retries come back quickly.
 pub const VISIBILITY_SECS: u32 = 1;
 pub const MODEL: &str = "claude-sonnet-4-5";
@@ -58,6 +65,11 @@ pub fn test_config(table: &str) -> Config {
         ("AGENTQ_READ_BURST", "1000".into()),
         // Revocations and limit changes seen at once, as the tests expect.
         ("AGENTQ_AUTH_CACHE_SECS", "0".into()),
+        // The tests' webhook receiver listens on 127.0.0.1.
+        ("AGENTQ_WEBHOOKS_ALLOW_LOCAL", "true".into()),
+        ("AGENTQ_WEBHOOK_TIMEOUT_SECS", "2".into()),
+        ("AGENTQ_WEBHOOK_MAX_ATTEMPTS", WEBHOOK_MAX_ATTEMPTS.to_string()),
+        ("AGENTQ_WEBHOOK_RETRY_SCALE_PERCENT", WEBHOOK_RETRY_SCALE_PERCENT.to_string()),
     ]);
     Config::from_lookup(|k| vars.get(k).cloned()).expect("the test configuration is valid")
 }
@@ -74,6 +86,9 @@ pub struct TestApp {
     pub dlq_url: String,
     /// Every dead-letter queue.
     pub dlqs: Vec<String>,
+    /// The webhook queue and its dead-letter queue.
+    pub webhook_queue: QueueRef,
+    pub webhook_dlq_url: String,
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// The test's own table.
@@ -143,7 +158,10 @@ impl TestApp {
         let stack = format!("test-{}", ulid::Ulid::generate().to_string().to_lowercase());
         let template = Template::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"), &stack)?;
 
-        let table = template.tables()?.into_iter().next().context("the template has no table")?;
+        let mut table = template.tables()?.into_iter().next().context("the template has no table")?;
+        // Without its stream: DynamoDB Local slows down for every table with one, and a run
+        // makes hundreds of tables. The webhook tests, which read it, turn it on.
+        table.stream_view_type = None;
         agentq_local::provision::create_table(&dynamodb, &table).await?;
 
         // Every queue of the template, with a short visibility timeout and a low receive count.
@@ -154,7 +172,8 @@ impl TestApp {
             q.attributes.insert("VisibilityTimeout".into(), VISIBILITY_SECS.to_string());
             let dlq_arn = q.redrive.as_ref().map(|(dlq, _)| created[dlq].1.clone());
             if let Some((dlq, _)) = q.redrive.clone() {
-                q.redrive = Some((dlq, MAX_RECEIVE_COUNT));
+                let count = if q.logical_id == "WebhookQueue" { WEBHOOK_MAX_ATTEMPTS } else { MAX_RECEIVE_COUNT };
+                q.redrive = Some((dlq, count));
             }
             let made = agentq_local::provision::create_queue(&sqs, &q, dlq_arn.as_deref()).await?;
             created.insert(q.logical_id.clone(), made);
@@ -196,11 +215,13 @@ impl TestApp {
                 model_configured: true,
                 allowed,
                 auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
+                webhooks: agentq::runtime::wiring::send_policy(&config),
             },
             status: status::App {
                 store: store.clone(),
                 reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
                 auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
+                webhooks: agentq::runtime::wiring::send_policy(&config),
             },
             worker: worker::Worker {
                 store: store.clone(),
@@ -224,6 +245,8 @@ impl TestApp {
             queues,
             dlq_url,
             dlqs,
+            webhook_queue: QueueRef { url: created["WebhookQueue"].0.clone(), arn: created["WebhookQueue"].1.clone() },
+            webhook_dlq_url: url("WebhookDeadLetterQueue")?,
             sqs,
             dynamodb,
             table: table.name.clone(),
@@ -337,6 +360,18 @@ impl TestApp {
 
     /// A request to the status function, as the holder of `key`.
     pub async fn call_status(&self, key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        self.call_status_with(key, method, path, query, None).await
+    }
+
+    /// A request to the status function with a JSON body.
+    pub async fn call_status_with(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut event: Value = serde_json::from_str(include_str!("../../events/status.json")).unwrap();
         event["rawPath"] = json!(path);
         event["requestContext"]["http"]["path"] = json!(path);
@@ -350,6 +385,10 @@ impl TestApp {
             event["queryStringParameters"] = query.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
             event["rawQueryString"] =
                 json!(query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+        }
+        if let Some(body) = body {
+            event["body"] = json!(body.to_string());
+            event["headers"]["content-type"] = json!("application/json");
         }
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
         let r = status::handle(&self.status, req).await;

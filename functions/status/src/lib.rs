@@ -2,12 +2,15 @@
 //! result, cost), `DELETE /v1/tasks/{id}` (cancel), `GET /v1/tasks/{id}/steps` (the recorded
 //! model answers and tool results, a page at a time), `GET /v1/tasks/{id}/events` (its event
 //! log: queued, started, each step, the end), `GET /v1/tasks` (summaries, newest
-//! first, paginated) and `GET /v1/usage` (per day). Another tenant's task, an unknown id and a
+//! first, paginated), `GET /v1/usage` (per day), and webhooks: a tenant's endpoints and each
+//! task's delivery attempts ([`webhooks`]). Another tenant's task, an unknown id and a
 //! malformed one all get the same 404, so ids cannot be probed.
 //!
 //! Every answer is bounded: a list examines a bounded number of entries (a rare status comes
 //! back a short page with a cursor), a page of steps stays far under Lambda's 6 MB response,
 //! and each tenant's reads are rate limited per instance.
+
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -16,7 +19,7 @@ use agentq::edge::api::{EventList, StepList, StepView, TaskList, TaskSummary, Ta
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::edge::routes::{self, Op};
-use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, day_of};
+use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, WebhookStore, day_of};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lambda_http::http::StatusCode;
@@ -36,8 +39,8 @@ const DEFAULT_STEPS: usize = 100;
 const MAX_STEPS: usize = 500;
 
 /// What the status path reads and writes.
-pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead {}
-impl<T: TaskRead + TaskCancel + TenantRead + UsageRead> StatusStore for T {}
+pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore {}
+impl<T: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore> StatusStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
@@ -47,6 +50,8 @@ pub struct App {
     pub reads: Arc<agentq::edge::throttle::ReadThrottle>,
     /// Callers this instance authenticated lately.
     pub auth: Arc<agentq::edge::auth::AuthCache>,
+    /// Where webhook endpoints may point.
+    pub webhooks: agentq::outbound::webhook::SendPolicy,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -77,21 +82,20 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         Op::TaskEvents => events(app, &caller, &id(), req).await,
         Op::ListTasks => list(app, &caller, req).await,
         Op::Usage => usage(app, &caller, req).await,
+        Op::TaskDeliveries => webhooks::deliveries(app, &caller, &id(), req).await,
+        Op::CreateWebhook => webhooks::create(app, &caller, req).await,
+        Op::ListWebhooks => webhooks::list(app, &caller).await,
+        Op::DeleteWebhook => webhooks::remove(app, &caller, &id()).await,
+        Op::RotateWebhook => webhooks::rotate(app, &caller, &id()).await,
+        Op::TestWebhook => webhooks::test(app, &caller, &id()).await,
         // Another function's route: API Gateway never sends it here.
         _ => Err(ApiError::NotFound(format!("no route for {}", req.uri().path()))),
     }
 }
 
 /// The caller's task with this id: anything else is the same 404.
-async fn owned_task(app: &App, caller: &Caller, raw: &str) -> Result<TaskRecord, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no task with id {raw:?}"));
-    let id: TaskId = raw.parse().map_err(|_| not_found())?;
-    tracing::Span::current().record("task_id", tracing::field::display(id));
-    let task = app.store.get(id).await?.ok_or_else(not_found)?;
-    if task.tenant_id != caller.tenant.tenant_id {
-        return Err(not_found());
-    }
-    Ok(task)
+pub(crate) async fn owned_task(app: &App, caller: &Caller, raw: &str) -> Result<TaskRecord, ApiError> {
+    agentq::edge::auth::owned_task(app.store.as_ref(), caller, raw).await
 }
 
 async fn get_task(app: &App, caller: &Caller, raw: &str) -> Result<Response<Body>, ApiError> {
@@ -126,7 +130,7 @@ async fn events(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<
 }
 
 /// The `cursor` query parameter, one this API returned (base64url of what `parse` accepts).
-fn cursor<T>(req: &Request, parse: impl FnOnce(String) -> Option<T>) -> Result<Option<T>, ApiError> {
+pub(crate) fn cursor<T>(req: &Request, parse: impl FnOnce(String) -> Option<T>) -> Result<Option<T>, ApiError> {
     query(req, "cursor")
         .map(|c| {
             URL_SAFE_NO_PAD
@@ -140,7 +144,7 @@ fn cursor<T>(req: &Request, parse: impl FnOnce(String) -> Option<T>) -> Result<O
 }
 
 /// The `limit` query parameter: `default` if absent, 1 to `max`.
-fn limit(req: &Request, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn limit(req: &Request, default: usize, max: usize) -> Result<usize, ApiError> {
     match query(req, "limit") {
         None => Ok(default),
         Some(l) => l
@@ -172,7 +176,7 @@ fn query(req: &Request, name: &str) -> Option<String> {
     params.first(name).map(str::to_owned)
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::Validation(vec![FieldError::new(field, message)])
 }
 

@@ -13,6 +13,7 @@ async fn main() -> Result<(), Error> {
         store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
         reads: Arc::new(agentq::runtime::wiring::read_throttle(&config)),
         auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
+        webhooks: agentq::runtime::wiring::send_policy(&config),
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

@@ -23,7 +23,8 @@ fn fixture() -> Fixture {
     let key = store.tenant_with_key("acme", Limits::default());
     let reads = Arc::new(agentq::edge::throttle::ReadThrottle::new(1000.0, 1000));
     let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
-    Fixture { app: App { store: store.clone(), reads, auth }, store, key }
+    let webhooks = agentq::outbound::webhook::SendPolicy::new(false, std::time::Duration::from_secs(5));
+    Fixture { app: App { store: store.clone(), reads, auth, webhooks }, store, key }
 }
 
 fn request(key: &str, method: &str, path: &str, query: &[(&str, &str)]) -> Request {

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use agentq::domain::task::{
     Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest,
 };
+use agentq::domain::webhooks::{TaskWebhook, new_secret};
 use agentq::edge::api::Accepted;
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_body, json_response, rate_limit_headers, respond};
 use agentq::edge::routes::{self, Op};
 use agentq::observe::metrics::{self, Unit};
 use agentq::observe::telemetry::{self, traces};
+use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::TaskQueue;
 use agentq::store::{
     Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
@@ -52,6 +54,8 @@ pub struct App {
     pub allowed: Allowed,
     /// Callers this instance authenticated lately.
     pub auth: Arc<agentq::edge::auth::AuthCache>,
+    /// Where a task's own webhook may point.
+    pub webhooks: SendPolicy,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -171,7 +175,18 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
         }
     }
 
+    let webhook = request
+        .webhook_url()
+        .map(|url| {
+            let url = app
+                .webhooks
+                .check_url(url)
+                .map_err(|e| ApiError::Validation(vec![FieldError::new("webhook.url", e)]))?;
+            Ok::<_, ApiError>(TaskWebhook { url: url.to_string(), secret: new_secret().expose().to_owned() })
+        })
+        .transpose()?;
     let mut task = TaskRecord::new(request, &tenant.tenant_id, now);
+    task.webhook = webhook;
     task.trace_id = (!trace_id.is_empty()).then(|| trace_id.to_owned());
     let id = task.task_id;
     span.record("task_id", tracing::field::display(id));
@@ -238,7 +253,7 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
     let id = task.task_id;
     let mut response = json_response(
         StatusCode::ACCEPTED,
-        &Accepted { task_id: id, status: task.status, created_at: task.created_at },
+        &Accepted { task_id: id, status: task.status, created_at: task.created_at, webhook: task.webhook.clone() },
     );
     let location = HeaderValue::from_str(&format!("/v1/tasks/{id}")).expect("a task id is a valid header value");
     response.headers_mut().insert(LOCATION, location);

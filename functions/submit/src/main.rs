@@ -16,6 +16,7 @@ async fn main() -> Result<(), Error> {
         model_configured: wiring::model_configured(&config),
         allowed: wiring::allowed(&config)?,
         auth: Arc::new(wiring::auth_cache(&config)),
+        webhooks: wiring::send_policy(&config),
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

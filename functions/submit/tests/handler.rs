@@ -30,7 +30,8 @@ fn fixture_with(limits: Limits) -> Fixture {
         tools: vec!["calculator".into()],
     };
     let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
-    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed, auth };
+    let webhooks = agentq::outbound::webhook::SendPolicy::new(false, std::time::Duration::from_secs(5));
+    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed, auth, webhooks };
     Fixture { app, store, queue, key }
 }
 

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::secret::Secret;
-use crate::domain::task::TaskId;
+use crate::domain::task::{FieldError, RequestError, TaskId};
 
 /// How long a rotated-out secret still signs deliveries beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
@@ -89,6 +89,65 @@ impl Endpoint {
     pub fn rotate(&mut self, now: OffsetDateTime) {
         self.previous_secret = Some(std::mem::replace(&mut self.secret, new_secret().expose().to_owned()));
         self.previous_until = Some(now + ROTATION_OVERLAP);
+    }
+}
+
+/// The body of `POST /v1/webhooks`: `{"url", "events"?: ["task.succeeded", …]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRequest {
+    pub url: String,
+    /// Empty for every event.
+    pub events: Vec<EventKind>,
+}
+
+impl EndpointRequest {
+    /// Parses a JSON body, naming every field that is wrong. The URL is checked only for being
+    /// a string here: the deployment's outbound rules are the caller's to apply.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(RequestError::Invalid(vec![FieldError::new("", "the body must be a JSON object")]));
+        };
+        let mut errors = Vec::new();
+        let url = match fields.remove("url") {
+            Some(serde_json::Value::String(u)) => Some(u),
+            Some(_) => {
+                errors.push(FieldError::new("url", "must be a string"));
+                None
+            }
+            None => {
+                errors.push(FieldError::new("url", "is required"));
+                None
+            }
+        };
+        let mut events = Vec::new();
+        match fields.remove("events") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Array(items)) => {
+                for item in items {
+                    match serde_json::from_value::<EventKind>(item.clone()) {
+                        Ok(kind) if !events.contains(&kind) => events.push(kind),
+                        Ok(_) => {}
+                        Err(_) => errors.push(FieldError::new(
+                            "events",
+                            format!(
+                                "{item} is not an event type; known: {}",
+                                EventKind::ALL.map(EventKind::as_str).join(", ")
+                            ),
+                        )),
+                    }
+                }
+            }
+            Some(_) => errors.push(FieldError::new("events", "must be an array of event types")),
+        }
+        let mut unknown: Vec<_> = fields.keys().cloned().collect();
+        unknown.sort();
+        errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
+        match (url, errors.is_empty()) {
+            (Some(url), true) => Ok(Self { url, events }),
+            _ => Err(RequestError::Invalid(errors)),
+        }
     }
 }
 
@@ -233,6 +292,19 @@ mod tests {
         let ends = Endpoint::new("acme", "https://x".into(), vec![EventKind::Succeeded, EventKind::Failed], now);
         assert!(all.wants(EventKind::Step));
         assert!(ends.wants(EventKind::Failed) && !ends.wants(EventKind::Step));
+    }
+
+    #[test]
+    fn an_endpoint_request_names_every_wrong_field() {
+        let ok = EndpointRequest::parse(br#"{"url":"https://x","events":["task.failed","task.failed"]}"#).unwrap();
+        assert_eq!(ok.events, [EventKind::Failed]);
+        let Err(RequestError::Invalid(errors)) = EndpointRequest::parse(br#"{"events":["task.done"],"secret":"x"}"#)
+        else {
+            panic!("invalid")
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["url", "events", "secret"]);
+        assert!(matches!(EndpointRequest::parse(b"[1"), Err(RequestError::NotJson(_))));
     }
 
     #[test]

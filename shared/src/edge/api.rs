@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::events::EventKind;
 use crate::domain::task::{Priority, TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::usage::Usage;
+use crate::domain::webhooks::{Attempt, Endpoint, TaskWebhook};
 use crate::store::DayUsage;
 
 /// The answer to an accepted submission.
@@ -17,6 +19,70 @@ pub struct Accepted {
     pub status: TaskStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The task's own webhook, with the secret that signs its deliveries (shown here only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<TaskWebhook>,
+}
+
+/// A webhook endpoint as the API shows it. The secret is shown when it is made (create,
+/// rotate) and never again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub id: String,
+    pub url: String,
+    /// The event types it receives; empty for all.
+    pub events: Vec<EventKind>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Until when the secret before the last rotation still signs beside the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub previous_secret_expires_at: Option<OffsetDateTime>,
+}
+
+impl EndpointView {
+    /// The endpoint without its secret.
+    pub fn listed(e: &Endpoint) -> Self {
+        Self {
+            id: e.id.clone(),
+            url: e.url.clone(),
+            events: e.events.clone(),
+            created_at: e.created_at,
+            secret: None,
+            previous_secret_expires_at: e.previous_until.filter(|until| *until > crate::now()),
+        }
+    }
+
+    /// The endpoint with its secret: the answer to a create or a rotate.
+    pub fn revealed(e: &Endpoint) -> Self {
+        Self { secret: Some(e.secret.clone()), ..Self::listed(e) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointList {
+    pub webhooks: Vec<EndpointView>,
+}
+
+/// A task's delivery attempts, by event, target and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub task_id: TaskId,
+    pub deliveries: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// What a test delivery (`webhook.test`) came to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestDelivery {
+    pub delivered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub latency_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +171,9 @@ pub struct TaskView {
     /// The trace of the task's work, to find it in X-Ray or another tracing backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Where the task's own webhook goes (its secret is shown only by the submit answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -114,6 +183,7 @@ impl From<&TaskRecord> for TaskView {
             result: r.result.clone(),
             usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             trace_id: r.trace_id.clone(),
+            webhook_url: r.webhook.as_ref().map(|w| w.url.clone()),
         }
     }
 }

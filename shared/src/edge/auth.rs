@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use lambda_http::Request;
 
+use crate::domain::task::{TaskId, TaskRecord};
 use crate::domain::tenant::{Tenant, hash_key};
 use crate::edge::http::ApiError;
-use crate::store::TenantRead;
+use crate::store::{TaskRead, TenantRead};
 
 /// The authenticated tenant and the key it used.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +95,19 @@ pub async fn authenticate(store: &dyn TenantRead, cache: &AuthCache, req: &Reque
     };
     tracing::Span::current().record("tenant_id", tracing::field::display(&caller.tenant.tenant_id));
     Ok(caller)
+}
+
+/// The caller's task with the id `raw`. Another tenant's task, an unknown id and a malformed
+/// one are all the same 404, so ids cannot be probed.
+pub async fn owned_task(store: &dyn TaskRead, caller: &Caller, raw: &str) -> Result<TaskRecord, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no task with id {raw:?}"));
+    let id: TaskId = raw.parse().map_err(|_| not_found())?;
+    tracing::Span::current().record("task_id", tracing::field::display(id));
+    let task = store.get(id).await?.ok_or_else(not_found)?;
+    if task.tenant_id != caller.tenant.tenant_id {
+        return Err(not_found());
+    }
+    Ok(task)
 }
 
 #[cfg(test)]

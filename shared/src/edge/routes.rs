@@ -10,6 +10,8 @@ use crate::edge::http::ApiError;
 pub enum Function {
     Submit,
     Status,
+    /// The event stream, behind its own Function URL (HTTP APIs cannot stream).
+    Stream,
 }
 
 impl Function {
@@ -18,6 +20,7 @@ impl Function {
         match self {
             Self::Submit => "submit",
             Self::Status => "status",
+            Self::Stream => "stream",
         }
     }
 }
@@ -34,7 +37,14 @@ pub enum Op {
     CancelTask,
     TaskSteps,
     TaskEvents,
+    TaskStream,
+    TaskDeliveries,
     Usage,
+    CreateWebhook,
+    ListWebhooks,
+    DeleteWebhook,
+    RotateWebhook,
+    TestWebhook,
 }
 
 /// One route: method, path template (`{id}` is a path parameter), operation and function.
@@ -58,7 +68,14 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/v1/tasks/{id}", Op::CancelTask, Function::Status),
     route("GET", "/v1/tasks/{id}/steps", Op::TaskSteps, Function::Status),
     route("GET", "/v1/tasks/{id}/events", Op::TaskEvents, Function::Status),
+    route("GET", "/v1/tasks/{id}/stream", Op::TaskStream, Function::Stream),
+    route("GET", "/v1/tasks/{id}/deliveries", Op::TaskDeliveries, Function::Status),
     route("GET", "/v1/usage", Op::Usage, Function::Status),
+    route("POST", "/v1/webhooks", Op::CreateWebhook, Function::Status),
+    route("GET", "/v1/webhooks", Op::ListWebhooks, Function::Status),
+    route("DELETE", "/v1/webhooks/{id}", Op::DeleteWebhook, Function::Status),
+    route("POST", "/v1/webhooks/{id}/rotate", Op::RotateWebhook, Function::Status),
+    route("POST", "/v1/webhooks/{id}/test", Op::TestWebhook, Function::Status),
     route("GET", "/health", Op::Health, Function::Submit),
     route("GET", "/ready", Op::Ready, Function::Submit),
     route("GET", "/openapi.json", Op::OpenApi, Function::Submit),

@@ -44,6 +44,15 @@ impl SendPolicy {
         if raw.len() > 2048 {
             return Err("is longer than 2,048 characters".into());
         }
+        // An address written out is checked now; a name is checked at every delivery, after
+        // it resolves.
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let loopback_ok = self.reach == Reach::PublicAndLoopback && ip.is_loopback();
+            if !(super::is_public_address(ip) || loopback_ok) {
+                return Err("must not point at a private, loopback, link-local or metadata address".into());
+            }
+        }
         Ok(url)
     }
 }
@@ -185,6 +194,9 @@ mod tests {
         assert!(deployed.check_url("http://hooks.example.com/agentq").is_err());
         assert!(deployed.check_url("https://user:pw@hooks.example.com/").is_err());
         assert!(deployed.check_url("not a url").is_err());
+        assert!(deployed.check_url("https://169.254.169.254/latest").is_err());
+        assert!(deployed.check_url("https://[::1]/hook").is_err());
+        assert!(SendPolicy::new(true, Duration::from_secs(1)).check_url("http://10.0.0.8/hook").is_err());
         assert!(SendPolicy::new(true, Duration::from_secs(1)).check_url("http://127.0.0.1:9999/hook").is_ok());
     }
 }

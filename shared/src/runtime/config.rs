@@ -163,6 +163,19 @@ pub struct Config {
     pub reads_per_sec: f64,
     pub read_burst: u32,
     pub webhooks: WebhookConfig,
+    pub stream: StreamConfig,
+}
+
+/// How an event stream (`GET /v1/tasks/{id}/stream`) runs (docs/streams.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// How often the task's log is read for new events.
+    pub poll: Duration,
+    /// The longest a stream stays open; the client then reconnects with `Last-Event-ID`.
+    pub max_life: Duration,
+    /// A comment line is sent when nothing else has been for this long, so proxies keep the
+    /// connection open.
+    pub keep_alive: Duration,
 }
 
 /// How webhooks are delivered (docs/webhooks.md).
@@ -314,6 +327,11 @@ impl Config {
                 },
                 queue_url: get("AGENTQ_WEBHOOK_QUEUE_URL"),
                 dead_letter_url: get("AGENTQ_WEBHOOK_DLQ_URL"),
+            },
+            stream: StreamConfig {
+                poll: Duration::from_millis(number("AGENTQ_STREAM_POLL_MS", 500)?.clamp(50, 10_000)),
+                max_life: Duration::from_secs(number("AGENTQ_STREAM_MAX_SECS", 300)?.clamp(1, 900)),
+                keep_alive: Duration::from_secs(15),
             },
         })
     }

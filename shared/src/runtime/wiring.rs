@@ -64,6 +64,21 @@ pub fn queue(config: &Config, sdk: &aws_config::SdkConfig) -> Result<crate::queu
     Ok(crate::queue::SqsQueue::new(crate::runtime::aws::sqs(sdk), queue_urls(config)?))
 }
 
+/// Where webhook deliveries may go and how long one may take.
+pub fn send_policy(config: &Config) -> crate::outbound::webhook::SendPolicy {
+    crate::outbound::webhook::SendPolicy::new(config.webhooks.allow_local, config.webhooks.timeout)
+}
+
+/// The queue webhook deliveries wait in.
+pub fn delivery_queue(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::queue::SqsDeliveryQueue, ConfigError> {
+    let url =
+        config.webhooks.queue_url.clone().ok_or_else(|| ConfigError::new("AGENTQ_WEBHOOK_QUEUE_URL", "is not set"))?;
+    Ok(crate::queue::SqsDeliveryQueue::new(crate::runtime::aws::sqs(sdk), url))
+}
+
 /// The task store: the table, and the bucket for large content when one is configured.
 pub fn store(config: &Config, sdk: &aws_config::SdkConfig) -> crate::store::DynamoStore {
     let store =

@@ -50,6 +50,9 @@ where
             if batch.is_empty() {
                 break;
             }
+            // The messages of one receive are decided concurrently: each decision is a few
+            // store round trips, and a queue of hundreds must be read within the budget.
+            let mut pending = Vec::new();
             for m in batch {
                 // SQS delivers at least once: a message may be received twice in one visit.
                 if !seen.insert(m.message_id.clone()) {
@@ -57,7 +60,11 @@ where
                     continue;
                 }
                 let receipt = m.receipt.clone();
-                match decide(m).await {
+                let decision = decide(m);
+                pending.push(async move { (receipt, decision.await) });
+            }
+            for (receipt, decision) in futures::future::join_all(pending).await {
+                match decision {
                     Decision::Keep => keep.push(receipt),
                     Decision::Remove => dead.delete(queue_url, &receipt).await?,
                 }

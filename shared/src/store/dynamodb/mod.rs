@@ -625,15 +625,17 @@ impl DynamoStore {
             .val(":owner", s(&lease.owner))
     }
 
-    /// Writes what a run has spent (the model only once one has answered).
+    /// Writes what a run has spent (the model, and usage per model, only once one has
+    /// answered: an empty map is never written, as DynamoDB Local's stream cannot show one).
     fn with_spend(e: Expr, spend: &Spend) -> Result<Expr, StoreError> {
-        let e = e
+        let mut e = e
             .set("#step = :step")
             .set("#usage = :usage")
-            .set("#usage_by_model = :by_model")
             .val(":step", n(spend.step))
-            .val(":usage", attr(&spend.usage)?)
-            .val(":by_model", attr(&spend.usage_by_model)?);
+            .val(":usage", attr(&spend.usage)?);
+        if !spend.usage_by_model.is_empty() {
+            e = e.set("#usage_by_model = :by_model").val(":by_model", attr(&spend.usage_by_model)?);
+        }
         Ok(match &spend.model {
             Some(model) => e.set("#model = :model").val(":model", s(model)),
             None => e,
