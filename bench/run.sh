@@ -22,6 +22,9 @@ SHARED_BENCH="$(cd "$SHARED_BENCH" && pwd)"
 # agentq on its own ports and stack name, so a developer's `make up` is untouched.
 export AGENTQ_RUN="$ROOT/.run/bench" AGENTQ_PORT=${BENCH_PORT:-3300} LAMBDA_PORT=${BENCH_LAMBDA_PORT:-9300}
 export STACK_NAME=agentq-bench LOCAL_RUNTIME=agentq PROFILE=release
+# No table stream (so no webhooks): DynamoDB Local serializes writes to a table with one, at
+# ~20 ms each, which deployed DynamoDB does not; the webhook path is measured by bench/watch.sh.
+export AGENTQ_LOCAL_STREAMS=off
 export LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-4}
 TASKS=${TASKS:-200} DRIVE_CONCURRENCY=${DRIVE_CONCURRENCY:-20} POLL_INTERVAL=${POLL_INTERVAL:-0.5}
 WARMUP_TASKS=${WARMUP_TASKS:-10} BASELINES=${BASELINES-prefork threads}
@@ -73,7 +76,7 @@ cpu() {
     while read -r p; do cat "/proc/$p/stat" 2>/dev/null; done |
     sed 's/.*) //' | awk -v hz="$(getconf CLK_TCK)" '{s += $12 + $13} END {print s / hz}'
 }
-FUNCTIONS='^(submit|status|worker|dlq|reconciler)$'
+FUNCTIONS='^(submit|status|worker|dlq|reconciler|notifier|stream)$'
 cpu_all() {
   printf 'functions=%s lambda_service=%s ' "$(cpu lambda "$FUNCTIONS")" "$(cpu lambda "$FUNCTIONS" exclude)"
   local c; for c in gateway localstack dynamodb fake-llm; do printf '%s=%s ' "$c" "$(cpu "$c")"; done

@@ -149,9 +149,10 @@ def main():
             time.sleep(2)  # let the previous way's last records reach the log
             start = open(args.lambda_log, "rb").seek(0, 2)
             api.requests = 0
-            delays = []
+            delays, watched = [], 0.0
             for i in range(args.tasks):
                 task_id = api.submit(f"What is {i} * 3?")
+                began = time.time()
                 if way == "poll":
                     seen, ended = watch_poll(api, task_id, args.poll)
                 elif way == "stream":
@@ -159,6 +160,7 @@ def main():
                 else:
                     seen, ended = receiver.wait(task_id)
                 delays.append((seen - ended) * 1000)
+                watched += seen - began
             time.sleep(3)  # the watchers' last metrics flush
             aws = aws_requests(args.lambda_log, start)
             # The notifier reads every event whether or not anyone listens; it is the cost of
@@ -170,6 +172,7 @@ def main():
                 "way": way,
                 "tasks": args.tasks,
                 "client_requests_per_task": round(api.requests / args.tasks, 2),
+                "watch_seconds_per_task": round(watched / args.tasks, 2),
                 "aws_requests_per_task": round(total_aws / args.tasks, 2),
                 "aws_by_operation_per_task": {k: round(v / args.tasks, 2) for k, v in sorted(aws.items())},
                 "delay_ms_p50": round(statistics.median(delays)),

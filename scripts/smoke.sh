@@ -78,6 +78,16 @@ cli="$ROOT/target/debug/agentq"
   || fail "agentq watch $id followed an odd story: $(cat "$RUN/watch")"
 "$cli" usage | grep -q total || fail "agentq usage printed no total"
 
+log "smoke: a structured result: the CLI submits an output_schema and the result carries its JSON"
+schema='{"type":"object","required":["answer","digest"],"properties":{"answer":{"type":"string"},"digest":{"type":"string"}}}'
+structured=$("$cli" submit --output-schema "$schema" "What is 2 * 21?")
+"$cli" watch "$structured" > /dev/null || fail "the structured task $structured did not succeed"
+"$cli" --json get "$structured" > "$RUN/structured"
+grep -q '"json":{"answer":"The answer is 42.","digest":"' "$RUN/structured" \
+  || fail "the structured task's result has no json: $(cat "$RUN/structured")"
+expect 400 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":"hi","output_schema":{"type":"nope"}}'
+grep -q '"field":"output_schema"' "$RUN/body" || fail "a bad output_schema's 400 does not name the field"
+
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")
 curl -sSN --max-time 60 "${auth[@]}" "$url/v1/tasks/$live/stream" > "$RUN/stream" || fail "the stream of $live failed"

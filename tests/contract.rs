@@ -71,7 +71,7 @@ fn the_documented_request_limits_are_the_ones_the_parser_enforces() {
     assert_eq!(request["max_cost_usd"]["maximum"], MAX_COST_USD_LIMIT);
     let metadata = request["metadata"]["description"].as_str().unwrap();
     assert!(metadata.contains(&format!("{} KB", MAX_METADATA_BYTES / 1024)), "{metadata}");
-    assert_eq!(doc["components"]["schemas"]["TaskRequest"]["properties"].as_object().unwrap().len(), 8);
+    assert_eq!(doc["components"]["schemas"]["TaskRequest"]["properties"].as_object().unwrap().len(), 9);
 }
 
 /// Checks one response against the document: its status is documented for the operation,

@@ -168,7 +168,7 @@ async fn a_task_whose_runner_dies_right_after_its_last_write_still_sends_its_web
     let event = TaskEvent::ended(task_id, task.events + 1, TaskStatus::Succeeded, &task.spend, None, now);
     let finish = Finish {
         status: TaskStatus::Succeeded,
-        result: Some(TaskResult { text: "hi".into(), truncated: false }),
+        result: Some(TaskResult::text("hi")),
         error: None,
         spend: task.spend.clone(),
         now,
@@ -247,10 +247,10 @@ async fn two_hundred_tasks_bring_two_hundred_terminal_deliveries() {
     }
     // The notifier works while the tasks run, as it does deployed.
     let work = async {
-        app.run_all_until_terminal(&ids, Duration::from_secs(300)).await;
+        app.run_all_until_terminal(&ids, Duration::from_secs(600)).await;
     };
     let notify =
-        rig.pump_until(Duration::from_secs(360), async || taken(&receiver.received("ends").await).len() >= 200);
+        rig.pump_until(Duration::from_secs(660), async || taken(&receiver.received("ends").await).len() >= 200);
     tokio::join!(work, notify);
 
     let received = receiver.received("ends").await;

@@ -68,6 +68,9 @@ enum Command {
         /// Wait for the task to finish, showing its progress.
         #[arg(long)]
         wait: bool,
+        /// A JSON Schema the final answer must match: a file, or the JSON itself.
+        #[arg(long, value_name = "FILE|JSON")]
+        output_schema: Option<String>,
     },
     /// Show a task.
     Get { id: String },
@@ -163,6 +166,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// JSON given inline (`{…}`) or as a file's path.
+fn read_json(arg: &str) -> Result<serde_json::Value, CliError> {
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg).map_err(|e| CliError::Usage(format!("cannot read {arg}: {e}")))?
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{arg} is not JSON: {e}")))
+}
+
 /// Reads `.run/cli.env` from the nearest directory that has one, without overriding what
 /// the environment already says; returns that `.run` directory (where the logs are).
 fn load_env_file() -> Option<std::path::PathBuf> {
@@ -196,8 +209,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         ref command => {
             let client = api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?;
             match command {
-                Command::Submit { prompt, priority, max_iterations, model, max_cost_usd, idempotency_key, wait } => {
+                Command::Submit {
+                    prompt,
+                    priority,
+                    max_iterations,
+                    model,
+                    max_cost_usd,
+                    idempotency_key,
+                    wait,
+                    output_schema,
+                } => {
                     let mut body = serde_json::json!({"prompt": prompt});
+                    if let Some(schema) = output_schema {
+                        body["output_schema"] = read_json(schema)?;
+                    }
                     if let Some(p) = priority {
                         body["priority"] = p.as_str().into();
                     }

@@ -5,7 +5,9 @@
 //! `calculator` tool that has not been used yet, ask for it; otherwise end the turn with an
 //! answer that quotes the tool results. With `steps` set, it instead asks for a tool (`tool`,
 //! default `calculator`) that many times before answering. Every answer ends with
-//! `digest=<16 hex>` (SHA-256 of the first user message), the check the bench driver applies.
+//! `digest=<16 hex>` (SHA-256 of the first user message), the check the bench driver applies;
+//! asked for JSON by the system prompt (a task's `output_schema`), it answers
+//! `{"answer": "…", "digest": "…"}` instead.
 //! Usage is ~len/4 tokens, deterministic. Like the real API it answers 401 without
 //! `x-api-key` and 400 without `anthropic-version` or for a malformed body.
 //!
@@ -273,7 +275,13 @@ async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: Strin
                 Some(_) => format!("Done after {} tool calls.", results.len()),
                 None => "Done.".to_owned(),
             };
-            (json!([{"type": "text", "text": format!("{answer} (fake model, digest={key})")}]), "end_turn")
+            let text = if wants_json(&request) {
+                // Asked for JSON (a task with an `output_schema`): the answer as an object.
+                json!({"answer": answer, "digest": key}).to_string()
+            } else {
+                format!("{answer} (fake model, digest={key})")
+            };
+            (json!([{"type": "text", "text": text}]), "end_turn")
         }
     };
     let bill = {
@@ -309,6 +317,16 @@ fn first_text(message: &Value) -> String {
 }
 
 /// `sha256(text)` as hex, first 16 characters.
+/// Whether the system prompt asks for a JSON answer (agentq's output-schema instruction).
+fn wants_json(request: &Value) -> bool {
+    let system = match &request["system"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+        _ => String::new(),
+    };
+    system.contains("JSON Schema")
+}
+
 pub fn digest(text: &str) -> String {
     let hash = Sha256::digest(text.as_bytes());
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()

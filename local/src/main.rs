@@ -105,6 +105,13 @@ enum Command {
     },
 }
 
+/// `AGENTQ_LOCAL_STREAMS=off` provisions tables without their streams and runs no stream
+/// event source (webhooks are then not delivered): for throughput benchmarks, since DynamoDB
+/// Local serializes writes to a table with a stream.
+fn streams_on() -> bool {
+    std::env::var("AGENTQ_LOCAL_STREAMS").map_or(true, |v| v != "off")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -113,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Provision { visibility_timeout } => {
-            let template = Template::load(&cli.template, &cli.stack)?.with_visibility_timeout(visibility_timeout);
+            let template = Template::load(&cli.template, &cli.stack)?
+                .with_visibility_timeout(visibility_timeout)
+                .with_streams(streams_on());
             let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
             let (sqs, dynamodb, s3) = (
                 agentq::runtime::aws::sqs(&sdk),
@@ -145,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { listen, lambda, pollers, schedule_secs } => {
-            let template = Template::load(&cli.template, &cli.stack)?;
+            let template = Template::load(&cli.template, &cli.stack)?.with_streams(streams_on());
             serve(&template, listen, &lambda, pollers, Duration::from_secs(schedule_secs.max(1))).await
         }
         Command::Lambdas { listen, bin_dir, env_file, instances, timeouts } => {

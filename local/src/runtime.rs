@@ -42,7 +42,8 @@ enum Reply {
 struct Invocation {
     id: String,
     payload: Bytes,
-    deadline_ms: u64,
+    /// The function's timeout: its deadline runs from when a process takes it, as in Lambda.
+    timeout: Duration,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -127,13 +128,8 @@ async fn dispatch(host: &Host, name: &str, payload: Bytes) -> Result<Reply, Resp
         return Err((StatusCode::NOT_FOUND, format!("no function {name}")).into_response());
     };
     let (reply, answer) = oneshot::channel();
-    let deadline = time::OffsetDateTime::now_utc() + *timeout;
-    let invocation = Invocation {
-        id: ulid::Ulid::generate().to_string().to_lowercase(),
-        payload,
-        deadline_ms: (deadline.unix_timestamp_nanos() / 1_000_000) as u64,
-        reply,
-    };
+    let invocation =
+        Invocation { id: ulid::Ulid::generate().to_string().to_lowercase(), payload, timeout: *timeout, reply };
     if queue.send(invocation).await.is_err() {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "the function is not running").into_response());
     }
@@ -230,7 +226,9 @@ async fn next(State(state): State<Arc<Instance>>) -> Response {
         queue.recv().await
     };
     let Some(inv) = invocation else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
-    state.held.lock().await.insert(inv.id.clone(), (inv.reply, inv.deadline_ms));
+    let deadline = time::OffsetDateTime::now_utc() + inv.timeout;
+    let deadline_ms = (deadline.unix_timestamp_nanos() / 1_000_000) as u64;
+    state.held.lock().await.insert(inv.id.clone(), (inv.reply, deadline_ms));
     let mut headers = HeaderMap::new();
     let arn = format!(
         "arn:aws:lambda:{}:{}:function:{}",
@@ -240,7 +238,7 @@ async fn next(State(state): State<Arc<Instance>>) -> Response {
     );
     for (k, v) in [
         ("lambda-runtime-aws-request-id", inv.id.clone()),
-        ("lambda-runtime-deadline-ms", inv.deadline_ms.to_string()),
+        ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
         ("lambda-runtime-invoked-function-arn", arn),
     ] {
         if let Ok(v) = HeaderValue::from_str(&v) {

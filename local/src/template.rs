@@ -23,6 +23,8 @@ pub struct Template {
     stack: String,
     /// Replaces the task queues' visibility timeout (a test setting).
     visibility_override: Option<u32>,
+    /// Whether tables get their streams (and stream sources run).
+    streams: bool,
 }
 
 /// An `AWS::SQS::Queue`.
@@ -112,7 +114,15 @@ impl Template {
 
     pub fn parse(text: &str, stack: &str) -> anyhow::Result<Self> {
         let doc: Value = serde_yaml::from_str(text).context("parsing the template")?;
-        Ok(Self { doc, stack: stack.to_owned(), visibility_override: None })
+        Ok(Self { doc, stack: stack.to_owned(), visibility_override: None, streams: true })
+    }
+
+    /// The same template without table streams, so without their event sources (the
+    /// throughput benchmark's setting: DynamoDB Local serializes every write to a table with a
+    /// stream, at ~20 ms each, which deployed DynamoDB does not).
+    pub fn with_streams(mut self, streams: bool) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// The same template with the task queues' visibility timeout replaced.
@@ -279,7 +289,7 @@ impl Template {
                     ttl_attribute: (ttl["Enabled"].as_bool() == Some(true))
                         .then(|| scalar(&ttl["AttributeName"]))
                         .flatten(),
-                    stream_view_type: scalar(&p["StreamSpecification"]["StreamViewType"]),
+                    stream_view_type: scalar(&p["StreamSpecification"]["StreamViewType"]).filter(|_| self.streams),
                 })
             })
             .collect()
@@ -360,6 +370,9 @@ impl Template {
     pub fn stream_sources(&self) -> anyhow::Result<Vec<StreamSource>> {
         let none = HashMap::new();
         let mut out = Vec::new();
+        if !self.streams {
+            return Ok(out);
+        }
         for (id, function, r) in self.functions() {
             for p in Self::events(r, "DynamoDB") {
                 let Value::Tagged(t) = &p["Stream"] else { bail!("{id}: Stream must be !GetAtt Table.StreamArn") };

@@ -126,7 +126,7 @@ async fn a_running_task_shows_its_progress_and_model() {
 async fn terminal_tasks_show_their_result_or_error() {
     let f = fixture();
     for (status, result, error) in [
-        (TaskStatus::Succeeded, Some(TaskResult { text: "42".into(), truncated: false }), None),
+        (TaskStatus::Succeeded, Some(TaskResult::text("42")), None),
         (TaskStatus::Failed, None, Some(TaskError::new(ErrorCode::MaxIterationsExceeded, "too many steps"))),
     ] {
         let task = f.stored("acme").await;

@@ -40,6 +40,7 @@ use agentq::agent::{
     AgentTask, Checkpoint, Halt, Limits, Outcome, Report, RetryPolicy, ToolCaps, ToolRegistry, run_agent,
 };
 use agentq::domain::events::TaskEvent;
+use agentq::domain::output::OutputSchema;
 use agentq::domain::steps::{ModelStep, ToolStep};
 use agentq::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
 use agentq::domain::usage::PriceTable;
@@ -420,6 +421,17 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         tools: settings.tool_caps(),
     };
     let task_id = task.task_id.to_string();
+    // Checked at submit; a schema that no longer compiles (a newer validator) fails the task
+    // rather than running it without its contract.
+    let output = match task.output_schema.as_ref().map(|m| OutputSchema::compile(&serde_json::Value::Object(m.clone())))
+    {
+        None => None,
+        Some(Ok(schema)) => Some(schema),
+        Some(Err(why)) => {
+            let error = TaskError::new(ErrorCode::OutputInvalid, format!("the task's output_schema {why}"));
+            return Stop::End(end_as_is(task, TaskStatus::Failed, error));
+        }
+    };
     let agent_task = AgentTask {
         task_id: &task_id,
         tenant_id: &task.tenant_id,
@@ -427,6 +439,7 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         max_iterations: task.max_iterations,
         max_cost_nanos: task.max_cost_nanos.or(settings.default_max_cost_nanos),
         history,
+        output: output.as_ref(),
     };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
     let ran = tokio::time::timeout_at(

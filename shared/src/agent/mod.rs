@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
+use crate::domain::output::{MAX_CORRECTIONS, OutputSchema};
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskResult};
 use crate::domain::usage::{PriceTable, Usage};
@@ -66,6 +67,8 @@ pub struct AgentTask<'a> {
     pub max_cost_nanos: Option<u64>,
     /// What earlier runs recorded, in order (see [`Step::sort_key`]).
     pub history: &'a [Step],
+    /// The JSON Schema the final answer must match, when the task set one.
+    pub output: Option<&'a OutputSchema>,
 }
 
 /// When to stop trying.
@@ -131,16 +134,57 @@ enum Next {
     Continue,
     /// Run these tool calls, then go on.
     Tools,
+    /// The final answer does not match the output schema: tell the model this, then go on.
+    Correct(String),
     Done(Outcome),
 }
 
-fn next_after(step: &ModelStep) -> Next {
+/// What `step` means for the run. `corrections` counts the invalid final answers sent back so
+/// far (replayed steps included, so a resumed run decides as the first one did).
+fn next_after(step: &ModelStep, output: Option<&OutputSchema>, corrections: &mut u32) -> Next {
     let text = || crate::llm::text_of(&step.content);
-    match &step.stop_reason {
-        StopReason::EndTurn | StopReason::StopSequence => {
-            Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: false }))
+    match (&step.stop_reason, output) {
+        (StopReason::EndTurn | StopReason::StopSequence | StopReason::MaxTokens, Some(schema)) => {
+            match schema.check(&text()) {
+                Ok(json) => Next::Done(Outcome::Succeeded(TaskResult {
+                    text: json.to_string(),
+                    truncated: false,
+                    structured: true,
+                })),
+                Err(errors) if *corrections < MAX_CORRECTIONS => {
+                    *corrections += 1;
+                    Next::Correct(OutputSchema::correction(&errors))
+                }
+                Err(errors) => {
+                    let mut detail = errors.join("; ");
+                    if detail.chars().count() > 1000 {
+                        detail = detail.chars().take(1000).chain(std::iter::once('…')).collect();
+                    }
+                    Next::Done(Outcome::Failed(TaskError::new(
+                        ErrorCode::OutputInvalid,
+                        format!(
+                            "the final answer did not match output_schema after {MAX_CORRECTIONS} corrections: {detail}"
+                        ),
+                    )))
+                }
+            }
         }
-        StopReason::MaxTokens => Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: true })),
+        (StopReason::EndTurn | StopReason::StopSequence, None) => {
+            Next::Done(Outcome::Succeeded(TaskResult::text(text())))
+        }
+        (StopReason::MaxTokens, None) => {
+            Next::Done(Outcome::Succeeded(TaskResult { text: text(), truncated: true, structured: false }))
+        }
+        _ => next_after_other(step),
+    }
+}
+
+/// The stop reasons that mean the same with or without an output schema.
+fn next_after_other(step: &ModelStep) -> Next {
+    match &step.stop_reason {
+        StopReason::EndTurn | StopReason::StopSequence | StopReason::MaxTokens => {
+            unreachable!("final answers are decided by next_after")
+        }
         StopReason::Refusal => {
             Next::Done(Outcome::Failed(TaskError::new(ErrorCode::Refused, "the model declined to answer this prompt")))
         }
@@ -166,8 +210,12 @@ pub async fn run_agent(
     limits: Limits,
     checkpoint: &mut dyn Checkpoint,
 ) -> Report {
-    let mut request =
-        ModelRequest { system: None, messages: vec![Message::user_text(task.prompt)], tools: tools.specs() };
+    let mut request = ModelRequest {
+        system: task.output.map(OutputSchema::instruction),
+        messages: vec![Message::user_text(task.prompt)],
+        tools: tools.specs(),
+    };
+    let mut corrections = 0;
     let mut report =
         Report { outcome: Outcome::Halted(Halt::Store(String::new())), spend: Spend::default(), new_calls: 0 };
     let over_budget = |usage: &Usage| task.max_cost_nanos.is_some_and(|max| usage.cost_nanos >= max);
@@ -202,8 +250,9 @@ pub async fn run_agent(
     }) {
         report.spend.count(step);
         request.messages.push(Message { role: Role::Assistant, content: step.content.clone() });
-        match next_after(step) {
+        match next_after(step, task.output, &mut corrections) {
             Next::Continue => {}
+            Next::Correct(message) => request.messages.push(Message::user_text(&message)),
             Next::Done(outcome) => {
                 report.outcome = outcome;
                 return report;
@@ -307,11 +356,15 @@ pub async fn run_agent(
             break Outcome::Halted(halt);
         }
 
-        match next_after(&step) {
+        match next_after(&step, task.output, &mut corrections) {
             Next::Done(outcome) => break outcome,
             // A finished answer is delivered even if it crossed the budget: it is paid for.
             _ if over_budget(&report.spend.usage) => break budget_exceeded(task.max_cost_nanos),
             Next::Continue => request.messages.push(Message { role: Role::Assistant, content: step.content }),
+            Next::Correct(message) => {
+                request.messages.push(Message { role: Role::Assistant, content: step.content });
+                request.messages.push(Message::user_text(&message));
+            }
             Next::Tools => {
                 let results = match run.all(&step, &|_| None, &*checkpoint).instrument(step_span.clone()).await {
                     Ok(results) => results,

@@ -100,6 +100,7 @@ fn task(max_iterations: u32) -> AgentTask<'static> {
         max_iterations,
         max_cost_nanos: None,
         history: &[],
+        output: None,
     }
 }
 
@@ -125,7 +126,7 @@ async fn run(model: &Arc<Scripted>, max_iterations: u32) -> (Report, Steps) {
 async fn an_end_turn_answer_succeeds_with_its_text_and_priced_usage() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("42"))]));
     let (report, steps) = run(&model, 10).await;
-    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "42".into(), truncated: false }));
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult::text("42")));
     assert_eq!(report.spend.step, 1);
     // 100 input at $3/MTok + 10 output at $15/MTok = 300_000 + 150_000 n$.
     assert_eq!(report.spend.usage.cost_nanos, 450_000);
@@ -148,7 +149,7 @@ async fn a_tool_call_runs_the_tool_and_sends_its_result_back() {
         answer(StopReason::EndTurn, text("It is 42.")),
     ]));
     let (report, steps) = run(&model, 10).await;
-    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "It is 42.".into(), truncated: false }));
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult::text("It is 42.")));
     assert_eq!(steps.0.len(), 2);
     let second = &model.requests.lock().unwrap()[1];
     assert_eq!(second.messages.len(), 3);
@@ -206,7 +207,10 @@ async fn running_out_of_iterations_fails_with_its_own_code() {
 async fn max_tokens_ends_with_the_text_flagged_truncated() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::MaxTokens, text("The answer is"))]));
     let (report, _) = run(&model, 10).await;
-    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "The answer is".into(), truncated: true }));
+    assert_eq!(
+        report.outcome,
+        Outcome::Succeeded(TaskResult { text: "The answer is".into(), truncated: true, structured: false })
+    );
 }
 
 #[tokio::test]
@@ -425,7 +429,7 @@ async fn a_resumed_run_replays_recorded_steps_without_paying_for_them_again() {
         &mut steps,
     )
     .await;
-    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "It is 42.".into(), truncated: false }));
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult::text("It is 42.")));
     assert_eq!(model.calls(), 1, "only the step after the recorded ones");
     assert_eq!((report.spend.step, report.new_calls), (2, 1));
     assert_eq!(report.spend.usage.cost_nanos, 450_000 * 2, "the recorded step counted once");
@@ -464,7 +468,7 @@ async fn a_history_that_already_ended_finishes_without_a_call() {
     let history = [Step::Model(done)];
     let (report, _) =
         run_task(&chain(vec![model.clone()]), AgentTask { history: &history, ..task(10) }, limits()).await;
-    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult { text: "final".into(), truncated: false }));
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult::text("final")));
     assert_eq!(model.calls(), 0);
 }
 
@@ -601,4 +605,57 @@ fn a_tool_name_the_model_made_up_is_counted_as_unknown_not_as_a_metric_of_its_ow
     let tools = ToolRegistry::builtin();
     assert_eq!(metric_tool_name(&tools, "calculator"), "calculator");
     assert_eq!(metric_tool_name(&tools, "launch_rockets_v9"), "unknown");
+}
+
+fn recorded_answer(step: u32, text_: &str) -> ModelStep {
+    ModelStep {
+        step,
+        model: "claude-sonnet-4-5".into(),
+        content: text(text_),
+        stop_reason: StopReason::EndTurn,
+        usage: Usage::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_run_counts_the_corrections_it_already_made() {
+    let schema = OutputSchema::compile(&json!({"type": "object", "required": ["n"]})).unwrap();
+    // Two invalid answers were recorded (each sent back); the third is the last chance.
+    let history = [Step::Model(recorded_answer(1, "seven")), Step::Model(recorded_answer(2, "{}"))];
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("still {}"))]));
+    let t = AgentTask { history: &history, output: Some(&schema), ..task(10) };
+    let report = run_agent(
+        &chain(vec![model.clone()]),
+        &ToolRegistry::builtin(),
+        &PriceTable::default(),
+        t,
+        limits(),
+        &mut Steps::default(),
+    )
+    .await;
+    assert!(
+        matches!(&report.outcome, Outcome::Failed(e) if e.code == ErrorCode::OutputInvalid),
+        "{:?}",
+        report.outcome
+    );
+    let sent = model.requests.lock().unwrap()[0].clone();
+    // prompt, answer, correction, answer, correction: as the first run sent them.
+    assert_eq!(sent.messages.len(), 5);
+    assert!(sent.system.as_deref().is_some_and(|s| s.contains("\"required\"")));
+
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text(r#"{"n": 7}"#))]));
+    let t = AgentTask { history: &history, output: Some(&schema), ..task(10) };
+    let report = run_agent(
+        &chain(vec![model]),
+        &ToolRegistry::builtin(),
+        &PriceTable::default(),
+        t,
+        limits(),
+        &mut Steps::default(),
+    )
+    .await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Succeeded(TaskResult { text: r#"{"n":7}"#.into(), truncated: false, structured: true })
+    );
 }

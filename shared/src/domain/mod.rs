@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod conversation;
 pub mod events;
+pub mod output;
 pub mod secret;
 pub mod steps;
 pub mod task;

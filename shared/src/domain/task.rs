@@ -186,6 +186,7 @@ pub struct TaskRequest {
     tools: Option<Vec<String>>,
     max_cost_nanos: Option<u64>,
     webhook_url: Option<String>,
+    output_schema: Option<Map<String, Value>>,
 }
 
 impl TaskRequest {
@@ -209,6 +210,10 @@ impl TaskRequest {
     }
     pub fn max_cost_nanos(&self) -> Option<u64> {
         self.max_cost_nanos
+    }
+    /// The JSON Schema the final answer must match (`output_schema`), checked when parsed.
+    pub fn output_schema(&self) -> Option<&Map<String, Value>> {
+        self.output_schema.as_ref()
     }
     /// The URL the task's own webhook goes to (`"webhook": {"url"}`), checked only for its
     /// form here: the deployment's outbound rules are the submit path's to apply.
@@ -385,14 +390,33 @@ impl TaskRequest {
             }
         };
 
+        let output_schema = match fields.remove("output_schema") {
+            None | Some(Value::Null) => None,
+            Some(schema) => match crate::domain::output::OutputSchema::compile(&schema) {
+                Ok(_) => schema.as_object().cloned(),
+                Err(why) => {
+                    errors.push(FieldError::new("output_schema", why));
+                    None
+                }
+            },
+        };
+
         let mut unknown: Vec<_> = fields.keys().cloned().collect();
         unknown.sort();
         errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
 
         match (prompt, errors.is_empty()) {
-            (Some(prompt), true) => {
-                Ok(Self { prompt, priority, max_iterations, metadata, model, tools, max_cost_nanos, webhook_url })
-            }
+            (Some(prompt), true) => Ok(Self {
+                prompt,
+                priority,
+                max_iterations,
+                metadata,
+                model,
+                tools,
+                max_cost_nanos,
+                webhook_url,
+                output_schema,
+            }),
             _ => Err(RequestError::Invalid(errors)),
         }
     }
@@ -436,6 +460,8 @@ pub enum ErrorCode {
     QueueExpired,
     /// The model declined to answer.
     Refused,
+    /// The final answer stayed invalid against the task's `output_schema` after corrections.
+    OutputInvalid,
     /// It ran longer (wall time, first start to now) than the deployment allows a task.
     RunTooLong,
     /// The task store could not be read or written.
@@ -458,6 +484,7 @@ impl ErrorCode {
             Self::ModelsUnavailable => "models_unavailable",
             Self::QueueExpired => "queue_expired",
             Self::Refused => "refused",
+            Self::OutputInvalid => "output_invalid",
             Self::RunTooLong => "run_too_long",
             Self::StoreError => "store_error",
             Self::TooManyAttempts => "too_many_attempts",
@@ -492,6 +519,16 @@ pub struct TaskResult {
     /// The model stopped because it hit its output token limit: the text may be cut short.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The text is JSON valid against the task's `output_schema` (shown as `result.json`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub structured: bool,
+}
+
+impl TaskResult {
+    /// A final answer in prose.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: text.into(), truncated: false, structured: false }
+    }
 }
 
 /// The stored state of a task: the one record every function reads and the worker updates.
@@ -557,6 +594,9 @@ pub struct TaskRecord {
     /// The task's own webhook, named on submit: every event of the task is delivered to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::domain::webhooks::TaskWebhook>,
+    /// The JSON Schema the final answer must match (stored as JSON text, as `metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub output_schema: Option<Map<String, Value>>,
 }
 
 impl TaskRecord {
@@ -588,6 +628,7 @@ impl TaskRecord {
             // The `task.queued` event its admission writes.
             events: 1,
             webhook: None,
+            output_schema: request.output_schema,
         }
     }
 }

@@ -158,6 +158,27 @@ impl From<&TaskRecord> for TaskSummary {
     }
 }
 
+/// A task's result: its text, and for a task with an `output_schema` the JSON it parsed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultView {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
+}
+
+impl From<&TaskResult> for ResultView {
+    fn from(r: &TaskResult) -> Self {
+        Self {
+            text: r.text.clone(),
+            truncated: r.truncated,
+            // Stored as its text (once, whatever its size); valid JSON when structured.
+            json: if r.structured { serde_json::from_str(&r.text).ok() } else { None },
+        }
+    }
+}
+
 /// A task as a client sees it: everything but the prompt (its summary, and its result, its
 /// cost per model and its trace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,7 +186,7 @@ pub struct TaskView {
     #[serde(flatten)]
     pub summary: TaskSummary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<TaskResult>,
+    pub result: Option<ResultView>,
     /// Usage and cost per model that answered (more than one after a fallback).
     pub usage_by_model: BTreeMap<String, UsageView>,
     /// The trace of the task's work, to find it in X-Ray or another tracing backend.
@@ -180,7 +201,7 @@ impl From<&TaskRecord> for TaskView {
     fn from(r: &TaskRecord) -> Self {
         Self {
             summary: TaskSummary::from(r),
-            result: r.result.clone(),
+            result: r.result.as_ref().map(ResultView::from),
             usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             trace_id: r.trace_id.clone(),
             webhook_url: r.webhook.as_ref().map(|w| w.url.clone()),

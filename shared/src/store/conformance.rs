@@ -134,7 +134,7 @@ async fn finish(
     Finish {
         event,
         status,
-        result: (status == TaskStatus::Succeeded).then(|| TaskResult { text: "done".into(), truncated: false }),
+        result: (status == TaskStatus::Succeeded).then(|| TaskResult::text("done")),
         error: None,
         spend: spend(step, spent),
         now,
