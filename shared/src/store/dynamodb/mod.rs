@@ -366,6 +366,18 @@ fn contention_pause(attempt: u32) -> Duration {
 }
 
 impl DynamoStore {
+    /// Writes `record` as an item, replacing any item with its key.
+    async fn put(&self, record: &impl Serialize) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item(record)?))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
     pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
         Self { client, table: table.into(), retention, reconcile_after: DEFAULT_RECONCILE_AFTER, blobs: None }
     }
@@ -1396,14 +1408,7 @@ impl TenantAdmin for DynamoStore {
             gsi1sk: Some(tenant.tenant_id.clone()),
             tenant: tenant.clone(),
         };
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(&record)?))
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        Ok(())
+        self.put(&record).await
     }
 
     async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {

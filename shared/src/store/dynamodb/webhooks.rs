@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{DynamoStore, from_item, item, query_all, s, sdk_error, task_key, tenant_key, unavailable};
+use super::{DynamoStore, from_item, query_all, s, sdk_error, task_key, tenant_key, unavailable};
 use crate::domain::task::TaskId;
 use crate::domain::webhooks::{Attempt, Endpoint};
 use crate::store::{AttemptPage, StoreError, WebhookStore, attempt_key};
@@ -41,14 +41,7 @@ impl WebhookStore for DynamoStore {
             sk: endpoint_key(&endpoint.id),
             endpoint: endpoint.clone(),
         };
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(&record)?))
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        Ok(())
+        self.put(&record).await
     }
 
     async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
@@ -93,14 +86,7 @@ impl WebhookStore for DynamoStore {
             data: serde_json::to_string(attempt).context("serializing an attempt").map_err(unavailable)?,
             expires_at: (crate::now() + self.retention).unix_timestamp(),
         };
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item(&record)?))
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        Ok(())
+        self.put(&record).await
     }
 
     async fn attempts(&self, task: TaskId, after: Option<&str>, limit: usize) -> Result<AttemptPage, StoreError> {
