@@ -18,6 +18,7 @@
 //! | out of time (deadline)                            | `queued`, handed off    | a fresh one sent, this one deleted |
 //! | every model down                                  | `queued`                | back after a growing delay |
 //! | every model down, last delivery                   | `failed`                | to the dead-letter queue |
+//! | tools that need a person's decision               | `waiting_for_input`     | deleted (the decisions send a new one) |
 //! | lease lost to another delivery                    | untouched               | deleted      |
 //! | store unavailable                                 | untouched               | back after the heartbeat |
 //!
@@ -39,6 +40,7 @@ use std::time::Duration;
 use agentq::agent::{
     AgentTask, Checkpoint, Halt, Limits, Outcome, Report, RetryPolicy, ToolCaps, ToolRegistry, run_agent,
 };
+use agentq::domain::approval::PendingCall;
 use agentq::domain::events::TaskEvent;
 use agentq::domain::output::OutputSchema;
 use agentq::domain::steps::{ModelStep, ToolStep};
@@ -48,8 +50,8 @@ use agentq::llm::ModelChain;
 use agentq::observe::metrics::{self, Unit};
 use agentq::observe::telemetry::traces;
 use agentq::queue::{Requeue, TaskQueue};
-use agentq::runtime::config::{Config, TaskLimits};
-use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, cancelled_error};
+use agentq::runtime::config::{ApprovalConfig, Config, TaskLimits};
+use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, Wait, cancelled_error};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::FutureExt as _;
@@ -83,6 +85,8 @@ pub struct WorkerSettings {
     pub visibility_slack: Duration,
     /// What one task may take: starts, wall time, tool calls and output.
     pub limits: TaskLimits,
+    /// Tools whose calls wait for a person in every task, and the default wait.
+    pub approval: ApprovalConfig,
 }
 
 impl From<&Config> for WorkerSettings {
@@ -101,6 +105,7 @@ impl From<&Config> for WorkerSettings {
             unavailable_message: c.unavailable_message.clone(),
             visibility_slack: c.visibility_slack,
             limits: c.task_limits,
+            approval: c.approval.clone(),
         }
     }
 }
@@ -246,6 +251,9 @@ pub enum Stop {
     LeaseLost,
     /// The store could not record progress: let the message come back.
     StoreTrouble(String),
+    /// The model asked for tools that need a person's decision: the task waits, holding
+    /// nothing, until the decisions arrive.
+    Wait(Vec<PendingCall>),
 }
 
 impl Stop {
@@ -264,6 +272,7 @@ impl Stop {
             Outcome::Interrupted(e) => Stop::HandOff(e.clone()),
             Outcome::Halted(Halt::LeaseLost) => Stop::LeaseLost,
             Outcome::Halted(Halt::Store(why)) => Stop::StoreTrouble(why.clone()),
+            Outcome::WaitingForInput(pending) => Stop::Wait(pending.clone()),
         }
     }
 }
@@ -432,6 +441,9 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
             return Stop::End(end_as_is(task, TaskStatus::Failed, error));
         }
     };
+    // The deployment's approval tools, and the task's own.
+    let mut approval = settings.approval.tools.clone();
+    approval.extend(task.approval.iter().flat_map(|a| a.tools.iter().cloned()));
     let agent_task = AgentTask {
         task_id: &task_id,
         tenant_id: &task.tenant_id,
@@ -440,6 +452,7 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         max_cost_nanos: task.max_cost_nanos.or(settings.default_max_cost_nanos),
         history,
         output: output.as_ref(),
+        approval: &approval,
     };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
     let ran = tokio::time::timeout_at(
@@ -470,6 +483,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
             tracing::error!(reason = %why, "could not record progress; the message will come back");
             Disposition::Retry
         }
+        Stop::Wait(pending) => wait(run, pending).await,
         Stop::ModelsDown(error) if run.receive_count >= settings.max_receive_count => {
             tracing::error!(code = %error.code, receive_count = run.receive_count, "last delivery and the models are still down: failing the task; the message goes to the dead-letter queue");
             // Users get the deployment's words; the provider's error is in the log.
@@ -511,6 +525,37 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
                     Disposition::Retry
                 }
             }
+        }
+    }
+}
+
+/// `running` → `waiting_for_input`: the message is done with; the decisions send a new one.
+async fn wait(run: &Run<'_>, pending: Vec<PendingCall>) -> Disposition {
+    let task = &run.task;
+    let now = agentq::now();
+    let timeout = task
+        .approval
+        .as_ref()
+        .and_then(|a| a.timeout_secs)
+        .map_or(run.worker.settings.approval.timeout, Duration::from_secs);
+    let until = now + timeout;
+    let event = TaskEvent::waiting(task.task_id, run.events.next(), &pending, until, now);
+    let names: Vec<&str> = pending.iter().map(|p| p.name.as_str()).collect();
+    let wait = Wait { pending: pending.clone(), until, event, now };
+    match run.worker.store.wait(task, &run.lease, &wait).instrument(tracing::info_span!("store.wait")).await {
+        Ok(()) => {
+            tracing::info!(tools = ?names, timeout_s = timeout.as_secs(), "waiting for a decision on tool calls");
+            metrics::record()
+                .value("TasksWaitingForInput", 1.0, Unit::Count)
+                .property("task_id", task.task_id.to_string())
+                .emit();
+            Disposition::Done
+        }
+        // A cancel arrived meanwhile (or the lease is gone, and finishing will say so).
+        Err(StoreError::Conflict) => cancelled(run).await,
+        Err(e) => {
+            log_store_error("could not record the wait; the message will come back", e);
+            Disposition::Retry
         }
     }
 }

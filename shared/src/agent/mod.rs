@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
+use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::output::{MAX_CORRECTIONS, OutputSchema};
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskResult};
@@ -69,6 +70,8 @@ pub struct AgentTask<'a> {
     pub history: &'a [Step],
     /// The JSON Schema the final answer must match, when the task set one.
     pub output: Option<&'a OutputSchema>,
+    /// Tools whose calls wait for a person's decision before they run.
+    pub approval: &'a [String],
 }
 
 /// When to stop trying.
@@ -118,6 +121,9 @@ pub enum Outcome {
     /// The checkpoint refused a step: someone else owns the task now, it was cancelled, or
     /// the store could not record it.
     Halted(Halt),
+    /// The model asked for tools that need a person's decision, and none is recorded: the run
+    /// stops at this step boundary, nothing of the step run, until the decisions arrive.
+    WaitingForInput(Vec<PendingCall>),
 }
 
 /// A run's outcome and what the task has spent, recorded steps included.
@@ -226,7 +232,7 @@ pub async fn run_agent(
         .iter()
         .map(|s| match s {
             Step::Tool(t) => t.content.len(),
-            Step::Model(_) => 0,
+            Step::Model(_) | Step::Decision(_) => 0,
         })
         .sum();
     let tool_budget = ToolBudget {
@@ -241,12 +247,20 @@ pub async fn run_agent(
         .iter()
         .filter_map(|s| match s {
             Step::Tool(t) => Some(((t.step, t.tool_use_id.as_str()), t)),
-            Step::Model(_) => None,
+            Step::Model(_) | Step::Decision(_) => None,
+        })
+        .collect();
+    let decided: BTreeMap<(u32, &str), &Decision> = task
+        .history
+        .iter()
+        .filter_map(|s| match s {
+            Step::Decision(d) => Some(((d.step, d.tool_use_id.as_str()), d)),
+            Step::Model(_) | Step::Tool(_) => None,
         })
         .collect();
     for step in task.history.iter().filter_map(|s| match s {
         Step::Model(m) => Some(m),
-        Step::Tool(_) => None,
+        Step::Tool(_) | Step::Decision(_) => None,
     }) {
         report.spend.count(step);
         request.messages.push(Message { role: Role::Assistant, content: step.content.clone() });
@@ -259,7 +273,13 @@ pub async fn run_agent(
             }
             Next::Tools => {
                 let recorded = |id: &str| recorded_tools.get(&(step.step, id)).map(|t| (*t).clone());
-                match run.all(step, &recorded, &*checkpoint).await {
+                let decision = |id: &str| decided.get(&(step.step, id)).map(|d| (*d).clone());
+                let pending = awaiting_decision(step, task.approval, &recorded, &decision);
+                if !pending.is_empty() {
+                    report.outcome = Outcome::WaitingForInput(pending);
+                    return report;
+                }
+                match run.all(step, &recorded, &decision, &*checkpoint).await {
                     Ok(results) => request.messages.push(Message { role: Role::User, content: results }),
                     Err(halt) => {
                         report.outcome = Outcome::Halted(halt);
@@ -366,10 +386,15 @@ pub async fn run_agent(
                 request.messages.push(Message::user_text(&message));
             }
             Next::Tools => {
-                let results = match run.all(&step, &|_| None, &*checkpoint).instrument(step_span.clone()).await {
-                    Ok(results) => results,
-                    Err(halt) => break Outcome::Halted(halt),
-                };
+                let pending = awaiting_decision(&step, task.approval, &|_| None, &|_| None);
+                if !pending.is_empty() {
+                    break Outcome::WaitingForInput(pending);
+                }
+                let results =
+                    match run.all(&step, &|_| None, &|_| None, &*checkpoint).instrument(step_span.clone()).await {
+                        Ok(results) => results,
+                        Err(halt) => break Outcome::Halted(halt),
+                    };
                 request.messages.push(Message { role: Role::Assistant, content: step.content });
                 request.messages.push(Message { role: Role::User, content: results });
             }
@@ -385,6 +410,26 @@ fn budget_exceeded(max: Option<u64>) -> Outcome {
         ErrorCode::BudgetExceeded,
         format!("the task reached its cost budget of ${max_usd}"),
     ))
+}
+
+/// The calls of `step` that need approval and have neither a recorded result nor a decision.
+fn awaiting_decision(
+    step: &ModelStep,
+    approval: &[String],
+    recorded: &(dyn Fn(&str) -> Option<ToolStep> + Sync),
+    decision: &(dyn Fn(&str) -> Option<Decision> + Sync),
+) -> Vec<PendingCall> {
+    step.content
+        .iter()
+        .filter_map(|b| match b {
+            ContentBlock::ToolUse { id, name, input }
+                if approval.contains(name) && recorded(id).is_none() && decision(id).is_none() =>
+            {
+                Some(PendingCall { step: step.step, tool_use_id: id.clone(), name: name.clone(), input: input.clone() })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The tool output a task may still accumulate, shared by the calls of a step.
@@ -424,6 +469,7 @@ impl ToolRun<'_> {
         &self,
         step: &ModelStep,
         recorded: &(dyn Fn(&str) -> Option<ToolStep> + Sync),
+        decision: &(dyn Fn(&str) -> Option<Decision> + Sync),
         checkpoint: &dyn Checkpoint,
     ) -> Result<Vec<ContentBlock>, Halt> {
         // Owned inputs keep the stream's future free of borrowed closure arguments, which the
@@ -432,9 +478,13 @@ impl ToolRun<'_> {
             .content
             .iter()
             .filter_map(|b| match b {
-                ContentBlock::ToolUse { id, name, input } => {
-                    Some(Call { id: id.clone(), name: name.clone(), input: input.clone(), recorded: recorded(id) })
-                }
+                ContentBlock::ToolUse { id, name, input } => Some(Call {
+                    id: id.clone(),
+                    name: name.clone(),
+                    input: input.clone(),
+                    recorded: recorded(id),
+                    decision: decision(id),
+                }),
                 _ => None,
             })
             .collect();
@@ -486,6 +536,8 @@ impl ToolRun<'_> {
                 "not run: this task has used its tool output limit of {} bytes; answer with what you have",
                 caps.max_output_bytes
             ))
+        } else if let Some(d) = call.decision.as_ref().filter(|d| d.action == Action::Reject) {
+            Some(d.rejection_text())
         } else {
             None
         };
@@ -521,14 +573,19 @@ impl ToolRun<'_> {
     async fn run(&self, context: &ToolContext, call: &Call) -> ToolOutput {
         let started = Instant::now();
         let span = tracing::info_span!("tool_call", tool = %call.name, tool_use_id = %call.id);
-        let out = self.tools.run(&call.name, &call.input, &context.for_call(&call.id)).instrument(span.clone()).await;
+        // An edit runs the tool on the reviewer's input instead of the model's.
+        let input = match &call.decision {
+            Some(Decision { action: Action::Edit, input: Some(edited), .. }) => edited,
+            _ => &call.input,
+        };
+        let out = self.tools.run(&call.name, input, &context.for_call(&call.id)).instrument(span.clone()).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         span.in_scope(|| {
             tracing::info!(
                 is_error = out.is_error,
                 error_type = out.error_type,
                 latency_ms,
-                input = crate::observe::telemetry::content(&call.input.to_string()),
+                input = crate::observe::telemetry::content(&input.to_string()),
                 output = crate::observe::telemetry::content(&out.content),
                 "tool ran"
             );
@@ -550,12 +607,14 @@ fn metric_tool_name<'a>(tools: &ToolRegistry, name: &'a str) -> &'a str {
     if tools.knows(name) { name } else { "unknown" }
 }
 
-/// One `tool_use` block of a step, and its recorded result if an earlier run made one.
+/// One `tool_use` block of a step, its recorded result if an earlier run made one, and the
+/// decision on it if it needed one.
 struct Call {
     id: String,
     name: String,
     input: serde_json::Value,
     recorded: Option<ToolStep>,
+    decision: Option<Decision>,
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ fn task(max_iterations: u32) -> AgentTask<'static> {
         max_cost_nanos: None,
         history: &[],
         output: None,
+        approval: &[],
     }
 }
 
@@ -495,6 +496,7 @@ async fn tool_calls_of_one_turn_run_concurrently() {
         url: server.uri(),
         timeout_secs: 5,
         max_attempts: 1,
+        approval: Default::default(),
     };
     let tools = ToolRegistry::new().with(HttpTool::new(spec, reqwest::Client::new(), None)).unwrap();
     let call = |id: &str| ContentBlock::ToolUse { id: id.into(), name: "slow".into(), input: json!({}) };
@@ -658,4 +660,78 @@ async fn a_resumed_run_counts_the_corrections_it_already_made() {
         report.outcome,
         Outcome::Succeeded(TaskResult { text: r#"{"n":7}"#.into(), truncated: false, structured: true })
     );
+}
+
+fn needs_calculator() -> Vec<String> {
+    vec!["calculator".to_owned()]
+}
+
+fn decision(action: crate::domain::approval::Action, input: Option<serde_json::Value>) -> Step {
+    Step::Decision(crate::domain::approval::Decision {
+        step: 1,
+        tool_use_id: "tu_1".into(),
+        name: "calculator".into(),
+        action,
+        message: Some("too risky".into()),
+        input,
+        by: "key_1".into(),
+        at: crate::now(),
+    })
+}
+
+#[tokio::test]
+async fn a_tool_that_needs_approval_stops_the_run_before_it_runs() {
+    let model = Arc::new(Scripted::new(vec![answer(
+        StopReason::ToolUse,
+        vec![ContentBlock::ToolUse {
+            id: "tu_1".into(),
+            name: "calculator".into(),
+            input: json!({"expression": "6 * 7"}),
+        }],
+    )]));
+    let approval = needs_calculator();
+    let t = AgentTask { approval: &approval, ..task(10) };
+    let (report, steps) = run_task(&chain(vec![model.clone()]), t, limits()).await;
+    let Outcome::WaitingForInput(pending) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert_eq!((pending[0].step, pending[0].tool_use_id.as_str(), pending[0].name.as_str()), (1, "tu_1", "calculator"));
+    assert_eq!(pending[0].input, json!({"expression": "6 * 7"}));
+    assert_eq!(steps.0.len(), 1, "the model's answer is recorded");
+    assert!(steps.2.lock().unwrap().is_empty(), "nothing ran");
+}
+
+#[tokio::test]
+async fn a_resumed_run_without_a_decision_waits_again_without_calling_the_model() {
+    let model = Arc::new(Scripted::new(vec![]));
+    let history = [Step::Model(recorded_tool_turn())];
+    let approval = needs_calculator();
+    let t = AgentTask { history: &history, approval: &approval, ..task(10) };
+    let (report, _) = run_task(&chain(vec![model.clone()]), t, limits()).await;
+    assert!(matches!(report.outcome, Outcome::WaitingForInput(_)));
+    assert_eq!(model.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_rejected_call_is_not_run_and_the_model_reads_the_reviewers_message() {
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("ok, I will not"))]));
+    let history = [Step::Model(recorded_tool_turn()), decision(crate::domain::approval::Action::Reject, None)];
+    let approval = needs_calculator();
+    let t = AgentTask { history: &history, approval: &approval, ..task(10) };
+    let (report, steps) = run_task(&chain(vec![model.clone()]), t, limits()).await;
+    assert_eq!(report.outcome, Outcome::Succeeded(TaskResult::text("ok, I will not")));
+    let tools = steps.2.lock().unwrap();
+    assert!(tools[0].is_error && tools[0].content.contains("too risky"), "{:?}", tools[0]);
+    let sent = &model.requests.lock().unwrap()[0];
+    assert!(matches!(&sent.messages[2].content[0], ContentBlock::ToolResult { is_error: true, .. }));
+}
+
+#[tokio::test]
+async fn an_edited_call_runs_on_the_reviewers_input() {
+    let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("4"))]));
+    let edited = decision(crate::domain::approval::Action::Edit, Some(json!({"expression": "2 + 2"})));
+    let history = [Step::Model(recorded_tool_turn()), edited];
+    let approval = needs_calculator();
+    let t = AgentTask { history: &history, approval: &approval, ..task(10) };
+    let (_, steps) = run_task(&chain(vec![model.clone()]), t, limits()).await;
+    let tools = steps.2.lock().unwrap();
+    assert_eq!((tools[0].content.as_str(), tools[0].is_error), ("4", false));
 }

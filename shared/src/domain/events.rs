@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::domain::approval::{Decision, PendingCall};
 use crate::domain::steps::{ModelStep, Spend};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 
@@ -23,6 +24,10 @@ pub enum EventKind {
     Started,
     #[serde(rename = "task.step")]
     Step,
+    #[serde(rename = "task.waiting_for_input")]
+    WaitingForInput,
+    #[serde(rename = "task.resumed")]
+    Resumed,
     #[serde(rename = "task.succeeded")]
     Succeeded,
     #[serde(rename = "task.failed")]
@@ -32,14 +37,24 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] =
-        [Self::Queued, Self::Started, Self::Step, Self::Succeeded, Self::Failed, Self::Cancelled];
+    pub const ALL: [EventKind; 8] = [
+        Self::Queued,
+        Self::Started,
+        Self::Step,
+        Self::WaitingForInput,
+        Self::Resumed,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "task.queued",
             Self::Started => "task.started",
             Self::Step => "task.step",
+            Self::WaitingForInput => "task.waiting_for_input",
+            Self::Resumed => "task.resumed",
             Self::Succeeded => "task.succeeded",
             Self::Failed => "task.failed",
             Self::Cancelled => "task.cancelled",
@@ -122,6 +137,36 @@ impl TaskEvent {
             "steps_url": format!("/v1/tasks/{task}/steps"),
         });
         Self::new(task, seq, EventKind::Step, now, data)
+    }
+
+    /// The run stopped for a person's decision on `pending` (names only: inputs are content).
+    pub fn waiting(
+        task: TaskId,
+        seq: u32,
+        pending: &[PendingCall],
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Self {
+        let calls: Vec<Value> =
+            pending.iter().map(|p| json!({"tool_use_id": p.tool_use_id, "name": p.name, "step": p.step})).collect();
+        let data = json!({
+            "task_id": task,
+            "status": "waiting_for_input",
+            "pending": calls,
+            "waiting_until": until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "task_url": format!("/v1/tasks/{task}"),
+        });
+        Self::new(task, seq, EventKind::WaitingForInput, now, data)
+    }
+
+    /// Its pending calls were decided: it is queued to go on.
+    pub fn resumed(task: TaskId, seq: u32, decisions: &[Decision], now: OffsetDateTime) -> Self {
+        let decided: Vec<Value> = decisions
+            .iter()
+            .map(|d| json!({"tool_use_id": d.tool_use_id, "name": d.name, "action": d.action, "by": d.by}))
+            .collect();
+        let data = json!({"task_id": task, "status": "queued", "decisions": decided});
+        Self::new(task, seq, EventKind::Resumed, now, data)
     }
 
     /// The task ended with `status`.

@@ -1,6 +1,7 @@
 //! The domain: what a task, a tenant, a step and a bill are, and the rules that need nothing
 //! but those types. Nothing here knows of AWS, HTTP or configuration.
 
+pub mod approval;
 pub mod backoff;
 pub mod conversation;
 pub mod events;

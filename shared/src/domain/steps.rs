@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::approval::Decision;
 use crate::domain::conversation::{ContentBlock, StopReason};
 use crate::domain::usage::Usage;
 
@@ -74,6 +75,8 @@ pub struct ToolStep {
 pub enum Step {
     Model(ModelStep),
     Tool(ToolStep),
+    /// A person's decision on a tool call that needed approval.
+    Decision(Decision),
 }
 
 impl Step {
@@ -81,14 +84,16 @@ impl Step {
         match self {
             Step::Model(m) => m.step,
             Step::Tool(t) => t.step,
+            Step::Decision(d) => d.step,
         }
     }
 
-    /// The sort key under the task: the model answer of a step sorts before its tools'
-    /// results, and every step before the next.
+    /// The sort key under the task: the model answer of a step sorts before the decisions on
+    /// its calls, those before its tools' results, and every step before the next.
     pub fn sort_key(&self) -> String {
         match self {
             Step::Model(m) => format!("STEP#{:05}", m.step),
+            Step::Decision(d) => format!("STEP#{:05}#DECISION#{}", d.step, d.tool_use_id),
             Step::Tool(t) => format!("STEP#{:05}#TOOL#{}", t.step, t.tool_use_id),
         }
     }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use ulid::Ulid;
 
+use crate::domain::approval::{ApprovalPolicy, PendingCall};
 use crate::domain::steps::Spend;
 use crate::domain::usage::Usage;
 
@@ -112,12 +113,18 @@ impl FromStr for Priority {
 pub enum TaskStatus {
     Queued,
     Running,
+    /// Stopped at a step boundary until a person decides on its pending tool calls.
+    #[serde(rename = "waiting_for_input")]
+    WaitingForInput,
     Succeeded,
     Failed,
     Cancelled,
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] =
+        [Self::Queued, Self::Running, Self::WaitingForInput, Self::Succeeded, Self::Failed, Self::Cancelled];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
@@ -126,6 +133,7 @@ impl TaskStatus {
         match self {
             Self::Queued => "queued",
             Self::Running => "running",
+            Self::WaitingForInput => "waiting_for_input",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -187,6 +195,7 @@ pub struct TaskRequest {
     max_cost_nanos: Option<u64>,
     webhook_url: Option<String>,
     output_schema: Option<Map<String, Value>>,
+    approval: Option<ApprovalPolicy>,
 }
 
 impl TaskRequest {
@@ -214,6 +223,10 @@ impl TaskRequest {
     /// The JSON Schema the final answer must match (`output_schema`), checked when parsed.
     pub fn output_schema(&self) -> Option<&Map<String, Value>> {
         self.output_schema.as_ref()
+    }
+    /// The task's own approval rules (`approval`): tools whose calls wait for a person.
+    pub fn approval(&self) -> Option<&ApprovalPolicy> {
+        self.approval.as_ref()
     }
     /// The URL the task's own webhook goes to (`"webhook": {"url"}`), checked only for its
     /// form here: the deployment's outbound rules are the submit path's to apply.
@@ -401,6 +414,11 @@ impl TaskRequest {
             },
         };
 
+        let approval = match fields.remove("approval") {
+            None | Some(Value::Null) => None,
+            Some(value) => ApprovalPolicy::parse(value, &allowed.tools, &mut errors),
+        };
+
         let mut unknown: Vec<_> = fields.keys().cloned().collect();
         unknown.sort();
         errors.extend(unknown.into_iter().map(|k| FieldError::new(k, "is not a known field")));
@@ -416,6 +434,7 @@ impl TaskRequest {
                 max_cost_nanos,
                 webhook_url,
                 output_schema,
+                approval,
             }),
             _ => Err(RequestError::Invalid(errors)),
         }
@@ -597,6 +616,16 @@ pub struct TaskRecord {
     /// The JSON Schema the final answer must match (stored as JSON text, as `metadata`).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
     pub output_schema: Option<Map<String, Value>>,
+    /// The task's own approval rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicy>,
+    /// While `waiting_for_input`: the tool calls waiting for a decision (stored as JSON text:
+    /// their input is the model's JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub pending: Option<Vec<PendingCall>>,
+    /// While `waiting_for_input`: when its calls are rejected if nobody has decided.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub waiting_until: Option<OffsetDateTime>,
 }
 
 impl TaskRecord {
@@ -629,23 +658,26 @@ impl TaskRecord {
             events: 1,
             webhook: None,
             output_schema: request.output_schema,
+            approval: request.approval,
+            pending: None,
+            waiting_until: None,
         }
     }
 }
 
-/// (De)serializes an optional JSON object as JSON text.
+/// (De)serializes an optional JSON value as JSON text.
 mod json_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_json::{Map, Value};
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Option<Map<String, Value>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(m) => s.serialize_str(&Value::Object(m.clone()).to_string()),
+            Some(m) => s.serialize_str(&serde_json::to_string(m).map_err(serde::ser::Error::custom)?),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, Value>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
             Some(text) => serde_json::from_str(&text).map(Some).map_err(serde::de::Error::custom),
@@ -678,7 +710,9 @@ impl TaskLimits {
                 format!("the task was started {} times; the limit is {}", task.attempts, self.max_attempts),
             ));
         }
+        // A task waiting for a person is not running: its wait is bounded by its own timeout.
         if let Some(started) = task.started_at
+            && task.status != TaskStatus::WaitingForInput
             && now - started > self.max_run
         {
             return Some(TaskError::new(

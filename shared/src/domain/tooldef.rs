@@ -16,6 +16,19 @@ pub struct HttpToolSpec {
     pub timeout_secs: u64,
     #[serde(default = "default_attempts")]
     pub max_attempts: usize,
+    /// `"always"`: every call waits for a person's decision (docs/approvals.md).
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Whether a tool's calls wait for a person's decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// Only when the task asks (`"approval": {"tools": [...]}` on submit).
+    #[default]
+    Never,
+    Always,
 }
 
 fn default_timeout() -> u64 {

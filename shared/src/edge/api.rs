@@ -137,6 +137,22 @@ pub struct TaskSummary {
     pub iterations: u32,
     /// The model that gave the latest answer, once one has.
     pub model: Option<String>,
+    /// While `waiting_for_input`: the tool calls waiting for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<PendingView>>,
+    /// While `waiting_for_input`: when the pending calls are rejected if nobody decides.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub waiting_until: Option<OffsetDateTime>,
+}
+
+/// A tool call waiting for a decision, as `POST /v1/tasks/{id}/input` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingView {
+    pub tool_use_id: String,
+    pub name: String,
+    pub input: serde_json::Value,
+    /// The model step that asked for it.
+    pub step: u32,
 }
 
 impl From<&TaskRecord> for TaskSummary {
@@ -154,6 +170,18 @@ impl From<&TaskRecord> for TaskSummary {
             usage: r.spend.usage.into(),
             iterations: r.spend.step,
             model: r.spend.model.clone(),
+            pending: r.pending.as_ref().filter(|_| r.status == TaskStatus::WaitingForInput).map(|calls| {
+                calls
+                    .iter()
+                    .map(|c| PendingView {
+                        tool_use_id: c.tool_use_id.clone(),
+                        name: c.name.clone(),
+                        input: c.input.clone(),
+                        step: c.step,
+                    })
+                    .collect()
+            }),
+            waiting_until: r.waiting_until.filter(|_| r.status == TaskStatus::WaitingForInput),
         }
     }
 }
@@ -195,6 +223,9 @@ pub struct TaskView {
     /// Where the task's own webhook goes (its secret is shown only by the submit answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// The task's own approval rules, as submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::domain::approval::ApprovalPolicy>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -205,6 +236,7 @@ impl From<&TaskRecord> for TaskView {
             usage_by_model: r.spend.usage_by_model.iter().map(|(m, u)| (m.clone(), (*u).into())).collect(),
             trace_id: r.trace_id.clone(),
             webhook_url: r.webhook.as_ref().map(|w| w.url.clone()),
+            approval: r.approval.clone(),
         }
     }
 }
@@ -297,6 +329,8 @@ pub enum StepView {
         content: String,
         is_error: bool,
     },
+    /// A person's decision on a call that needed approval.
+    Decision(crate::domain::approval::Decision),
 }
 
 impl From<&crate::domain::steps::Step> for StepView {
@@ -316,6 +350,7 @@ impl From<&crate::domain::steps::Step> for StepView {
                 content: t.content.clone(),
                 is_error: t.is_error,
             },
+            crate::domain::steps::Step::Decision(d) => Self::Decision(d.clone()),
         }
     }
 }

@@ -164,6 +164,18 @@ pub struct Config {
     pub read_burst: u32,
     pub webhooks: WebhookConfig,
     pub stream: StreamConfig,
+    pub approval: ApprovalConfig,
+}
+
+/// Which tool calls wait for a person, and for how long (docs/approvals.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalConfig {
+    /// Tools whose every call needs approval, in every task: `AGENTQ_APPROVAL_TOOLS` and the
+    /// HTTP tools configured with `"approval": "always"`.
+    pub tools: Vec<String>,
+    /// How long a task waits for decisions when it names no timeout; then its pending calls
+    /// are rejected.
+    pub timeout: Duration,
 }
 
 /// How an event stream (`GET /v1/tasks/{id}/stream`) runs (docs/streams.md).
@@ -244,6 +256,22 @@ impl Config {
                 })?
             }
             (None, None) => Vec::new(),
+        };
+        let mut approval_tools: Vec<String> = get("AGENTQ_APPROVAL_TOOLS")
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        approval_tools.extend(
+            http_tools
+                .iter()
+                .filter(|t: &&HttpToolSpec| t.approval == crate::domain::tooldef::Approval::Always)
+                .map(|t| t.name.clone()),
+        );
+        let approval = ApprovalConfig {
+            tools: approval_tools,
+            timeout: Duration::from_secs(
+                number("AGENTQ_APPROVAL_TIMEOUT_SECS", 86_400)?
+                    .clamp(crate::domain::approval::MIN_TIMEOUT_SECS, crate::domain::approval::MAX_TIMEOUT_SECS),
+            ),
         };
         let tools = ToolConfig {
             http_get_hosts: get("AGENTQ_HTTP_GET_ALLOWED_HOSTS")
@@ -333,6 +361,7 @@ impl Config {
                 max_life: Duration::from_secs(number("AGENTQ_STREAM_MAX_SECS", 300)?.clamp(1, 900)),
                 keep_alive: Duration::from_secs(15),
             },
+            approval,
         })
     }
 }

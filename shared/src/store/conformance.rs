@@ -11,10 +11,12 @@ use time::OffsetDateTime;
 
 use super::{
     Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
-    TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, WebhookStore,
-    day_of, month_of,
+    TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, Wait,
+    WebhookStore, day_of, month_of,
 };
+use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::events::{EventKind, TaskEvent};
+use crate::domain::steps::Step;
 use crate::domain::steps::{ModelStep, Spend};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskRequest, TaskResult, TaskStatus};
 use crate::domain::tenant::Limits;
@@ -32,6 +34,7 @@ pub trait Store:
     + RateLimiter
     + TenantAdmin
     + WebhookStore
+    + TaskInput
 {
 }
 impl<T> Store for T where
@@ -45,6 +48,7 @@ impl<T> Store for T where
         + RateLimiter
         + TenantAdmin
         + WebhookStore
+        + TaskInput
 {
 }
 
@@ -63,6 +67,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     the_rate_limit_allows_its_burst_then_refuses(store).await;
     a_tasks_log_numbers_every_change_in_order(store).await;
     endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
+    a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -516,4 +521,79 @@ async fn endpoints_are_the_tenants_own_and_attempts_read_in_order(store: &dyn St
     assert_eq!(page.attempts, [made[1].clone(), made[2].clone()], "by event, then target, then time");
     let rest = store.attempts(task, page.next.as_deref(), 2).await.unwrap();
     assert_eq!((rest.attempts, rest.next), (vec![made[0].clone()], None));
+}
+
+/// Claims `task`, records one model answer and stops it waiting for a decision on one call.
+async fn waiting(store: &dyn Store, task: &TaskRecord, now: OffsetDateTime) -> (TaskRecord, PendingCall) {
+    let held = lease("w", now + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
+    store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
+    let call = PendingCall {
+        step: 1,
+        tool_use_id: "toolu_1".into(),
+        name: "http_get".into(),
+        input: serde_json::json!({"url": "https://example.com", "n": 1e300}),
+    };
+    let until = now + Duration::from_secs(600);
+    let event = TaskEvent::waiting(task.task_id, next_seq(store, task.task_id).await, &[call.clone()], until, now);
+    store.wait(&claimed, &held, &Wait { pending: vec![call.clone()], until, event, now }).await.unwrap();
+    let seen = store.get(task.task_id).await.unwrap().unwrap();
+    (seen, call)
+}
+
+async fn a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let (seen, call) = waiting(store, &task, now).await;
+    assert_eq!(seen.status, TaskStatus::WaitingForInput);
+    assert_eq!(seen.pending.as_deref(), Some(&[call.clone()][..]), "the pending calls are kept as the model sent them");
+    assert_eq!(seen.waiting_until, Some(now + Duration::from_secs(600)));
+    count_is_true(store, &t, now).await;
+    assert!(
+        matches!(
+            store.claim(task.task_id, &lease("x", now + Duration::from_secs(60)), now).await.unwrap(),
+            Claim::Leased { .. }
+        ),
+        "a waiting task is not claimed by a stray delivery"
+    );
+    let later = now + Duration::from_secs(601);
+    assert!(!store.due(now, 10_000).await.unwrap().contains(&task.task_id), "not due before its timeout");
+    assert!(store.due(later, 10_000).await.unwrap().contains(&task.task_id), "due once its wait times out");
+
+    let decision = Decision {
+        step: 1,
+        tool_use_id: call.tool_use_id.clone(),
+        name: call.name.clone(),
+        action: Action::Reject,
+        message: Some("not that one".into()),
+        input: None,
+        by: "key_1".into(),
+        at: now,
+    };
+    let resumed = TaskEvent::resumed(task.task_id, seen.events + 1, &[decision.clone()], now);
+    store.resume(&seen, &[decision.clone()], &resumed, now).await.unwrap();
+    assert!(
+        matches!(store.resume(&seen, &[decision.clone()], &resumed, now).await, Err(StoreError::Conflict)),
+        "a decision is taken once"
+    );
+    let queued = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!((queued.status, queued.pending.is_none(), queued.attempts), (TaskStatus::Queued, true, 0));
+    count_is_true(store, &t, now).await;
+    let steps = store.steps(task.task_id).await.unwrap();
+    assert!(matches!(&steps[..], [Step::Model(_), Step::Decision(d)] if *d == decision), "{steps:?}");
+    assert_eq!(
+        kinds(store, task.task_id, 0).await,
+        [(1, EventKind::Queued), (2, EventKind::Step), (3, EventKind::WaitingForInput), (4, EventKind::Resumed)]
+    );
+
+    let other = admitted(store, &t, now).await;
+    waiting(store, &other, now).await;
+    assert_eq!(store.cancel(other.task_id, now).await.unwrap(), Cancelled::Now, "a waiting task is cancelled at once");
+    count_is_true(store, &t, now).await;
+    let abandoned = admitted(store, &t, now).await;
+    waiting(store, &abandoned, now).await;
+    let limit = TaskError::new(ErrorCode::RunTooLong, "too long");
+    assert!(store.fail_abandoned(abandoned.task_id, &limit, now).await.unwrap());
+    count_is_true(store, &t, now).await;
 }

@@ -11,9 +11,10 @@ use time::OffsetDateTime;
 use super::{
     Admission, Admitted, AttemptPage, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage,
     Finish, Gcra, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
-    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
-    TenantAdmin, TenantRead, UsageRead, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
+    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
+    TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
 };
+use crate::domain::approval::Decision;
 use crate::domain::events::TaskEvent;
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
@@ -62,10 +63,12 @@ impl State {
     }
 
     /// The task ended (with `error`, if any): its counters move and its log says so.
-    fn end(&mut self, id: TaskId, status: TaskStatus, error: Option<&TaskError>, now: OffsetDateTime) {
+    /// `held_slot`: it counted against its tenant's running cap until now (it was not
+    /// waiting for input).
+    fn end(&mut self, id: TaskId, status: TaskStatus, error: Option<&TaskError>, held_slot: bool, now: OffsetDateTime) {
         let Some((rec, _)) = self.tasks.get(&id) else { return };
         let (spend, seq) = (rec.spend.clone(), rec.events + 1);
-        self.count_terminal(id, status, &spend.usage, now);
+        self.count_terminal(id, status, &spend.usage, held_slot, now);
         // The log's next seq is free: nothing else appends to an ended task.
         let _ = self.append(TaskEvent::ended(id, seq, status, &spend, error, now));
     }
@@ -77,13 +80,17 @@ impl State {
 
     /// The task `id` reached `status` with `total` usage: close it, and move the tenant's
     /// counters by what they have not seen of it yet.
-    fn count_terminal(&mut self, id: TaskId, status: TaskStatus, total: &Usage, now: OffsetDateTime) {
+    fn count_terminal(&mut self, id: TaskId, status: TaskStatus, total: &Usage, held_slot: bool, now: OffsetDateTime) {
         let Some((rec, _)) = self.tasks.get_mut(&id) else { return };
         let delta = total.since(&rec.counted);
         rec.counted += delta;
+        rec.pending = None;
+        rec.waiting_until = None;
         let tenant = rec.tenant_id.clone();
         self.due.remove(&id);
-        self.move_active(&tenant, -1, now);
+        if held_slot {
+            self.move_active(&tenant, -1, now);
+        }
         let day = self
             .days
             .entry((tenant.clone(), day_of(now)))
@@ -229,7 +236,7 @@ impl TaskCreate for MemoryStore {
         if let Some(k) = idempotency_key {
             state.idempotency.remove(&(task.tenant_id.clone(), k.to_owned()));
         }
-        state.end(task.task_id, TaskStatus::Failed, Some(error), now);
+        state.end(task.task_id, TaskStatus::Failed, Some(error), true, now);
         Ok(())
     }
 }
@@ -302,13 +309,12 @@ impl TaskCancel for MemoryStore {
         let Some((rec, _)) = state.tasks.get_mut(&id) else { return Ok(Cancelled::NotFound) };
         match rec.status {
             s if s.is_terminal() => Ok(Cancelled::AlreadyFinished(s)),
-            TaskStatus::Queued => {
+            TaskStatus::Queued | TaskStatus::WaitingForInput => {
+                let held_slot = rec.status == TaskStatus::Queued;
                 rec.status = TaskStatus::Cancelled;
                 rec.error = Some(cancelled_error());
                 rec.updated_at = now;
-                let usage = rec.spend.usage;
-                let _ = usage;
-                state.end(id, TaskStatus::Cancelled, Some(&cancelled_error()), now);
+                state.end(id, TaskStatus::Cancelled, Some(&cancelled_error()), held_slot, now);
                 Ok(Cancelled::Now)
             }
             _ => {
@@ -356,7 +362,7 @@ impl TaskRun for MemoryStore {
             }
             rec.updated_at = f.now;
             *held = None;
-            state.count_terminal(task.task_id, f.status, &f.spend.usage, f.now);
+            state.count_terminal(task.task_id, f.status, &f.spend.usage, true, f.now);
             Ok(())
         })?
     }
@@ -407,6 +413,66 @@ impl TaskRun for MemoryStore {
             Ok(())
         })?
     }
+
+    async fn wait(&self, task: &TaskRecord, lease: &Lease, w: &Wait) -> Result<(), StoreError> {
+        self.with_leased(task.task_id, lease, |state, rec| {
+            if rec.cancel_requested {
+                return Err(StoreError::Conflict);
+            }
+            state.append(w.event.clone())?;
+            let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
+            rec.status = TaskStatus::WaitingForInput;
+            rec.pending = Some(w.pending.clone());
+            rec.waiting_until = Some(w.until);
+            rec.updated_at = w.now;
+            *held = None;
+            let tenant = rec.tenant_id.clone();
+            state.move_active(&tenant, -1, w.now);
+            state.due.insert(task.task_id, w.until);
+            Ok(())
+        })?
+    }
+}
+
+#[async_trait]
+impl TaskInput for MemoryStore {
+    async fn resume(
+        &self,
+        task: &TaskRecord,
+        decisions: &[Decision],
+        event: &TaskEvent,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        match state.tasks.get(&task.task_id) {
+            Some((rec, _))
+                if rec.status == TaskStatus::WaitingForInput
+                    && rec.updated_at == task.updated_at
+                    && rec.events == task.events => {}
+            _ => return Err(StoreError::Conflict),
+        }
+        let steps = state.steps.entry(task.task_id).or_default();
+        let decided: Vec<Step> = decisions.iter().map(|d| Step::Decision(d.clone())).collect();
+        if decided.iter().any(|d| steps.contains_key(&d.sort_key())) {
+            return Err(StoreError::Conflict);
+        }
+        for d in decided {
+            steps.insert(d.sort_key(), d);
+        }
+        state.append(event.clone())?;
+        let (rec, _) = state.tasks.get_mut(&task.task_id).expect("checked");
+        let waited = now - rec.updated_at;
+        rec.status = TaskStatus::Queued;
+        rec.pending = None;
+        rec.waiting_until = None;
+        rec.attempts = 0;
+        rec.started_at = rec.started_at.map(|s| s + waited);
+        rec.updated_at = now;
+        let tenant = rec.tenant_id.clone();
+        state.move_active(&tenant, 1, now);
+        state.due.insert(task.task_id, now + self.reconcile_after);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -417,13 +483,12 @@ impl TaskDeadLetter for MemoryStore {
         if rec.status.is_terminal() || held.as_ref().is_some_and(|l| l.until >= now) {
             return Ok(false);
         }
+        let held_slot = rec.status != TaskStatus::WaitingForInput;
         rec.status = TaskStatus::Failed;
         rec.error = Some(error.clone());
         rec.updated_at = now;
         *held = None;
-        let usage = rec.spend.usage;
-        let _ = usage;
-        state.end(id, TaskStatus::Failed, Some(error), now);
+        state.end(id, TaskStatus::Failed, Some(error), held_slot, now);
         Ok(true)
     }
 
@@ -486,7 +551,8 @@ impl TaskReconcile for MemoryStore {
     ) -> Result<Vec<CountRepair>, StoreError> {
         let mut state = self.lock()?;
         let mut open: HashMap<String, i64> = state.tenants.keys().map(|t| (t.clone(), 0)).collect();
-        for (rec, _) in state.tasks.values().filter(|(r, _)| !r.status.is_terminal()) {
+        let holds_slot = |r: &TaskRecord| !r.status.is_terminal() && r.status != TaskStatus::WaitingForInput;
+        for (rec, _) in state.tasks.values().filter(|(r, _)| holds_slot(r)) {
             *open.entry(rec.tenant_id.clone()).or_default() += 1;
         }
         let mut repairs = Vec::new();

@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
+use crate::domain::approval::{Decision, PendingCall};
 use crate::domain::events::TaskEvent;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
@@ -301,6 +302,38 @@ pub trait TaskRun: Send + Sync {
     /// `running` → `queued`, giving the task back for the next delivery to run, noting why.
     /// Fails with `Conflict` if a cancel was requested meanwhile (finish it `cancelled`).
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError>;
+
+    /// `running` → `waiting_for_input`: the lease is let go and the task no longer counts
+    /// against its tenant's running cap, in one transaction with its event. Fails with
+    /// `Conflict` if a cancel was requested meanwhile (finish it `cancelled`) or the lease is
+    /// gone.
+    async fn wait(&self, task: &TaskRecord, lease: &Lease, wait: &Wait) -> Result<(), StoreError>;
+}
+
+/// A run that stops for a person's decisions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wait {
+    pub pending: Vec<PendingCall>,
+    /// When the pending calls are rejected if nobody has decided.
+    pub until: OffsetDateTime,
+    /// The `task.waiting_for_input` event.
+    pub event: TaskEvent,
+    pub now: OffsetDateTime,
+}
+
+/// Decisions on a waiting task's calls: the input route and the reconciler's timeout.
+#[async_trait]
+pub trait TaskInput: Send + Sync {
+    /// `waiting_for_input` → `queued`, with `decisions` recorded as steps, `event` appended
+    /// and the task counted as running again, atomically, if the task is still as `task`
+    /// shows it; `Conflict` if it moved meanwhile (decided by someone else, cancelled).
+    async fn resume(
+        &self,
+        task: &TaskRecord,
+        decisions: &[Decision],
+        event: &TaskEvent,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 }
 
 /// Ending tasks nobody is running, and giving failed ones another chance: the dead-letter

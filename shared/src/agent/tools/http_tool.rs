@@ -173,6 +173,7 @@ mod tests {
             url: format!("{}/hooks/lookup", server.uri()),
             timeout_secs: 5,
             max_attempts: attempts,
+            approval: Default::default(),
         };
         HttpTool::new(spec, reqwest::Client::new(), Some(Secret::new("s3cret")))
     }
@@ -257,6 +258,7 @@ mod tests {
             url: "http://127.0.0.1:9/internal/secret-path".into(),
             timeout_secs: 1,
             max_attempts: 1,
+            approval: Default::default(),
         };
         let e = HttpTool::new(spec, reqwest::Client::new(), None).call(&json!({}), &ctx()).await.unwrap_err();
         assert!(!e.0.contains("127.0.0.1") && !e.0.contains("secret-path"), "{e}");

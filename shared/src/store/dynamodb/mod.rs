@@ -39,9 +39,10 @@ use time::OffsetDateTime;
 use super::{
     Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
     IDEMPOTENCY_WINDOW, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
-    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskRead, TaskReconcile, TaskRun,
-    TenantAdmin, TenantRead, UsageRead, cancelled_error, day_of, month_of,
+    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
+    TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, cancelled_error, day_of, month_of,
 };
+use crate::domain::approval::Decision;
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
@@ -158,6 +159,13 @@ fn open_shard(id: TaskId) -> String {
     // A ULID's last character is random.
     let last = id.to_string().bytes().last().unwrap_or(0);
     format!("OPEN#{}", last % OPEN_SHARDS)
+}
+
+/// The open index's partition of a task waiting for input: apart from `OPEN#…`, so the
+/// reconciler finds its timeout but the running counts do not include it.
+fn wait_shard(id: TaskId) -> String {
+    let last = id.to_string().bytes().last().unwrap_or(0);
+    format!("WAIT#{}", last % OPEN_SHARDS)
 }
 
 fn millis(t: OffsetDateTime) -> i64 {
@@ -545,6 +553,8 @@ impl DynamoStore {
             .set("#counted = :counted")
             .remove("#open_pk")
             .remove("#due_at")
+            .remove("#pending")
+            .remove("#waiting_until")
             .val(
                 ":counted",
                 attr(&{
@@ -570,10 +580,13 @@ impl DynamoStore {
             .val(":c", n(delta.cost_nanos));
         let mut items = vec![
             TransactWriteItem::builder().update(task_update.on(&self.table, task_key(task.task_id), META)?).build(),
-            self.active_change(&task.tenant_id, -1, now)?,
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
             self.event_put(ending)?,
         ];
+        // A task waiting for input holds no slot of its tenant's running cap.
+        if task.status != TaskStatus::WaitingForInput {
+            items.push(self.active_change(&task.tenant_id, -1, now)?);
+        }
         if delta.cost_nanos > 0 {
             let month = Expr::default().add("#cost_nanos :c").val(":c", n(delta.cost_nanos));
             items.push(self.counter(&task.tenant_id, &format!("MONTH#{}", month_of(now)), month)?);
@@ -981,7 +994,8 @@ impl TaskCancel for DynamoStore {
             let task = item.record;
             let r = match task.status {
                 s if s.is_terminal() => return Ok(Cancelled::AlreadyFinished(s)),
-                TaskStatus::Queued => {
+                // Nobody runs either: it ends now.
+                TaskStatus::Queued | TaskStatus::WaitingForInput => {
                     let update = as_seen(
                         Expr::default()
                             .set("#status = :cancelled")
@@ -1193,6 +1207,88 @@ impl TaskRun for DynamoStore {
         );
         self.update_task(id, e, ReturnValue::None).await.map(drop)
     }
+
+    async fn wait(&self, task: &TaskRecord, lease: &Lease, w: &Wait) -> Result<(), StoreError> {
+        let pending = serde_json::to_string(&w.pending).context("serializing pending calls").map_err(unavailable)?;
+        let e = Self::leased(
+            Expr::default()
+                .set("#status = :waiting")
+                .set("#updated_at = :now")
+                .set("#pending = :pending")
+                .set("#waiting_until = :until")
+                .set("#open_pk = :wait_shard")
+                .set("#due_at = :due")
+                .set("#events = :event_seq")
+                .remove("#lease_owner")
+                .remove("#lease_until")
+                .when("attribute_not_exists(#cancel_requested)")
+                .val(":waiting", s(TaskStatus::WaitingForInput.as_str()))
+                .val(":now", rfc3339(w.now))
+                .val(":pending", s(pending))
+                .val(":until", rfc3339(w.until))
+                .val(":wait_shard", s(wait_shard(task.task_id)))
+                .val(":due", n(millis(w.until)))
+                .val(":event_seq", n(w.event.seq)),
+            lease,
+        );
+        let items = vec![
+            TransactWriteItem::builder().update(e.on(&self.table, task_key(task.task_id), META)?).build(),
+            self.active_change(&task.tenant_id, -1, w.now)?,
+            self.event_put(&w.event)?,
+        ];
+        Ok(self.transact(items).await?)
+    }
+}
+
+#[async_trait]
+impl TaskInput for DynamoStore {
+    async fn resume(
+        &self,
+        task: &TaskRecord,
+        decisions: &[Decision],
+        event: &TaskEvent,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        // The wait does not count as run time: the start moves forward by it, so the run's
+        // wall-time limit measures the task's own work. Claims start over (a person decided).
+        let waited = task.waiting_until.map_or(time::Duration::ZERO, |_| now - task.updated_at);
+        let mut e = as_seen(
+            Expr::default()
+                .set("#status = :queued")
+                .set("#updated_at = :now")
+                .set("#open_pk = :shard")
+                .set("#due_at = :due")
+                .set("#events = :event_seq")
+                .set("#attempts = :zero")
+                .remove("#pending")
+                .remove("#waiting_until")
+                .when("#updated_at = :seen_updated")
+                .val(":queued", s(TaskStatus::Queued.as_str()))
+                .val(":now", rfc3339(now))
+                .val(":shard", s(open_shard(task.task_id)))
+                .val(":due", self.due(now))
+                .val(":event_seq", n(event.seq))
+                .val(":zero", n(0))
+                .val(":seen_updated", rfc3339(task.updated_at)),
+            task,
+        );
+        if let Some(started) = task.started_at {
+            e = e.set("#started_at = :started").val(":started", rfc3339(started + waited));
+        }
+        let mut items = vec![
+            TransactWriteItem::builder().update(e.on(&self.table, task_key(task.task_id), META)?).build(),
+            self.active_change(&task.tenant_id, 1, now)?,
+            self.event_put(event)?,
+        ];
+        for d in decisions {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(self.step_put(task.task_id, &Step::Decision(d.clone())).await?)
+                    .build(),
+            );
+        }
+        Ok(self.transact(items).await?)
+    }
 }
 
 #[async_trait]
@@ -1269,14 +1365,15 @@ impl TaskDeadLetter for DynamoStore {
 impl TaskReconcile for DynamoStore {
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<TaskId>, StoreError> {
         let mut ids = Vec::new();
-        for shard in 0..OPEN_SHARDS {
+        let partitions = (0..OPEN_SHARDS).flat_map(|shard| [format!("OPEN#{shard}"), format!("WAIT#{shard}")]);
+        for partition in partitions {
             let out = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(OPEN_INDEX)
                 .key_condition_expression("open_pk = :p AND due_at < :now")
-                .expression_attribute_values(":p", s(format!("OPEN#{shard}")))
+                .expression_attribute_values(":p", s(partition))
                 .expression_attribute_values(":now", n(millis(now)))
                 .limit(limit.saturating_sub(ids.len()).max(1) as i32)
                 .send()
