@@ -71,7 +71,12 @@ fn the_documented_request_limits_are_the_ones_the_parser_enforces() {
     assert_eq!(request["max_cost_usd"]["maximum"], MAX_COST_USD_LIMIT);
     let metadata = request["metadata"]["description"].as_str().unwrap();
     assert!(metadata.contains(&format!("{} KB", MAX_METADATA_BYTES / 1024)), "{metadata}");
-    assert_eq!(doc["components"]["schemas"]["TaskRequest"]["properties"].as_object().unwrap().len(), 9);
+    assert_eq!(doc["components"]["schemas"]["TaskRequest"]["properties"].as_object().unwrap().len(), 10);
+    let approval = &doc["components"]["schemas"]["Approval"]["properties"]["timeout_secs"];
+    assert_eq!(approval["minimum"], agentq::domain::approval::MIN_TIMEOUT_SECS);
+    assert_eq!(approval["maximum"], agentq::domain::approval::MAX_TIMEOUT_SECS);
+    let decision = &doc["components"]["schemas"]["InputRequest"]["properties"]["decisions"]["items"]["properties"];
+    assert_eq!(decision["message"]["maxLength"], agentq::domain::approval::MAX_MESSAGE_CHARS);
 }
 
 /// Checks one response against the document: its status is documented for the operation,

@@ -216,6 +216,7 @@ impl TestApp {
                 allowed,
                 auth: Arc::new(agentq::runtime::wiring::auth_cache(&config)),
                 webhooks: agentq::runtime::wiring::send_policy(&config),
+                tools: tools.clone(),
             },
             status: status::App {
                 store: store.clone(),
@@ -393,6 +394,33 @@ impl TestApp {
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
         let r = status::handle(&self.status, req).await;
         (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// `POST /v1/tasks/{id}/input` with `key`: decisions on a waiting task's tool calls.
+    pub async fn post_input(&self, key: &str, id: &str, body: &Value) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/input.json")).unwrap();
+        let path = format!("/v1/tasks/{id}/input");
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event["pathParameters"] = json!({"id": id});
+        event["body"] = json!(body.to_string());
+        event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let r = submit::handle(&self.submit, req).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// Delivers until the task has `status` (not terminal), or panics after `timeout`.
+    pub async fn run_until_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (_, task) = self.get_task(id).await;
+            if task["status"] == status {
+                return task;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "task {id} not {status} after {timeout:?}: {task}");
+            self.deliver_once().await;
+        }
     }
 
     /// Submits a task and returns its id.

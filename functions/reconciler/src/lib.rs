@@ -5,6 +5,8 @@
 //!
 //! - over the deployment's task limits (started too often, running too long, waiting too
 //!   long): ends it `failed` with the limit's code;
+//! - waiting for decisions past its timeout (`waiting_for_input`): rejects its pending tool
+//!   calls on the client's behalf and queues it again, so the model reads why and goes on;
 //! - otherwise sends its message again (its first one may never have been sent, if the
 //!   submit died between its two writes, or may have been lost) and looks again one grace
 //!   period later. A duplicate is harmless: the worker's claim runs a task once.
@@ -15,18 +17,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentq::domain::approval::Decision;
+use agentq::domain::task::TaskStatus;
 use agentq::domain::task::{TaskLimits, TaskMessage};
 use agentq::observe::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
 use agentq::runtime::config::Config;
-use agentq::store::{TaskDeadLetter, TaskRead, TaskReconcile};
+use agentq::store::{StoreError, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 /// What the reconciler reads and writes.
-pub trait ReconcileStore: TaskReconcile + TaskRead + TaskDeadLetter {}
-impl<T: TaskReconcile + TaskRead + TaskDeadLetter> ReconcileStore for T {}
+pub trait ReconcileStore: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput {}
+impl<T: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput> ReconcileStore for T {}
 
 /// The reconciler's settings, read once from the configuration.
 #[derive(Debug, Clone)]
@@ -63,6 +67,8 @@ pub struct Report {
     pub resent: usize,
     /// Tasks ended over a limit.
     pub ended: usize,
+    /// Waits for a decision that timed out: their calls rejected, the tasks queued again.
+    pub timed_out: usize,
     /// Running counts set to the truth.
     pub repaired: usize,
 }
@@ -75,6 +81,12 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
     for id in due {
         let Some(task) = r.store.get(id).await? else { continue };
         if task.status.is_terminal() {
+            continue;
+        }
+        if task.status == TaskStatus::WaitingForInput {
+            if time_out(r, &task, now).await? {
+                report.timed_out += 1;
+            }
             continue;
         }
         if let Some(error) = r.settings.limits.exceeded_by(&task, now) {
@@ -117,6 +129,39 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
     Ok(report)
 }
 
+/// A task whose wait for decisions is over: every pending call is rejected on the client's
+/// behalf and the task goes on (the model reads why). Returns whether this run did it.
+async fn time_out(
+    r: &Reconciler,
+    task: &agentq::domain::task::TaskRecord,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
+    let (Some(pending), Some(until)) = (task.pending.as_deref(), task.waiting_until) else { return Ok(false) };
+    if until > now {
+        return Ok(false);
+    }
+    let waited = (until - task.updated_at).whole_seconds().max(0) as u64;
+    let decisions = Decision::timed_out(pending, waited, now);
+    let resumed = agentq::usecases::approvals::resume(
+        r.store.as_ref(),
+        r.queue.as_ref(),
+        task,
+        &decisions,
+        &Default::default(),
+        now,
+    )
+    .await;
+    match resumed {
+        Ok(()) => {
+            tracing::warn!(task_id = %task.task_id, tenant_id = %task.tenant_id, calls = pending.len(), "nobody decided in time: rejected the pending tool calls");
+            Ok(true)
+        }
+        // Decided or cancelled meanwhile.
+        Err(StoreError::Conflict) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Handles the scheduled event.
 pub async fn handle(r: &Reconciler, _event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
     let report = reconcile(r, agentq::now()).await?;
@@ -124,7 +169,14 @@ pub async fn handle(r: &Reconciler, _event: LambdaEvent<Value>) -> Result<Value,
         .value("ReconcileDue", report.due as f64, Unit::Count)
         .value("ReconcileResent", report.resent as f64, Unit::Count)
         .value("ReconcileEnded", report.ended as f64, Unit::Count)
+        .value("ApprovalsTimedOut", report.timed_out as f64, Unit::Count)
         .value("ReconcileRepairedCounts", report.repaired as f64, Unit::Count)
         .emit();
-    Ok(json!({"due": report.due, "resent": report.resent, "ended": report.ended, "repaired": report.repaired}))
+    Ok(json!({
+        "due": report.due,
+        "resent": report.resent,
+        "ended": report.ended,
+        "timed_out": report.timed_out,
+        "repaired": report.repaired,
+    }))
 }

@@ -183,10 +183,10 @@ pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
 async fn list(app: &App, caller: &Caller, req: &Request) -> Result<Response<Body>, ApiError> {
     let status = match query(req, "status") {
         None => None,
-        Some(s) => Some(
-            serde_json::from_value::<TaskStatus>(serde_json::Value::String(s))
-                .map_err(|_| invalid("status", "must be one of queued, running, succeeded, failed, cancelled"))?,
-        ),
+        Some(s) => Some(serde_json::from_value::<TaskStatus>(serde_json::Value::String(s)).map_err(|_| {
+            let all: Vec<&str> = TaskStatus::ALL.iter().map(|s| s.as_str()).collect();
+            invalid("status", format!("must be one of {}", all.join(", ")))
+        })?),
     };
     let limit = limit(req, DEFAULT_PAGE, MAX_PAGE)?;
     let after = cursor(req, |s| s.parse::<TaskId>().ok())?;

@@ -1,7 +1,9 @@
 //! The submit function: `POST /v1/tasks` authenticates the tenant, meters it (rate limit,
 //! monthly budget, tasks running at once), validates the task, stores it `queued` and sends
-//! its message to the queue of its priority. It also answers `GET /health`, `GET /ready`,
-//! `GET /openapi.json`, and any unmatched route (with a problem+json 404 or 405).
+//! its message to the queue of its priority. It also takes decisions on a waiting task's tool
+//! calls (`POST /v1/tasks/{id}/input`, [`input`]), which queue the task again, and answers
+//! `GET /health`, `GET /ready`, `GET /openapi.json`, and any unmatched route (with a
+//! problem+json 404 or 405).
 //!
 //! The order is deliberate: the record is written before the message is sent, so a worker
 //! never receives a task it cannot find; if the send fails (every AWS call is bounded in
@@ -9,6 +11,8 @@
 //! up. If the function dies between the two, the task is `queued` with no message: a client
 //! retrying with its `Idempotency-Key` sends the message again (a duplicate is harmless: the
 //! worker's claim runs a task once), and the reconciler finds it if nobody retries.
+
+mod input;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +30,8 @@ use agentq::observe::telemetry::{self, traces};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::TaskQueue;
 use agentq::store::{
-    Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskRead, TenantRead, UsageRead,
-    month_of,
+    Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskInput, TaskRead, TenantRead,
+    UsageRead, month_of,
 };
 use lambda_http::http::StatusCode;
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
@@ -40,8 +44,8 @@ use tracing::Instrument as _;
 pub const OPENAPI: &str = include_str!("../../../openapi.json");
 
 /// What the submit path reads and writes.
-pub trait SubmitStore: TaskCreate + TaskRead + StorePing + TenantRead + RateLimiter + UsageRead {}
-impl<T: TaskCreate + TaskRead + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore for T {}
+pub trait SubmitStore: TaskCreate + TaskRead + TaskInput + StorePing + TenantRead + RateLimiter + UsageRead {}
+impl<T: TaskCreate + TaskRead + TaskInput + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
@@ -56,6 +60,8 @@ pub struct App {
     pub auth: Arc<agentq::edge::auth::AuthCache>,
     /// Where a task's own webhook may point.
     pub webhooks: SendPolicy,
+    /// The tools' input schemas, to check a reviewer's edited input.
+    pub tools: agentq::agent::ToolRegistry,
 }
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -63,6 +69,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let result = match routes::resolve(req.method().as_str(), req.uri().path()) {
         Ok(m) => match m.route.op {
             Op::Submit => submit(app, &req).await,
+            Op::TaskInput => input::input(app, &req, m.id.as_deref().unwrap_or_default()).await,
             Op::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Op::Ready => Ok(ready(app).await),
             Op::OpenApi => Ok(openapi()),

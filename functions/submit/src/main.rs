@@ -17,6 +17,7 @@ async fn main() -> Result<(), Error> {
         allowed: wiring::allowed(&config)?,
         auth: Arc::new(wiring::auth_cache(&config)),
         webhooks: wiring::send_policy(&config),
+        tools: wiring::tool_schemas(&config)?,
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

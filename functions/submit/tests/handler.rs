@@ -31,7 +31,9 @@ fn fixture_with(limits: Limits) -> Fixture {
     };
     let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
     let webhooks = agentq::outbound::webhook::SendPolicy::new(false, std::time::Duration::from_secs(5));
-    let app = App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed, auth, webhooks };
+    let tools = agentq::agent::ToolRegistry::builtin();
+    let app =
+        App { store: store.clone(), queue: queue.clone(), model_configured: true, allowed, auth, webhooks, tools };
     Fixture { app, store, queue, key }
 }
 

@@ -188,6 +188,12 @@ pub fn tool_names(config: &Config) -> Result<Vec<String>, ConfigError> {
     Ok(tools(config, &http, false)?.names())
 }
 
+/// The deployment's tools for their schemas only (never run: no signing secret needed), so
+/// the submit path can check a reviewer's edited input.
+pub fn tool_schemas(config: &Config) -> Result<ToolRegistry, ConfigError> {
+    tools(config, &reqwest::Client::new(), false)
+}
+
 fn tools(config: &Config, http: &reqwest::Client, signing: bool) -> Result<ToolRegistry, ConfigError> {
     let t = &config.tools;
     if signing && !t.http_tools.is_empty() && t.signing_secret.is_none() && !t.allow_unsigned {

@@ -148,11 +148,16 @@ impl ToolRegistry {
         Self { tools: self.tools.iter().filter(|e| names.contains(&e.tool.spec().name)).cloned().collect() }
     }
 
-    /// Runs the named tool on `input`, after checking it against the tool's schema.
-    pub async fn run(&self, name: &str, input: &Value, context: &ToolContext) -> ToolOutput {
-        let Some(entry) = self.tools.iter().find(|e| e.tool.spec().name == name) else {
-            return ToolOutput::error("unknown_tool", format!("there is no tool named {name:?}"));
-        };
+    /// Whether `input` matches the named tool's schema (a reviewer's edited input is checked
+    /// before it is accepted); the error says why not, for people.
+    pub fn check(&self, name: &str, input: &Value) -> Result<(), String> {
+        match self.tools.iter().find(|e| e.tool.spec().name == name) {
+            Some(entry) => Self::check_entry(entry, input),
+            None => Err(format!("there is no tool named {name:?}")),
+        }
+    }
+
+    fn check_entry(entry: &Entry, input: &Value) -> Result<(), String> {
         let problems: Vec<String> = entry
             .validator
             .iter_errors(input)
@@ -162,11 +167,20 @@ impl ToolRegistry {
                 if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
             })
             .collect();
-        if !problems.is_empty() {
-            return ToolOutput::error(
-                "invalid_input",
-                format!("the input does not match the tool's schema: {}", problems.join("; ")),
-            );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("the input does not match the tool's schema: {}", problems.join("; ")))
+        }
+    }
+
+    /// Runs the named tool on `input`, after checking it against the tool's schema.
+    pub async fn run(&self, name: &str, input: &Value, context: &ToolContext) -> ToolOutput {
+        let Some(entry) = self.tools.iter().find(|e| e.tool.spec().name == name) else {
+            return ToolOutput::error("unknown_tool", format!("there is no tool named {name:?}"));
+        };
+        if let Err(why) = Self::check_entry(entry, input) {
+            return ToolOutput::error("invalid_input", why);
         }
         match entry.tool.call(input, context).await {
             Ok(content) => ToolOutput::ok(content),
