@@ -178,3 +178,30 @@ async fn what_the_handlers_answer_matches_the_document() {
     conforms("/openapi.json", "get", &probe("/openapi.json").await);
     app.drain().await;
 }
+
+#[tokio::test]
+async fn the_approval_answers_match_the_document() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST")).respond_with(agentq_tests::CalculatorScript).mount(&app.model).await;
+    let (_, accepted) =
+        app.post_task(&json!({"prompt": "What is 6 * 7?", "approval": {"tools": ["calculator"]}})).await;
+    let id = accepted["task_id"].as_str().unwrap().to_owned();
+    let decide = |call: &str| json!({"decisions": [{"tool_use_id": call, "action": "approve"}]});
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response(&app.key, &id, &decide("x")).await);
+    let waiting = app.run_until_status(&id, "waiting_for_input", std::time::Duration::from_secs(30)).await;
+    let call = waiting["pending"][0]["tool_use_id"].as_str().unwrap();
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response(&app.key, &id, &json!({"decisions": []})).await);
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response(&app.key, &id, &decide("toolu_old")).await);
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response("aq_wrong", &id, &decide(call)).await);
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response(&app.key, "nope", &decide(call)).await);
+    conforms("/v1/tasks/{id}/input", "post", &app.input_response(&app.key, &id, &decide(call)).await);
+    app.run_until_terminal(&id, std::time::Duration::from_secs(30)).await;
+    let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
+    assert_eq!(steps["steps"][1]["kind"], "decision");
+    let mut root = document();
+    root["$ref"] = json!("#/components/schemas/StepList");
+    let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
+    let errors: Vec<String> = validator.iter_errors(&steps).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the steps with a decision: {errors:?}\n{steps}");
+    app.drain().await;
+}

@@ -167,7 +167,7 @@ impl Client {
             let Ok(message) = message else { return Ok(Listened::Closed) };
             let Ok(event) = serde_json::from_str::<Value>(&message.data) else { continue };
             *after = event["seq"].as_u64().unwrap_or(*after);
-            if self.show(bar, &event) {
+            if self.show(bar, &event) && self.settled(id, &event).await? {
                 return Ok(Listened::Ended);
             }
         }
@@ -181,7 +181,7 @@ impl Client {
             let (_, page) = self.call(self.http.get(url).query(&[("after", after.to_string())])).await?;
             for event in page["events"].as_array().into_iter().flatten() {
                 *after = event["seq"].as_u64().unwrap_or(*after);
-                if self.show(bar, event) {
+                if self.show(bar, event) && self.settled(id, event).await? {
                     return Ok(());
                 }
             }
@@ -191,7 +191,16 @@ impl Client {
         }
     }
 
-    /// Shows one event; whether it is the task's last.
+    /// Whether the watch is over at `event`, which [`show`](Self::show) flagged: a terminal
+    /// event always; a wait only if the task still waits (the log may hold earlier waits).
+    async fn settled(&self, id: &str, event: &Value) -> Result<bool, CliError> {
+        if event["type"] != "task.waiting_for_input" {
+            return Ok(true);
+        }
+        Ok(self.task(id).await?["status"] == "waiting_for_input")
+    }
+
+    /// Shows one event; whether it may be where the watch stops (the end, or a wait).
     fn show(&self, bar: &ProgressBar, event: &Value) -> bool {
         if self.json {
             out!("{event}");
@@ -202,7 +211,89 @@ impl Client {
         }
         let cost = data["spent"]["cost_usd"].as_f64().unwrap_or(0.0);
         bar.set_message(format!("{} · ${cost:.6}", event["type"].as_str().unwrap_or("?")));
-        matches!(event["type"].as_str(), Some("task.succeeded" | "task.failed" | "task.cancelled"))
+        matches!(
+            event["type"].as_str(),
+            Some("task.succeeded" | "task.failed" | "task.cancelled" | "task.waiting_for_input")
+        )
+    }
+
+    /// Tasks waiting for a decision, one line per pending call.
+    pub async fn pending(&self) -> Result<(), CliError> {
+        let mut cursor: Option<String> = None;
+        let mut shown = 0;
+        loop {
+            let page = self.tasks_page(Some("waiting_for_input"), 100, cursor.as_deref()).await?;
+            for task in page["tasks"].as_array().into_iter().flatten() {
+                if self.json {
+                    out!("{task}");
+                    continue;
+                }
+                for call in task["pending"].as_array().into_iter().flatten() {
+                    shown += 1;
+                    out!(
+                        "{}  {}({})  until {}",
+                        task["task_id"].as_str().unwrap_or(""),
+                        call["name"].as_str().unwrap_or(""),
+                        call["input"],
+                        task["waiting_until"].as_str().unwrap_or("?"),
+                    );
+                }
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if !self.json && shown == 0 {
+            eprintln!("no task is waiting for a decision");
+        }
+        Ok(())
+    }
+
+    /// Decides every pending call of a waiting task the same way.
+    pub async fn decide(&self, id: &str, verdict: Verdict) -> Result<(), CliError> {
+        let task = self.task(id).await?;
+        let pending = task["pending"].as_array().cloned().unwrap_or_default();
+        if pending.is_empty() {
+            let status = task["status"].as_str().unwrap_or("?");
+            return Err(CliError::Rejected(format!("{id} is {status}: no tool call waits for a decision")));
+        }
+        if matches!(verdict, Verdict::Approve { edit: Some(_) }) && pending.len() > 1 {
+            return Err(CliError::Usage(format!(
+                "{} calls wait; --edit needs exactly one (POST /v1/tasks/{id}/input decides them one by one)",
+                pending.len()
+            )));
+        }
+        let decisions: Vec<Value> = pending
+            .iter()
+            .map(|call| {
+                let mut d = serde_json::json!({"tool_use_id": call["tool_use_id"]});
+                match &verdict {
+                    Verdict::Approve { edit: None } => d["action"] = "approve".into(),
+                    Verdict::Approve { edit: Some(input) } => {
+                        d["action"] = "edit".into();
+                        d["input"] = input.clone();
+                    }
+                    Verdict::Reject { message } => {
+                        d["action"] = "reject".into();
+                        if let Some(m) = message {
+                            d["message"] = m.as_str().into();
+                        }
+                    }
+                }
+                d
+            })
+            .collect();
+        let body = serde_json::json!({"decisions": decisions});
+        let (_, task) = self.call(self.http.post(format!("{}/v1/tasks/{id}/input", self.base)).json(&body)).await?;
+        if self.json {
+            out!("{task}");
+        } else {
+            let names: Vec<&str> = pending.iter().filter_map(|c| c["name"].as_str()).collect();
+            let done = if matches!(verdict, Verdict::Reject { .. }) { "rejected" } else { "approved" };
+            out!("{id}: {done} {}; the task goes on (agentq watch {id})", names.join(", "));
+        }
+        Ok(())
     }
 
     pub async fn get(&self, id: &str) -> Result<(), CliError> {
@@ -223,17 +314,22 @@ impl Client {
         Ok(())
     }
 
+    /// One page of `GET /v1/tasks`.
+    async fn tasks_page(&self, status: Option<&str>, limit: u32, cursor: Option<&str>) -> Result<Value, CliError> {
+        let mut req = self.http.get(format!("{}/v1/tasks", self.base)).query(&[("limit", limit.to_string())]);
+        if let Some(s) = status {
+            req = req.query(&[("status", s)]);
+        }
+        if let Some(c) = cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        Ok(self.call(req).await?.1)
+    }
+
     pub async fn list(&self, status: Option<&str>, limit: u32, all: bool) -> Result<(), CliError> {
         let mut cursor: Option<String> = None;
         loop {
-            let mut req = self.http.get(format!("{}/v1/tasks", self.base)).query(&[("limit", limit.to_string())]);
-            if let Some(s) = status {
-                req = req.query(&[("status", s)]);
-            }
-            if let Some(c) = &cursor {
-                req = req.query(&[("cursor", c)]);
-            }
-            let (_, page) = self.call(req).await?;
+            let page = self.tasks_page(status, limit, cursor.as_deref()).await?;
             for task in page["tasks"].as_array().into_iter().flatten() {
                 if self.json {
                     out!("{task}");
@@ -310,6 +406,17 @@ impl Client {
         if let Some(code) = task["error"]["code"].as_str() {
             out!("error {code}: {}", task["error"]["message"].as_str().unwrap_or(""));
         }
+        for call in task["pending"].as_array().into_iter().flatten() {
+            out!(
+                "waiting for your decision on {}({}) [{}]",
+                call["name"].as_str().unwrap_or(""),
+                call["input"],
+                call["tool_use_id"].as_str().unwrap_or("")
+            );
+        }
+        if task["status"] == "waiting_for_input" {
+            out!("decide: agentq approve {id} [--edit JSON] | agentq reject {id} --message TEXT");
+        }
     }
 }
 
@@ -317,9 +424,25 @@ fn cost(task: &Value) -> f64 {
     task["usage"]["cost_usd"].as_f64().unwrap_or(0.0)
 }
 
+/// How to answer a waiting task's calls.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Run them; with `edit`, the one call on this input.
+    Approve {
+        edit: Option<Value>,
+    },
+    Reject {
+        message: Option<String>,
+    },
+}
+
 fn outcome(task: &Value) -> Result<(), CliError> {
     match task["status"].as_str() {
         Some("succeeded") => Ok(()),
+        Some("waiting_for_input") => Err(CliError::Waiting(format!(
+            "the task waits for your decision (agentq approve|reject {})",
+            task["task_id"].as_str().unwrap_or("")
+        ))),
         other => Err(CliError::TaskDidNotSucceed(format!("the task ended {}", other.unwrap_or("in an unknown state")))),
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Exit codes: 0 success; 1 the task ended `failed` or `cancelled`; 2 bad usage; 3 the API
 //! refused the request (4xx); 4 the service could not be reached or failed (5xx, network,
-//! store).
+//! store); 5 the task waits for your decision on a tool call (`agentq pending`).
 
 /// `println!` that does not panic when stdout is a closed pipe (`agentq list | head -1`).
 macro_rules! out {
@@ -71,6 +71,27 @@ enum Command {
         /// A JSON Schema the final answer must match: a file, or the JSON itself.
         #[arg(long, value_name = "FILE|JSON")]
         output_schema: Option<String>,
+        /// Tools whose calls wait for your decision (`agentq approve` / `reject`), comma-separated.
+        #[arg(long, value_name = "TOOLS", value_delimiter = ',')]
+        approve_tools: Vec<String>,
+        /// How long a decision may take before the calls are rejected (default: the deployment's).
+        #[arg(long, value_name = "SECS", requires = "approve_tools")]
+        approval_timeout: Option<u64>,
+    },
+    /// Tasks waiting for your decision on a tool call, with the calls.
+    Pending,
+    /// Approve a waiting task's tool calls: they run and the task goes on.
+    Approve {
+        id: String,
+        /// Run the call on this input instead (a file or the JSON); only when one call waits.
+        #[arg(long, value_name = "FILE|JSON")]
+        edit: Option<String>,
+    },
+    /// Reject a waiting task's tool calls: they do not run, and the model reads your message.
+    Reject {
+        id: String,
+        #[arg(long)]
+        message: Option<String>,
     },
     /// Show a task.
     Get { id: String },
@@ -81,7 +102,7 @@ enum Command {
     Cancel { id: String },
     /// List your tasks, newest first.
     List {
-        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
+        #[arg(long, value_parser = ["queued", "running", "waiting_for_input", "succeeded", "failed", "cancelled"])]
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -134,6 +155,8 @@ pub enum CliError {
     Rejected(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Waiting(String),
 }
 
 impl CliError {
@@ -143,6 +166,7 @@ impl CliError {
             Self::Usage(_) => 2,
             Self::Rejected(_) => 3,
             Self::Unavailable(_) => 4,
+            Self::Waiting(_) => 5,
         }
     }
 }
@@ -218,8 +242,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     idempotency_key,
                     wait,
                     output_schema,
+                    approve_tools,
+                    approval_timeout,
                 } => {
                     let mut body = serde_json::json!({"prompt": prompt});
+                    if !approve_tools.is_empty() {
+                        body["approval"] = serde_json::json!({"tools": approve_tools});
+                        if let Some(secs) = approval_timeout {
+                            body["approval"]["timeout_secs"] = (*secs).into();
+                        }
+                    }
                     if let Some(schema) = output_schema {
                         body["output_schema"] = read_json(schema)?;
                     }
@@ -240,6 +272,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Get { id } => client.get(id).await,
                 Command::Watch { id } => client.watch(id).await,
                 Command::Cancel { id } => client.cancel(id).await,
+                Command::Pending => client.pending().await,
+                Command::Approve { id, edit } => {
+                    let edit = edit.as_deref().map(read_json).transpose()?;
+                    client.decide(id, api::Verdict::Approve { edit }).await
+                }
+                Command::Reject { id, message } => {
+                    client.decide(id, api::Verdict::Reject { message: message.clone() }).await
+                }
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
                 Command::Keys { .. } | Command::Dlq { .. } | Command::Logs { .. } | Command::Webhooks { .. } => {

@@ -398,6 +398,12 @@ impl TestApp {
 
     /// `POST /v1/tasks/{id}/input` with `key`: decisions on a waiting task's tool calls.
     pub async fn post_input(&self, key: &str, id: &str, body: &Value) -> (u16, Value) {
+        let r = self.input_response(key, id, body).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// `POST /v1/tasks/{id}/input`, the whole response.
+    pub async fn input_response(&self, key: &str, id: &str, body: &Value) -> Response<Body> {
         let mut event: Value = serde_json::from_str(include_str!("../../events/input.json")).unwrap();
         let path = format!("/v1/tasks/{id}/input");
         event["rawPath"] = json!(path);
@@ -406,8 +412,7 @@ impl TestApp {
         event["body"] = json!(body.to_string());
         event["headers"]["authorization"] = json!(format!("Bearer {key}"));
         let req = lambda_http::request::from_str(&event.to_string()).unwrap();
-        let r = submit::handle(&self.submit, req).await;
-        (r.status().as_u16(), body_json(r.body()))
+        submit::handle(&self.submit, req).await
     }
 
     /// Delivers until the task has `status` (not terminal), or panics after `timeout`.

@@ -536,10 +536,8 @@ impl ToolRun<'_> {
                 "not run: this task has used its tool output limit of {} bytes; answer with what you have",
                 caps.max_output_bytes
             ))
-        } else if let Some(d) = call.decision.as_ref().filter(|d| d.action == Action::Reject) {
-            Some(d.rejection_text())
         } else {
-            None
+            call.decision.as_ref().filter(|d| d.action == Action::Reject).map(Decision::rejection_text)
         };
         let (content, is_error) = match refused {
             Some(why) => (why, true),

@@ -536,7 +536,8 @@ async fn waiting(store: &dyn Store, task: &TaskRecord, now: OffsetDateTime) -> (
         input: serde_json::json!({"url": "https://example.com", "n": 1e300}),
     };
     let until = now + Duration::from_secs(600);
-    let event = TaskEvent::waiting(task.task_id, next_seq(store, task.task_id).await, &[call.clone()], until, now);
+    let event =
+        TaskEvent::waiting(task.task_id, next_seq(store, task.task_id).await, std::slice::from_ref(&call), until, now);
     store.wait(&claimed, &held, &Wait { pending: vec![call.clone()], until, event, now }).await.unwrap();
     let seen = store.get(task.task_id).await.unwrap().unwrap();
     (seen, call)
@@ -547,7 +548,11 @@ async fn a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store:
     let task = admitted(store, &t, now).await;
     let (seen, call) = waiting(store, &task, now).await;
     assert_eq!(seen.status, TaskStatus::WaitingForInput);
-    assert_eq!(seen.pending.as_deref(), Some(&[call.clone()][..]), "the pending calls are kept as the model sent them");
+    assert_eq!(
+        seen.pending.as_deref(),
+        Some(std::slice::from_ref(&call)),
+        "the pending calls are kept as the model sent them"
+    );
     assert_eq!(seen.waiting_until, Some(now + Duration::from_secs(600)));
     count_is_true(store, &t, now).await;
     assert!(
@@ -571,10 +576,10 @@ async fn a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store:
         by: "key_1".into(),
         at: now,
     };
-    let resumed = TaskEvent::resumed(task.task_id, seen.events + 1, &[decision.clone()], now);
-    store.resume(&seen, &[decision.clone()], &resumed, now).await.unwrap();
+    let resumed = TaskEvent::resumed(task.task_id, seen.events + 1, std::slice::from_ref(&decision), now);
+    store.resume(&seen, std::slice::from_ref(&decision), &resumed, now).await.unwrap();
     assert!(
-        matches!(store.resume(&seen, &[decision.clone()], &resumed, now).await, Err(StoreError::Conflict)),
+        matches!(store.resume(&seen, std::slice::from_ref(&decision), &resumed, now).await, Err(StoreError::Conflict)),
         "a decision is taken once"
     );
     let queued = store.get(task.task_id).await.unwrap().unwrap();

@@ -59,7 +59,7 @@ mod tests {
         let Claim::Claimed(claimed) = store.claim(task.task_id, &lease, now).await.unwrap() else { panic!() };
         let call =
             PendingCall { step: 1, tool_use_id: "tu".into(), name: "calculator".into(), input: serde_json::json!({}) };
-        let event = TaskEvent::waiting(task.task_id, 2, &[call.clone()], now, now);
+        let event = TaskEvent::waiting(task.task_id, 2, std::slice::from_ref(&call), now, now);
         store.wait(&claimed, &lease, &Wait { pending: vec![call], until: now, event, now }).await.unwrap();
         let waiting = store.get(task.task_id).await.unwrap().unwrap();
         let decision = Decision {
@@ -72,7 +72,7 @@ mod tests {
             by: "key".into(),
             at: now,
         };
-        resume(&store, &queue, &waiting, &[decision.clone()], &HashMap::new(), now).await.unwrap();
+        resume(&store, &queue, &waiting, std::slice::from_ref(&decision), &HashMap::new(), now).await.unwrap();
         assert_eq!(store.get(task.task_id).await.unwrap().unwrap().status, TaskStatus::Queued);
         assert_eq!(queue.sent().len(), 1);
         let again = resume(&store, &queue, &waiting, &[decision], &HashMap::new(), now).await;
