@@ -88,7 +88,7 @@ grep -q '"json":{"answer":"The answer is 42.","digest":"' "$RUN/structured" \
 expect 400 -X POST "$url/v1/tasks" "${auth[@]}" -H 'content-type: application/json' -d '{"prompt":"hi","output_schema":{"type":"nope"}}'
 grep -q '"field":"output_schema"' "$RUN/body" || fail "a bad output_schema's 400 does not name the field"
 
-log "smoke: an approval: a task whose tool needs a decision waits; agentq pending shows it; approve runs it"
+log "smoke: an approval: a task whose tool needs a decision waits; agentq pending shows it; approve runs it; it replays exactly"
 guarded=$("$cli" submit --approve-tools calculator "What is 5 * 5?")
 set +e
 "$cli" watch "$guarded" > "$RUN/waiting"
@@ -100,6 +100,8 @@ grep -q "^$guarded  calculator(" "$RUN/pending" || fail "agentq pending does not
 "$cli" approve "$guarded" > /dev/null || fail "agentq approve $guarded failed"
 "$cli" watch "$guarded" > "$RUN/approved" || fail "the approved task $guarded did not succeed"
 grep -q "The answer is 25" "$RUN/approved" || fail "the approved task did not answer: $(cat "$RUN/approved")"
+"$cli" replay "$guarded" > "$RUN/replay" || fail "replaying $guarded departed from its recording: $(cat "$RUN/replay")"
+"$cli" replay --tools live "$guarded" > "$RUN/replay" || fail "replaying $guarded with live tools departed: $(cat "$RUN/replay")"
 
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")

@@ -250,6 +250,95 @@ impl Client {
         Ok(())
     }
 
+    /// Every recorded step of a task, following the pages.
+    async fn all_steps(&self, id: &str) -> Result<Vec<agentq::domain::steps::Step>, CliError> {
+        let mut steps = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut req = self.http.get(format!("{}/v1/tasks/{id}/steps", self.base)).query(&[("limit", "500")]);
+            if let Some(c) = &cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let (_, page) = self.call(req).await?;
+            for step in page["steps"].as_array().into_iter().flatten() {
+                steps.push(
+                    serde_json::from_value(step.clone())
+                        .map_err(|e| CliError::Unavailable(format!("a step this CLI cannot read: {e}")))?,
+                );
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(steps);
+            }
+        }
+    }
+
+    /// Replays a task's recorded run here and reports how the replay departs from it.
+    pub async fn replay(&self, id: &str, live: bool) -> Result<(), CliError> {
+        use agentq::agent::replay::{Recording, ToolsMode, replay};
+        let task = self.task(id).await?;
+        let steps = self.all_steps(id).await?;
+        let output = match task.get("output_schema") {
+            Some(schema) => Some(
+                agentq::domain::output::OutputSchema::compile(schema)
+                    .map_err(|e| CliError::Usage(format!("the task's output_schema {e}")))?,
+            ),
+            None => None,
+        };
+        let max_iterations = task["progress"]["max_steps"].as_u64().unwrap_or(10) as u32;
+        let recording = Recording { steps: &steps, max_iterations, output: output.as_ref() };
+        let mode = if live { ToolsMode::Live } else { ToolsMode::Recorded };
+        let replayed = replay(recording, &agentq::agent::ToolRegistry::builtin(), mode).await;
+        let outcome = match &replayed.outcome {
+            agentq::agent::Outcome::Succeeded(r) => serde_json::json!({"status": "succeeded", "text": r.text}),
+            agentq::agent::Outcome::Failed(e) => serde_json::json!({"status": "failed", "error": e}),
+            agentq::agent::Outcome::WaitingForInput(p) => {
+                serde_json::json!({"status": "waiting_for_input", "pending": p})
+            }
+            other => serde_json::json!({"status": "interrupted", "detail": format!("{other:?}")}),
+        };
+        let recorded_text = task["result"]["text"].as_str();
+        let same_end = outcome["status"] == task["status"]
+            && (recorded_text.is_none() || outcome["text"].as_str() == recorded_text);
+        if self.json {
+            out!(
+                "{}",
+                serde_json::json!({
+                    "task_id": id,
+                    "tools": if live { "live" } else { "recorded" },
+                    "model_calls": replayed.model_calls,
+                    "tool_results": replayed.tool_results.len(),
+                    "outcome": outcome,
+                    "recorded_status": task["status"],
+                    "same_ending": same_end,
+                    "divergences": replayed.divergences,
+                })
+            );
+        } else {
+            out!(
+                "replayed {id}: {} recorded model answers, {} tool results ({}), ended {}",
+                replayed.model_calls,
+                replayed.tool_results.len(),
+                if live { "built-in tools run again" } else { "recorded" },
+                outcome["status"].as_str().unwrap_or("?"),
+            );
+            for d in &replayed.divergences {
+                out!("  diverges: {}", serde_json::to_string(d).unwrap_or_default());
+            }
+            if !same_end {
+                out!("  the ending differs: recorded {}, replayed {outcome}", task["status"]);
+            }
+        }
+        if replayed.divergences.is_empty() && same_end {
+            if !self.json {
+                out!("  no divergence: the run is reproduced exactly");
+            }
+            Ok(())
+        } else {
+            Err(CliError::Diverged(format!("the replay of {id} departs from the recorded run")))
+        }
+    }
+
     /// Decides every pending call of a waiting task the same way.
     pub async fn decide(&self, id: &str, verdict: Verdict) -> Result<(), CliError> {
         let task = self.task(id).await?;

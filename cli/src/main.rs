@@ -7,7 +7,8 @@
 //!
 //! Exit codes: 0 success; 1 the task ended `failed` or `cancelled`; 2 bad usage; 3 the API
 //! refused the request (4xx); 4 the service could not be reached or failed (5xx, network,
-//! store); 5 the task waits for your decision on a tool call (`agentq pending`).
+//! store); 5 the task waits for your decision on a tool call (`agentq pending`); 6 a replay
+//! departed from the recorded run.
 
 /// `println!` that does not panic when stdout is a closed pipe (`agentq list | head -1`).
 macro_rules! out {
@@ -80,6 +81,15 @@ enum Command {
     },
     /// Tasks waiting for your decision on a tool call, with the calls.
     Pending,
+    /// Run a task's agent loop again here, against its recorded model answers (no model call,
+    /// no cost), and report where the new run departs from the recorded one. Exits 6 if it does.
+    Replay {
+        id: String,
+        /// `recorded`: reuse the tools' recorded results; `live`: run the built-in tools again
+        /// and compare (other tools give their recorded results).
+        #[arg(long, value_parser = ["recorded", "live"], default_value = "recorded")]
+        tools: String,
+    },
     /// Approve a waiting task's tool calls: they run and the task goes on.
     Approve {
         id: String,
@@ -157,6 +167,8 @@ pub enum CliError {
     Unavailable(String),
     #[error("{0}")]
     Waiting(String),
+    #[error("{0}")]
+    Diverged(String),
 }
 
 impl CliError {
@@ -167,6 +179,7 @@ impl CliError {
             Self::Rejected(_) => 3,
             Self::Unavailable(_) => 4,
             Self::Waiting(_) => 5,
+            Self::Diverged(_) => 6,
         }
     }
 }
@@ -273,6 +286,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Watch { id } => client.watch(id).await,
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::Pending => client.pending().await,
+                Command::Replay { id, tools } => client.replay(id, tools == "live").await,
                 Command::Approve { id, edit } => {
                     let edit = edit.as_deref().map(read_json).transpose()?;
                     client.decide(id, api::Verdict::Approve { edit }).await

@@ -17,6 +17,7 @@
 //! run, and output beyond the second is cut; either way the model is told why in the tool's
 //! result, so it can change course.
 
+pub mod replay;
 pub mod tools;
 
 use async_trait::async_trait;
@@ -386,12 +387,16 @@ pub async fn run_agent(
                 request.messages.push(Message::user_text(&message));
             }
             Next::Tools => {
-                let pending = awaiting_decision(&step, task.approval, &|_| None, &|_| None);
+                // A live step has nothing recorded in a worker's run; a replay may bring its
+                // tools' recorded results and the decisions on its calls.
+                let recorded = |id: &str| recorded_tools.get(&(step.step, id)).map(|t| (*t).clone());
+                let decision = |id: &str| decided.get(&(step.step, id)).map(|d| (*d).clone());
+                let pending = awaiting_decision(&step, task.approval, &recorded, &decision);
                 if !pending.is_empty() {
                     break Outcome::WaitingForInput(pending);
                 }
                 let results =
-                    match run.all(&step, &|_| None, &|_| None, &*checkpoint).instrument(step_span.clone()).await {
+                    match run.all(&step, &recorded, &decision, &*checkpoint).instrument(step_span.clone()).await {
                         Ok(results) => results,
                         Err(halt) => break Outcome::Halted(halt),
                     };

@@ -226,6 +226,9 @@ pub struct TaskView {
     /// The task's own approval rules, as submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::domain::approval::ApprovalPolicy>,
+    /// The JSON Schema the final answer must match, as submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -237,6 +240,7 @@ impl From<&TaskRecord> for TaskView {
             trace_id: r.trace_id.clone(),
             webhook_url: r.webhook.as_ref().map(|w| w.url.clone()),
             approval: r.approval.clone(),
+            output_schema: r.output_schema.clone(),
         }
     }
 }
