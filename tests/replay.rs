@@ -44,7 +44,7 @@ async fn a_recorded_run_replays_exactly_and_a_changed_tool_shows_where_it_depart
     let (steps, task) = recorded(&app, json!({"prompt": "What is 6 * 7?"})).await;
     assert_eq!(task["result"]["text"], "The answer is 42.");
     let requests = app.model_requests().await.len();
-    let recording = Recording { steps: &steps, max_iterations: 10, output: None };
+    let recording = Recording::of(&steps, 10, None);
 
     for mode in [ToolsMode::Recorded, ToolsMode::Live] {
         let r = replay(recording, &ToolRegistry::builtin(), mode).await;
@@ -85,12 +85,7 @@ async fn a_run_with_a_persons_decision_replays_with_that_decision() {
     assert_eq!(task["result"]["text"], "The answer is 4.");
     let steps = app.store.steps(id.parse().unwrap()).await.unwrap();
 
-    let r = replay(
-        Recording { steps: &steps, max_iterations: 10, output: None },
-        &ToolRegistry::builtin(),
-        ToolsMode::Live,
-    )
-    .await;
+    let r = replay(Recording::of(&steps, 10, None), &ToolRegistry::builtin(), ToolsMode::Live).await;
     assert_eq!(r.divergences, [], "the edit is replayed, so the tool gives 4 again");
     assert!(matches!(&r.outcome, Outcome::Succeeded(res) if res.text == "The answer is 4."));
     app.drain().await;

@@ -286,7 +286,11 @@ impl Client {
             None => None,
         };
         let max_iterations = task["progress"]["max_steps"].as_u64().unwrap_or(10) as u32;
-        let recording = Recording { steps: &steps, max_iterations, output: output.as_ref() };
+        let recording = Recording {
+            inherited: task["parent"]["from_step"].as_u64().unwrap_or(0) as u32,
+            fork_message: task["parent"]["message"].as_str(),
+            ..Recording::of(&steps, max_iterations, output.as_ref())
+        };
         let mode = if live { ToolsMode::Live } else { ToolsMode::Recorded };
         let replayed = replay(recording, &agentq::agent::ToolRegistry::builtin(), mode).await;
         let outcome = match &replayed.outcome {

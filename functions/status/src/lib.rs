@@ -15,7 +15,7 @@ mod webhooks;
 use std::sync::Arc;
 
 use agentq::domain::task::{FieldError, TaskId, TaskRecord, TaskStatus};
-use agentq::edge::api::{EventList, StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
+use agentq::edge::api::{EventList, StepEntry, StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::edge::routes::{self, Op};
@@ -112,7 +112,14 @@ async fn steps(app: &App, caller: &Caller, raw: &str, req: &Request) -> Result<R
         StatusCode::OK,
         &StepList {
             task_id: task.task_id,
-            steps: page.steps.iter().map(StepView::from).collect(),
+            steps: page
+                .steps
+                .iter()
+                .map(|s| StepEntry {
+                    step: StepView::from(s),
+                    inherited: task.fork.as_ref().is_some_and(|f| s.step() <= f.from_step),
+                })
+                .collect(),
             next_cursor: page.next.map(|sk| URL_SAFE_NO_PAD.encode(sk)),
         },
     ))

@@ -12,6 +12,7 @@
 //! retrying with its `Idempotency-Key` sends the message again (a duplicate is harmless: the
 //! worker's claim runs a task once), and the reconciler finds it if nobody retries.
 
+mod fork;
 mod input;
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Ok(m) => match m.route.op {
             Op::Submit => submit(app, &req).await,
             Op::TaskInput => input::input(app, &req, m.id.as_deref().unwrap_or_default()).await,
+            Op::ForkTask => fork::fork(app, &req, m.id.as_deref().unwrap_or_default()).await,
             Op::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Op::Ready => Ok(ready(app).await),
             Op::OpenApi => Ok(openapi()),
@@ -89,7 +91,7 @@ fn openapi() -> Response<Body> {
 
 /// The `Idempotency-Key` header, if the request has one; it must be 1–255 visible ASCII
 /// characters.
-fn idempotency_key(req: &Request) -> Result<Option<&str>, ApiError> {
+pub(crate) fn idempotency_key(req: &Request) -> Result<Option<&str>, ApiError> {
     let Some(raw) = req.headers().get("idempotency-key") else { return Ok(None) };
     match raw.to_str() {
         Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k)),
@@ -135,18 +137,26 @@ fn incoming_trace(req: &Request) -> HashMap<String, String> {
     out
 }
 
-/// Accepts a task, in a span that continues the caller's trace and carries it to the worker.
-async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
-    let span = tracing::info_span!(
-        "submit",
-        task_id = tracing::field::Empty,
-        tenant_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty
-    );
+/// `span` continuing the caller's trace; its trace id.
+pub(crate) fn traced(span: tracing::Span, req: &Request) -> (tracing::Span, String) {
     let trace_id = traces::continue_trace(&span, &incoming_trace(req));
     if !trace_id.is_empty() {
         span.record("trace_id", trace_id.as_str());
     }
+    (span, trace_id)
+}
+
+/// Accepts a task, in a span that continues the caller's trace and carries it to the worker.
+async fn submit(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let (span, trace_id) = traced(
+        tracing::info_span!(
+            "submit",
+            task_id = tracing::field::Empty,
+            tenant_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        ),
+        req,
+    );
     let result = accept(app, req, &span, &trace_id).instrument(span.clone()).await;
     if let Err(e) = &result {
         let _in = span.enter();
@@ -175,12 +185,7 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
         RequestError::Invalid(errors) => ApiError::Validation(errors),
     })?;
 
-    if let Some(budget) = limits.monthly_budget_nanos {
-        let spent = app.store.month_cost(&tenant.tenant_id, &month_of(now)).await?;
-        if spent >= budget {
-            return Err(ApiError::BudgetExhausted { budget_usd: budget as f64 / 1e9, spent_usd: spent as f64 / 1e9 });
-        }
-    }
+    within_budget(app, &tenant, now).await?;
 
     let webhook = request
         .webhook_url()
@@ -194,6 +199,44 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
         .transpose()?;
     let mut task = TaskRecord::new(request, &tenant.tenant_id, now);
     task.webhook = webhook;
+    admit_and_send(app, task, Sent { body, idempotency, limits: &limits, rate: &rate, trace_id, span }).await
+}
+
+/// Refuses new work (402) once the tenant's monthly budget is spent.
+pub(crate) async fn within_budget(
+    app: &App,
+    tenant: &agentq::domain::tenant::Tenant,
+    now: time::OffsetDateTime,
+) -> Result<(), ApiError> {
+    if let Some(budget) = tenant.limits.monthly_budget_nanos {
+        let spent = app.store.month_cost(&tenant.tenant_id, &month_of(now)).await?;
+        if spent >= budget {
+            return Err(ApiError::BudgetExhausted { budget_usd: budget as f64 / 1e9, spent_usd: spent as f64 / 1e9 });
+        }
+    }
+    Ok(())
+}
+
+/// What a new task is admitted and sent with.
+pub(crate) struct Sent<'a> {
+    /// The request body (its fingerprint keeps the idempotency key honest).
+    pub body: &'a [u8],
+    pub idempotency: Option<&'a str>,
+    pub limits: &'a agentq::domain::tenant::Limits,
+    pub rate: &'a agentq::store::RateDecision,
+    pub trace_id: &'a str,
+    pub span: &'a tracing::Span,
+}
+
+/// Stores a new task `queued` under its tenant's cap and idempotency key, then sends its
+/// message (a task whose message cannot be sent is failed, so no client waits on it): the
+/// part of a submit that a fork shares.
+pub(crate) async fn admit_and_send(
+    app: &App,
+    mut task: TaskRecord,
+    sent: Sent<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let Sent { body, idempotency, limits, rate, trace_id, span } = sent;
     task.trace_id = (!trace_id.is_empty()).then(|| trace_id.to_owned());
     let id = task.task_id;
     span.record("task_id", tracing::field::display(id));
@@ -248,11 +291,11 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     metrics::record()
         .dimension("priority", task.priority.as_str())
         .value("TasksAccepted", 1.0, Unit::Count)
-        .property("tenant_id", tenant.tenant_id.as_str())
+        .property("tenant_id", task.tenant_id.as_str())
         .property("task_id", id.to_string())
         .emit();
     let mut response = accepted(&task);
-    rate_limit_headers(response.headers_mut(), limits.burst, &rate);
+    rate_limit_headers(response.headers_mut(), limits.burst, rate);
     Ok(response)
 }
 
@@ -260,7 +303,13 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
     let id = task.task_id;
     let mut response = json_response(
         StatusCode::ACCEPTED,
-        &Accepted { task_id: id, status: task.status, created_at: task.created_at, webhook: task.webhook.clone() },
+        &Accepted {
+            task_id: id,
+            status: task.status,
+            created_at: task.created_at,
+            webhook: task.webhook.clone(),
+            parent: task.fork.clone(),
+        },
     );
     let location = HeaderValue::from_str(&format!("/v1/tasks/{id}")).expect("a task id is a valid header value");
     response.headers_mut().insert(LOCATION, location);

@@ -389,7 +389,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             return settle(&run, stop).await;
         }
     }
-    let history = match worker.store.steps(id).instrument(tracing::info_span!("store.steps")).await {
+    let history = match history(worker, &run.task).instrument(tracing::info_span!("store.steps")).await {
         Ok(h) => h,
         Err(e) => {
             let stop = Stop::StoreTrouble(format!("reading the recorded steps: {:#}", anyhow::Error::from(e)));
@@ -405,6 +405,23 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         }
     };
     settle(&run, stop).await
+}
+
+/// The task's recorded steps. A fork's first run copies the steps it inherits from its parent
+/// first (a run that died while copying left some: those stand), so its own record shows them.
+async fn history(worker: &Worker, task: &TaskRecord) -> Result<Vec<agentq::domain::steps::Step>, StoreError> {
+    let steps = worker.store.steps(task.task_id).await?;
+    let Some(origin) = task.fork.as_ref() else { return Ok(steps) };
+    let inherited_all =
+        steps.iter().any(|s| matches!(s, agentq::domain::steps::Step::Model(m) if m.step == origin.from_step));
+    if origin.from_step == 0 || inherited_all {
+        return Ok(steps);
+    }
+    let parent = worker.store.steps(origin.task_id).await?;
+    let inherited = agentq::domain::fork::inherited(&parent, origin);
+    tracing::info!(parent = %origin.task_id, from_step = origin.from_step, steps = inherited.len(), "copying the steps a fork inherits");
+    worker.store.inherit(task.task_id, &inherited).await?;
+    worker.store.steps(task.task_id).await
 }
 
 /// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
@@ -453,6 +470,8 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         history,
         output: output.as_ref(),
         approval: &approval,
+        inherited: task.fork.as_ref().map_or(0, |f| f.from_step),
+        fork_message: task.fork.as_ref().and_then(|f| f.message.as_deref()),
     };
     // A model call in flight when time runs out is abandoned, leaving half the margin to write.
     let ran = tokio::time::timeout_at(

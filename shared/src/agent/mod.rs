@@ -73,6 +73,10 @@ pub struct AgentTask<'a> {
     pub output: Option<&'a OutputSchema>,
     /// Tools whose calls wait for a person's decision before they run.
     pub approval: &'a [String],
+    /// For a fork: the model steps of `history` it inherited from its parent (replayed, but
+    /// their cost is the parent's), and the message it adds to the turn after them.
+    pub inherited: u32,
+    pub fork_message: Option<&'a str>,
 }
 
 /// When to stop trying.
@@ -259,15 +263,36 @@ pub async fn run_agent(
             Step::Model(_) | Step::Tool(_) => None,
         })
         .collect();
+    if let (0, Some(message)) = (task.inherited, task.fork_message) {
+        request.messages[0].content.push(ContentBlock::Text { text: message.to_owned() });
+    }
     for step in task.history.iter().filter_map(|s| match s {
         Step::Model(m) => Some(m),
         Step::Tool(_) | Step::Decision(_) => None,
     }) {
-        report.spend.count(step);
+        if step.step <= task.inherited {
+            report.spend.count_inherited(step);
+        } else {
+            report.spend.count(step);
+        }
         request.messages.push(Message { role: Role::Assistant, content: step.content.clone() });
+        // A fork goes on from its last inherited step, with its message in the next turn.
+        let fork_message = task.fork_message.filter(|_| step.step == task.inherited);
+        let with_fork_message = |mut m: Message| {
+            if let Some(text) = fork_message {
+                m.content.push(ContentBlock::Text { text: text.to_owned() });
+            }
+            m
+        };
         match next_after(step, task.output, &mut corrections) {
+            Next::Continue if fork_message.is_some() => {
+                request.messages.push(with_fork_message(Message { role: Role::User, content: vec![] }))
+            }
             Next::Continue => {}
-            Next::Correct(message) => request.messages.push(Message::user_text(&message)),
+            Next::Correct(message) => request.messages.push(with_fork_message(Message::user_text(&message))),
+            Next::Done(_) if fork_message.is_some() => {
+                request.messages.push(with_fork_message(Message { role: Role::User, content: vec![] }))
+            }
             Next::Done(outcome) => {
                 report.outcome = outcome;
                 return report;
@@ -281,7 +306,9 @@ pub async fn run_agent(
                     return report;
                 }
                 match run.all(step, &recorded, &decision, &*checkpoint).await {
-                    Ok(results) => request.messages.push(Message { role: Role::User, content: results }),
+                    Ok(results) => {
+                        request.messages.push(with_fork_message(Message { role: Role::User, content: results }))
+                    }
                     Err(halt) => {
                         report.outcome = Outcome::Halted(halt);
                         return report;

@@ -39,6 +39,16 @@ pub struct Recording<'a> {
     pub steps: &'a [Step],
     pub max_iterations: u32,
     pub output: Option<&'a OutputSchema>,
+    /// For a fork: the steps it inherited, and the message it added after them.
+    pub inherited: u32,
+    pub fork_message: Option<&'a str>,
+}
+
+impl<'a> Recording<'a> {
+    /// The recording of a task that is not a fork.
+    pub fn of(steps: &'a [Step], max_iterations: u32, output: Option<&'a OutputSchema>) -> Self {
+        Self { steps, max_iterations, output, inherited: 0, fork_message: None }
+    }
 }
 
 /// One way the replay departed from the recording.
@@ -131,6 +141,8 @@ pub async fn replay(recording: Recording<'_>, tools: &ToolRegistry, mode: ToolsM
         history: &history,
         output: recording.output,
         approval: &[],
+        inherited: recording.inherited,
+        fork_message: recording.fork_message,
     };
     let limits = Limits {
         retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
@@ -326,7 +338,7 @@ mod tests {
     }
 
     fn of(steps: &[Step]) -> Recording<'_> {
-        Recording { steps, max_iterations: 10, output: None }
+        Recording::of(steps, 10, None)
     }
 
     #[tokio::test]

@@ -102,6 +102,8 @@ fn task(max_iterations: u32) -> AgentTask<'static> {
         history: &[],
         output: None,
         approval: &[],
+        inherited: 0,
+        fork_message: None,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod approval;
 pub mod backoff;
 pub mod conversation;
 pub mod events;
+pub mod fork;
 pub mod output;
 pub mod secret;
 pub mod steps;

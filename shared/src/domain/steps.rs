@@ -37,6 +37,13 @@ impl Spend {
         *self = Spend { model, ..newer.clone() };
     }
 
+    /// Takes a model answer a fork inherited: it counts as a step, but its cost is its
+    /// parent's, billed there once.
+    pub fn count_inherited(&mut self, step: &ModelStep) {
+        self.step = step.step;
+        self.model = Some(step.model.clone());
+    }
+
     /// Adds a model answer to the bill.
     pub fn count(&mut self, step: &ModelStep) {
         self.step = step.step;

@@ -626,6 +626,14 @@ pub struct TaskRecord {
     /// While `waiting_for_input`: when its calls are rejected if nobody has decided.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub waiting_until: Option<OffsetDateTime>,
+    /// For a fork: the task and step it starts from, and how its next turn is edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<crate::domain::fork::ForkOrigin>,
+    /// The forks made from this task (the first [`MAX_LISTED_FORKS`] of them).
+    ///
+    /// [`MAX_LISTED_FORKS`]: crate::domain::fork::MAX_LISTED_FORKS
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<crate::domain::fork::ForkRef>,
 }
 
 impl TaskRecord {
@@ -661,6 +669,8 @@ impl TaskRecord {
             approval: request.approval,
             pending: None,
             waiting_until: None,
+            fork: None,
+            forks: Vec::new(),
         }
     }
 }

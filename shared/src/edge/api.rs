@@ -22,6 +22,9 @@ pub struct Accepted {
     /// The task's own webhook, with the secret that signs its deliveries (shown here only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<TaskWebhook>,
+    /// For a fork: the task and step it starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::domain::fork::ForkOrigin>,
 }
 
 /// A webhook endpoint as the API shows it. The secret is shown when it is made (create,
@@ -229,6 +232,12 @@ pub struct TaskView {
     /// The JSON Schema the final answer must match, as submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// For a fork: the task and step it starts from, and how its next turn was edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::domain::fork::ForkOrigin>,
+    /// The forks made from this task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<crate::domain::fork::ForkRef>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -241,6 +250,8 @@ impl From<&TaskRecord> for TaskView {
             webhook_url: r.webhook.as_ref().map(|w| w.url.clone()),
             approval: r.approval.clone(),
             output_schema: r.output_schema.clone(),
+            parent: r.fork.clone(),
+            forks: r.forks.clone(),
         }
     }
 }
@@ -359,11 +370,21 @@ impl From<&crate::domain::steps::Step> for StepView {
     }
 }
 
+/// A step in a list: the step, and whether a fork inherited it from its parent (copied,
+/// not billed again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepEntry {
+    #[serde(flatten)]
+    pub step: StepView,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inherited: bool,
+}
+
 /// `GET /v1/tasks/{id}/steps`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepList {
     pub task_id: TaskId,
-    pub steps: Vec<StepView>,
+    pub steps: Vec<StepEntry>,
     /// Pass as `cursor` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,

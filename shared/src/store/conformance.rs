@@ -68,6 +68,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     a_tasks_log_numbers_every_change_in_order(store).await;
     endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
+    a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -601,4 +602,22 @@ async fn a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store:
     let limit = TaskError::new(ErrorCode::RunTooLong, "too long");
     assert!(store.fail_abandoned(abandoned.task_id, &limit, now).await.unwrap());
     count_is_true(store, &t, now).await;
+}
+
+async fn a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let parent = admitted(store, &t, now).await;
+    let fork = admitted(store, &t, now).await;
+    let listed = crate::domain::fork::ForkRef { task_id: fork.task_id, from_step: 1, created_at: now };
+    store.note_fork(parent.task_id, &listed).await.unwrap();
+    assert_eq!(store.get(parent.task_id).await.unwrap().unwrap().forks, [listed]);
+    let first = Step::Model(answer(1, usage(10, 100)));
+    store.inherit(fork.task_id, std::slice::from_ref(&first)).await.unwrap();
+    let mut changed = answer(1, usage(99, 999));
+    changed.model = "other".into();
+    store.inherit(fork.task_id, &[Step::Model(changed), Step::Model(answer(2, usage(1, 1)))]).await.unwrap();
+    let steps = store.steps(fork.task_id).await.unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0], first, "a step inherited before is kept");
+    assert!(store.get_with_prompt(fork.task_id).await.unwrap().is_some_and(|f| f.prompt == "conformance"));
 }

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::domain::approval::Decision;
 use crate::domain::events::TaskEvent;
+use crate::domain::fork::ForkRef;
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -217,6 +218,16 @@ impl TaskCreate for MemoryStore {
         Ok(Admitted::Created)
     }
 
+    async fn note_fork(&self, parent: TaskId, fork: &ForkRef) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        if let Some((rec, _)) = state.tasks.get_mut(&parent)
+            && rec.forks.len() < crate::domain::fork::MAX_LISTED_FORKS
+        {
+            rec.forks.push(fork.clone());
+        }
+        Ok(())
+    }
+
     async fn fail_unqueued(
         &self,
         task: &TaskRecord,
@@ -245,6 +256,10 @@ impl TaskCreate for MemoryStore {
 impl TaskRead for MemoryStore {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         Ok(self.lock()?.tasks.get(&id).map(|(r, _)| r.clone()))
+    }
+
+    async fn get_with_prompt(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.get(id).await
     }
 
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
@@ -387,6 +402,15 @@ impl TaskRun for MemoryStore {
             rec.updated_at = p.now;
             Ok(if rec.cancel_requested { StepAck::CancelRequested } else { StepAck::Continue })
         })?
+    }
+
+    async fn inherit(&self, id: TaskId, steps: &[Step]) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        let recorded = state.steps.entry(id).or_default();
+        for step in steps {
+            recorded.entry(step.sort_key()).or_insert_with(|| step.clone());
+        }
+        Ok(())
     }
 
     async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError> {

@@ -32,6 +32,7 @@ pub use memory::MemoryStore;
 
 use crate::domain::approval::{Decision, PendingCall};
 use crate::domain::events::TaskEvent;
+use crate::domain::fork::ForkRef;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -228,6 +229,12 @@ pub trait TaskCreate: Send + Sync {
     /// any) is fresh, all in one transaction.
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError>;
 
+    /// Lists `fork` on its parent's record (the first [`MAX_LISTED_FORKS`]; later ones are
+    /// not listed).
+    ///
+    /// [`MAX_LISTED_FORKS`]: crate::domain::fork::MAX_LISTED_FORKS
+    async fn note_fork(&self, parent: TaskId, fork: &ForkRef) -> Result<(), StoreError>;
+
     /// `queued` → `failed`, for a task whose message could not be sent: without it the record
     /// would wait for a worker that never comes. Frees the idempotency key for a retry.
     async fn fail_unqueued(
@@ -242,7 +249,11 @@ pub trait TaskCreate: Send + Sync {
 /// Reads for the status path.
 #[async_trait]
 pub trait TaskRead: Send + Sync {
+    /// The task, without a prompt kept in S3 (its text is empty): what every view needs.
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// The task with its prompt, wherever it is kept (a fork copies it).
+    async fn get_with_prompt(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
     /// The task's recorded steps, in order: all of them (the worker's history).
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError>;
@@ -295,6 +306,10 @@ pub trait TaskRun: Send + Sync {
 
     /// Records a tool result; a result already recorded for that call is kept.
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError>;
+
+    /// Records the steps a fork inherits from its parent under the fork's id; a step already
+    /// recorded is kept (a fork's first run may have died while copying).
+    async fn inherit(&self, id: TaskId, steps: &[Step]) -> Result<(), StoreError>;
 
     /// Writes the terminal state and moves the tenant's counters, in one transaction.
     async fn finish(&self, task: &TaskRecord, lease: &Lease, finish: &Finish) -> Result<(), StoreError>;

@@ -44,6 +44,7 @@ use super::{
 };
 use crate::domain::approval::Decision;
 use crate::domain::events::{EventKind, TaskEvent};
+use crate::domain::fork::ForkRef;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -634,6 +635,25 @@ impl DynamoStore {
             .map_err(unavailable)
     }
 
+    /// Records a step unless one with its key is recorded: the first one stands (a result
+    /// recorded by a run that then died, a step a fork copied before).
+    async fn put_step_once(&self, id: TaskId, step: &Step) -> Result<(), StoreError> {
+        let put = self.step_put(id, step).await?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .set_condition_expression(put.condition_expression)
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e));
+        match result {
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A stored step's JSON text, fetched from S3 if it was kept there.
     async fn step_text(&self, item: StepItem) -> Result<String, StoreError> {
         match (item.data, item.data_ref) {
@@ -797,6 +817,21 @@ impl TaskCreate for DynamoStore {
         }
     }
 
+    async fn note_fork(&self, parent: TaskId, fork: &ForkRef) -> Result<(), StoreError> {
+        let e = Expr::default()
+            .set("#forks = list_append(if_not_exists(#forks, :empty), :one)")
+            .when("attribute_exists(#pk)")
+            .when("attribute_not_exists(#forks) OR size(#forks) < :max")
+            .val(":empty", AttributeValue::L(vec![]))
+            .val(":one", AttributeValue::L(vec![attr(fork)?]))
+            .val(":max", n(crate::domain::fork::MAX_LISTED_FORKS));
+        match self.update_task(parent, e, ReturnValue::None).await {
+            // The list is full (or the parent expired): the fork still names its parent.
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn fail_unqueued(
         &self,
         task: &TaskRecord,
@@ -839,6 +874,13 @@ impl TaskRead for DynamoStore {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         match self.task_item(id).await? {
             Some(item) => Ok(Some(self.resolve(item, false).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_with_prompt(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        match self.task_item(id).await? {
+            Some(item) => Ok(Some(self.resolve(item, true).await?)),
             None => Ok(None),
         }
     }
@@ -1163,21 +1205,15 @@ impl TaskRun for DynamoStore {
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
-        let put = self.step_put(id, &Step::Tool(step.clone())).await?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(put.table_name)
-            .set_item(Some(put.item))
-            .set_condition_expression(put.condition_expression)
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e));
-        match result {
-            // Recorded already (by a run that then died): the first result stands.
-            Ok(_) | Err(StoreError::Conflict) => Ok(()),
-            Err(e) => Err(e),
+        self.put_step_once(id, &Step::Tool(step.clone())).await
+    }
+
+    async fn inherit(&self, id: TaskId, steps: &[Step]) -> Result<(), StoreError> {
+        // Once per fork, a few dozen items: one conditional put each, in order.
+        for step in steps {
+            self.put_step_once(id, step).await?;
         }
+        Ok(())
     }
 
     async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError> {
