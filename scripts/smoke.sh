@@ -103,6 +103,16 @@ grep -q "The answer is 25" "$RUN/approved" || fail "the approved task did not an
 "$cli" replay "$guarded" > "$RUN/replay" || fail "replaying $guarded departed from its recording: $(cat "$RUN/replay")"
 "$cli" replay --tools live "$guarded" > "$RUN/replay" || fail "replaying $guarded with live tools departed: $(cat "$RUN/replay")"
 
+log "smoke: fork: a fork from step 1 with a corrected tool result answers with it; rerun --dry-run lists"
+call=$(curl -sS "${auth[@]}" "$url/v1/tasks/$guarded/steps" | grep -o '"id":"toolu_[^"]*"' | head -1 | cut -d'"' -f4)
+[[ -n $call ]] || fail "no tool call in the steps of $guarded"
+forked=$("$cli" fork "$guarded" --from-step 1 --tool-result "$call=24")
+"$cli" watch "$forked" > "$RUN/forked" || fail "the fork $forked did not succeed: $(cat "$RUN/forked")"
+grep -q "The answer is 24" "$RUN/forked" || fail "the fork did not run on the corrected result: $(cat "$RUN/forked")"
+"$cli" --json get "$guarded" > "$RUN/parent"
+grep -o '"forks":\[[^]]*\]' "$RUN/parent" | grep -q "$forked" || fail "$guarded does not list its fork $forked: $(cat "$RUN/parent")"
+"$cli" rerun --since 1h --dry-run > /dev/null || fail "agentq rerun --dry-run failed"
+
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")
 curl -sSN --max-time 60 "${auth[@]}" "$url/v1/tasks/$live/stream" > "$RUN/stream" || fail "the stream of $live failed"

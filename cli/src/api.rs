@@ -250,8 +250,8 @@ impl Client {
         Ok(())
     }
 
-    /// Every recorded step of a task, following the pages.
-    async fn all_steps(&self, id: &str) -> Result<Vec<agentq::domain::steps::Step>, CliError> {
+    /// Every recorded step of a task as the API shows it, following the pages.
+    pub async fn steps_json(&self, id: &str) -> Result<Vec<Value>, CliError> {
         let mut steps = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -260,15 +260,53 @@ impl Client {
                 req = req.query(&[("cursor", c)]);
             }
             let (_, page) = self.call(req).await?;
-            for step in page["steps"].as_array().into_iter().flatten() {
-                steps.push(
-                    serde_json::from_value(step.clone())
-                        .map_err(|e| CliError::Unavailable(format!("a step this CLI cannot read: {e}")))?,
-                );
-            }
+            steps.extend(page["steps"].as_array().cloned().unwrap_or_default());
             cursor = page["next_cursor"].as_str().map(str::to_owned);
             if cursor.is_none() {
                 return Ok(steps);
+            }
+        }
+    }
+
+    /// Every recorded step of a task, as the agent loop reads them.
+    async fn all_steps(&self, id: &str) -> Result<Vec<agentq::domain::steps::Step>, CliError> {
+        self.steps_json(id)
+            .await?
+            .into_iter()
+            .map(|s| {
+                serde_json::from_value(s)
+                    .map_err(|e| CliError::Unavailable(format!("a step this CLI cannot read: {e}")))
+            })
+            .collect()
+    }
+
+    /// `POST /v1/tasks/{id}/fork`: the answer.
+    pub async fn fork(&self, id: &str, body: &Value, idempotency_key: Option<&str>) -> Result<(u16, Value), CliError> {
+        let mut req = self.http.post(format!("{}/v1/tasks/{id}/fork", self.base)).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        self.call(req).await
+    }
+
+    /// The tenant's tasks of `status` created since `since`, newest first.
+    pub async fn tasks_since(&self, status: &str, since: time::OffsetDateTime) -> Result<Vec<Value>, CliError> {
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.tasks_page(Some(status), 100, cursor.as_deref()).await?;
+            for task in page["tasks"].as_array().into_iter().flatten() {
+                let created = task["created_at"]
+                    .as_str()
+                    .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+                match created {
+                    Some(at) if at < since => return Ok(found),
+                    _ => found.push(task.clone()),
+                }
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(found);
             }
         }
     }

@@ -20,6 +20,7 @@ macro_rules! out {
 
 mod api;
 mod dlq;
+mod fork;
 mod keys;
 mod logs;
 mod webhooks;
@@ -81,6 +82,44 @@ enum Command {
     },
     /// Tasks waiting for your decision on a tool call, with the calls.
     Pending,
+    /// A new task from a step of this one: its first steps are this one's (not paid again),
+    /// then it runs on, its next turn edited as you say.
+    Fork {
+        id: String,
+        /// How many of the task's model steps the fork keeps.
+        #[arg(long)]
+        from_step: u32,
+        /// Added to the fork's next turn (required after a final answer).
+        #[arg(long)]
+        message: Option<String>,
+        /// Another model of the chain for the fork.
+        #[arg(long)]
+        model: Option<String>,
+        /// A corrected result of one of step FROM_STEP's tool calls.
+        #[arg(long, value_name = "TOOL_USE_ID=CONTENT")]
+        tool_result: Vec<String>,
+        #[arg(long)]
+        max_iterations: Option<u32>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait for the fork to finish, showing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run the tasks that ended STATUS lately again (as forks, after a fix).
+    Rerun {
+        #[arg(long, value_parser = ["failed", "cancelled", "succeeded"], default_value = "failed")]
+        status: String,
+        /// How far back: 30m, 2h, 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Go on from each task's last step that asked for tools, rather than from the start.
+        #[arg(long)]
+        from_last_good_step: bool,
+        /// List the tasks and what rerunning them is likely to cost, from their recorded usage.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run a task's agent loop again here, against its recorded model answers (no model call,
     /// no cost), and report where the new run departs from the recorded one. Exits 6 if it does.
     Replay {
@@ -286,6 +325,28 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Watch { id } => client.watch(id).await,
                 Command::Cancel { id } => client.cancel(id).await,
                 Command::Pending => client.pending().await,
+                Command::Fork { id, from_step, message, model, tool_result, max_iterations, idempotency_key, wait } => {
+                    let args = fork::ForkArgs {
+                        id: id.clone(),
+                        from_step: *from_step,
+                        message: message.clone(),
+                        model: model.clone(),
+                        tool_results: tool_result.clone(),
+                        max_iterations: *max_iterations,
+                        idempotency_key: idempotency_key.clone(),
+                        wait: *wait,
+                    };
+                    fork::fork(&client, args).await
+                }
+                Command::Rerun { status, since, from_last_good_step, dry_run } => {
+                    let args = fork::RerunArgs {
+                        status: status.clone(),
+                        since: *since,
+                        from_last_good_step: *from_last_good_step,
+                        dry_run: *dry_run,
+                    };
+                    fork::rerun(&client, args).await
+                }
                 Command::Replay { id, tools } => client.replay(id, tools == "live").await,
                 Command::Approve { id, edit } => {
                     let edit = edit.as_deref().map(read_json).transpose()?;
