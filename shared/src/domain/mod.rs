@@ -3,6 +3,7 @@
 
 pub mod approval;
 pub mod backoff;
+pub mod batch;
 pub mod conversation;
 pub mod events;
 pub mod fork;

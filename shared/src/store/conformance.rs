@@ -14,6 +14,7 @@ use super::{
     TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, Wait,
     WebhookStore, day_of, month_of,
 };
+use super::{BatchKey, BatchStore};
 use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::Step;
@@ -35,6 +36,7 @@ pub trait Store:
     + TenantAdmin
     + WebhookStore
     + TaskInput
+    + BatchStore
 {
 }
 impl<T> Store for T where
@@ -49,6 +51,7 @@ impl<T> Store for T where
         + TenantAdmin
         + WebhookStore
         + TaskInput
+        + BatchStore
 {
 }
 
@@ -69,6 +72,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
     a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
+    a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -620,4 +624,41 @@ async fn a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store: &dyn 
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0], first, "a step inherited before is kept");
     assert!(store.get_with_prompt(fork.task_id).await.unwrap().is_some_and(|f| f.prompt == "conformance"));
+}
+
+async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let before = admitted(store, &t, now).await;
+    let tasks: Vec<TaskRecord> = (0..5).map(|_| record(&t, now)).collect();
+    assert_eq!(store.admit_many(&tasks, 4).await.unwrap(), 3, "one slot was taken before");
+    count_is_true(store, &t, now).await;
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).chain([before.task_id]).collect();
+    let found = store.tasks(&ids).await.unwrap();
+    assert_eq!(found.len(), 4, "the admitted three and the one before");
+    assert_eq!(kinds(store, tasks[0].task_id, 0).await, [(1, EventKind::Queued)]);
+
+    let limits = Limits { rate_per_sec: 1.0, burst: 5, ..Limits::default() };
+    assert_eq!(store.take_up_to(&t, &limits, 3, now).await.unwrap(), 3);
+    assert_eq!(store.take_up_to(&t, &limits, 3, now).await.unwrap(), 2, "what is left of the burst");
+    assert_eq!(store.take_up_to(&t, &limits, 3, now).await.unwrap(), 0);
+
+    let key = Idempotency { key: "k", request_hash: "h1" };
+    assert_eq!(store.reserve_batch_key(&t, key, "bat_1", now).await.unwrap(), BatchKey::Reserved);
+    assert_eq!(store.reserve_batch_key(&t, key, "bat_2", now).await.unwrap(), BatchKey::Replayed("bat_1".into()));
+    let other = Idempotency { key: "k", request_hash: "h2" };
+    assert_eq!(store.reserve_batch_key(&t, other, "bat_3", now).await.unwrap(), BatchKey::KeyReused);
+
+    let batch = crate::domain::batch::BatchRecord {
+        batch_id: crate::domain::batch::new_batch_id(),
+        tenant_id: t.clone(),
+        created_at: now,
+        items: vec![crate::domain::batch::BatchItem {
+            custom_id: Some("a".into()),
+            task_id: Some(tasks[0].task_id),
+            error: None,
+        }],
+    };
+    store.put_batch(&batch).await.unwrap();
+    assert_eq!(store.batch(&t, &batch.batch_id).await.unwrap(), Some(batch.clone()));
+    assert_eq!(store.batch("someone-else", &batch.batch_id).await.unwrap(), None, "a batch is its tenant's");
 }

@@ -14,7 +14,9 @@ use super::{
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
     TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
 };
+use super::{BatchKey, BatchStore, Idempotency};
 use crate::domain::approval::Decision;
+use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
 use crate::domain::fork::ForkRef;
 use crate::domain::steps::{ModelStep, Step, ToolStep};
@@ -46,6 +48,9 @@ struct State {
     endpoints: HashMap<(String, String), Endpoint>,
     /// Delivery attempts by task, keyed by their sort key.
     attempts: HashMap<TaskId, std::collections::BTreeMap<String, Attempt>>,
+    batches: HashMap<String, BatchRecord>,
+    /// Batch idempotency keys: batch id, request hash, expiry.
+    batch_keys: HashMap<(String, String), (String, String, OffsetDateTime)>,
 }
 
 impl State {
@@ -658,6 +663,68 @@ impl RateLimiter for MemoryStore {
             state.buckets.insert(tenant.to_owned(), tat);
         }
         Ok(decision)
+    }
+
+    async fn take_up_to(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        want: u32,
+        now: OffsetDateTime,
+    ) -> Result<u32, StoreError> {
+        let mut state = self.lock()?;
+        let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
+        let (granted, tat) = Gcra::new(limits).decide_many(state.buckets.get(tenant).copied(), now_us, want);
+        if granted > 0 {
+            state.buckets.insert(tenant.to_owned(), tat);
+        }
+        Ok(granted)
+    }
+}
+
+#[async_trait]
+impl BatchStore for MemoryStore {
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError> {
+        let mut admitted = 0;
+        for task in tasks {
+            match self.admit(task, Admission { max_running, idempotency: None }).await? {
+                Admitted::Created => admitted += 1,
+                _ => break,
+            }
+        }
+        Ok(admitted)
+    }
+
+    async fn reserve_batch_key(
+        &self,
+        tenant: &str,
+        key: Idempotency<'_>,
+        batch_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<BatchKey, StoreError> {
+        let mut state = self.lock()?;
+        let slot = (tenant.to_owned(), key.key.to_owned());
+        if let Some((id, hash, expires)) = state.batch_keys.get(&slot)
+            && *expires > now
+        {
+            return Ok(if hash == key.request_hash { BatchKey::Replayed(id.clone()) } else { BatchKey::KeyReused });
+        }
+        state.batch_keys.insert(slot, (batch_id.to_owned(), key.request_hash.to_owned(), now + IDEMPOTENCY_WINDOW));
+        Ok(BatchKey::Reserved)
+    }
+
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        self.lock()?.batches.insert(batch.batch_id.clone(), batch.clone());
+        Ok(())
+    }
+
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(self.lock()?.batches.get(batch_id).filter(|b| b.tenant_id == tenant).cloned())
+    }
+
+    async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError> {
+        let state = self.lock()?;
+        Ok(ids.iter().filter_map(|id| state.tasks.get(id).map(|(r, _)| r.clone())).collect())
     }
 }
 

@@ -31,6 +31,7 @@ pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
 use crate::domain::approval::{Decision, PendingCall};
+use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
 use crate::domain::fork::ForkRef;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
@@ -447,6 +448,49 @@ pub trait TenantAdmin: TenantRead {
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
     async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError>;
+
+    /// Takes up to `want` requests' worth at once (a batch's items); returns how many the
+    /// limit allows now.
+    async fn take_up_to(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        want: u32,
+        now: OffsetDateTime,
+    ) -> Result<u32, StoreError>;
+}
+
+/// What came of reserving a batch's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchKey {
+    /// The key is this batch's now.
+    Reserved,
+    /// The same key and request made this batch before.
+    Replayed(String),
+    /// The key was used with a different request.
+    KeyReused,
+}
+
+/// Batches: many tasks admitted at once, and the record that lists them.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Stores `tasks` (all of one tenant) `queued`, each with its `task.queued` event, in
+    /// order, while the tenant stays under `max_running`; returns how many were stored (the
+    /// first ones), in a few transactions rather than one per task.
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError>;
+    /// Reserves `key` for `batch_id` (24 h), or says which batch it made before.
+    async fn reserve_batch_key(
+        &self,
+        tenant: &str,
+        key: Idempotency<'_>,
+        batch_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<BatchKey, StoreError>;
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
+    /// The tenant's batch with this id.
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError>;
+    /// The tasks with these ids (those that exist), without prompts or S3-kept results.
+    async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError>;
 }
 
 /// What tenants have spent.
@@ -494,6 +538,14 @@ impl Gcra {
         Self { interval_us, tolerance_us: interval_us.saturating_mul(i64::from(limits.burst.max(1))) }
     }
 
+    /// How many of `want` requests at `now_us` are allowed, and the TAT after them.
+    pub fn decide_many(&self, tat_us: Option<i64>, now_us: i64, want: u32) -> (u32, i64) {
+        let from = tat_us.unwrap_or(now_us).max(now_us);
+        let room = (now_us.saturating_add(self.tolerance_us) - from).max(0) / self.interval_us;
+        let granted = room.min(i64::from(want));
+        (granted as u32, from + granted * self.interval_us)
+    }
+
     /// The new TAT if a request at `now_us` is allowed, and the answer to give.
     pub fn decide(&self, tat_us: Option<i64>, now_us: i64) -> (Option<i64>, RateDecision) {
         let from = tat_us.unwrap_or(now_us).max(now_us);
@@ -538,6 +590,15 @@ mod tests {
         assert!(!d.allowed && next.is_none());
         assert_eq!(d.retry_after, Duration::from_millis(500));
         assert!(g.decide(tat, 500_000).1.allowed, "half a second frees one request at 2/s");
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_left_of_the_burst_at_once() {
+        let g = Gcra::new(&limits(2.0, 3));
+        let (granted, tat) = g.decide_many(None, 0, 10);
+        assert_eq!((granted, tat), (3, 1_500_000));
+        assert_eq!(g.decide_many(Some(tat), 0, 10).0, 0);
+        assert_eq!(g.decide_many(Some(tat), 500_000, 10).0, 1, "half a second frees one");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day |
 //! | `TENANT#<t>`       | `MONTH#<YYYY-MM>`   | cost per month (budgets)                |
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
-//! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h                |
+//! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h (a task's or a batch's) |
+//! | `BATCH#<id>`       | `META`              | a batch: its items' task ids or errors  |
 //! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
 //! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
 //! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
@@ -19,6 +20,7 @@
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
 
+mod batches;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -403,6 +405,36 @@ impl DynamoStore {
         self
     }
 
+    /// The put of a new task's item (its prompt in S3 if too large), never over another.
+    async fn new_task_put(&self, task: &TaskRecord) -> Result<Put, StoreError> {
+        let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
+        let mut stored = task.clone();
+        if prompt_ref.is_some() {
+            stored.prompt = String::new();
+        }
+        let record = TaskItem {
+            pk: task_key(task.task_id),
+            sk: META.into(),
+            gsi1pk: tasks_index(&task.tenant_id),
+            gsi1sk: task.task_id.to_string(),
+            record: stored,
+            lease_owner: None,
+            lease_until: None,
+            expires_at: (task.created_at + self.retention).unix_timestamp(),
+            prompt_ref,
+            result_ref: None,
+            open_pk: Some(open_shard(task.task_id)),
+            due_at: Some(millis(task.created_at + self.reconcile_after)),
+        };
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item(&record)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .context("building a put")
+            .map_err(unavailable)
+    }
+
     fn due(&self, from: OffsetDateTime) -> AttributeValue {
         n(millis(from + self.reconcile_after))
     }
@@ -733,32 +765,7 @@ impl DynamoStore {
 #[async_trait]
 impl TaskCreate for DynamoStore {
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
-        let mut stored = task.clone();
-        if prompt_ref.is_some() {
-            stored.prompt = String::new();
-        }
-        let record = TaskItem {
-            pk: task_key(task.task_id),
-            sk: META.into(),
-            gsi1pk: tasks_index(&task.tenant_id),
-            gsi1sk: task.task_id.to_string(),
-            record: stored,
-            lease_owner: None,
-            lease_until: None,
-            expires_at: (task.created_at + self.retention).unix_timestamp(),
-            prompt_ref,
-            result_ref: None,
-            open_pk: Some(open_shard(task.task_id)),
-            due_at: Some(millis(task.created_at + self.reconcile_after)),
-        };
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item(&record)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .context("building a put")
-            .map_err(unavailable)?;
+        let put = self.new_task_put(task).await?;
         let active = self.counter(
             &task.tenant_id,
             "ACTIVE",
@@ -1696,6 +1703,38 @@ impl RateLimiter for DynamoStore {
                         (None, other) => return Err(other),
                     }
                 }
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn take_up_to(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        want: u32,
+        now: OffsetDateTime,
+    ) -> Result<u32, StoreError> {
+        // Read the bucket, then set it only if nobody moved it meanwhile.
+        let gcra = Gcra::new(limits);
+        let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
+        for attempt in 0..8 {
+            let tat = number(self.get_item(tenant_key(tenant), "BUCKET").await?.as_ref(), "tat");
+            let (granted, next) = gcra.decide_many(tat, now_us, want);
+            if granted == 0 {
+                return Ok(0);
+            }
+            let e = Expr::default().set("#tat = :next").val(":next", n(next));
+            let e = match tat {
+                Some(seen) => e.when("#tat = :seen").val(":seen", n(seen)),
+                None => e.when("attribute_not_exists(#tat)"),
+            };
+            match self.send_update(e.on(&self.table, tenant_key(tenant), "BUCKET")?, ReturnValue::None).await {
+                Ok(_) => return Ok(granted),
+                Err(StoreError::Conflict | StoreError::Contended) => {
+                    tokio::time::sleep(contention_pause(attempt)).await
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Contended)

@@ -1,0 +1,194 @@
+//! Batches (`BATCH#<id>` / `META`, expiring with the tasks), their idempotency keys (the
+//! tasks' `IDEM#` items, with a `batch_id`), many tasks admitted in a few transactions, and
+//! the rate limit taken for many requests at once.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{
+    DynamoStore, Expr, META, TaskItem, TransactError, contention_pause, from_item, idem_key, item, millis, n, number,
+    s, sdk_error, task_key, tenant_key, unavailable,
+};
+use crate::domain::batch::BatchRecord;
+use crate::domain::events::TaskEvent;
+use crate::domain::task::{TaskId, TaskRecord};
+use crate::store::{BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
+
+/// Tasks per transaction: two writes each (the task, its first event) and the running count,
+/// within DynamoDB's 100 actions and 4 MB (a task item is at most 64 KiB of prompt).
+const ADMIT_CHUNK: usize = 25;
+
+fn batch_key(id: &str) -> String {
+    format!("BATCH#{id}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchItem {
+    pk: String,
+    sk: String,
+    tenant_id: String,
+    /// The record as JSON text (a thousand items are one attribute).
+    data: String,
+    expires_at: i64,
+}
+
+#[async_trait]
+impl BatchStore for DynamoStore {
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError> {
+        let Some(first) = tasks.first() else { return Ok(0) };
+        let tenant = first.tenant_id.as_str();
+        let mut admitted = 0;
+        let mut attempt = 0;
+        while admitted < tasks.len() {
+            let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
+            let free = (i64::from(max_running) - active).max(0) as usize;
+            let k = free.min(ADMIT_CHUNK).min(tasks.len() - admitted);
+            if k == 0 {
+                break;
+            }
+            let chunk = &tasks[admitted..admitted + k];
+            let mut items = Vec::with_capacity(2 * k + 1);
+            for task in chunk {
+                items.push(TransactWriteItem::builder().put(self.new_task_put(task).await?).build());
+                items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+            }
+            items.push(
+                self.counter(
+                    tenant,
+                    "ACTIVE",
+                    Expr::default()
+                        .add("#active :k")
+                        .set("#updated_ms = :now_ms")
+                        .when("attribute_not_exists(#active) OR #active <= :limit")
+                        .val(":k", n(k))
+                        .val(":now_ms", n(millis(first.created_at)))
+                        .val(":limit", n(i64::from(max_running) - k as i64)),
+                )?,
+            );
+            match self.transact(items).await {
+                Ok(()) => admitted += k,
+                // The count moved under us (other submits): look again.
+                Err(TransactError::Condition(failed)) if failed.last().copied().unwrap_or(false) && attempt < 8 => {
+                    tokio::time::sleep(contention_pause(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(admitted)
+    }
+
+    async fn reserve_batch_key(
+        &self,
+        tenant: &str,
+        key: Idempotency<'_>,
+        batch_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<BatchKey, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(idem_key(tenant, key.key)))
+            .item("sk", s(META))
+            .item("batch_id", s(batch_id))
+            .item("request_hash", s(key.request_hash))
+            .item("expires_at", n((now + IDEMPOTENCY_WINDOW).unix_timestamp()))
+            // An expired key is free again even before TTL deletes it.
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(now.unix_timestamp()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e));
+        match put {
+            Ok(_) => Ok(BatchKey::Reserved),
+            Err(StoreError::Conflict) => {
+                let stored = self.get_item(idem_key(tenant, key.key), META).await?;
+                let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
+                    Some(AttributeValue::S(v)) => Some(v.clone()),
+                    _ => None,
+                };
+                Ok(match (field("request_hash"), field("batch_id")) {
+                    (Some(hash), Some(id)) if hash == key.request_hash => BatchKey::Replayed(id),
+                    _ => BatchKey::KeyReused,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        let record = BatchItem {
+            pk: batch_key(&batch.batch_id),
+            sk: META.into(),
+            tenant_id: batch.tenant_id.clone(),
+            data: serde_json::to_string(batch).context("serializing a batch").map_err(unavailable)?,
+            expires_at: (batch.created_at + self.retention).unix_timestamp(),
+        };
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item(&record)?))
+            .build()
+            .context("building a put")
+            .map_err(unavailable)?;
+        self.client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        let Some(found) = self.get_item(batch_key(batch_id), META).await? else { return Ok(None) };
+        let stored: BatchItem = from_item(found)?;
+        if stored.tenant_id != tenant {
+            return Ok(None);
+        }
+        serde_json::from_str(&stored.data).context("a stored batch").map(Some).map_err(unavailable)
+    }
+
+    async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        // BatchGetItem reads at most 100 keys a call; what it leaves is asked again.
+        for chunk in ids.chunks(100) {
+            let keys: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|id| HashMap::from([("pk".to_owned(), s(task_key(*id))), ("sk".to_owned(), s(META))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .context("building a batch read")
+                    .map_err(unavailable)?,
+            );
+            for attempt in 0.. {
+                let Some(keys) = request.take() else { break };
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchGetItem", e))?;
+                for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                    found.push(from_item::<TaskItem>(item)?.record);
+                }
+                request = out.unprocessed_keys.unwrap_or_default().remove(&self.table);
+                if request.is_some() {
+                    tokio::time::sleep(contention_pause(attempt)).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
