@@ -10,6 +10,7 @@
 //! back a short page with a cursor), a page of steps stays far under Lambda's 6 MB response,
 //! and each tenant's reads are rate limited per instance.
 
+mod batches;
 mod webhooks;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use agentq::edge::api::{EventList, StepEntry, StepList, StepView, TaskList, Task
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::edge::routes::{self, Op};
-use agentq::store::{Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, WebhookStore, day_of};
+use agentq::store::{BatchStore, Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, WebhookStore, day_of};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lambda_http::http::StatusCode;
@@ -39,8 +40,8 @@ const DEFAULT_STEPS: usize = 100;
 const MAX_STEPS: usize = 500;
 
 /// What the status path reads and writes.
-pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore {}
-impl<T: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore> StatusStore for T {}
+pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore {}
+impl<T: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore> StatusStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
@@ -88,6 +89,8 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         Op::DeleteWebhook => webhooks::remove(app, &caller, &id()).await,
         Op::RotateWebhook => webhooks::rotate(app, &caller, &id()).await,
         Op::TestWebhook => webhooks::test(app, &caller, &id()).await,
+        Op::GetBatch => batches::get(app, &caller, &id(), req).await,
+        Op::CancelBatch => batches::cancel(app, &caller, &id()).await,
         // Another function's route: API Gateway never sends it here.
         _ => Err(ApiError::NotFound(format!("no route for {}", req.uri().path()))),
     }

@@ -12,6 +12,7 @@
 //! retrying with its `Idempotency-Key` sends the message again (a duplicate is harmless: the
 //! worker's claim runs a task once), and the reconciler finds it if nobody retries.
 
+mod batch;
 mod fork;
 mod input;
 
@@ -31,8 +32,8 @@ use agentq::observe::telemetry::{self, traces};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::TaskQueue;
 use agentq::store::{
-    Admission, Admitted, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskInput, TaskRead, TenantRead,
-    UsageRead, month_of,
+    Admission, Admitted, BatchStore, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskInput, TaskRead,
+    TenantRead, UsageRead, month_of,
 };
 use lambda_http::http::StatusCode;
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
@@ -45,8 +46,14 @@ use tracing::Instrument as _;
 pub const OPENAPI: &str = include_str!("../../../openapi.json");
 
 /// What the submit path reads and writes.
-pub trait SubmitStore: TaskCreate + TaskRead + TaskInput + StorePing + TenantRead + RateLimiter + UsageRead {}
-impl<T: TaskCreate + TaskRead + TaskInput + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore for T {}
+pub trait SubmitStore:
+    TaskCreate + TaskRead + TaskInput + BatchStore + StorePing + TenantRead + RateLimiter + UsageRead
+{
+}
+impl<T: TaskCreate + TaskRead + TaskInput + BatchStore + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore
+    for T
+{
+}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
@@ -72,6 +79,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
             Op::Submit => submit(app, &req).await,
             Op::TaskInput => input::input(app, &req, m.id.as_deref().unwrap_or_default()).await,
             Op::ForkTask => fork::fork(app, &req, m.id.as_deref().unwrap_or_default()).await,
+            Op::SubmitBatch => batch::submit_batch(app, &req).await,
             Op::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Op::Ready => Ok(ready(app).await),
             Op::OpenApi => Ok(openapi()),
@@ -103,7 +111,7 @@ pub(crate) fn idempotency_key(req: &Request) -> Result<Option<&str>, ApiError> {
 }
 
 /// A fingerprint of the request body that ignores formatting and key order.
-fn request_hash(body: &[u8]) -> String {
+pub(crate) fn request_hash(body: &[u8]) -> String {
     fn canonical(v: Value) -> Value {
         match v {
             Value::Object(m) => {

@@ -635,6 +635,9 @@ async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn S
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).chain([before.task_id]).collect();
     let found = store.tasks(&ids).await.unwrap();
     assert_eq!(found.len(), 4, "the admitted three and the one before");
+    let statuses = store.statuses(&ids).await.unwrap();
+    assert_eq!(statuses.len(), 4);
+    assert!(statuses.iter().all(|(_, s)| *s == TaskStatus::Queued));
     assert_eq!(kinds(store, tasks[0].task_id, 0).await, [(1, EventKind::Queued)]);
 
     let limits = Limits { rate_per_sec: 1.0, burst: 5, ..Limits::default() };

@@ -726,6 +726,10 @@ impl BatchStore for MemoryStore {
         let state = self.lock()?;
         Ok(ids.iter().filter_map(|id| state.tasks.get(id).map(|(r, _)| r.clone())).collect())
     }
+
+    async fn statuses(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskStatus)>, StoreError> {
+        Ok(self.tasks(ids).await?.into_iter().map(|t| (t.task_id, t.status)).collect())
+    }
 }
 
 #[async_trait]

@@ -491,6 +491,8 @@ pub trait BatchStore: Send + Sync {
     async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError>;
     /// The tasks with these ids (those that exist), without prompts or S3-kept results.
     async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Just the status of each task with these ids (those that exist): a batch's counts.
+    async fn statuses(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskStatus)>, StoreError>;
 }
 
 /// What tenants have spent.

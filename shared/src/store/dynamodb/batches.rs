@@ -16,7 +16,7 @@ use super::{
 };
 use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
-use crate::domain::task::{TaskId, TaskRecord};
+use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
 use crate::store::{BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
 /// Tasks per transaction: two writes each (the task, its first event) and the running count,
@@ -156,23 +156,49 @@ impl BatchStore for DynamoStore {
     }
 
     async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read_many(ids, None).await?.into_iter().map(|i| from_item::<TaskItem>(i).map(|t| t.record)).collect()
+    }
+
+    async fn statuses(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskStatus)>, StoreError> {
+        let items = self.read_many(ids, Some("pk, #status")).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| {
+                let id = match i.get("pk") {
+                    Some(AttributeValue::S(pk)) => pk.strip_prefix("TASK#")?.parse().ok()?,
+                    _ => return None,
+                };
+                let status = match i.get("status") {
+                    Some(AttributeValue::S(s)) => serde_json::from_value(serde_json::Value::String(s.clone())).ok()?,
+                    _ => return None,
+                };
+                Some((id, status))
+            })
+            .collect())
+    }
+}
+
+impl DynamoStore {
+    /// The task items with these ids (those that exist), `projection` of them if given:
+    /// BatchGetItem reads at most 100 keys a call, and what it leaves is asked again.
+    async fn read_many(
+        &self,
+        ids: &[TaskId],
+        projection: Option<&str>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
-        // BatchGetItem reads at most 100 keys a call; what it leaves is asked again.
         for chunk in ids.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
                 .map(|id| HashMap::from([("pk".to_owned(), s(task_key(*id))), ("sk".to_owned(), s(META))]))
                 .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .context("building a batch read")
-                    .map_err(unavailable)?,
-            );
-            for attempt in 0.. {
-                let Some(keys) = request.take() else { break };
+            let mut wanted = KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true);
+            if let Some(p) = projection {
+                wanted = wanted.projection_expression(p).expression_attribute_names("#status", "status");
+            }
+            let mut request = Some(wanted.build().context("building a batch read").map_err(unavailable)?);
+            let mut attempt = 0;
+            while let Some(keys) = request.take() {
                 let out = self
                     .client
                     .batch_get_item()
@@ -180,12 +206,11 @@ impl BatchStore for DynamoStore {
                     .send()
                     .await
                     .map_err(|e| sdk_error("BatchGetItem", e))?;
-                for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                    found.push(from_item::<TaskItem>(item)?.record);
-                }
+                found.extend(out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default());
                 request = out.unprocessed_keys.unwrap_or_default().remove(&self.table);
                 if request.is_some() {
                     tokio::time::sleep(contention_pause(attempt)).await;
+                    attempt += 1;
                 }
             }
         }
