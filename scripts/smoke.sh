@@ -113,6 +113,14 @@ grep -q "The answer is 24" "$RUN/forked" || fail "the fork did not run on the co
 grep -o '"forks":\[[^]]*\]' "$RUN/parent" | grep -q "$forked" || fail "$guarded does not list its fork $forked: $(cat "$RUN/parent")"
 "$cli" rerun --since 1h --dry-run > /dev/null || fail "agentq rerun --dry-run failed"
 
+log "smoke: a batch: a JSONL file submitted with the CLI, followed to its end, its results written as JSONL"
+printf '%s\n' '{"prompt": "What is 2 * 3?", "custom_id": "six"}' '{"prompt": "What is 4 * 5?", "custom_id": "twenty"}' > "$RUN/batch.jsonl"
+batch=$("$cli" batch submit "$RUN/batch.jsonl" 2>/dev/null)
+[[ $batch == bat_* ]] || fail "agentq batch submit did not answer a batch id: $batch"
+"$cli" batch get "$batch" --wait --results "$RUN/batch-results.jsonl" || fail "the batch $batch did not succeed"
+[[ $(wc -l < "$RUN/batch-results.jsonl") == 2 ]] || fail "the batch's results are not one line an item: $(cat "$RUN/batch-results.jsonl")"
+grep -q '"custom_id":"twenty".*The answer is 20' "$RUN/batch-results.jsonl" || fail "the batch's results miss an answer: $(cat "$RUN/batch-results.jsonl")"
+
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")
 curl -sSN --max-time 60 "${auth[@]}" "$url/v1/tasks/$live/stream" > "$RUN/stream" || fail "the stream of $live failed"

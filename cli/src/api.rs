@@ -280,6 +280,24 @@ impl Client {
             .collect()
     }
 
+    /// `POST /v1/batches`: the answer.
+    pub async fn post_batch(&self, body: &Value, idempotency_key: Option<&str>) -> Result<(u16, Value), CliError> {
+        let mut req = self.http.post(format!("{}/v1/batches", self.base)).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        self.call(req).await
+    }
+
+    /// One page of `GET /v1/batches/{id}` (the whole batch's counts, 1,000 items).
+    pub async fn batch_page(&self, id: &str, cursor: Option<&str>) -> Result<Value, CliError> {
+        let mut req = self.http.get(format!("{}/v1/batches/{id}", self.base)).query(&[("limit", "1000")]);
+        if let Some(c) = cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        Ok(self.call(req).await?.1)
+    }
+
     /// `POST /v1/tasks/{id}/fork`: the answer.
     pub async fn fork(&self, id: &str, body: &Value, idempotency_key: Option<&str>) -> Result<(u16, Value), CliError> {
         let mut req = self.http.post(format!("{}/v1/tasks/{id}/fork", self.base)).json(body);

@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 mod api;
+mod batch;
 mod dlq;
 mod fork;
 mod keys;
@@ -168,6 +169,11 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Batches of up to 1,000 tasks: submit a JSONL file, follow one, write its results, cancel it.
+    Batch {
+        #[command(subcommand)]
+        command: batch::BatchCommand,
+    },
     /// Manage API keys (admin: needs AWS credentials and AGENTQ_TABLE).
     Keys {
         #[command(subcommand)]
@@ -275,6 +281,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Webhooks { command: webhooks::WebhooksCommand::Redrive { task } } => {
             webhooks::redrive(task, cli.json).await
         }
+        Command::Batch { command } => {
+            batch::run(
+                command,
+                &api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?,
+            )
+            .await
+        }
         Command::Webhooks { command } => {
             webhooks::run(
                 command,
@@ -357,7 +370,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
-                Command::Keys { .. } | Command::Dlq { .. } | Command::Logs { .. } | Command::Webhooks { .. } => {
+                Command::Keys { .. }
+                | Command::Dlq { .. }
+                | Command::Logs { .. }
+                | Command::Webhooks { .. }
+                | Command::Batch { .. } => {
                     unreachable!("handled above")
                 }
             }
