@@ -344,3 +344,47 @@ async fn a_bedrock_throttle_is_retried_and_a_validation_error_fails_the_task() {
     assert_eq!(app.model.received_requests().await.unwrap().len(), 2, "the throttle was retried once");
     app.drain().await;
 }
+
+#[tokio::test]
+async fn a_dead_primary_gets_as_many_failed_requests_as_the_breaker_threshold_not_every_tasks_retries() {
+    use agentq::llm::{BreakerPolicy, ModelChain};
+    let mut app = TestApp::spawn().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"model": MODEL})))
+        .respond_with(overloaded())
+        .mount(&app.model)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"model": FALLBACK})))
+        .respond_with(CalculatorScript)
+        .mount(&app.model)
+        .await;
+    // The deployment's breaker (5 failed attempts, a long cool-down) over the test's models.
+    let models = [MODEL, FALLBACK]
+        .into_iter()
+        .map(|m| {
+            let key = agentq::domain::secret::Secret::new("test-key");
+            let model = agentq::llm::AnthropicModel::new(
+                reqwest::Client::new(),
+                &app.model.uri(),
+                key,
+                m,
+                1024,
+                Duration::from_secs(10),
+            );
+            std::sync::Arc::new(model) as std::sync::Arc<dyn agentq::llm::Model>
+        })
+        .collect();
+    app.worker.models = ModelChain::new(models, BreakerPolicy { threshold: 5, cooldown: Duration::from_secs(600) });
+
+    // Ten two-call tasks, one after another, during the outage.
+    for n in 0..10 {
+        let id = app.submit(&format!("What is {n} * 7?")).await;
+        let task = app.run_until_terminal(&id, PATIENCE).await;
+        assert_eq!((task["status"].as_str(), task["model"].as_str()), (Some("succeeded"), Some(FALLBACK)), "{task}");
+    }
+    let to_primary = app.model_requests().await.iter().filter(|r| r["model"] == MODEL).count();
+    // Counting calls, it took 5 calls of 2 attempts (10 requests) to open; counting attempts, 5.
+    assert_eq!(to_primary, 5, "failed requests to the dead primary across 20 model calls");
+    app.drain().await;
+}

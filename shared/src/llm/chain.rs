@@ -10,7 +10,8 @@
 //! - a rejected request (400, 413, 422) is the task's fault: the chain stops there, since
 //!   every model would reject it too.
 //!
-//! Unusable models count against their breaker and the next model is tried. When none is
+//! Every failed attempt counts against the model's breaker (not every failed call of several
+//! attempts), and the retries stop once the breaker opens; then the next model is tried. When none is
 //! left the call fails with [`ChainError::Unavailable`], which the worker turns into a retry
 //! of the whole task later.
 
@@ -19,14 +20,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::retry::{RetryPolicy, complete_with_retries};
+use super::retry::{Attempts, RetryPolicy, complete_watched};
 use crate::llm::{Model, ModelError, ModelRequest, ModelResponse};
 use crate::observe::metrics::{self, Unit};
 
 /// When a model's circuit opens and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerPolicy {
-    /// Consecutive unusable calls that open the circuit.
+    /// Consecutive failed attempts (a transient failure, or an unusable answer) that open the
+    /// circuit.
     pub threshold: u32,
     /// How long an open circuit skips the model before one probe call is let through.
     pub cooldown: Duration,
@@ -106,6 +108,19 @@ impl CircuitBreaker {
     }
 }
 
+/// The breaker counts every failed attempt, so a dead model is found within `threshold`
+/// attempts rather than `threshold` calls of several attempts each, and retries stop the
+/// moment the circuit opens (a probe is never retried).
+impl Attempts for CircuitBreaker {
+    fn failed(&self, _error: &ModelError) {
+        self.record_failure();
+    }
+
+    fn may_retry(&self) -> bool {
+        matches!(*self.state.lock().expect("poisoned"), State::Closed { .. })
+    }
+}
+
 /// One model of a chain and its breaker.
 #[derive(Clone)]
 struct Link {
@@ -182,7 +197,7 @@ impl ModelChain {
                 break;
             }
             let started = Instant::now();
-            let result = complete_with_retries(link.model.as_ref(), request, retry, deadline).await;
+            let result = complete_watched(link.model.as_ref(), request, retry, deadline, link.breaker.as_ref()).await;
             let latency_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(response) => {
@@ -197,7 +212,11 @@ impl ModelChain {
                     return Err(ChainError::Rejected(e));
                 }
                 Err(e) => {
-                    link.breaker.record_failure();
+                    // Transient failures were counted attempt by attempt; an unusable model
+                    // (401, 403, 404, an unreadable answer) counts once here.
+                    if !e.is_transient() {
+                        link.breaker.record_failure();
+                    }
                     let next = self.links.get(i + 1).map(|l| l.model.id());
                     tracing::warn!(model = id, latency_ms, error = %e, fallback = next, "model unusable; falling back");
                     if let Some(next) = next {

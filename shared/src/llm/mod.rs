@@ -22,7 +22,7 @@ pub use anthropic::AnthropicModel;
 pub use bedrock::BedrockModel;
 pub use chain::{BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
 pub use openai::OpenAiModel;
-pub use retry::{RetryPolicy, complete_with_retries};
+pub use retry::{Attempts, RetryPolicy, complete_watched, complete_with_retries};
 
 /// One model call.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -31,6 +31,26 @@ impl Default for RetryPolicy {
     }
 }
 
+/// What a caller learns of each failed attempt, and whether it still wants retries: the
+/// chain's circuit breaker counts every failed attempt, and once it opens (this call's
+/// failures or another task's) the retries stop and the next model is tried.
+pub trait Attempts: Sync {
+    /// A transient failure of one attempt.
+    fn failed(&self, error: &ModelError);
+    /// Whether another attempt may start.
+    fn may_retry(&self) -> bool;
+}
+
+/// Nobody is watching: retry as the policy says.
+struct Unwatched;
+
+impl Attempts for Unwatched {
+    fn failed(&self, _error: &ModelError) {}
+    fn may_retry(&self) -> bool {
+        true
+    }
+}
+
 /// Calls `model`, retrying transient failures under `policy` until `deadline`.
 pub async fn complete_with_retries(
     model: &dyn Model,
@@ -38,25 +58,45 @@ pub async fn complete_with_retries(
     policy: RetryPolicy,
     deadline: Option<Instant>,
 ) -> Result<ModelResponse, ModelError> {
+    complete_watched(model, request, policy, deadline, &Unwatched).await
+}
+
+/// [`complete_with_retries`], telling `attempts` of each failed attempt and asking it before
+/// each retry.
+pub async fn complete_watched(
+    model: &dyn Model,
+    request: &ModelRequest,
+    policy: RetryPolicy,
+    deadline: Option<Instant>,
+    attempts: &dyn Attempts,
+) -> Result<ModelResponse, ModelError> {
     let attempt = AtomicU32::new(1);
-    (|| observed(model, request, attempt.load(Ordering::Relaxed)))
-        .retry(crate::domain::backoff::Retries::new(policy.base, policy.cap, policy.max_attempts))
-        .sleep(tokio::time::sleep)
-        .when(ModelError::is_transient)
-        .adjust(|e, backoff| {
-            // The provider knows its own load better than our schedule does.
-            let wait = e.retry_after().or(backoff).filter(|_| backoff.is_some())?;
-            match deadline {
-                Some(d) if Instant::now() + wait >= d => None,
-                _ => Some(wait),
-            }
-        })
-        .notify(|e, wait| {
-            tracing::warn!(model = model.id(), attempt = attempt.load(Ordering::Relaxed), wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
-            metrics::record().dimension("model", model.id()).value("ModelRetries", 1.0, Unit::Count).emit();
-            attempt.fetch_add(1, Ordering::Relaxed);
-        })
-        .await
+    (|| async {
+        let result = observed(model, request, attempt.load(Ordering::Relaxed)).await;
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            attempts.failed(e);
+        }
+        result
+    })
+    .retry(crate::domain::backoff::Retries::new(policy.base, policy.cap, policy.max_attempts))
+    .sleep(tokio::time::sleep)
+    .when(|e| e.is_transient() && attempts.may_retry())
+    .adjust(|e, backoff| {
+        // The provider knows its own load better than our schedule does.
+        let wait = e.retry_after().or(backoff).filter(|_| backoff.is_some())?;
+        match deadline {
+            Some(d) if Instant::now() + wait >= d => None,
+            _ => Some(wait),
+        }
+    })
+    .notify(|e, wait| {
+        tracing::warn!(model = model.id(), attempt = attempt.load(Ordering::Relaxed), wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
+        metrics::record().dimension("model", model.id()).value("ModelRetries", 1.0, Unit::Count).emit();
+        attempt.fetch_add(1, Ordering::Relaxed);
+    })
+    .await
 }
 
 /// One call to one model, in its own span, logged and counted: the provider, the attempt,
