@@ -346,8 +346,7 @@ async fn a_bedrock_throttle_is_retried_and_a_validation_error_fails_the_task() {
 }
 
 #[tokio::test]
-async fn a_dead_primary_gets_as_many_failed_requests_as_the_breaker_threshold_not_every_tasks_retries() {
-    use agentq::llm::{BreakerPolicy, ModelChain};
+async fn a_dead_primary_gets_as_many_failed_requests_as_the_breaker_threshold_and_other_instances_none() {
     let mut app = TestApp::spawn().await;
     Mock::given(method("POST"))
         .and(body_partial_json(json!({"model": MODEL})))
@@ -360,23 +359,8 @@ async fn a_dead_primary_gets_as_many_failed_requests_as_the_breaker_threshold_no
         .mount(&app.model)
         .await;
     // The deployment's breaker (5 failed attempts, a long cool-down) over the test's models.
-    let models = [MODEL, FALLBACK]
-        .into_iter()
-        .map(|m| {
-            let key = agentq::domain::secret::Secret::new("test-key");
-            let model = agentq::llm::AnthropicModel::new(
-                reqwest::Client::new(),
-                &app.model.uri(),
-                key,
-                m,
-                1024,
-                Duration::from_secs(10),
-            );
-            std::sync::Arc::new(model) as std::sync::Arc<dyn agentq::llm::Model>
-        })
-        .collect();
-    app.worker.models = ModelChain::new(models, BreakerPolicy { threshold: 5, cooldown: Duration::from_secs(600) });
-
+    let first = dead_primary_chain(&app).with_board(app.store.clone());
+    app.worker.models = first;
     // Ten two-call tasks, one after another, during the outage.
     for n in 0..10 {
         let id = app.submit(&format!("What is {n} * 7?")).await;
@@ -386,5 +370,35 @@ async fn a_dead_primary_gets_as_many_failed_requests_as_the_breaker_threshold_no
     let to_primary = app.model_requests().await.iter().filter(|r| r["model"] == MODEL).count();
     // Counting calls, it took 5 calls of 2 attempts (10 requests) to open; counting attempts, 5.
     assert_eq!(to_primary, 5, "failed requests to the dead primary across 20 model calls");
+
+    // Another instance (breakers of its own, the same table) learns it from the shared item.
+    app.worker.models = dead_primary_chain(&app).with_board(app.store.clone());
+    let id = app.submit("What is 8 * 7?").await;
+    let task = app.run_until_terminal(&id, PATIENCE).await;
+    assert_eq!(task["model"], FALLBACK);
+    let after = app.model_requests().await.iter().filter(|r| r["model"] == MODEL).count();
+    assert_eq!(after, 5, "the second instance sent the dead primary nothing");
     app.drain().await;
+}
+
+/// A fresh chain over the test's models (new breakers: another instance's), with the
+/// deployment's breaker policy and a long cool-down.
+fn dead_primary_chain(app: &TestApp) -> agentq::llm::ModelChain {
+    use agentq::llm::{BreakerPolicy, ModelChain};
+    let models = [MODEL, FALLBACK]
+        .into_iter()
+        .map(|m| {
+            let key = Secret::new("test-key");
+            let model = agentq::llm::AnthropicModel::new(
+                reqwest::Client::new(),
+                &app.model.uri(),
+                key,
+                m,
+                1024,
+                Duration::from_secs(10),
+            );
+            Arc::new(model) as Arc<dyn Model>
+        })
+        .collect();
+    ModelChain::new(models, BreakerPolicy { threshold: 5, cooldown: Duration::from_secs(600) })
 }

@@ -29,6 +29,11 @@ pub fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+/// The current time in epoch milliseconds.
+pub fn now_millis() -> i64 {
+    (now().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

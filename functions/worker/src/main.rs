@@ -14,9 +14,11 @@ async fn main() -> Result<(), Error> {
     // The model keys and the tool signing secret, from Secrets Manager when deployed.
     wiring::load_secrets(&mut config, &sdk).await?;
     let http = wiring::http_client()?;
+    let store = Arc::new(wiring::store(&config, &sdk));
     let worker = worker::Worker {
-        store: Arc::new(wiring::store(&config, &sdk)),
-        models: wiring::model_chain(&config, &http, &sdk)?,
+        // A model one instance finds down, every instance skips.
+        models: wiring::model_chain(&config, &http, &sdk)?.with_board(store.clone()),
+        store,
         tools: wiring::tool_registry(&config, &http)?,
         prices: config.prices.clone(),
         queue: Arc::new(wiring::queue(&config, &sdk)?),

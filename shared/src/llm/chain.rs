@@ -106,6 +106,16 @@ impl CircuitBreaker {
     pub fn is_open(&self) -> bool {
         !matches!(*self.state.lock().expect("poisoned"), State::Closed { .. })
     }
+
+    /// Another instance found the model down: skip it until `until`, unless this instance's
+    /// circuit is already open or probing.
+    fn open_by_others(&self, until: Instant) {
+        let mut state = self.state.lock().expect("poisoned");
+        if let State::Closed { .. } = *state {
+            tracing::warn!(model = %self.model, "circuit opened by another instance: skipping the model");
+            *state = State::Open { until };
+        }
+    }
 }
 
 /// The breaker counts every failed attempt, so a dead model is found within `threshold`
@@ -121,6 +131,55 @@ impl Attempts for CircuitBreaker {
     }
 }
 
+/// Circuit state shared by every instance: when a model's circuit opened somewhere, and
+/// until when. One small item per model is enough; the chain reads it at most every
+/// [`BOARD_TTL`] per model and instance, and writes it when its own circuit opens.
+#[async_trait::async_trait]
+pub trait BreakerBoard: Send + Sync {
+    /// Until when (epoch milliseconds) the model's circuit is open, if some instance opened it.
+    async fn open_until(&self, model: &str) -> anyhow::Result<Option<i64>>;
+    /// Says the model's circuit is open until `until_ms` (epoch milliseconds).
+    async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()>;
+}
+
+/// How long an instance trusts what it last read of the board.
+pub const BOARD_TTL: Duration = Duration::from_secs(2);
+
+/// The board, and what this instance last read of it per model.
+struct Board {
+    board: Arc<dyn BreakerBoard>,
+    seen: Mutex<std::collections::HashMap<String, (Instant, Option<i64>)>>,
+}
+
+impl Board {
+    /// Until when (a local instant) another instance says the model is down, if it does.
+    async fn open_until(&self, model: &str) -> Option<Instant> {
+        let cached = self.seen.lock().expect("poisoned").get(model).copied();
+        let until_ms = match cached {
+            Some((at, until)) if at.elapsed() < BOARD_TTL => until,
+            _ => {
+                // A board that cannot be read is no reason to stop calling the model.
+                let until = self.board.open_until(model).await.unwrap_or_else(|e| {
+                    tracing::warn!(model, error = format!("{e:#}"), "could not read the shared circuit state");
+                    None
+                });
+                self.seen.lock().expect("poisoned").insert(model.to_owned(), (Instant::now(), until));
+                until
+            }
+        }?;
+        let left_ms = until_ms - crate::now_millis();
+        (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
+    }
+
+    async fn publish(&self, model: &str, cooldown: Duration) {
+        let until_ms = crate::now_millis() + cooldown.as_millis() as i64;
+        self.seen.lock().expect("poisoned").insert(model.to_owned(), (Instant::now(), Some(until_ms)));
+        if let Err(e) = self.board.open(model, until_ms).await {
+            tracing::warn!(model, error = format!("{e:#}"), "could not share the open circuit");
+        }
+    }
+}
+
 /// One model of a chain and its breaker.
 #[derive(Clone)]
 struct Link {
@@ -132,6 +191,7 @@ struct Link {
 #[derive(Clone)]
 pub struct ModelChain {
     links: Vec<Link>,
+    board: Option<Arc<Board>>,
 }
 
 impl std::fmt::Debug for ModelChain {
@@ -158,7 +218,14 @@ impl ModelChain {
             .into_iter()
             .map(|model| Link { breaker: Arc::new(CircuitBreaker::new(model.id(), policy)), model })
             .collect();
-        Self { links }
+        Self { links, board: None }
+    }
+
+    /// Shares the circuits' state with every instance through `board`: a model one instance
+    /// finds down is skipped by the others within [`BOARD_TTL`].
+    pub fn with_board(mut self, board: Arc<dyn BreakerBoard>) -> Self {
+        self.board = Some(Arc::new(Board { board, seen: Mutex::default() }));
+        self
     }
 
     /// The model ids, in order.
@@ -170,7 +237,7 @@ impl ModelChain {
     /// the breakers.
     pub fn starting_at(&self, id: &str) -> Option<Self> {
         let at = self.links.iter().position(|l| l.model.id() == id)?;
-        Some(Self { links: self.links[at..].to_vec() })
+        Some(Self { links: self.links[at..].to_vec(), board: self.board.clone() })
     }
 
     /// The first model's id, for pricing when the answer names no known model.
@@ -188,6 +255,11 @@ impl ModelChain {
         let mut last = None;
         for (i, link) in self.links.iter().enumerate() {
             let id = link.model.id();
+            if let Some(board) = &self.board
+                && let Some(until) = board.open_until(id).await
+            {
+                link.breaker.open_by_others(until);
+            }
             if !link.breaker.allow() {
                 tracing::info!(model = id, "circuit open: skipping the model");
                 metrics::record().dimension("model", id).value("CircuitOpenSkips", 1.0, Unit::Count).emit();
@@ -216,6 +288,11 @@ impl ModelChain {
                     // (401, 403, 404, an unreadable answer) counts once here.
                     if !e.is_transient() {
                         link.breaker.record_failure();
+                    }
+                    if let Some(board) = &self.board
+                        && link.breaker.is_open()
+                    {
+                        board.publish(id, link.breaker.policy.cooldown).await;
                     }
                     let next = self.links.get(i + 1).map(|l| l.model.id());
                     tracing::warn!(model = id, latency_ms, error = %e, fallback = next, "model unusable; falling back");

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::domain::conversation::{ContentBlock, Message, Role, StopReason, ToolSpec, text_of};
 pub use anthropic::AnthropicModel;
 pub use bedrock::BedrockModel;
-pub use chain::{BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
+pub use chain::{BOARD_TTL, BreakerBoard, BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
 pub use openai::OpenAiModel;
 pub use retry::{Attempts, RetryPolicy, complete_watched, complete_with_retries};
 

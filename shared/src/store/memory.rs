@@ -49,6 +49,8 @@ struct State {
     /// Delivery attempts by task, keyed by their sort key.
     attempts: HashMap<TaskId, std::collections::BTreeMap<String, Attempt>>,
     batches: HashMap<String, BatchRecord>,
+    /// Shared circuit state: until when each model's circuit is open (epoch ms).
+    breakers: HashMap<String, i64>,
     /// Batch idempotency keys: batch id, request hash, expiry.
     batch_keys: HashMap<(String, String), (String, String, OffsetDateTime)>,
 }
@@ -804,5 +806,17 @@ mod tests {
     async fn the_memory_store_keeps_the_same_rules_as_dynamodb() {
         let after = std::time::Duration::from_secs(60);
         super::super::conformance::run(&MemoryStore::new().with_reconcile_after(after), after).await;
+    }
+}
+
+#[async_trait]
+impl crate::llm::BreakerBoard for MemoryStore {
+    async fn open_until(&self, model: &str) -> anyhow::Result<Option<i64>> {
+        Ok(self.lock()?.breakers.get(model).copied())
+    }
+
+    async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()> {
+        self.lock()?.breakers.insert(model.to_owned(), until_ms);
+        Ok(())
     }
 }

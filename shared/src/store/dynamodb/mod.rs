@@ -11,6 +11,7 @@
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h (a task's or a batch's) |
 //! | `BATCH#<id>`       | `META`              | a batch: its items' task ids or errors  |
+//! | `BREAKER#<model>`  | `META`              | until when the model's circuit is open (any instance) |
 //! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
 //! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
 //! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
@@ -21,6 +22,7 @@
 //! attribute pointing at it.
 
 mod batches;
+mod breakers;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
