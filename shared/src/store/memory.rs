@@ -798,17 +798,6 @@ impl WebhookStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_memory_store_keeps_the_same_rules_as_dynamodb() {
-        let after = std::time::Duration::from_secs(60);
-        super::super::conformance::run(&MemoryStore::new().with_reconcile_after(after), after).await;
-    }
-}
-
 #[async_trait]
 impl crate::llm::BreakerBoard for MemoryStore {
     async fn open_until(&self, model: &str) -> anyhow::Result<Option<i64>> {
@@ -818,5 +807,16 @@ impl crate::llm::BreakerBoard for MemoryStore {
     async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()> {
         self.lock()?.breakers.insert(model.to_owned(), until_ms);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_same_rules_as_dynamodb() {
+        let after = std::time::Duration::from_secs(60);
+        super::super::conformance::run(&MemoryStore::new().with_reconcile_after(after), after).await;
     }
 }
