@@ -198,10 +198,84 @@ async fn the_approval_answers_match_the_document() {
     app.run_until_terminal(&id, std::time::Duration::from_secs(30)).await;
     let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     assert_eq!(steps["steps"][1]["kind"], "decision");
+    let fork = |body: Value| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            let mut event: Value = serde_json::from_str(include_str!("../events/input.json")).unwrap();
+            let path = format!("/v1/tasks/{id}/fork");
+            event["rawPath"] = json!(path);
+            event["requestContext"]["http"]["path"] = json!(path);
+            event["pathParameters"] = json!({"id": id});
+            event["body"] = json!(body.to_string());
+            event["headers"]["authorization"] = json!(format!("Bearer {}", app.key));
+            let r = submit::handle(&app.submit, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
+            if let Some(id) = body_json(r.body())["task_id"].as_str() {
+                app.track(id);
+            }
+            r
+        }
+    };
+    conforms("/v1/tasks/{id}/fork", "post", &fork(json!({"from_step": 1, "edit": {"message": "again"}})).await);
+    conforms("/v1/tasks/{id}/fork", "post", &fork(json!({"from_step": 7})).await);
     let mut root = document();
     root["$ref"] = json!("#/components/schemas/StepList");
     let validator = jsonschema::validator_for(&root).expect("the document's schemas compile");
     let errors: Vec<String> = validator.iter_errors(&steps).map(|e| format!("{}: {e}", e.instance_path())).collect();
     assert!(errors.is_empty(), "the steps with a decision: {errors:?}\n{steps}");
     app.drain().await;
+}
+
+#[tokio::test]
+async fn the_batch_answers_match_the_document() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST"))
+        .respond_with(answer("done", json!({"input_tokens": 3, "output_tokens": 2})))
+        .mount(&app.model)
+        .await;
+    let batch = |body: Value, headers: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        async move {
+            let mut event: Value = serde_json::from_str(include_str!("../events/submit.json")).unwrap();
+            event["rawPath"] = json!("/v1/batches");
+            event["requestContext"]["http"]["path"] = json!("/v1/batches");
+            event["body"] = json!(body.to_string());
+            event["headers"]["authorization"] = json!(format!("Bearer {}", app.key));
+            for (k, v) in headers {
+                event["headers"][k] = json!(v);
+            }
+            let r = submit::handle(&app.submit, lambda_http::request::from_str(&event.to_string()).unwrap()).await;
+            for item in body_json(r.body())["items"].as_array().into_iter().flatten() {
+                if let Some(id) = item["task_id"].as_str() {
+                    app.track(id);
+                }
+            }
+            r
+        }
+    };
+    let body = json!({"tasks": [{"prompt": "a", "custom_id": "x"}, {"prompt": ""}]});
+    let accepted = batch(body.clone(), vec![("idempotency-key", "bk")]).await;
+    conforms("/v1/batches", "post", &accepted);
+    let id = body_json(accepted.body())["batch_id"].as_str().unwrap().to_owned();
+    conforms("/v1/batches", "post", &batch(body, vec![("idempotency-key", "bk")]).await);
+    conforms("/v1/batches", "post", &batch(json!({"tasks": [{"prompt": "b"}]}), vec![("idempotency-key", "bk")]).await);
+    conforms("/v1/batches", "post", &batch(json!({"tasks": []}), vec![]).await);
+
+    let status = |method: &'static str, path: String| {
+        let app = &app;
+        async move {
+            let mut event: Value = serde_json::from_str(include_str!("../events/status.json")).unwrap();
+            event["rawPath"] = json!(path);
+            event["requestContext"]["http"]["path"] = json!(path);
+            event["requestContext"]["http"]["method"] = json!(method);
+            event["headers"]["authorization"] = json!(format!("Bearer {}", app.key));
+            event.as_object_mut().unwrap().remove("pathParameters");
+            status::handle(&app.status, lambda_http::request::from_str(&event.to_string()).unwrap()).await
+        }
+    };
+    conforms("/v1/batches/{id}", "get", &status("GET", format!("/v1/batches/{id}")).await);
+    conforms("/v1/batches/{id}", "get", &status("GET", "/v1/batches/bat_nope".into()).await);
+    app.drain().await;
+    conforms("/v1/batches/{id}", "get", &status("GET", format!("/v1/batches/{id}")).await);
+    conforms("/v1/batches/{id}", "delete", &status("DELETE", format!("/v1/batches/{id}")).await);
+    conforms("/v1/batches/{id}", "delete", &status("DELETE", "/v1/batches/bat_nope".into()).await);
 }
