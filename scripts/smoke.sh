@@ -121,6 +121,11 @@ batch=$("$cli" batch submit "$RUN/batch.jsonl" 2>/dev/null)
 [[ $(wc -l < "$RUN/batch-results.jsonl") == 2 ]] || fail "the batch's results are not one line an item: $(cat "$RUN/batch-results.jsonl")"
 grep -q '"custom_id":"twenty".*The answer is 20' "$RUN/batch-results.jsonl" || fail "the batch's results miss an answer: $(cat "$RUN/batch-results.jsonl")"
 
+log "smoke: tenant settings: agentq tenants set and get"
+"$cli" tenants set dev --over-cap hold > /dev/null || fail "agentq tenants set failed"
+"$cli" tenants get dev | grep -q "over the cap: hold" || fail "agentq tenants get does not show the new setting"
+"$cli" tenants set dev --over-cap reject > /dev/null || fail "agentq tenants set failed"
+
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")
 curl -sSN --max-time 60 "${auth[@]}" "$url/v1/tasks/$live/stream" > "$RUN/stream" || fail "the stream of $live failed"

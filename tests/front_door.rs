@@ -16,7 +16,13 @@ use wiremock::{Mock, Request, ResponseTemplate};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn limits(rate: f64, burst: u32, max_running: u32, budget_usd: Option<f64>) -> Limits {
-    Limits { rate_per_sec: rate, burst, max_running, monthly_budget_nanos: budget_usd.map(|b| (b * 1e9) as u64) }
+    Limits {
+        rate_per_sec: rate,
+        burst,
+        max_running,
+        monthly_budget_nanos: budget_usd.map(|b| (b * 1e9) as u64),
+        ..Limits::default()
+    }
 }
 
 async fn answers_quickly(app: &TestApp) {

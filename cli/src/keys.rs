@@ -36,14 +36,14 @@ pub enum KeysCommand {
     Revoke { key_id: String },
 }
 
-async fn store() -> Result<DynamoStore, CliError> {
+pub(crate) async fn store() -> Result<DynamoStore, CliError> {
     let table = std::env::var("AGENTQ_TABLE")
         .map_err(|_| CliError::Usage("AGENTQ_TABLE is not set (make up writes it to .run/cli.env)".into()))?;
     let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
     Ok(DynamoStore::new(agentq::runtime::aws::dynamodb(&sdk), table, std::time::Duration::from_secs(30 * 86_400)))
 }
 
-fn unavailable(e: agentq::store::StoreError) -> CliError {
+pub(crate) fn unavailable(e: agentq::store::StoreError) -> CliError {
     CliError::Unavailable(format!("{:#}", anyhow::Error::from(e)))
 }
 

@@ -24,6 +24,7 @@ mod dlq;
 mod fork;
 mod keys;
 mod logs;
+mod tenants;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -174,6 +175,11 @@ enum Command {
         #[command(subcommand)]
         command: batch::BatchCommand,
     },
+    /// A tenant's settings: its limits, and what a submit over its running cap gets (admin).
+    Tenants {
+        #[command(subcommand)]
+        command: tenants::TenantsCommand,
+    },
     /// Manage API keys (admin: needs AWS credentials and AGENTQ_TABLE).
     Keys {
         #[command(subcommand)]
@@ -277,6 +283,7 @@ fn load_env_file() -> Option<std::path::PathBuf> {
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Keys { command } => keys::run(command, cli.json).await,
+        Command::Tenants { command } => tenants::run(command, cli.json).await,
         Command::Dlq { command } => dlq::run(command, cli.json).await,
         Command::Webhooks { command: webhooks::WebhooksCommand::Redrive { task } } => {
             webhooks::redrive(task, cli.json).await
@@ -371,6 +378,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::List { status, limit, all } => client.list(status.as_deref(), *limit, *all).await,
                 Command::Usage { from, to } => client.usage(from.as_deref(), to.as_deref()).await,
                 Command::Keys { .. }
+                | Command::Tenants { .. }
                 | Command::Dlq { .. }
                 | Command::Logs { .. }
                 | Command::Webhooks { .. }

@@ -318,12 +318,8 @@ async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -
     let store = agentq::runtime::wiring::store(&config, &sdk);
     // A tenant of the run's own, so its usage counters hold only this run's tasks.
     let tenant = format!("faults-{}", ulid::Ulid::generate().to_string().to_lowercase());
-    let limits = agentq::domain::tenant::Limits {
-        rate_per_sec: 500.0,
-        burst: 500,
-        max_running: 10_000,
-        monthly_budget_nanos: None,
-    };
+    let limits =
+        agentq::domain::tenant::Limits { rate_per_sec: 500.0, burst: 500, max_running: 10_000, ..Default::default() };
     let now = agentq::now();
     store.put_tenant(&agentq::domain::tenant::Tenant { tenant_id: tenant.clone(), limits, created_at: now }).await?;
     let (key, record) = agentq::domain::tenant::new_key(&tenant, now);

@@ -70,7 +70,7 @@ mod tests {
                 let rest = &text[i + "crate::".len()..];
                 &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
             })
-            .filter(|m| *m != "now")
+            .filter(|m| *m != "now" && *m != "now_millis")
             .collect()
     }
 

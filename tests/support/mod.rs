@@ -254,7 +254,7 @@ impl TestApp {
             key: new_tenant(
                 store.as_ref(),
                 "acme",
-                Limits { rate_per_sec: 1000.0, burst: 1000, max_running: 1000, monthly_budget_nanos: None },
+                Limits { rate_per_sec: 1000.0, burst: 1000, max_running: 1000, ..Limits::default() },
             )
             .await,
             store,

@@ -11,8 +11,10 @@
 //!   submit died between its two writes, or may have been lost) and looks again one grace
 //!   period later. A duplicate is harmless: the worker's claim runs a task once.
 //!
-//! Then it compares each tenant's running count with its open tasks and repairs a count
-//! that drifted, once it has been still for a while (the index it counts from may lag).
+//! Then it starts held tasks where their tenants have free slots (the net under the worker's
+//! own start at each task's end), and compares each tenant's running count with its open tasks
+//! and repairs a count that drifted, once it has been still for a while (the index it counts
+//! from may lag).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +25,14 @@ use agentq::domain::task::{TaskLimits, TaskMessage};
 use agentq::observe::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
 use agentq::runtime::config::Config;
-use agentq::store::{StoreError, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile};
+use agentq::store::{StoreError, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 /// What the reconciler reads and writes.
-pub trait ReconcileStore: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput {}
-impl<T: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput> ReconcileStore for T {}
+pub trait ReconcileStore: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput + TaskCreate {}
+impl<T: TaskReconcile + TaskRead + TaskDeadLetter + TaskInput + TaskCreate> ReconcileStore for T {}
 
 /// The reconciler's settings, read once from the configuration.
 #[derive(Debug, Clone)]
@@ -71,6 +73,8 @@ pub struct Report {
     pub timed_out: usize,
     /// Running counts set to the truth.
     pub repaired: usize,
+    /// Held tasks started (their tenants had free slots).
+    pub started_held: usize,
 }
 
 /// One pass: the due tasks, then the running counts.
@@ -113,6 +117,12 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
             "sent a stranded task's message again"
         );
         report.resent += 1;
+    }
+    // The net under held tasks: a slot freed by a cancel, or by a runner that died before it
+    // started the next in line.
+    for tenant in r.store.tenants().await? {
+        report.started_held +=
+            agentq::usecases::held::start_held(r.store.as_ref(), r.queue.as_ref(), &tenant, now).await;
     }
     for repair in r.store.repair_counts(r.settings.quiet, now).await? {
         if repair.repaired {
@@ -177,6 +187,7 @@ pub async fn handle(r: &Reconciler, _event: LambdaEvent<Value>) -> Result<Value,
         "resent": report.resent,
         "ended": report.ended,
         "timed_out": report.timed_out,
+        "started_held": report.started_held,
         "repaired": report.repaired,
     }))
 }

@@ -17,7 +17,7 @@ use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
-use crate::{App, idempotency_key, request_hash};
+use crate::{App, idempotency_key, key_reused, request_hash};
 
 /// Messages sent at once.
 const SENDS: usize = 16;
@@ -39,12 +39,7 @@ pub(crate) async fn submit_batch(app: &App, req: &Request) -> Result<Response<Bo
             .await?
         {
             BatchKey::Reserved => {}
-            BatchKey::KeyReused => {
-                return Err(ApiError::Conflict {
-                    code: "idempotency_key_reused",
-                    detail: "this Idempotency-Key was used with a different request in the last 24 hours".into(),
-                });
-            }
+            BatchKey::KeyReused => return Err(key_reused()),
             BatchKey::Replayed(first) => {
                 let Some(batch) = app.store.batch(&tenant.tenant_id, &first).await? else {
                     return Err(ApiError::Conflict {

@@ -98,6 +98,7 @@ async fn create(
     task.pending = None;
     task.waiting_until = None;
     task.forks = Vec::new();
+    task.held = false;
     task.fork = Some(ForkOrigin {
         task_id: parent.task_id,
         from_step: request.from_step,

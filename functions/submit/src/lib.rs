@@ -22,6 +22,7 @@ use std::sync::Arc;
 use agentq::domain::task::{
     Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest,
 };
+use agentq::domain::tenant::OverCap;
 use agentq::domain::webhooks::{TaskWebhook, new_secret};
 use agentq::edge::api::Accepted;
 use agentq::edge::auth::{Caller, authenticate};
@@ -225,6 +226,14 @@ pub(crate) async fn within_budget(
     Ok(())
 }
 
+/// An `Idempotency-Key` seen with another body in its window: a 409.
+pub(crate) fn key_reused() -> ApiError {
+    ApiError::Conflict {
+        code: "idempotency_key_reused",
+        detail: "this Idempotency-Key was used with a different request in the last 24 hours".into(),
+    }
+}
+
 /// What a new task is admitted and sent with.
 pub(crate) struct Sent<'a> {
     /// The request body (its fingerprint keeps the idempotency key honest).
@@ -263,13 +272,31 @@ pub(crate) async fn admit_and_send(
         Admitted::Created => {}
         Admitted::Replayed(original) => return replay(app, original, trace_id).await,
         Admitted::KeyReused => {
-            return Err(ApiError::Conflict {
-                code: "idempotency_key_reused",
-                detail: "this Idempotency-Key was used with a different request in the last 24 hours".into(),
-            });
+            return Err(key_reused());
         }
-        Admitted::ConcurrencyLimited { max } => {
+        Admitted::ConcurrencyLimited { max } if limits.over_cap != OverCap::Hold => {
             return Err(ApiError::ConcurrencyLimited { max });
+        }
+        Admitted::ConcurrencyLimited { .. } => {
+            // Over the cap, and the tenant holds such work: in line, no message yet.
+            match app.store.hold(&task, admission).instrument(tracing::info_span!("store.hold")).await? {
+                Admitted::Replayed(original) => return replay(app, original, trace_id).await,
+                Admitted::KeyReused => return Err(key_reused()),
+                _ => {}
+            }
+            task.held = true;
+            // A slot may have freed meanwhile: the line moves now rather than at the next end.
+            agentq::usecases::held::start_held(app.store.as_ref(), app.queue.as_ref(), &task.tenant_id, agentq::now())
+                .await;
+            tracing::info!(priority = task.priority.as_str(), "task accepted and held: the tenant is at its cap");
+            metrics::record()
+                .value("TasksHeld", 1.0, Unit::Count)
+                .property("tenant_id", task.tenant_id.as_str())
+                .property("task_id", id.to_string())
+                .emit();
+            let mut response = accepted(&task);
+            rate_limit_headers(response.headers_mut(), limits.burst, rate);
+            return Ok(response);
         }
     }
 
@@ -317,6 +344,7 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
             created_at: task.created_at,
             webhook: task.webhook.clone(),
             parent: task.fork.clone(),
+            held: task.held,
         },
     );
     let location = HeaderValue::from_str(&format!("/v1/tasks/{id}")).expect("a task id is a valid header value");

@@ -51,7 +51,9 @@ use agentq::observe::metrics::{self, Unit};
 use agentq::observe::telemetry::traces;
 use agentq::queue::{Requeue, TaskQueue};
 use agentq::runtime::config::{ApprovalConfig, Config, TaskLimits};
-use agentq::store::{Claim, Finish, Lease, Progress, StepAck, StoreError, TaskRead, TaskRun, Wait, cancelled_error};
+use agentq::store::{
+    Claim, Finish, Lease, Progress, StepAck, StoreError, TaskCreate, TaskRead, TaskRun, Wait, cancelled_error,
+};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::FutureExt as _;
@@ -61,8 +63,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 /// What the worker reads and writes.
-pub trait WorkerStore: TaskRun + TaskRead {}
-impl<T: TaskRun + TaskRead> WorkerStore for T {}
+pub trait WorkerStore: TaskRun + TaskRead + TaskCreate {}
+impl<T: TaskRun + TaskRead + TaskCreate> WorkerStore for T {}
 
 /// The worker's settings, read once from the configuration.
 #[derive(Debug, Clone)]
@@ -564,6 +566,7 @@ async fn wait(run: &Run<'_>, pending: Vec<PendingCall>) -> Disposition {
     match run.worker.store.wait(task, &run.lease, &wait).instrument(tracing::info_span!("store.wait")).await {
         Ok(()) => {
             tracing::info!(tools = ?names, timeout_s = timeout.as_secs(), "waiting for a decision on tool calls");
+            start_held(run).await;
             metrics::record()
                 .value("TasksWaitingForInput", 1.0, Unit::Count)
                 .property("task_id", task.task_id.to_string())
@@ -577,6 +580,18 @@ async fn wait(run: &Run<'_>, pending: Vec<PendingCall>) -> Disposition {
             Disposition::Retry
         }
     }
+}
+
+/// The task's slot is free: the tenant's oldest held task, if any, takes it.
+async fn start_held(run: &Run<'_>) {
+    let worker = run.worker;
+    agentq::usecases::held::start_held(
+        worker.store.as_ref(),
+        worker.queue.as_ref(),
+        &run.task.tenant_id,
+        agentq::now(),
+    )
+    .await;
 }
 
 enum Released {
@@ -642,6 +657,7 @@ async fn write_finish(run: &Run<'_>, ending: &Ending, disposition: Disposition) 
                 .property("task_id", task.task_id.to_string())
                 .property("error_code", error_code)
                 .emit();
+            start_held(run).await;
             disposition
         }
         Err(StoreError::Conflict) => {

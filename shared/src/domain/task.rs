@@ -629,6 +629,10 @@ pub struct TaskRecord {
     /// For a fork: the task and step it starts from, and how its next turn is edited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork: Option<crate::domain::fork::ForkOrigin>,
+    /// Accepted over its tenant's cap (`over_cap: hold`): it waits in its tenant's line, with
+    /// no message and no slot, until one frees.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     /// The forks made from this task (the first [`MAX_LISTED_FORKS`] of them).
     ///
     /// [`MAX_LISTED_FORKS`]: crate::domain::fork::MAX_LISTED_FORKS
@@ -671,6 +675,7 @@ impl TaskRecord {
             waiting_until: None,
             fork: None,
             forks: Vec::new(),
+            held: false,
         }
     }
 }

@@ -26,11 +26,26 @@ pub struct Limits {
     /// Spend per calendar month (UTC), in nano-dollars; `None` is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_budget_nanos: Option<u64>,
+    /// What a submit over `max_running` gets: a 429, or its task held in line.
+    #[serde(default)]
+    pub over_cap: OverCap,
+}
+
+/// What happens to a task submitted while its tenant is at its running cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverCap {
+    /// Refused: `429 concurrency_limited`.
+    #[default]
+    Reject,
+    /// Accepted and held `queued`, with no message and no slot, until one frees; started in
+    /// submission order.
+    Hold,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { rate_per_sec: 5.0, burst: 20, max_running: 50, monthly_budget_nanos: None }
+        Self { rate_per_sec: 5.0, burst: 20, max_running: 50, monthly_budget_nanos: None, over_cap: OverCap::Reject }
     }
 }
 

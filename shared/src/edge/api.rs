@@ -25,6 +25,9 @@ pub struct Accepted {
     /// For a fork: the task and step it starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<crate::domain::fork::ForkOrigin>,
+    /// Accepted over the tenant's cap and held in line until a slot frees.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// A webhook endpoint as the API shows it. The secret is shown when it is made (create,
@@ -140,6 +143,9 @@ pub struct TaskSummary {
     pub iterations: u32,
     /// The model that gave the latest answer, once one has.
     pub model: Option<String>,
+    /// Queued in its tenant's line (over the cap, `over_cap: hold`): it starts when a slot frees.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     /// While `waiting_for_input`: the tool calls waiting for a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Vec<PendingView>>,
@@ -173,6 +179,7 @@ impl From<&TaskRecord> for TaskSummary {
             usage: r.spend.usage.into(),
             iterations: r.spend.step,
             model: r.spend.model.clone(),
+            held: r.held && r.status == TaskStatus::Queued,
             pending: r.pending.as_ref().filter(|_| r.status == TaskStatus::WaitingForInput).map(|calls| {
                 calls
                     .iter()

@@ -73,6 +73,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
     a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
     a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
+    held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -664,4 +665,34 @@ async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn S
     store.put_batch(&batch).await.unwrap();
     assert_eq!(store.batch(&t, &batch.batch_id).await.unwrap(), Some(batch.clone()));
     assert_eq!(store.batch("someone-else", &batch.batch_id).await.unwrap(), None, "a batch is its tenant's");
+}
+
+async fn held_tasks_take_no_slot_and_start_in_line_as_slots_free(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let limits = Limits { max_running: 1, ..Limits::default() };
+    store.put_tenant(&crate::domain::tenant::Tenant { tenant_id: t.clone(), limits, created_at: now }).await.unwrap();
+    let first = record(&t, now);
+    assert_eq!(store.admit(&first, Admission { max_running: 1, idempotency: None }).await.unwrap(), Admitted::Created);
+    let (a, b) = (record(&t, now + Duration::from_millis(1)), record(&t, now + Duration::from_millis(2)));
+    for held in [&a, &b] {
+        assert_eq!(store.hold(held, Admission { max_running: 1, idempotency: None }).await.unwrap(), Admitted::Created);
+    }
+    count_is_true(store, &t, now).await;
+    assert!(store.get(a.task_id).await.unwrap().unwrap().held);
+    assert!(store.release_held(&t, now).await.unwrap().is_empty(), "no slot is free");
+    assert!(
+        matches!(
+            store.claim(a.task_id, &lease("w", now + Duration::from_secs(60)), now).await.unwrap(),
+            Claim::Leased { .. }
+        ),
+        "a held task is not started by a stray delivery"
+    );
+    assert_eq!(store.cancel(first.task_id, now).await.unwrap(), Cancelled::Now);
+    let started = store.release_held(&t, now).await.unwrap();
+    assert_eq!(started.iter().map(|t| t.task_id).collect::<Vec<_>>(), [a.task_id], "the oldest in line, one slot");
+    assert!(!store.get(a.task_id).await.unwrap().unwrap().held);
+    count_is_true(store, &t, now).await;
+    assert_eq!(store.cancel(b.task_id, now).await.unwrap(), Cancelled::Now, "a held task is cancelled at once");
+    count_is_true(store, &t, now).await;
+    assert!(store.tenants().await.unwrap().contains(&t));
 }

@@ -235,6 +235,54 @@ impl TaskCreate for MemoryStore {
         Ok(())
     }
 
+    async fn hold(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let mut state = self.lock()?;
+        if let Some(idem) = admission.idempotency {
+            let key = (task.tenant_id.clone(), idem.key.to_owned());
+            if let Some((id, hash, expires)) = state.idempotency.get(&key)
+                && *expires > task.created_at
+            {
+                return Ok(if *hash == idem.request_hash { Admitted::Replayed(*id) } else { Admitted::KeyReused });
+            }
+            state
+                .idempotency
+                .insert(key, (task.task_id, idem.request_hash.to_owned(), task.created_at + IDEMPOTENCY_WINDOW));
+        }
+        if state.tasks.contains_key(&task.task_id) {
+            return Err(StoreError::Conflict);
+        }
+        let mut held = task.clone();
+        held.held = true;
+        state.tasks.insert(task.task_id, (held, None));
+        state.append(TaskEvent::queued(task, 1, task.created_at))?;
+        Ok(Admitted::Created)
+    }
+
+    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut state = self.lock()?;
+        let Some(max) = state.tenants.get(tenant).map(|t| i64::from(t.limits.max_running)) else {
+            return Ok(Vec::new());
+        };
+        let free = (max - state.active.get(tenant).copied().unwrap_or(0)).max(0) as usize;
+        let mut line: Vec<(OffsetDateTime, TaskId)> = state
+            .tasks
+            .values()
+            .filter(|(r, _)| r.tenant_id == tenant && r.held && r.status == TaskStatus::Queued)
+            .map(|(r, _)| (r.created_at, r.task_id))
+            .collect();
+        line.sort();
+        let mut started = Vec::new();
+        for (_, id) in line.into_iter().take(free) {
+            let (rec, _) = state.tasks.get_mut(&id).expect("listed above");
+            rec.held = false;
+            rec.updated_at = now;
+            started.push(rec.clone());
+            state.move_active(tenant, 1, now);
+            state.due.insert(id, now + self.reconcile_after);
+        }
+        Ok(started)
+    }
+
     async fn fail_unqueued(
         &self,
         task: &TaskRecord,
@@ -332,7 +380,7 @@ impl TaskCancel for MemoryStore {
         match rec.status {
             s if s.is_terminal() => Ok(Cancelled::AlreadyFinished(s)),
             TaskStatus::Queued | TaskStatus::WaitingForInput => {
-                let held_slot = rec.status == TaskStatus::Queued;
+                let held_slot = rec.status == TaskStatus::Queued && !rec.held;
                 rec.status = TaskStatus::Cancelled;
                 rec.error = Some(cancelled_error());
                 rec.updated_at = now;
@@ -357,6 +405,10 @@ impl TaskRun for MemoryStore {
             return Ok(Claim::Terminal(rec.status));
         }
         let expired = held.as_ref().is_none_or(|l| l.until < now);
+        if rec.held {
+            // In its tenant's line: no delivery may start it.
+            return Ok(Claim::Leased { until: now });
+        }
         if rec.status == TaskStatus::Queued || (rec.status == TaskStatus::Running && expired) {
             rec.status = TaskStatus::Running;
             rec.attempts += 1;
@@ -514,7 +566,7 @@ impl TaskDeadLetter for MemoryStore {
         if rec.status.is_terminal() || held.as_ref().is_some_and(|l| l.until >= now) {
             return Ok(false);
         }
-        let held_slot = rec.status != TaskStatus::WaitingForInput;
+        let held_slot = rec.status != TaskStatus::WaitingForInput && !rec.held;
         rec.status = TaskStatus::Failed;
         rec.error = Some(error.clone());
         rec.updated_at = now;
@@ -575,6 +627,10 @@ impl TaskReconcile for MemoryStore {
         Ok(true)
     }
 
+    async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock()?.tenants.keys().cloned().collect())
+    }
+
     async fn repair_counts(
         &self,
         quiet: std::time::Duration,
@@ -582,7 +638,7 @@ impl TaskReconcile for MemoryStore {
     ) -> Result<Vec<CountRepair>, StoreError> {
         let mut state = self.lock()?;
         let mut open: HashMap<String, i64> = state.tenants.keys().map(|t| (t.clone(), 0)).collect();
-        let holds_slot = |r: &TaskRecord| !r.status.is_terminal() && r.status != TaskStatus::WaitingForInput;
+        let holds_slot = |r: &TaskRecord| !r.status.is_terminal() && r.status != TaskStatus::WaitingForInput && !r.held;
         for (rec, _) in state.tasks.values().filter(|(r, _)| holds_slot(r)) {
             *open.entry(rec.tenant_id.clone()).or_default() += 1;
         }

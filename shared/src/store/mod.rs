@@ -230,6 +230,16 @@ pub trait TaskCreate: Send + Sync {
     /// any) is fresh, all in one transaction.
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError>;
 
+    /// Stores a new `queued` task *held* in its tenant's line rather than counted against its
+    /// cap (a tenant over its cap with `over_cap: hold`): no message is sent until
+    /// [`release_held`](Self::release_held) starts it, in submission order.
+    async fn hold(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError>;
+
+    /// Starts the tenant's oldest held tasks while it has free slots: each leaves the line and
+    /// counts against the cap, atomically. Returns them: their messages are the caller's to
+    /// send (a message that fails to send is resent by the reconciler).
+    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError>;
+
     /// Lists `fork` on its parent's record (the first [`MAX_LISTED_FORKS`]; later ones are
     /// not listed).
     ///
@@ -379,6 +389,9 @@ pub trait TaskReconcile: Send + Sync {
         resent: bool,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// Every tenant's id (the reconciler starts their held tasks).
+    async fn tenants(&self) -> Result<Vec<String>, StoreError>;
 
     /// Compares each tenant's running count with its open tasks, and sets the count to the
     /// truth where they differ and the tenant's count has not moved for `quiet`.

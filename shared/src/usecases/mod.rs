@@ -3,4 +3,5 @@
 
 pub mod approvals;
 pub mod deadletter;
+pub mod held;
 pub mod webhooks;

@@ -173,6 +173,13 @@ fn wait_shard(id: TaskId) -> String {
     format!("WAIT#{}", last % OPEN_SHARDS)
 }
 
+/// The open index's partition of a tenant's held tasks (over its cap, `over_cap: hold`),
+/// sorted by when they were submitted: apart from `OPEN#…` so the reconciler does not resend
+/// them and the running counts do not include them.
+fn held_line(tenant: &str) -> String {
+    format!("HELD#{tenant}")
+}
+
 fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -407,6 +414,64 @@ impl DynamoStore {
         self
     }
 
+    /// Stores a new task `queued`: counted against its tenant's cap (`task.held` false), or
+    /// held in its tenant's line (true), with its idempotency key and first event.
+    async fn admit_as(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let put = self.new_task_put(task).await?;
+        let active = self.take_slot(&task.tenant_id, admission.max_running, task.created_at)?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        // A held task takes no slot: its count moves when it leaves the line.
+        let active_at = (!task.held).then(|| {
+            items.push(active);
+            items.len() - 1
+        });
+        let idem_at = admission.idempotency.map(|_| items.len());
+        if let Some(idem) = admission.idempotency {
+            let now = task.created_at.unix_timestamp();
+            let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(idem_key(&task.tenant_id, idem.key)))
+                .item("sk", s(META))
+                .item("task_id", s(task.task_id.to_string()))
+                .item("request_hash", s(idem.request_hash))
+                .item("expires_at", n(expires))
+                // An expired key is free again even before TTL deletes it.
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now))
+                .build()
+                .context("building a put")
+                .map_err(unavailable)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        // The log's first event, with the record it reports.
+        items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+        match self.transact(items).await {
+            Ok(()) => Ok(Admitted::Created),
+            Err(TransactError::Store(e)) => Err(e),
+            Err(TransactError::Condition(failed)) => {
+                if idem_at.is_some_and(|i| failed.get(i).copied().unwrap_or(false)) {
+                    let idem = admission.idempotency.expect("a part exists only with a key");
+                    let stored = self.get_item(idem_key(&task.tenant_id, idem.key), META).await?;
+                    let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
+                        Some(AttributeValue::S(v)) => Some(v.clone()),
+                        _ => None,
+                    };
+                    return match (field("request_hash"), field("task_id").and_then(|t| t.parse().ok())) {
+                        (Some(hash), Some(id)) if hash == idem.request_hash => Ok(Admitted::Replayed(id)),
+                        (Some(_), _) => Ok(Admitted::KeyReused),
+                        // It expired or vanished between our write and our read: try again.
+                        _ => Err(StoreError::Conflict),
+                    };
+                }
+                if active_at.is_some_and(|i| failed.get(i).copied().unwrap_or(false)) {
+                    return Ok(Admitted::ConcurrencyLimited { max: admission.max_running });
+                }
+                Err(StoreError::Conflict)
+            }
+        }
+    }
+
     /// The put of a new task's item (its prompt in S3 if too large), never over another.
     async fn new_task_put(&self, task: &TaskRecord) -> Result<Put, StoreError> {
         let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
@@ -425,8 +490,13 @@ impl DynamoStore {
             expires_at: (task.created_at + self.retention).unix_timestamp(),
             prompt_ref,
             result_ref: None,
-            open_pk: Some(open_shard(task.task_id)),
-            due_at: Some(millis(task.created_at + self.reconcile_after)),
+            // A held task waits in its tenant's line, oldest first, with no message.
+            open_pk: Some(if task.held { held_line(&task.tenant_id) } else { open_shard(task.task_id) }),
+            due_at: Some(if task.held {
+                millis(task.created_at)
+            } else {
+                millis(task.created_at + self.reconcile_after)
+            }),
         };
         Put::builder()
             .table_name(&self.table)
@@ -549,6 +619,21 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(expr.on(&self.table, tenant_key(tenant), sk)?).build())
     }
 
+    /// One more running, if the tenant is under `max_running`.
+    fn take_slot(&self, tenant: &str, max_running: u32, now: OffsetDateTime) -> Result<TransactWriteItem, StoreError> {
+        self.counter(
+            tenant,
+            "ACTIVE",
+            Expr::default()
+                .add("#active :one")
+                .set("#updated_ms = :now_ms")
+                .when("attribute_not_exists(#active) OR #active < :max")
+                .val(":one", n(1))
+                .val(":now_ms", n(millis(now)))
+                .val(":max", n(max_running)),
+        )
+    }
+
     /// The running count moved by `by`, stamped so the reconciler knows when it last moved.
     fn active_change(&self, tenant: &str, by: i64, now: OffsetDateTime) -> Result<TransactWriteItem, StoreError> {
         self.counter(
@@ -618,8 +703,8 @@ impl DynamoStore {
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
             self.event_put(ending)?,
         ];
-        // A task waiting for input holds no slot of its tenant's running cap.
-        if task.status != TaskStatus::WaitingForInput {
+        // A task waiting for input, or held in its tenant's line, holds no slot of its cap.
+        if task.status != TaskStatus::WaitingForInput && !task.held {
             items.push(self.active_change(&task.tenant_id, -1, now)?);
         }
         if delta.cost_nanos > 0 {
@@ -767,63 +852,70 @@ impl DynamoStore {
 #[async_trait]
 impl TaskCreate for DynamoStore {
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let put = self.new_task_put(task).await?;
-        let active = self.counter(
-            &task.tenant_id,
-            "ACTIVE",
-            Expr::default()
-                .add("#active :one")
-                .set("#updated_ms = :now_ms")
-                .when("attribute_not_exists(#active) OR #active < :max")
-                .val(":one", n(1))
-                .val(":now_ms", n(millis(task.created_at)))
-                .val(":max", n(admission.max_running)),
-        )?;
-        let mut items = vec![TransactWriteItem::builder().put(put).build(), active];
-        if let Some(idem) = admission.idempotency {
-            let now = task.created_at.unix_timestamp();
-            let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
-            let put = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(idem_key(&task.tenant_id, idem.key)))
-                .item("sk", s(META))
-                .item("task_id", s(task.task_id.to_string()))
-                .item("request_hash", s(idem.request_hash))
-                .item("expires_at", n(expires))
-                // An expired key is free again even before TTL deletes it.
-                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
-                .expression_attribute_values(":now", n(now))
-                .build()
-                .context("building a put")
-                .map_err(unavailable)?;
-            items.push(TransactWriteItem::builder().put(put).build());
+        let mut held = task.clone();
+        held.held = false;
+        self.admit_as(&held, admission).await
+    }
+
+    async fn hold(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let mut held = task.clone();
+        held.held = true;
+        self.admit_as(&held, admission).await
+    }
+
+    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError> {
+        let Some(limits) = self.tenant(tenant).await?.map(|t| t.limits) else { return Ok(Vec::new()) };
+        let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
+        let free = (i64::from(limits.max_running) - active).max(0);
+        if free == 0 {
+            return Ok(Vec::new());
         }
-        // The log's first event, with the record it reports.
-        items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
-        match self.transact(items).await {
-            Ok(()) => Ok(Admitted::Created),
-            Err(TransactError::Store(e)) => Err(e),
-            Err(TransactError::Condition(failed)) => {
-                if failed.get(2).copied().unwrap_or(false) {
-                    let idem = admission.idempotency.expect("a third part exists only with a key");
-                    let stored = self.get_item(idem_key(&task.tenant_id, idem.key), META).await?;
-                    let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
-                        Some(AttributeValue::S(v)) => Some(v.clone()),
-                        _ => None,
-                    };
-                    return match (field("request_hash"), field("task_id").and_then(|t| t.parse().ok())) {
-                        (Some(hash), Some(id)) if hash == idem.request_hash => Ok(Admitted::Replayed(id)),
-                        (Some(_), _) => Ok(Admitted::KeyReused),
-                        // It expired or vanished between our write and our read: try again.
-                        _ => Err(StoreError::Conflict),
-                    };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_INDEX)
+            .key_condition_expression("open_pk = :p")
+            .expression_attribute_values(":p", s(held_line(tenant)))
+            .limit(free as i32)
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", e))?;
+        let mut started = Vec::new();
+        for entry in out.items.unwrap_or_default() {
+            let Some(id) = (match entry.get("pk") {
+                Some(AttributeValue::S(pk)) => pk.strip_prefix("TASK#").and_then(|id| id.parse::<TaskId>().ok()),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let update = Expr::default()
+                .set("#open_pk = :shard")
+                .set("#due_at = :due")
+                .set("#updated_at = :now")
+                .remove("#held")
+                .when("#held = :yes AND #status = :queued")
+                .val(":shard", s(open_shard(id)))
+                .val(":due", self.due(now))
+                .val(":now", rfc3339(now))
+                .val(":yes", AttributeValue::Bool(true))
+                .val(":queued", s(TaskStatus::Queued.as_str()));
+            let slot = self.take_slot(tenant, limits.max_running, now)?;
+            let items =
+                vec![TransactWriteItem::builder().update(update.on(&self.table, task_key(id), META)?).build(), slot];
+            match self.transact(items).await {
+                Ok(()) => {
+                    if let Some(task) = self.get(id).await? {
+                        started.push(task);
+                    }
                 }
-                if failed.get(1).copied().unwrap_or(false) {
-                    return Ok(Admitted::ConcurrencyLimited { max: admission.max_running });
-                }
-                Err(StoreError::Conflict)
+                // Cancelled meanwhile: the next in line. The cap is full again: stop.
+                Err(TransactError::Condition(failed)) if failed.first().copied().unwrap_or(false) => continue,
+                Err(TransactError::Condition(_)) => break,
+                Err(TransactError::Store(e)) => return Err(e),
             }
         }
+        Ok(started)
     }
 
     async fn note_fork(&self, parent: TaskId, fork: &ForkRef) -> Result<(), StoreError> {
@@ -1102,6 +1194,7 @@ impl TaskRun for DynamoStore {
                     .set("#due_at = :due")
                     .add("#attempts :one")
                     .when("attribute_exists(#pk)")
+                    .when("attribute_not_exists(#held)")
                     .when("#status = :queued OR (#status = :running AND #lease_until < :now_ms)")
                     .val(":running", s(TaskStatus::Running.as_str()))
                     .val(":queued", s(TaskStatus::Queued.as_str()))
@@ -1459,10 +1552,7 @@ impl TaskReconcile for DynamoStore {
         }
     }
 
-    async fn repair_counts(&self, quiet: Duration, now: OffsetDateTime) -> Result<Vec<CountRepair>, StoreError> {
-        let started = millis(now);
-        let mut open = self.open_by_tenant().await?;
-        // Tenants with nothing open are in the truth too: their count should be 0.
+    async fn tenants(&self) -> Result<Vec<String>, StoreError> {
         let tenants = query_all(
             self.client
                 .query()
@@ -1472,10 +1562,21 @@ impl TaskReconcile for DynamoStore {
                 .expression_attribute_values(":t", s("TENANTS")),
         )
         .await?;
-        for t in tenants {
-            if let Some(AttributeValue::S(id)) = t.get("gsi1sk") {
-                open.entry(id.clone()).or_default();
-            }
+        Ok(tenants
+            .iter()
+            .filter_map(|t| match t.get("gsi1sk") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn repair_counts(&self, quiet: Duration, now: OffsetDateTime) -> Result<Vec<CountRepair>, StoreError> {
+        let started = millis(now);
+        let mut open = self.open_by_tenant().await?;
+        // Tenants with nothing open are in the truth too: their count should be 0.
+        for id in self.tenants().await? {
+            open.entry(id).or_default();
         }
         let mut repairs = Vec::new();
         for (tenant, truth) in open {
