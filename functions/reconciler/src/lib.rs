@@ -122,7 +122,7 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
     // started the next in line.
     for tenant in r.store.tenants().await? {
         report.started_held +=
-            agentq::usecases::held::start_held(r.store.as_ref(), r.queue.as_ref(), &tenant, now).await;
+            agentq::usecases::held::start_held(r.store.as_ref(), r.queue.as_ref(), &tenant, false, now).await;
     }
     for repair in r.store.repair_counts(r.settings.quiet, now).await? {
         if repair.repaired {

@@ -286,8 +286,14 @@ pub(crate) async fn admit_and_send(
             }
             task.held = true;
             // A slot may have freed meanwhile: the line moves now rather than at the next end.
-            agentq::usecases::held::start_held(app.store.as_ref(), app.queue.as_ref(), &task.tenant_id, agentq::now())
-                .await;
+            agentq::usecases::held::start_held(
+                app.store.as_ref(),
+                app.queue.as_ref(),
+                &task.tenant_id,
+                true,
+                agentq::now(),
+            )
+            .await;
             tracing::info!(priority = task.priority.as_str(), "task accepted and held: the tenant is at its cap");
             metrics::record()
                 .value("TasksHeld", 1.0, Unit::Count)

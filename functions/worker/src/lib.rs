@@ -589,6 +589,7 @@ async fn start_held(run: &Run<'_>) {
         worker.store.as_ref(),
         worker.queue.as_ref(),
         &run.task.tenant_id,
+        true,
         agentq::now(),
     )
     .await;

@@ -679,7 +679,7 @@ async fn held_tasks_take_no_slot_and_start_in_line_as_slots_free(store: &dyn Sto
     }
     count_is_true(store, &t, now).await;
     assert!(store.get(a.task_id).await.unwrap().unwrap().held);
-    assert!(store.release_held(&t, now).await.unwrap().is_empty(), "no slot is free");
+    assert!(store.release_held(&t, false, now).await.unwrap().is_empty(), "no slot is free");
     assert!(
         matches!(
             store.claim(a.task_id, &lease("w", now + Duration::from_secs(60)), now).await.unwrap(),
@@ -688,7 +688,11 @@ async fn held_tasks_take_no_slot_and_start_in_line_as_slots_free(store: &dyn Sto
         "a held task is not started by a stray delivery"
     );
     assert_eq!(store.cancel(first.task_id, now).await.unwrap(), Cancelled::Now);
-    let started = store.release_held(&t, now).await.unwrap();
+    assert!(
+        store.release_held(&t, true, now).await.unwrap().is_empty(),
+        "a tenant that rejects over its cap is skipped at a task's end"
+    );
+    let started = store.release_held(&t, false, now).await.unwrap();
     assert_eq!(started.iter().map(|t| t.task_id).collect::<Vec<_>>(), [a.task_id], "the oldest in line, one slot");
     assert!(!store.get(a.task_id).await.unwrap().unwrap().held);
     count_is_true(store, &t, now).await;

@@ -258,11 +258,18 @@ impl TaskCreate for MemoryStore {
         Ok(Admitted::Created)
     }
 
-    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn release_held(
+        &self,
+        tenant: &str,
+        holding_only: bool,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut state = self.lock()?;
-        let Some(max) = state.tenants.get(tenant).map(|t| i64::from(t.limits.max_running)) else {
+        let Some(limits) = state.tenants.get(tenant).map(|t| t.limits) else { return Ok(Vec::new()) };
+        if holding_only && limits.over_cap != crate::domain::tenant::OverCap::Hold {
             return Ok(Vec::new());
-        };
+        }
+        let max = i64::from(limits.max_running);
         let free = (max - state.active.get(tenant).copied().unwrap_or(0)).max(0) as usize;
         let mut line: Vec<(OffsetDateTime, TaskId)> = state
             .tasks

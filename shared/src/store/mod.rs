@@ -237,8 +237,15 @@ pub trait TaskCreate: Send + Sync {
 
     /// Starts the tenant's oldest held tasks while it has free slots: each leaves the line and
     /// counts against the cap, atomically. Returns them: their messages are the caller's to
-    /// send (a message that fails to send is resent by the reconciler).
-    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError>;
+    /// send (a message that fails to send is resent by the reconciler). `holding_only` skips a
+    /// tenant that does not hold work now (one read, not three, at every task's end); the
+    /// reconciler looks at every line, so a tenant switched back to `reject` still empties it.
+    async fn release_held(
+        &self,
+        tenant: &str,
+        holding_only: bool,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Lists `fork` on its parent's record (the first [`MAX_LISTED_FORKS`]; later ones are
     /// not listed).

@@ -14,8 +14,15 @@ use crate::store::TaskCreate;
 /// Starts what the tenant's free slots allow; returns how many tasks it started. Failures are
 /// logged, not returned: a task left in line is started by the next call (the reconciler's at
 /// the latest), and one whose message failed is `queued` and resent by the reconciler.
-pub async fn start_held(store: &dyn TaskCreate, queue: &dyn TaskQueue, tenant: &str, now: OffsetDateTime) -> usize {
-    let started = match store.release_held(tenant, now).await {
+/// `holding_only`: skip a tenant that does not hold work now (see [`TaskCreate::release_held`]).
+pub async fn start_held(
+    store: &dyn TaskCreate,
+    queue: &dyn TaskQueue,
+    tenant: &str,
+    holding_only: bool,
+    now: OffsetDateTime,
+) -> usize {
+    let started = match store.release_held(tenant, holding_only, now).await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!(

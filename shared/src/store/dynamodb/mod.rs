@@ -863,8 +863,16 @@ impl TaskCreate for DynamoStore {
         self.admit_as(&held, admission).await
     }
 
-    async fn release_held(&self, tenant: &str, now: OffsetDateTime) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn release_held(
+        &self,
+        tenant: &str,
+        holding_only: bool,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let Some(limits) = self.tenant(tenant).await?.map(|t| t.limits) else { return Ok(Vec::new()) };
+        if holding_only && limits.over_cap != crate::domain::tenant::OverCap::Hold {
+            return Ok(Vec::new());
+        }
         let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
         let free = (i64::from(limits.max_running) - active).max(0);
         if free == 0 {
