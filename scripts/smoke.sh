@@ -122,9 +122,12 @@ batch=$("$cli" batch submit "$RUN/batch.jsonl" 2>/dev/null)
 grep -q '"custom_id":"twenty".*The answer is 20' "$RUN/batch-results.jsonl" || fail "the batch's results miss an answer: $(cat "$RUN/batch-results.jsonl")"
 
 log "smoke: tenant settings: agentq tenants set and get"
-"$cli" tenants set dev --over-cap hold > /dev/null || fail "agentq tenants set failed"
-"$cli" tenants get dev | grep -q "over the cap: hold" || fail "agentq tenants get does not show the new setting"
-"$cli" tenants set dev --over-cap reject > /dev/null || fail "agentq tenants set failed"
+# Admin commands use the table itself; make up wrote its name beside the key.
+table=$(sed -n 's/^AGENTQ_TABLE="\(.*\)"$/\1/p' "$RUN/cli.env")
+[[ -n $table ]] || fail "make up wrote no AGENTQ_TABLE to $RUN/cli.env"
+AGENTQ_TABLE="$table" "$cli" tenants set dev --over-cap hold > /dev/null || fail "agentq tenants set failed"
+AGENTQ_TABLE="$table" "$cli" tenants get dev | grep -q "over the cap: hold" || fail "agentq tenants get does not show the new setting"
+AGENTQ_TABLE="$table" "$cli" tenants set dev --over-cap reject > /dev/null || fail "agentq tenants set failed"
 
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"
 live=$("$cli" submit "What is 9 * 9?")
