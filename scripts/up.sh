@@ -16,7 +16,7 @@ if [[ ${PROFILE:-dev} != dev ]]; then
   log "building the functions ($PROFILE profile)"
   # agentq-local too: it stands in for API Gateway and Lambda, whose CPU a benchmark on
   # this machine must not inflate with a debug build.
-  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p reconciler -p notifier -p stream -p agentq-local
+  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p reconciler -p scheduler -p notifier -p stream -p agentq-local
   BIN_DIR="$ROOT/target/$PROFILE"
 fi
 bash scripts/emulators.sh start

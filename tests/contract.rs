@@ -279,3 +279,29 @@ async fn the_batch_answers_match_the_document() {
     conforms("/v1/batches/{id}", "delete", &status("DELETE", format!("/v1/batches/{id}")).await);
     conforms("/v1/batches/{id}", "delete", &status("DELETE", "/v1/batches/bat_nope".into()).await);
 }
+
+#[tokio::test]
+async fn the_schedule_answers_match_the_document() {
+    let app = TestApp::spawn().await;
+    let body =
+        json!({"schedule": "cron(0 9 ? * MON-FRI *)", "timezone": "Europe/Paris", "task": {"prompt": "standup notes"}});
+    let created = app.submit_request(&app.key, "/v1/schedules", &body).await;
+    assert_eq!(created.status(), 201);
+    conforms("/v1/schedules", "post", &created);
+    let id = body_json(created.body())["id"].as_str().unwrap().to_owned();
+    conforms(
+        "/v1/schedules",
+        "post",
+        &app.submit_request(&app.key, "/v1/schedules", &json!({"schedule": "rate(0 days)"})).await,
+    );
+    conforms("/v1/schedules", "get", &app.status_request(&app.key, "GET", "/v1/schedules").await);
+    let one = format!("/v1/schedules/{id}");
+    conforms("/v1/schedules/{id}", "get", &app.status_request(&app.key, "GET", &one).await);
+    conforms("/v1/schedules/{id}", "get", &app.status_request(&app.key, "GET", "/v1/schedules/sch_nope").await);
+    for verb in ["pause", "resume"] {
+        let path = format!("/v1/schedules/{{id}}/{verb}");
+        conforms(&path, "post", &app.status_request(&app.key, "POST", &format!("{one}/{verb}")).await);
+    }
+    conforms("/v1/schedules/{id}", "delete", &app.status_request(&app.key, "DELETE", &one).await);
+    conforms("/v1/schedules/{id}", "delete", &app.status_request(&app.key, "DELETE", &one).await);
+}

@@ -419,9 +419,13 @@ impl Template {
     pub fn schedules(&self) -> Vec<Scheduled> {
         self.functions()
             .flat_map(|(_, function, r)| {
-                Self::events(r, "Schedule").filter_map(move |p| {
-                    Some(Scheduled { function: function.clone(), schedule: scalar(&p["Schedule"])? })
-                })
+                // An EventBridge rule (`Schedule`) or an EventBridge Scheduler schedule (`ScheduleV2`).
+                let rules = Self::events(r, "Schedule").filter_map(|p| scalar(&p["Schedule"]));
+                let schedules = Self::events(r, "ScheduleV2").filter_map(|p| scalar(&p["ScheduleExpression"]));
+                rules
+                    .chain(schedules)
+                    .map(|schedule| Scheduled { function: function.clone(), schedule })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -512,13 +516,14 @@ mod tests {
     }
 
     #[test]
-    fn the_sweeper_and_the_reconciler_run_on_a_schedule() {
+    fn the_sweeper_the_reconciler_and_the_scheduler_run_on_a_schedule() {
         let s = template().schedules();
         assert_eq!(
             s,
             [
                 Scheduled { function: "dlq".into(), schedule: "rate(1 minute)".into() },
                 Scheduled { function: "reconciler".into(), schedule: "rate(1 minute)".into() },
+                Scheduled { function: "scheduler".into(), schedule: "cron(* * * * ? *)".into() },
             ]
         );
     }

@@ -333,6 +333,42 @@ impl TestApp {
         }
     }
 
+    /// The scheduler over this test's store and queues.
+    pub fn scheduler(&self) -> scheduler::Scheduler {
+        scheduler::Scheduler {
+            store: self.store.clone(),
+            queue: Arc::new(SqsQueue::new(self.sqs.clone(), self.queues.clone())),
+            allowed: self.submit.allowed.clone(),
+        }
+    }
+
+    /// A POST to the submit function at `path`, as the holder of `key`.
+    pub async fn post_path(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.submit_request(key, path, body).await;
+        (r.status().as_u16(), body_json(r.body()))
+    }
+
+    /// A POST to the submit function at `path`, the whole response.
+    pub async fn submit_request(&self, key: &str, path: &str, body: &Value) -> Response<Body> {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/submit.json")).unwrap();
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event["body"] = json!(body.to_string());
+        event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        submit::handle(&self.submit, lambda_http::request::from_str(&event.to_string()).unwrap()).await
+    }
+
+    /// A request to the status function at `path` (no body), the whole response.
+    pub async fn status_request(&self, key: &str, method: &str, path: &str) -> Response<Body> {
+        let mut event: Value = serde_json::from_str(include_str!("../../events/status.json")).unwrap();
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event["requestContext"]["http"]["method"] = json!(method);
+        event["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        event.as_object_mut().unwrap().remove("pathParameters");
+        status::handle(&self.status, lambda_http::request::from_str(&event.to_string()).unwrap()).await
+    }
+
     /// Ends a test as its clients would see it: every task it accepted reaches a terminal
     /// state (an answer stands in for any model call the test did not script), or this panics.
     pub async fn drain(&self) {

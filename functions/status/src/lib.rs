@@ -3,7 +3,7 @@
 //! model answers and tool results, a page at a time), `GET /v1/tasks/{id}/events` (its event
 //! log: queued, started, each step, the end), `GET /v1/tasks` (summaries, newest
 //! first, paginated), `GET /v1/usage` (per day), and webhooks: a tenant's endpoints and each
-//! task's delivery attempts ([`webhooks`]). Another tenant's task, an unknown id and a
+//! task's delivery attempts ([`webhooks`]), batches ([`batches`]) and schedules ([`schedules`]). Another tenant's task, an unknown id and a
 //! malformed one all get the same 404, so ids cannot be probed.
 //!
 //! Every answer is bounded: a list examines a bounded number of entries (a rare status comes
@@ -11,16 +11,20 @@
 //! and each tenant's reads are rate limited per instance.
 
 mod batches;
+mod schedules;
 mod webhooks;
 
 use std::sync::Arc;
 
+use agentq::domain::schedule::ScheduleState;
 use agentq::domain::task::{FieldError, TaskId, TaskRecord, TaskStatus};
 use agentq::edge::api::{EventList, StepEntry, StepList, StepView, TaskList, TaskSummary, TaskView, UsageReport};
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_response, respond};
 use agentq::edge::routes::{self, Op};
-use agentq::store::{BatchStore, Cancelled, TaskCancel, TaskRead, TenantRead, UsageRead, WebhookStore, day_of};
+use agentq::store::{
+    BatchStore, Cancelled, ScheduleStore, TaskCancel, TaskRead, TenantRead, UsageRead, WebhookStore, day_of,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lambda_http::http::StatusCode;
@@ -40,8 +44,11 @@ const DEFAULT_STEPS: usize = 100;
 const MAX_STEPS: usize = 500;
 
 /// What the status path reads and writes.
-pub trait StatusStore: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore {}
-impl<T: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore> StatusStore for T {}
+pub trait StatusStore:
+    TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore + ScheduleStore
+{
+}
+impl<T: TaskRead + TaskCancel + TenantRead + UsageRead + WebhookStore + BatchStore + ScheduleStore> StatusStore for T {}
 
 /// The function's dependencies, built once per cold start.
 #[derive(Clone)]
@@ -91,6 +98,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         Op::TestWebhook => webhooks::test(app, &caller, &id()).await,
         Op::GetBatch => batches::get(app, &caller, &id(), req).await,
         Op::CancelBatch => batches::cancel(app, &caller, &id()).await,
+        Op::ListSchedules => schedules::list(app, &caller).await,
+        Op::GetSchedule => schedules::get(app, &caller, &id()).await,
+        Op::DeleteSchedule => schedules::delete(app, &caller, &id()).await,
+        Op::PauseSchedule => schedules::set_state(app, &caller, &id(), ScheduleState::Paused).await,
+        Op::ResumeSchedule => schedules::set_state(app, &caller, &id(), ScheduleState::Active).await,
         // Another function's route: API Gateway never sends it here.
         _ => Err(ApiError::NotFound(format!("no route for {}", req.uri().path()))),
     }

@@ -11,18 +11,19 @@
 //! up. If the function dies between the two, the task is `queued` with no message: a client
 //! retrying with its `Idempotency-Key` sends the message again (a duplicate is harmless: the
 //! worker's claim runs a task once), and the reconciler finds it if nobody retries.
+//!
+//! It also takes batches (`POST /v1/batches`, [`batch`]), forks ([`fork`]) and new schedules
+//! (`POST /v1/schedules`, [`schedules`]).
 
 mod batch;
 mod fork;
 mod input;
+mod schedules;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentq::domain::task::{
-    Allowed, ErrorCode, FieldError, RequestError, TaskError, TaskMessage, TaskRecord, TaskRequest,
-};
-use agentq::domain::tenant::OverCap;
+use agentq::domain::task::{Allowed, FieldError, RequestError, TaskRecord, TaskRequest};
 use agentq::domain::webhooks::{TaskWebhook, new_secret};
 use agentq::edge::api::Accepted;
 use agentq::edge::auth::{Caller, authenticate};
@@ -33,9 +34,10 @@ use agentq::observe::telemetry::{self, traces};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::TaskQueue;
 use agentq::store::{
-    Admission, Admitted, BatchStore, Idempotency, RateLimiter, StoreError, StorePing, TaskCreate, TaskInput, TaskRead,
-    TenantRead, UsageRead, month_of,
+    Admission, BatchStore, Idempotency, RateLimiter, ScheduleStore, StorePing, TaskInput, TenantRead, UsageRead,
+    month_of,
 };
+use agentq::usecases::admit::{self, Accepted as Admit, AdmitStore, Refused};
 use lambda_http::http::StatusCode;
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
 use lambda_http::{Body, Request, RequestExt as _, Response};
@@ -48,11 +50,11 @@ pub const OPENAPI: &str = include_str!("../../../openapi.json");
 
 /// What the submit path reads and writes.
 pub trait SubmitStore:
-    TaskCreate + TaskRead + TaskInput + BatchStore + StorePing + TenantRead + RateLimiter + UsageRead
+    AdmitStore + TaskInput + BatchStore + ScheduleStore + StorePing + TenantRead + RateLimiter + UsageRead
 {
 }
-impl<T: TaskCreate + TaskRead + TaskInput + BatchStore + StorePing + TenantRead + RateLimiter + UsageRead> SubmitStore
-    for T
+impl<T: AdmitStore + TaskInput + BatchStore + ScheduleStore + StorePing + TenantRead + RateLimiter + UsageRead>
+    SubmitStore for T
 {
 }
 
@@ -81,6 +83,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
             Op::TaskInput => input::input(app, &req, m.id.as_deref().unwrap_or_default()).await,
             Op::ForkTask => fork::fork(app, &req, m.id.as_deref().unwrap_or_default()).await,
             Op::SubmitBatch => batch::submit_batch(app, &req).await,
+            Op::CreateSchedule => schedules::create(app, &req).await,
             Op::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Op::Ready => Ok(ready(app).await),
             Op::OpenApi => Ok(openapi()),
@@ -246,8 +249,7 @@ pub(crate) struct Sent<'a> {
 }
 
 /// Stores a new task `queued` under its tenant's cap and idempotency key, then sends its
-/// message (a task whose message cannot be sent is failed, so no client waits on it): the
-/// part of a submit that a fork shares.
+/// message ([`agentq::usecases::admit`]): the part of a submit that a fork shares.
 pub(crate) async fn admit_and_send(
     app: &App,
     mut task: TaskRecord,
@@ -262,85 +264,54 @@ pub(crate) async fn admit_and_send(
         max_running: limits.max_running,
         idempotency: idempotency.zip(hash.as_deref()).map(|(key, request_hash)| Idempotency { key, request_hash }),
     };
-    // Two requests racing on one fresh key: the loser's transaction conflicts, and a second
-    // look finds the winner's task.
-    let mut admitted = app.store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
-    if matches!(admitted, Err(StoreError::Conflict)) {
-        admitted = app.store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
-    }
-    match admitted? {
-        Admitted::Created => {}
-        Admitted::Replayed(original) => return replay(app, original, trace_id).await,
-        Admitted::KeyReused => {
-            return Err(key_reused());
+    let accepted = admit::admit_and_send(app.store.as_ref(), app.queue.as_ref(), task, admission, limits.over_cap)
+        .await
+        .map_err(|e| match e {
+            Refused::KeyReused => key_reused(),
+            Refused::ConcurrencyLimited { max } => ApiError::ConcurrencyLimited { max },
+            Refused::NotQueued(e) => e.into(),
+            Refused::Store(e) => e.into(),
+        })?;
+    let task = match accepted {
+        Admit::Replayed(task) => {
+            let mut response = accepted_response(&task);
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
+            return Ok(response);
         }
-        Admitted::ConcurrencyLimited { max } if limits.over_cap != OverCap::Hold => {
-            return Err(ApiError::ConcurrencyLimited { max });
-        }
-        Admitted::ConcurrencyLimited { .. } => {
-            // Over the cap, and the tenant holds such work: in line, no message yet.
-            match app.store.hold(&task, admission).instrument(tracing::info_span!("store.hold")).await? {
-                Admitted::Replayed(original) => return replay(app, original, trace_id).await,
-                Admitted::KeyReused => return Err(key_reused()),
-                _ => {}
-            }
-            task.held = true;
-            // A slot may have freed meanwhile: the line moves now rather than at the next end.
-            agentq::usecases::held::start_held(
-                app.store.as_ref(),
-                app.queue.as_ref(),
-                &task.tenant_id,
-                true,
-                agentq::now(),
-            )
-            .await;
+        Admit::Held(task) => {
             tracing::info!(priority = task.priority.as_str(), "task accepted and held: the tenant is at its cap");
             metrics::record()
                 .value("TasksHeld", 1.0, Unit::Count)
                 .property("tenant_id", task.tenant_id.as_str())
                 .property("task_id", id.to_string())
                 .emit();
-            let mut response = accepted(&task);
-            rate_limit_headers(response.headers_mut(), limits.burst, rate);
-            return Ok(response);
+            task
         }
-    }
-
-    let message = TaskMessage { task_id: id, priority: task.priority };
-    let enqueue = tracing::info_span!("sqs.send");
-    // The worker's spans hang off the send, as a consumer's hang off its producer's.
-    let context = traces::headers_for(&enqueue);
-    if let Err(e) = app.queue.enqueue(&message, &context).instrument(enqueue).await {
-        let error = TaskError::new(ErrorCode::EnqueueFailed, "the task could not be queued; submit it again");
-        if let Err(store_err) = app.store.fail_unqueued(&task, &error, idempotency, agentq::now()).await {
-            // Both AWS services failing at once leaves the record `queued`; say so loudly.
-            tracing::error!(
-                error = format!("{:#}", anyhow::Error::from(store_err)),
-                "could not mark an unqueued task failed"
+        Admit::Sent(task) => {
+            tracing::info!(
+                priority = task.priority.as_str(),
+                prompt = telemetry::content(&task.prompt),
+                max_iterations = task.max_iterations,
+                model = task.requested_model.as_deref().unwrap_or("default"),
+                "task accepted"
             );
+            metrics::record()
+                .dimension("priority", task.priority.as_str())
+                .value("TasksAccepted", 1.0, Unit::Count)
+                .property("tenant_id", task.tenant_id.as_str())
+                .property("task_id", id.to_string())
+                .emit();
+            task
         }
-        return Err(e.into());
-    }
-
-    tracing::info!(
-        priority = task.priority.as_str(),
-        prompt = telemetry::content(&task.prompt),
-        max_iterations = task.max_iterations,
-        model = task.requested_model.as_deref().unwrap_or("default"),
-        "task accepted"
-    );
-    metrics::record()
-        .dimension("priority", task.priority.as_str())
-        .value("TasksAccepted", 1.0, Unit::Count)
-        .property("tenant_id", task.tenant_id.as_str())
-        .property("task_id", id.to_string())
-        .emit();
-    let mut response = accepted(&task);
+    };
+    let mut response = accepted_response(&task);
     rate_limit_headers(response.headers_mut(), limits.burst, rate);
     Ok(response)
 }
 
-fn accepted(task: &TaskRecord) -> Response<Body> {
+fn accepted_response(task: &TaskRecord) -> Response<Body> {
     let id = task.task_id;
     let mut response = json_response(
         StatusCode::ACCEPTED,
@@ -359,27 +330,6 @@ fn accepted(task: &TaskRecord) -> Response<Body> {
         response.headers_mut().insert(HeaderName::from_static("x-trace-id"), trace);
     }
     response
-}
-
-/// The answer to a repeated request: the task the first one created. If that task is still
-/// `queued`, its message is sent again: the first request may have died before sending it.
-async fn replay(app: &App, original: agentq::domain::task::TaskId, trace_id: &str) -> Result<Response<Body>, ApiError> {
-    let task =
-        app.store.get(original).await?.ok_or_else(|| {
-            ApiError::Unexpected(anyhow::anyhow!("idempotency key points at a missing task {original}"))
-        })?;
-    tracing::info!(task_id = %original, status = %task.status, "idempotent replay");
-    if task.status == agentq::domain::task::TaskStatus::Queued {
-        let message = TaskMessage { task_id: task.task_id, priority: task.priority };
-        let context = if trace_id.is_empty() { HashMap::new() } else { traces::headers_for(&tracing::Span::current()) };
-        // If this send fails too, the reconciler is the net: the replay still answers.
-        if let Err(e) = app.queue.enqueue(&message, &context).await {
-            tracing::warn!(error = format!("{:#}", e.0), "could not send a replayed task's message again");
-        }
-    }
-    let mut response = accepted(&task);
-    response.headers_mut().insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
-    Ok(response)
 }
 
 /// Readiness: the table and the queues answer and a model is configured. Failures are named

@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod events;
 pub mod fork;
 pub mod output;
+pub mod schedule;
 pub mod secret;
 pub mod steps;
 pub mod task;

@@ -638,6 +638,9 @@ pub struct TaskRecord {
     /// [`MAX_LISTED_FORKS`]: crate::domain::fork::MAX_LISTED_FORKS
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forks: Vec<crate::domain::fork::ForkRef>,
+    /// The schedule whose tick created the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
 }
 
 impl TaskRecord {
@@ -676,6 +679,7 @@ impl TaskRecord {
             fork: None,
             forks: Vec::new(),
             held: false,
+            schedule_id: None,
         }
     }
 }

@@ -245,6 +245,9 @@ pub struct TaskView {
     /// The forks made from this task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forks: Vec<crate::domain::fork::ForkRef>,
+    /// The schedule whose tick created the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -259,6 +262,7 @@ impl From<&TaskRecord> for TaskView {
             output_schema: r.output_schema.clone(),
             parent: r.fork.clone(),
             forks: r.forks.clone(),
+            schedule_id: r.schedule_id.clone(),
         }
     }
 }
@@ -405,4 +409,73 @@ pub struct EventList {
     /// Pass as `after` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u32>,
+}
+
+/// A schedule as the API shows it (`/v1/schedules`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub id: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub overlap: crate::domain::schedule::Overlap,
+    pub state: crate::domain::schedule::ScheduleState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The body each tick submits.
+    pub task: serde_json::Map<String, serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The next ticks (none while paused).
+    #[serde(with = "rfc3339_list")]
+    pub next_runs: Vec<OffsetDateTime>,
+    /// The latest ticks, newest first: each one's task (and its status, on a single
+    /// schedule's read), or why it created none.
+    pub runs: Vec<ScheduleRunView>,
+}
+
+/// One tick of a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRunView {
+    #[serde(flatten)]
+    pub run: crate::domain::schedule::ScheduleRun,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+}
+
+impl From<&crate::domain::schedule::ScheduleRecord> for ScheduleView {
+    fn from(s: &crate::domain::schedule::ScheduleRecord) -> Self {
+        Self {
+            id: s.schedule_id.clone(),
+            schedule: s.schedule.clone(),
+            timezone: s.timezone.clone(),
+            overlap: s.overlap,
+            state: s.state,
+            description: s.description.clone(),
+            task: s.task.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            next_runs: s.upcoming(),
+            runs: s.runs.iter().map(|r| ScheduleRunView { run: r.clone(), status: None }).collect(),
+        }
+    }
+}
+
+/// A list of instants as RFC 3339 strings.
+mod rfc3339_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub fn serialize<S: Serializer>(v: &[OffsetDateTime], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|t| t.format(&Rfc3339).unwrap_or_default()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OffsetDateTime>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| OffsetDateTime::parse(t, &Rfc3339).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }

@@ -14,7 +14,7 @@ use super::{
     TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, Wait,
     WebhookStore, day_of, month_of,
 };
-use super::{BatchKey, BatchStore};
+use super::{BatchKey, BatchStore, ScheduleStore};
 use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::Step;
@@ -37,6 +37,7 @@ pub trait Store:
     + WebhookStore
     + TaskInput
     + BatchStore
+    + ScheduleStore
 {
 }
 impl<T> Store for T where
@@ -52,6 +53,7 @@ impl<T> Store for T where
         + WebhookStore
         + TaskInput
         + BatchStore
+        + ScheduleStore
 {
 }
 
@@ -74,6 +76,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
     a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
     held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
+    schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store).await;
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -699,4 +702,55 @@ async fn held_tasks_take_no_slot_and_start_in_line_as_slots_free(store: &dyn Sto
     assert_eq!(store.cancel(b.task_id, now).await.unwrap(), Cancelled::Now, "a held task is cancelled at once");
     count_is_true(store, &t, now).await;
     assert!(store.tenants().await.unwrap().contains(&t));
+}
+
+async fn schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store: &dyn Store) {
+    use crate::domain::schedule::{ScheduleRun, ScheduleState, parse_schedule};
+    let (t, other) = (tenant(store).await, tenant(store).await);
+    let created = crate::now() - time::Duration::minutes(10);
+    let body = br#"{"schedule": "rate(1 minute)", "task": {"prompt": "tick"}}"#;
+    let new = |tenant: &str| parse_schedule(body, &Default::default(), tenant, created).expect("a valid schedule");
+    let (a, b) = (new(&t), new(&t));
+    assert!(store.create_schedule(&a, 2).await.expect("create"));
+    assert!(store.create_schedule(&b, 2).await.expect("create"));
+    assert!(!store.create_schedule(&new(&t), 2).await.expect("create"), "a tenant's schedules are limited");
+    let mut ids: Vec<_> = store.schedules(&t).await.expect("list").into_iter().map(|s| s.schedule_id).collect();
+    ids.sort();
+    let mut both = [a.schedule_id.clone(), b.schedule_id.clone()];
+    both.sort();
+    assert_eq!(ids, both, "a tenant's schedules are listed");
+    assert!(
+        store.schedule(&other, &a.schedule_id).await.expect("get").is_none(),
+        "another tenant's schedule is not found"
+    );
+
+    let now = crate::now();
+    let due = store.due_schedules(now, 1_000).await.expect("due");
+    assert!(due.contains(&(t.clone(), a.schedule_id.clone())), "an active schedule past its tick is due");
+    let mut read = store.schedule(&t, &a.schedule_id).await.expect("get").expect("stored");
+    assert_eq!(read.version, 1);
+    let stale = read.clone();
+    let tick = read.next_run_at.expect("a next tick");
+    read.record(ScheduleRun { at: tick, task_id: Some(TaskId::new()), skipped: None }, now);
+    store.update_schedule(&read).await.expect("the first writer moves it on");
+    assert!(
+        matches!(store.update_schedule(&stale).await, Err(StoreError::Conflict)),
+        "a second writer of one version loses"
+    );
+    let due = store.due_schedules(now, 1_000).await.expect("due");
+    assert!(!due.iter().any(|(_, id)| *id == a.schedule_id), "a schedule moved past now is not due");
+
+    let mut paused = store.schedule(&t, &b.schedule_id).await.expect("get").expect("stored");
+    paused.set_state(ScheduleState::Paused, now);
+    store.update_schedule(&paused).await.expect("pause");
+    let due = store.due_schedules(now + time::Duration::hours(1), 1_000).await.expect("due");
+    assert!(!due.iter().any(|(_, id)| *id == b.schedule_id), "a paused schedule is never due");
+    assert!(!store.delete_schedule(&other, &b.schedule_id).await.expect("delete"), "another tenant cannot delete it");
+    assert!(store.delete_schedule(&t, &b.schedule_id).await.expect("delete"));
+    assert!(store.schedule(&t, &b.schedule_id).await.expect("get").is_none());
+    assert!(
+        matches!(store.update_schedule(&paused).await, Err(StoreError::Conflict)),
+        "a deleted schedule is not written back"
+    );
+    store.delete_schedule(&t, &a.schedule_id).await.expect("delete");
 }

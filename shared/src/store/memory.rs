@@ -14,11 +14,12 @@ use super::{
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
     TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
 };
-use super::{BatchKey, BatchStore, Idempotency};
+use super::{BatchKey, BatchStore, Idempotency, ScheduleStore};
 use crate::domain::approval::Decision;
 use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
 use crate::domain::fork::ForkRef;
+use crate::domain::schedule::{ScheduleRecord, ScheduleState};
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -53,6 +54,8 @@ struct State {
     breakers: HashMap<String, i64>,
     /// Batch idempotency keys: batch id, request hash, expiry.
     batch_keys: HashMap<(String, String), (String, String, OffsetDateTime)>,
+    /// Schedules by id, in creation order.
+    schedules: std::collections::BTreeMap<String, ScheduleRecord>,
 }
 
 impl State {
@@ -813,6 +816,57 @@ impl UsageRead for MemoryStore {
             .collect();
         days.sort_by(|a, b| a.date.cmp(&b.date));
         Ok(days)
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for MemoryStore {
+    async fn create_schedule(&self, schedule: &ScheduleRecord, max: usize) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        if state.schedules.values().filter(|s| s.tenant_id == schedule.tenant_id).count() >= max {
+            return Ok(false);
+        }
+        let stored = ScheduleRecord { version: 1, ..schedule.clone() };
+        state.schedules.insert(schedule.schedule_id.clone(), stored);
+        Ok(true)
+    }
+
+    async fn schedule(&self, tenant: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        Ok(self.lock()?.schedules.get(id).filter(|s| s.tenant_id == tenant).cloned())
+    }
+
+    async fn schedules(&self, tenant: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
+        Ok(self.lock()?.schedules.values().filter(|s| s.tenant_id == tenant).cloned().collect())
+    }
+
+    async fn update_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        match state.schedules.get_mut(&schedule.schedule_id) {
+            Some(stored) if stored.version == schedule.version => {
+                *stored = ScheduleRecord { version: schedule.version + 1, ..schedule.clone() };
+                Ok(())
+            }
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn delete_schedule(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        if state.schedules.get(id).is_none_or(|s| s.tenant_id != tenant) {
+            return Ok(false);
+        }
+        Ok(state.schedules.remove(id).is_some())
+    }
+
+    async fn due_schedules(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let state = self.lock()?;
+        let mut due: Vec<_> = state
+            .schedules
+            .values()
+            .filter(|s| s.state == ScheduleState::Active && s.next_run_at.is_some_and(|t| t <= now))
+            .collect();
+        due.sort_by_key(|s| s.next_run_at);
+        Ok(due.into_iter().take(limit).map(|s| (s.tenant_id.clone(), s.schedule_id.clone())).collect())
     }
 }
 

@@ -34,6 +34,7 @@ use crate::domain::approval::{Decision, PendingCall};
 use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
 use crate::domain::fork::ForkRef;
+use crate::domain::schedule::ScheduleRecord;
 use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskResult, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
@@ -513,6 +514,24 @@ pub trait BatchStore: Send + Sync {
     async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError>;
     /// Just the status of each task with these ids (those that exist): a batch's counts.
     async fn statuses(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskStatus)>, StoreError>;
+}
+
+/// Schedules (docs/schedules.md).
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// Stores a new schedule; `false` if its tenant already has `max` (counted, not locked:
+    /// two creates racing at the limit may both pass).
+    async fn create_schedule(&self, schedule: &ScheduleRecord, max: usize) -> Result<bool, StoreError>;
+    /// The tenant's schedule with this id.
+    async fn schedule(&self, tenant: &str, id: &str) -> Result<Option<ScheduleRecord>, StoreError>;
+    /// The tenant's schedules, by id (so by creation, to the millisecond).
+    async fn schedules(&self, tenant: &str) -> Result<Vec<ScheduleRecord>, StoreError>;
+    /// Writes `schedule` over the version it was read at (`schedule.version`), as version + 1;
+    /// [`StoreError::Conflict`] if another write came first or it was deleted.
+    async fn update_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StoreError>;
+    async fn delete_schedule(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    /// Active schedules whose next tick is at or before `now` (tenant, id), earliest first.
+    async fn due_schedules(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// What tenants have spent.

@@ -17,12 +17,14 @@
 //! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
 //! | `TASK#<id>`        | `DLV#<seq>#<target>#<id>` | an attempt to deliver an event (webhooks) |
 //! | `TENANT#<t>`       | `WEBHOOK#<id>`      | a webhook endpoint                      |
+//! | `TENANT#<t>`       | `SCHEDULE#<id>`     | a schedule (while active, `open`: `SCHEDULES`, next tick) |
 //!
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
 
 mod batches;
 mod breakers;
+mod schedules;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
