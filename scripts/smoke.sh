@@ -121,6 +121,11 @@ batch=$("$cli" batch submit "$RUN/batch.jsonl" 2>/dev/null)
 [[ $(wc -l < "$RUN/batch-results.jsonl") == 2 ]] || fail "the batch's results are not one line an item: $(cat "$RUN/batch-results.jsonl")"
 grep -q '"custom_id":"twenty".*The answer is 20' "$RUN/batch-results.jsonl" || fail "the batch's results miss an answer: $(cat "$RUN/batch-results.jsonl")"
 
+log "smoke: a schedule made with the CLI (its first tick is awaited further on)"
+sched=$("$cli" --json schedules create 'cron(* * * * ? *)' "What is 7 * 6?" --description smoke | grep -o '"id":"sch_[^"]*"' | cut -d'"' -f4)
+[[ $sched == sch_* ]] || fail "agentq schedules create did not answer a schedule id"
+"$cli" schedules list | grep -q "$sched  active" || fail "agentq schedules list does not show $sched active"
+
 log "smoke: tenant settings: agentq tenants set and get"
 # Admin commands use the table itself; make up wrote its name beside the key.
 table=$(sed -n 's/^AGENTQ_TABLE="\(.*\)"$/\1/p' "$RUN/cli.env")
@@ -169,6 +174,19 @@ grep -q '"type": "task.succeeded"' "$RUN/received" || fail "the delivery is not 
 "$cli" webhooks deliveries "$hooked" | grep -q 'HTTP 204' || fail "agentq webhooks deliveries $hooked shows no 204"
 "$cli" webhooks remove "$endpoint" >/dev/null || fail "agentq webhooks remove failed"
 "$cli" webhooks list | grep -q "$endpoint" && fail "$endpoint is still listed after removal"
+
+log "smoke: the schedule's first tick made a task that succeeded; pause, resume and delete"
+for _ in $(seq 1 90); do
+  "$cli" schedules get "$sched" > "$RUN/schedule"
+  grep -q 'succeeded' "$RUN/schedule" && break
+  sleep 1
+done
+grep -q '  ran   .*  succeeded' "$RUN/schedule" || fail "schedule $sched made no task that succeeded: $(cat "$RUN/schedule")"
+"$cli" schedules pause "$sched" | grep -q "$sched  paused" || fail "agentq schedules pause did not pause $sched"
+"$cli" schedules resume "$sched" | grep -q "$sched  active" || fail "agentq schedules resume did not resume $sched"
+"$cli" schedules delete "$sched" > /dev/null || fail "agentq schedules delete failed"
+set +e; "$cli" schedules get "$sched" >/dev/null 2>&1; rc=$?; set -e
+[[ $rc == 3 ]] || fail "a deleted schedule's get exited $rc, not 3"
 
 log "smoke: the task's story in the logs, under its trace id, with its metrics"
 "$cli" logs "$id" --dir "$RUN" > "$RUN/story" || fail "agentq logs found nothing for $id"

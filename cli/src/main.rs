@@ -24,6 +24,7 @@ mod dlq;
 mod fork;
 mod keys;
 mod logs;
+mod schedules;
 mod tenants;
 mod webhooks;
 
@@ -175,6 +176,11 @@ enum Command {
         #[command(subcommand)]
         command: batch::BatchCommand,
     },
+    /// Tasks created on a timetable: `cron(…)` or `rate(…)`, paused, resumed, deleted.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCommand,
+    },
     /// A tenant's settings: its limits, and what a submit over its running cap gets (admin).
     Tenants {
         #[command(subcommand)]
@@ -281,6 +287,7 @@ fn load_env_file() -> Option<std::path::PathBuf> {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    let client = || api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json);
     match cli.command {
         Command::Keys { command } => keys::run(command, cli.json).await,
         Command::Tenants { command } => tenants::run(command, cli.json).await,
@@ -288,22 +295,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Webhooks { command: webhooks::WebhooksCommand::Redrive { task } } => {
             webhooks::redrive(task, cli.json).await
         }
-        Command::Batch { command } => {
-            batch::run(
-                command,
-                &api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?,
-            )
-            .await
-        }
-        Command::Webhooks { command } => {
-            webhooks::run(
-                command,
-                &api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?,
-            )
-            .await
-        }
+        Command::Batch { command } => batch::run(command, &client()?).await,
+        Command::Schedules { command } => schedules::run(command, &client()?).await,
+        Command::Webhooks { command } => webhooks::run(command, &client()?).await,
         ref command => {
-            let client = api::Client::new(&cli.url, cli.stream_url.as_deref(), cli.api_key.as_deref(), cli.json)?;
+            let client = client()?;
             match command {
                 Command::Submit {
                     prompt,
@@ -382,7 +378,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 | Command::Dlq { .. }
                 | Command::Logs { .. }
                 | Command::Webhooks { .. }
-                | Command::Batch { .. } => {
+                | Command::Batch { .. }
+                | Command::Schedules { .. } => {
                     unreachable!("handled above")
                 }
             }

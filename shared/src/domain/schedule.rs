@@ -429,6 +429,12 @@ mod tests {
         );
         let last_day = next("cron(0 0 L * ? *)", datetime!(2026-12-02 00:00 UTC), "UTC");
         assert_eq!(last_day[0], datetime!(2026-12-31 00:00 UTC));
+        // The second Monday (2 = MON) of December 2026 is the 14th.
+        let second_monday = next("cron(0 8 ? * 2#2 *)", datetime!(2026-12-02 00:00 UTC), "UTC");
+        assert_eq!(second_monday[0], datetime!(2026-12-14 08:00 UTC));
+        // The weekday nearest 2027-01-02 (a Saturday) is Friday 1 January.
+        let nearest = next("cron(0 8 2W * ? *)", datetime!(2026-12-31 00:00 UTC), "UTC");
+        assert_eq!(nearest[0], datetime!(2027-01-01 08:00 UTC));
     }
 
     #[test]
