@@ -1,9 +1,10 @@
 //! A scripted stand-in for the Anthropic Messages API, so the local stack runs without a key,
 //! with knobs the fault suite turns at run time.
 //!
-//! The script: if the first user message holds arithmetic (`6 * 7`) and the request offers a
-//! `calculator` tool that has not been used yet, ask for it; otherwise end the turn with an
-//! answer that quotes the tool results. With `steps` set, it instead asks for a tool (`tool`,
+//! The script: if the first user message says `call <tool> with <JSON>` and the request offers
+//! that tool, ask for it with that input (once); if it holds arithmetic (`6 * 7`) and the
+//! request offers a `calculator` tool that has not been used yet, ask for it; otherwise end
+//! the turn with an answer that quotes the tool results. With `steps` set, it instead asks for a tool (`tool`,
 //! default `calculator`) that many times before answering. Every answer ends with
 //! `digest=<16 hex>` (SHA-256 of the first user message), the check the bench driver applies;
 //! asked for JSON by the system prompt (a task's `output_schema`), it answers
@@ -14,7 +15,8 @@
 //! Control (local only): `POST /control` with any of `latency_ms`, `fail_rate`, `fail_status`,
 //! `steps`, `tool`, `down`, `tool_timeout_rate`, `tool_delay_ms`; `GET /stats` gives requests
 //! and answers per prompt digest; `DELETE /stats` clears them. `POST /tool` is an HTTP tool
-//! endpoint that sometimes answers too late (`tool_timeout_rate`, `tool_delay_ms`).
+//! endpoint that sometimes answers too late (`tool_timeout_rate`, `tool_delay_ms`). `/mcp` is
+//! the demo MCP server ([`crate::mcp_server`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -174,6 +176,7 @@ impl FakeModel {
             .route("/stats", get(stats).delete(clear))
             .route("/tool", post(tool))
             .with_state(self)
+            .merge(crate::mcp_server::router())
     }
 }
 
@@ -260,13 +263,15 @@ async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: Strin
             {"type": "tool_use", "id": format!("toolu_{:016x}", fastrand::u64(..)), "name": name, "input": input}
         ])
     };
-    let (content, stop_reason) = match arithmetic(&prompt) {
+    let scripted = scripted_call(&prompt).filter(|(name, _)| offered(name) && results.is_empty());
+    let (content, stop_reason) = match (scripted, arithmetic(&prompt)) {
+        (Some((name, input)), _) => (tool_use(&name, input), "tool_use"),
         _ if knobs.steps > 0 && offered(&knobs.tool) && (results.len() as u32) < knobs.steps => {
             let input =
                 if knobs.tool == "calculator" { json!({"expression": "1 + 1"}) } else { json!({"q": prompt.len()}) };
             (tool_use(&knobs.tool, input), "tool_use")
         }
-        Some(expr) if knobs.steps == 0 && offered("calculator") && results.is_empty() => {
+        (None, Some(expr)) if knobs.steps == 0 && offered("calculator") && results.is_empty() => {
             (tool_use("calculator", json!({"expression": expr})), "tool_use")
         }
         _ => {
@@ -308,6 +313,15 @@ async fn messages(State(fake): State<FakeModel>, headers: HeaderMap, body: Strin
     .into_response()
 }
 
+/// `call <tool> with <JSON>` in a prompt: the tool and its input.
+fn scripted_call(prompt: &str) -> Option<(String, Value)> {
+    let rest = &prompt[prompt.find("call ")? + 5..];
+    let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+    let json = &rest[name.len()..].trim_start().strip_prefix("with")?.trim_start();
+    let input = serde_json::Deserializer::from_str(json).into_iter::<Value>().next()?.ok()?;
+    (!name.is_empty()).then_some((name, input))
+}
+
 fn first_text(message: &Value) -> String {
     match &message["content"] {
         Value::String(s) => s.clone(),
@@ -345,6 +359,14 @@ fn arithmetic(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scripted_call_names_its_tool_and_input() {
+        let (name, input) = scripted_call(r#"Please call demo__add with {"a": 2, "b": 3} and say the sum."#).unwrap();
+        assert_eq!(name, "demo__add");
+        assert_eq!(input, json!({"a": 2, "b": 3}));
+        assert_eq!(scripted_call("call nobody"), None);
+    }
 
     #[test]
     fn arithmetic_is_found_in_a_sentence() {

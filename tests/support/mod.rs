@@ -51,7 +51,12 @@ pub const FALLBACK: &str = "claude-haiku-4-5";
 /// The configuration the test functions run with: the deployment's defaults, with the
 /// timings shortened so retries and hand-offs happen within a test.
 pub fn test_config(table: &str) -> Config {
-    let vars: HashMap<&str, String> = HashMap::from([
+    test_config_with(table, &[])
+}
+
+/// [`test_config`] with more variables (or others in place of its own).
+pub fn test_config_with(table: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<&str, String> = HashMap::from([
         ("AGENTQ_TABLE", table.to_owned()),
         ("AGENTQ_MAX_RECEIVE_COUNT", MAX_RECEIVE_COUNT.to_string()),
         ("AGENTQ_DEADLINE_MARGIN_SECS", "2".into()),
@@ -71,6 +76,7 @@ pub fn test_config(table: &str) -> Config {
         ("AGENTQ_WEBHOOK_MAX_ATTEMPTS", WEBHOOK_MAX_ATTEMPTS.to_string()),
         ("AGENTQ_WEBHOOK_RETRY_SCALE_PERCENT", WEBHOOK_RETRY_SCALE_PERCENT.to_string()),
     ]);
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     Config::from_lookup(|k| vars.get(k).cloned()).expect("the test configuration is valid")
 }
 
@@ -207,7 +213,7 @@ impl TestApp {
             ModelChain::new(models(&model.uri()), BreakerPolicy { threshold: 100, cooldown: Duration::from_secs(1) });
         let tools = ToolRegistry::builtin();
         let config = test_config(&table.name);
-        let allowed = agentq::domain::task::Allowed { models: chain.ids(), tools: tools.names() };
+        let allowed = agentq::domain::task::Allowed { models: chain.ids(), tools: tools.names(), ..Default::default() };
         Ok(Self {
             submit: submit::App {
                 store: store.clone(),

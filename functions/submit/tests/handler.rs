@@ -28,6 +28,7 @@ fn fixture_with(limits: Limits) -> Fixture {
     let allowed = agentq::domain::task::Allowed {
         models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
         tools: vec!["calculator".into()],
+        ..Default::default()
     };
     let auth = Arc::new(agentq::edge::auth::AuthCache::new(std::time::Duration::ZERO));
     let webhooks = agentq::outbound::webhook::SendPolicy::new(false, std::time::Duration::from_secs(5));

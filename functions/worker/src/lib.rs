@@ -442,7 +442,9 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         }),
         None => worker.models.clone(),
     };
-    let tools = task.tools.as_deref().map_or_else(|| worker.tools.clone(), |names| worker.tools.subset(names));
+    // The MCP servers' tools as this instance last listed them (listed now when stale).
+    let offered = worker.tools.resolved().await;
+    let tools = task.tools.as_deref().map_or_else(|| offered.clone(), |names| offered.subset(names));
     let limits = Limits {
         retry: settings.retry,
         deadline: Some(deadline.instant - settings.deadline_margin),

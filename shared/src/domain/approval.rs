@@ -40,8 +40,8 @@ pub struct ApprovalPolicy {
 }
 
 impl ApprovalPolicy {
-    /// Parses the `approval` field of a submit body; `known` are the tools a task may name.
-    pub fn parse(value: Value, known: &[String], errors: &mut Vec<FieldError>) -> Option<Self> {
+    /// Parses the `approval` field of a submit body; `known` says the tools a task may name.
+    pub fn parse(value: Value, known: &crate::domain::task::Allowed, errors: &mut Vec<FieldError>) -> Option<Self> {
         let Value::Object(mut fields) = value else {
             errors.push(FieldError::new("approval", "must be an object like {\"tools\": [\"http_get\"]}"));
             return None;
@@ -51,9 +51,9 @@ impl ApprovalPolicy {
             Some(Value::Array(items)) => {
                 for item in items {
                     match item {
-                        Value::String(name) if !known.contains(&name) => errors.push(FieldError::new(
+                        Value::String(name) if !known.knows_tool(&name) => errors.push(FieldError::new(
                             "approval.tools",
-                            format!("{name:?} is not a known tool; known: {}", known.join(", ")),
+                            format!("{name:?} is not a known tool; known: {}", known.known_tools()),
                         )),
                         Value::String(name) if policy.tools.contains(&name) => {}
                         Value::String(name) => policy.tools.push(name),
@@ -354,7 +354,10 @@ mod tests {
 
     #[test]
     fn a_policy_names_known_tools_and_a_bounded_timeout() {
-        let known = vec!["calculator".to_owned(), "http_get".to_owned()];
+        let known = crate::domain::task::Allowed {
+            tools: vec!["calculator".to_owned(), "http_get".to_owned()],
+            ..Default::default()
+        };
         let mut errors = Vec::new();
         let p = ApprovalPolicy::parse(json!({"tools": ["http_get"], "timeout_secs": 600}), &known, &mut errors);
         assert!(errors.is_empty());

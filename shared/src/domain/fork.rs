@@ -295,7 +295,7 @@ mod tests {
     }
 
     fn parse(body: Value) -> Result<ForkRequest, RequestError> {
-        let allowed = Allowed { models: vec!["m".into()], tools: vec![] };
+        let allowed = Allowed { models: vec!["m".into()], tools: vec![], ..Default::default() };
         ForkRequest::parse(body.to_string().as_bytes(), &allowed)
     }
 

@@ -176,6 +176,23 @@ pub struct Allowed {
     pub models: Vec<String>,
     /// Tool names a request may restrict itself to.
     pub tools: Vec<String>,
+    /// MCP servers whose tools (`<server>__<tool>`) a request may name too; their lists are
+    /// read by the worker, not here.
+    pub mcp_servers: Vec<crate::domain::tooldef::McpServerSpec>,
+}
+
+impl Allowed {
+    /// Whether a request may name this tool.
+    pub fn knows_tool(&self, name: &str) -> bool {
+        self.tools.iter().any(|t| t == name) || self.mcp_servers.iter().any(|s| s.claims(name))
+    }
+
+    /// The tools a request may name, in words for an error.
+    pub fn known_tools(&self) -> String {
+        let mut known = self.tools.clone();
+        known.extend(self.mcp_servers.iter().map(|s| format!("{}<tool>", s.prefix())));
+        known.join(", ")
+    }
 }
 
 /// Largest per-task budget a request may set, in dollars.
@@ -337,9 +354,9 @@ impl TaskRequest {
                 let mut names = Vec::new();
                 for item in items {
                     match item {
-                        Value::String(name) if !allowed.tools.contains(&name) => errors.push(FieldError::new(
+                        Value::String(name) if !allowed.knows_tool(&name) => errors.push(FieldError::new(
                             "tools",
-                            format!("{name:?} is not a known tool; known: {}", allowed.tools.join(", ")),
+                            format!("{name:?} is not a known tool; known: {}", allowed.known_tools()),
                         )),
                         Value::String(name) if names.contains(&name) => {}
                         Value::String(name) => names.push(name),
@@ -416,7 +433,7 @@ impl TaskRequest {
 
         let approval = match fields.remove("approval") {
             None | Some(Value::Null) => None,
-            Some(value) => ApprovalPolicy::parse(value, &allowed.tools, &mut errors),
+            Some(value) => ApprovalPolicy::parse(value, allowed, &mut errors),
         };
 
         let mut unknown: Vec<_> = fields.keys().cloned().collect();
@@ -766,6 +783,7 @@ mod tests {
         Allowed {
             models: vec!["claude-sonnet-4-5".into(), "claude-haiku-4-5".into()],
             tools: vec!["calculator".into(), "current_time".into()],
+            ..Default::default()
         }
     }
 

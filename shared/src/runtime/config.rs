@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::domain::secret::Secret;
 pub use crate::domain::task::TaskLimits;
-use crate::domain::tooldef::HttpToolSpec;
+use crate::domain::tooldef::{HttpToolSpec, McpServerSpec};
 use crate::domain::usage::PriceTable;
 
 /// A setting that is missing or malformed.
@@ -95,6 +95,15 @@ pub struct ToolConfig {
     /// HTTP tools may run unsigned (`AGENTQ_ALLOW_UNSIGNED_TOOLS=true`); otherwise a deployment
     /// with HTTP tools and no secret refuses to start.
     pub allow_unsigned: bool,
+    /// Remote MCP servers whose tools are offered (`AGENTQ_MCP_SERVERS`).
+    pub mcp_servers: Vec<McpServerSpec>,
+    /// How long an instance keeps a server's tool list (`AGENTQ_MCP_TOOLS_TTL_SECS`).
+    pub mcp_tools_ttl: Duration,
+    /// MCP servers on this machine may be reached (the local-only `AGENTQ_WEBHOOKS_ALLOW_LOCAL`).
+    pub mcp_allow_local: bool,
+    /// Values MCP headers name as `{"secret": KEY}`: the deployment secret's other keys, or
+    /// locally the environment variables of those names.
+    pub named_secrets: std::collections::BTreeMap<String, Secret>,
 }
 
 /// Timeouts of every AWS call, well under the shortest function timeout (the API's 10 s), so
@@ -257,6 +266,25 @@ impl Config {
             }
             (None, None) => Vec::new(),
         };
+        let mcp_servers: Vec<McpServerSpec> = match get("AGENTQ_MCP_SERVERS") {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| ConfigError::new("AGENTQ_MCP_SERVERS", format!("is not a valid server list: {e}")))?,
+            None => Vec::new(),
+        };
+        let mut named_secrets = std::collections::BTreeMap::new();
+        for (i, server) in mcp_servers.iter().enumerate() {
+            server.check().map_err(|m| ConfigError::new("AGENTQ_MCP_SERVERS", m))?;
+            if mcp_servers[..i].iter().any(|s| s.name == server.name) {
+                return Err(ConfigError::new("AGENTQ_MCP_SERVERS", format!("server {} is listed twice", server.name)));
+            }
+            for source in server.headers.values() {
+                if let crate::domain::tooldef::HeaderSource::Secret { secret } = source
+                    && let Some(value) = get(secret)
+                {
+                    named_secrets.insert(secret.clone(), Secret::new(value));
+                }
+            }
+        }
         let mut approval_tools: Vec<String> = get("AGENTQ_APPROVAL_TOOLS")
             .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
@@ -282,6 +310,10 @@ impl Config {
             http_tools,
             signing_secret: get("AGENTQ_TOOL_SIGNING_SECRET").map(Secret::new),
             allow_unsigned: get("AGENTQ_ALLOW_UNSIGNED_TOOLS").is_some_and(|v| v == "true" || v == "1"),
+            mcp_servers,
+            mcp_tools_ttl: Duration::from_secs(number("AGENTQ_MCP_TOOLS_TTL_SECS", 300)?),
+            mcp_allow_local: get("AGENTQ_WEBHOOKS_ALLOW_LOCAL").is_some_and(|v| v == "true" || v == "1"),
+            named_secrets,
         };
 
         let model = ModelConfig {
@@ -428,6 +460,21 @@ mod tests {
         assert_eq!(c.tools.http_tools[0].timeout_secs, 30);
         let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_HTTP_TOOLS", "[{}]")]).unwrap_err();
         assert_eq!(e.var, "AGENTQ_HTTP_TOOLS");
+    }
+
+    #[test]
+    fn mcp_servers_are_read_checked_and_their_named_secrets_taken_from_the_environment() {
+        let servers = r#"[{"name": "gh", "url": "https://mcp.example.com/mcp", "headers": {"Authorization": {"secret": "GH_TOKEN"}}}]"#;
+        let c = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_MCP_SERVERS", servers), ("GH_TOKEN", "Bearer ghp")]).unwrap();
+        assert_eq!(c.tools.mcp_servers[0].name, "gh");
+        assert_eq!(c.tools.named_secrets["GH_TOKEN"].expose(), "Bearer ghp");
+        assert_eq!(c.tools.mcp_tools_ttl, Duration::from_secs(300));
+        assert!(!format!("{c:?}").contains("ghp"), "a header's secret never prints");
+        let twice = r#"[{"name": "gh", "url": "https://a"}, {"name": "gh", "url": "https://b"}]"#;
+        for bad in [twice, r#"[{"name": "a b", "url": "https://a"}]"#, "{}"] {
+            let e = config(&[("AGENTQ_TABLE", "t"), ("AGENTQ_MCP_SERVERS", bad)]).unwrap_err();
+            assert_eq!(e.var, "AGENTQ_MCP_SERVERS", "{bad}");
+        }
     }
 
     #[test]

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use crate::agent::ToolRegistry;
-use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, SchemaError};
+use crate::agent::tools::{HttpGet, HttpGetPolicy, HttpTool, McpPolicy, McpSource, SchemaError};
+use crate::domain::secret::Secret;
+use crate::domain::tooldef::{HeaderSource, McpServerSpec};
 use crate::llm::{AnthropicModel, BedrockModel, BreakerPolicy, Model, ModelChain, OpenAiModel};
+use crate::outbound::Reach;
 use crate::queue::QueueUrls;
 use crate::runtime::config::{Config, ConfigError, Provider};
 
@@ -27,12 +30,15 @@ pub async fn load_secrets(config: &mut Config, sdk: &aws_config::SdkConfig) -> R
         )
     })?;
     for (name, value) in values {
-        let secret = Some(crate::domain::secret::Secret::new(value));
+        let secret = Some(Secret::new(value.clone()));
         match name.as_str() {
             "ANTHROPIC_API_KEY" => config.model.api_key = secret,
             "OPENAI_API_KEY" => config.model.openai_api_key = secret,
             "AGENTQ_TOOL_SIGNING_SECRET" => config.tools.signing_secret = secret,
-            other => tracing::warn!(key = other, "the secret holds a key agentq does not use"),
+            // Any other key may be named by an MCP server's header (`{"secret": KEY}`).
+            _ => {
+                config.tools.named_secrets.insert(name, Secret::new(value));
+            }
         }
     }
     Ok(())
@@ -152,7 +158,11 @@ pub fn preflight(config: &Config) -> Result<(), String> {
 
 /// What a request may choose from: the chain's models and the deployment's tools.
 pub fn allowed(config: &Config) -> Result<crate::domain::task::Allowed, ConfigError> {
-    Ok(crate::domain::task::Allowed { models: model_ids(config), tools: tool_names(config)? })
+    Ok(crate::domain::task::Allowed {
+        models: model_ids(config),
+        tools: tool_names(config)?,
+        mcp_servers: config.tools.mcp_servers.clone(),
+    })
 }
 
 /// Whether a model endpoint is configured, so tasks can run (`/ready` reports it).
@@ -215,7 +225,40 @@ fn tools(config: &Config, http: &reqwest::Client, signing: bool) -> Result<ToolR
         registry =
             registry.with(HttpTool::new(spec.clone(), http.clone(), t.signing_secret.clone())).map_err(schema)?;
     }
+    let reach = if t.mcp_allow_local { Reach::PublicAndLoopback } else { Reach::Public };
+    let policy = McpPolicy { reach, list_ttl: t.mcp_tools_ttl };
+    for server in &t.mcp_servers {
+        // Only a registry that runs tools needs the headers' secrets.
+        let headers = if signing { mcp_headers(server, &t.named_secrets)? } else { Vec::new() };
+        registry = registry.with_source(McpSource::new(server.clone(), headers, policy));
+    }
     Ok(registry)
+}
+
+/// A server's headers with the secrets they name read.
+fn mcp_headers(
+    server: &McpServerSpec,
+    secrets: &std::collections::BTreeMap<String, Secret>,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    server
+        .headers
+        .iter()
+        .map(|(name, source)| match source {
+            HeaderSource::Value(v) => Ok((name.clone(), Secret::new(v.clone()))),
+            HeaderSource::Secret { secret } => {
+                secrets.get(secret).map(|s| (name.clone(), s.clone())).ok_or_else(|| {
+                    ConfigError::new(
+                        "AGENTQ_MCP_SERVERS",
+                        format!(
+                            "server {}: header {name} names the secret {secret:?}, which neither the deployment's \
+                         secret (AGENTQ_SECRETS_ARN) nor the environment holds",
+                            server.name
+                        ),
+                    )
+                })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

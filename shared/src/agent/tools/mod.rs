@@ -7,6 +7,7 @@
 mod builtin;
 mod http_get;
 mod http_tool;
+mod mcp;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 pub use builtin::{Calculator, CurrentTime};
 pub use http_get::{HttpGet, HttpGetPolicy, is_public_address};
 pub use http_tool::{HttpTool, HttpToolSpec};
+pub use mcp::{McpPolicy, McpSource};
 
 use crate::llm::ToolSpec;
 
@@ -95,10 +97,12 @@ pub struct SchemaError {
     pub message: String,
 }
 
-/// The tools offered to the model, in a fixed order.
+/// The tools offered to the model, in a fixed order: the deployment's own, then those of
+/// its MCP servers (listed when a task starts, see [`ToolRegistry::resolved`]).
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: Vec<Entry>,
+    remote: Vec<Arc<McpSource>>,
 }
 
 impl std::fmt::Debug for ToolRegistry {
@@ -129,9 +133,37 @@ impl ToolRegistry {
         Ok(self)
     }
 
+    /// Adds an MCP server whose tools are listed by [`Self::resolved`].
+    pub fn with_source(mut self, source: McpSource) -> Self {
+        self.remote.push(Arc::new(source));
+        self
+    }
+
+    /// This registry with its MCP servers' tools in it, from each server's cached list (the
+    /// servers are listed at once; one that cannot be listed adds nothing).
+    pub async fn resolved(&self) -> Self {
+        if self.remote.is_empty() {
+            return self.clone();
+        }
+        let listed = futures::future::join_all(self.remote.iter().map(|s| s.entries())).await;
+        let mut tools = self.tools.clone();
+        for entry in listed.into_iter().flatten() {
+            if !tools.iter().any(|e| e.tool.spec().name == entry.tool.spec().name) {
+                tools.push(entry);
+            }
+        }
+        Self { tools, remote: Vec::new() }
+    }
+
     /// Whether a tool of this name is offered.
     pub fn knows(&self, name: &str) -> bool {
         self.tools.iter().any(|e| e.tool.spec().name == name)
+    }
+
+    /// Whether the name is one of the deployment's tools, or may be one of its MCP servers'
+    /// (their lists are not read here).
+    pub fn may_know(&self, name: &str) -> bool {
+        self.knows(name) || self.remote.iter().any(|s| s.claims(name))
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -145,7 +177,11 @@ impl ToolRegistry {
     /// Only the named tools (a task may restrict what it is offered). Unknown names are
     /// ignored here: the submit path already refused them.
     pub fn subset(&self, names: &[String]) -> Self {
-        Self { tools: self.tools.iter().filter(|e| names.contains(&e.tool.spec().name)).cloned().collect() }
+        Self {
+            tools: self.tools.iter().filter(|e| names.contains(&e.tool.spec().name)).cloned().collect(),
+            // Of the tools known now: resolve MCP servers first.
+            remote: Vec::new(),
+        }
     }
 
     /// Whether `input` matches the named tool's schema (a reviewer's edited input is checked
@@ -153,6 +189,8 @@ impl ToolRegistry {
     pub fn check(&self, name: &str, input: &Value) -> Result<(), String> {
         match self.tools.iter().find(|e| e.tool.spec().name == name) {
             Some(entry) => Self::check_entry(entry, input),
+            // An MCP tool's schema is checked when the call runs.
+            None if self.may_know(name) => Ok(()),
             None => Err(format!("there is no tool named {name:?}")),
         }
     }
