@@ -121,6 +121,10 @@ batch=$("$cli" batch submit "$RUN/batch.jsonl" 2>/dev/null)
 [[ $(wc -l < "$RUN/batch-results.jsonl") == 2 ]] || fail "the batch's results are not one line an item: $(cat "$RUN/batch-results.jsonl")"
 grep -q '"custom_id":"twenty".*The answer is 20' "$RUN/batch-results.jsonl" || fail "the batch's results miss an answer: $(cat "$RUN/batch-results.jsonl")"
 
+log "smoke: a task calls a tool of the demo MCP server (make up offers it as demo__add)"
+"$cli" submit 'Please call demo__add with {"a": 2, "b": 40}' --wait > "$RUN/mcp" || fail "the MCP task did not succeed: $(cat "$RUN/mcp")"
+grep -q 'The answer is 42' "$RUN/mcp" || fail "the MCP task's answer lacks the tool's sum: $(cat "$RUN/mcp")"
+
 log "smoke: a schedule made with the CLI (its first tick is awaited further on)"
 sched=$("$cli" --json schedules create 'cron(* * * * ? *)' "What is 7 * 6?" --description smoke | grep -o '"id":"sch_[^"]*"' | cut -d'"' -f4)
 [[ $sched == sch_* ]] || fail "agentq schedules create did not answer a schedule id"

@@ -34,6 +34,8 @@ else
   wait_listening fake-model "http://127.0.0.1:$FAKE_MODEL_PORT/v1/messages" 30
   env[ANTHROPIC_API_KEY]=local-fake-key
   env[ANTHROPIC_BASE_URL]=${ANTHROPIC_BASE_URL:-http://127.0.0.1:$FAKE_MODEL_PORT}
+  # The fake model also serves a demo MCP server: its tools are offered as demo__add, … .
+  env[AGENTQ_MCP_SERVERS]="[{\"name\": \"demo\", \"url\": \"http://127.0.0.1:$FAKE_MODEL_PORT/mcp\"}]"
   cat >&2 <<BANNER
 
   ************************************************************************
