@@ -360,8 +360,12 @@ async fn dead_tasks(app: &TestApp, n: usize) -> Vec<String> {
             app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None }).await.unwrap();
             let lease = Lease { owner: "died".into(), until: agentq::now() - time::Duration::seconds(1) };
             app.store.claim(task.task_id, &lease, agentq::now()).await.unwrap();
-            let body =
-                serde_json::to_string(&TaskMessage { task_id: task.task_id, priority: Priority::Default }).unwrap();
+            let body = serde_json::to_string(&TaskMessage {
+                task_id: task.task_id,
+                priority: Priority::Default,
+                tenant_id: None,
+            })
+            .unwrap();
             app.sqs.send_message().queue_url(&app.dlq_url).message_body(body).send().await.unwrap();
             task.task_id.to_string()
         }))

@@ -242,7 +242,7 @@ async fn serve(
     for (function, refs, batch_size, concurrency) in by_function {
         let n = pollers.min(concurrency as usize);
         tracing::info!(%function, queues = refs.len(), pollers = n, batch_size, "delivering, highest priority first");
-        let delivery = Arc::new(Delivery { sqs: sqs.clone(), queues: refs, batch_size, wait_seconds: 1 });
+        let delivery = Arc::new(Delivery::new(sqs.clone(), refs, batch_size, 1));
         let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &function));
         deliveries.push(tokio::spawn(delivery.run(invoker, n, stop_rx.clone())));
     }

@@ -248,7 +248,7 @@ impl TestApp {
             },
             invocation: Duration::from_secs(30),
             accepted: Arc::default(),
-            delivery: Delivery { sqs: sqs.clone(), queues: refs, batch_size: 10, wait_seconds: 1 },
+            delivery: Delivery::new(sqs.clone(), refs, 10, 1),
             queues,
             dlq_url,
             dlqs,

@@ -65,8 +65,7 @@ impl Rig {
         )
         .await
         .expect("opening the table's stream");
-        let deliveries =
-            Delivery { sqs: app.sqs.clone(), queues: vec![app.webhook_queue.clone()], batch_size: 10, wait_seconds: 0 };
+        let deliveries = Delivery::new(app.sqs.clone(), vec![app.webhook_queue.clone()], 10, 0);
         Self { notifier, stream: tokio::sync::Mutex::new(stream), deliveries }
     }
 

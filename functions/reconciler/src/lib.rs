@@ -100,7 +100,7 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
             }
             continue;
         }
-        let message = TaskMessage { task_id: id, priority: task.priority };
+        let message = TaskMessage::of(&task);
         if let Err(e) = r.queue.enqueue(&message, &Default::default()).await {
             // Looked at again next run.
             tracing::error!(task_id = %id, error = format!("{:#}", e.0), "could not send a stranded task's message");

@@ -101,7 +101,7 @@ pub(crate) async fn submit_batch(app: &App, req: &Request) -> Result<Response<Bo
     let sends = futures::stream::iter(tasks.iter().take(admitted).cloned().map(move |(i, task)| {
         let queue = queue.clone();
         async move {
-            let message = TaskMessage { task_id: task.task_id, priority: task.priority };
+            let message = TaskMessage::of(&task);
             let sent = queue.enqueue(&message, &std::collections::HashMap::new()).await;
             (i, task, sent)
         }

@@ -495,7 +495,6 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
 /// The one place a stop becomes a write and a message's fate.
 async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
-    let id = task.task_id;
     match stop {
         Stop::End(ending) => write_finish(run, &ending, Disposition::Done).await,
         Stop::LeaseLost => {
@@ -534,7 +533,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
                 Released::Cancelled => return cancelled(run).await,
                 Released::No => return Disposition::Retry,
             }
-            let message = TaskMessage { task_id: id, priority: task.priority };
+            let message = TaskMessage::of(task);
             let context = traces::headers_for(&tracing::Span::current());
             match worker.queue.enqueue(&message, &context).await {
                 Ok(()) => Disposition::Done,

@@ -773,6 +773,17 @@ impl TaskLimits {
 pub struct TaskMessage {
     pub task_id: TaskId,
     pub priority: Priority,
+    /// The task's tenant: sent as the message's fairness key (SQS `MessageGroupId`, so a
+    /// tenant's backlog does not hold up the others'), never in the body.
+    #[serde(skip)]
+    pub tenant_id: Option<String>,
+}
+
+impl TaskMessage {
+    /// The message of a stored task.
+    pub fn of(task: &TaskRecord) -> Self {
+        Self { task_id: task.task_id, priority: task.priority, tenant_id: Some(task.tenant_id.clone()) }
+    }
 }
 
 #[cfg(test)]

@@ -55,8 +55,10 @@ impl TaskQueue for SqsQueue {
         trace: &std::collections::HashMap<String, String>,
     ) -> Result<(), QueueError> {
         let body = serde_json::to_string(message).context("serializing a task message").map_err(QueueError)?;
-        let mut send =
-            self.client.send_message().queue_url(self.urls.for_priority(message.priority)).message_body(body);
+        // The tenant is the fairness key of SQS fair queues: a tenant with a backlog does not
+        // hold up the others' messages (docs/fairness.md).
+        let send = self.client.send_message().queue_url(self.urls.for_priority(message.priority)).message_body(body);
+        let mut send = send.set_message_group_id(message.tenant_id.clone());
         // SQS refuses empty attribute values (an empty `tracestate` is common).
         for (k, v) in trace.iter().filter(|(_, v)| !v.is_empty()) {
             let attr = aws_sdk_sqs::types::MessageAttributeValue::builder()

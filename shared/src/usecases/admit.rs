@@ -99,7 +99,7 @@ pub async fn admit_and_send(
 /// Sends a task's message in a span the worker's spans hang off, as a consumer's hang off
 /// its producer's.
 async fn send(queue: &dyn TaskQueue, task: &TaskRecord) -> Result<(), QueueError> {
-    let message = TaskMessage { task_id: task.task_id, priority: task.priority };
+    let message = TaskMessage::of(task);
     let span = tracing::info_span!("sqs.send");
     let context = if task.trace_id.is_some() { traces::headers_for(&span) } else { HashMap::new() };
     queue.enqueue(&message, &context).instrument(span).await

@@ -29,7 +29,7 @@ pub async fn resume(
 ) -> Result<(), StoreError> {
     let event = TaskEvent::resumed(task.task_id, task.events + 1, decisions, now);
     store.resume(task, decisions, &event, now).await?;
-    let message = TaskMessage { task_id: task.task_id, priority: task.priority };
+    let message = TaskMessage::of(task);
     if let Err(e) = queue.enqueue(&message, trace).await {
         tracing::warn!(
             task_id = %task.task_id,

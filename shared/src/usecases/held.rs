@@ -34,7 +34,7 @@ pub async fn start_held(
         }
     };
     for task in &started {
-        let message = TaskMessage { task_id: task.task_id, priority: task.priority };
+        let message = TaskMessage::of(task);
         if let Err(e) = queue.enqueue(&message, &HashMap::new()).await {
             tracing::warn!(task_id = %task.task_id, error = format!("{:#}", e.0), "could not send a started held task's message; the reconciler will");
         }

@@ -1,0 +1,102 @@
+//! Fair dispatch: a task's message carries its tenant as the fairness key (`MessageGroupId`),
+//! and the event source (locally, the stand-in of SQS fair queues) serves tenants with a
+//! backlog round-robin, so a tenant that floods the queue does not hold up the others.
+
+use std::time::Duration;
+
+use agentq::domain::tenant::Limits;
+use agentq_tests::{TestApp, answer, body_json};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use serde_json::json;
+use wiremock::Mock;
+use wiremock::matchers::method;
+
+fn roomy() -> Limits {
+    Limits { rate_per_sec: 1000.0, burst: 1000, max_running: 1000, ..Limits::default() }
+}
+
+async fn submit_as(app: &TestApp, key: &str, prompt: String) -> String {
+    let r = app.post_as(key, &json!({"prompt": prompt}), &[]).await;
+    assert_eq!(r.status(), 202, "{}", body_json(r.body()));
+    body_json(r.body())["task_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_tasks_message_carries_its_tenant_as_the_fairness_key() {
+    let app = TestApp::spawn().await;
+    app.submit("Which tenant?").await;
+    let received = app
+        .sqs
+        .receive_message()
+        .queue_url(&app.queues.default)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .unwrap();
+    let message = &received.messages.unwrap()[0];
+    let group = message.attributes.as_ref().unwrap().get(&MessageSystemAttributeName::MessageGroupId);
+    assert_eq!(group.map(String::as_str), Some("acme"));
+    assert!(!message.body.as_deref().unwrap().contains("acme"), "the tenant is not in the body");
+}
+
+#[tokio::test]
+async fn quiet_tenants_tasks_run_before_a_noisy_tenants_backlog_is_worked_off() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST"))
+        .respond_with(answer("done", json!({"input_tokens": 5, "output_tokens": 1})))
+        .mount(&app.model)
+        .await;
+    let noisy = app.tenant("noisy", roomy()).await;
+    let mut backlog = Vec::new();
+    for i in 0..120 {
+        backlog.push(submit_as(&app, &noisy, format!("backlog {i}")).await);
+    }
+    // Three quiet tenants submit after the whole backlog is queued.
+    let mut quiet = Vec::new();
+    for name in ["quiet-a", "quiet-b", "quiet-c"] {
+        let key = app.tenant(name, roomy()).await;
+        for i in 0..4 {
+            quiet.push(submit_as(&app, &key, format!("{name} {i}")).await);
+        }
+    }
+
+    // Deliver until every quiet task has ended, counting the backlog's finished tasks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        app.deliver_once().await;
+        let mut open = 0;
+        for id in &quiet {
+            let task = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+            open += usize::from(!task.status.is_terminal());
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{open} quiet tasks still open");
+    }
+    let mut backlog_done = 0;
+    for id in &backlog {
+        let task = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+        backlog_done += usize::from(task.status.is_terminal());
+    }
+    // Round-robin over four tenants: the twelve quiet tasks are done within about four
+    // batches of ten, while first in, first out would run all 120 of the backlog first.
+    assert!(backlog_done <= 30, "{backlog_done} of the noisy tenant's 120 ran before the quiet tenants' 12");
+
+    // The backlog is worked off too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut open = 0;
+        for id in &backlog {
+            let task = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+            assert_ne!(task.status.to_string(), "failed", "{task:?}");
+            open += usize::from(!task.status.is_terminal());
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{open} of the backlog still open");
+        app.deliver_once().await;
+    }
+    assert_eq!(app.queue_depth(&app.dlq_url).await, 0, "nothing dead-lettered");
+}
