@@ -93,6 +93,9 @@ pub struct Delivery {
     pub wait_seconds: i32,
     /// Messages received and not yet delivered, per queue URL.
     stages: tokio::sync::Mutex<HashMap<String, Stage>>,
+    /// Round-robin across fairness keys (false: first in, first out, as before fair queues;
+    /// `AGENTQ_LOCAL_FAIR=off`, for measuring the difference).
+    fair: bool,
 }
 
 /// One queue's held messages, by fairness key, and whose turn is next.
@@ -110,9 +113,10 @@ impl Stage {
         self.groups.values().map(VecDeque::len).sum()
     }
 
-    fn push(&mut self, m: Message) {
+    /// Holds `m` under its fairness key (or all under one key, when not `fair`).
+    fn push(&mut self, m: Message, fair: bool) {
         let key = m.attributes.as_ref().and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId)).cloned();
-        let key = key.unwrap_or_default();
+        let key = key.filter(|_| fair).unwrap_or_default();
         let group = self.groups.entry(key.clone()).or_default();
         if group.is_empty() {
             self.turn.push_back(key);
@@ -167,7 +171,13 @@ pub struct PollReport {
 
 impl Delivery {
     pub fn new(sqs: aws_sdk_sqs::Client, queues: Vec<QueueRef>, batch_size: u32, wait_seconds: i32) -> Self {
-        Self { sqs, queues, batch_size, wait_seconds, stages: Default::default() }
+        Self { sqs, queues, batch_size, wait_seconds, stages: Default::default(), fair: true }
+    }
+
+    /// Whether batches are built round-robin across fairness keys (the default).
+    pub fn with_fairness(mut self, fair: bool) -> Self {
+        self.fair = fair;
+        self
     }
 
     async fn receive(&self, queue: &QueueRef, wait: i32) -> anyhow::Result<Vec<Message>> {
@@ -243,7 +253,7 @@ impl Delivery {
             let received = self.receive(queue, wait).await?;
             wait = 0;
             let full = received.len() == 10;
-            received.into_iter().for_each(|m| stage.push(m));
+            received.into_iter().for_each(|m| stage.push(m, self.fair));
             if !full {
                 break;
             }
@@ -443,10 +453,10 @@ mod tests {
     #[test]
     fn held_messages_are_taken_round_robin_across_fairness_keys_and_the_turn_carries_on() {
         let mut stage = Stage::default();
-        (0..5).for_each(|n| stage.push(from("noisy", n)));
-        stage.push(from("quiet", 0));
-        stage.push(from("other", 0));
-        stage.push(from("quiet", 1));
+        (0..5).for_each(|n| stage.push(from("noisy", n), true));
+        stage.push(from("quiet", 0), true);
+        stage.push(from("other", 0), true);
+        stage.push(from("quiet", 1), true);
         let ids = |ms: Vec<Message>| ms.into_iter().map(|m| m.message_id.unwrap()).collect::<Vec<_>>();
         assert_eq!(ids(stage.take(4)), ["noisy-0", "quiet-0", "other-0", "noisy-1"]);
         assert_eq!(ids(stage.take(2)), ["quiet-1", "noisy-2"], "the next batch goes on from the next key");

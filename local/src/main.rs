@@ -242,7 +242,8 @@ async fn serve(
     for (function, refs, batch_size, concurrency) in by_function {
         let n = pollers.min(concurrency as usize);
         tracing::info!(%function, queues = refs.len(), pollers = n, batch_size, "delivering, highest priority first");
-        let delivery = Arc::new(Delivery::new(sqs.clone(), refs, batch_size, 1));
+        let fair = std::env::var("AGENTQ_LOCAL_FAIR").map_or(true, |v| v != "off");
+        let delivery = Arc::new(Delivery::new(sqs.clone(), refs, batch_size, 1).with_fairness(fair));
         let invoker = Arc::new(LambdaInvoker::new(http.clone(), lambda, &function));
         deliveries.push(tokio::spawn(delivery.run(invoker, n, stop_rx.clone())));
     }
