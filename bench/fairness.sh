@@ -24,9 +24,11 @@ for mode in off on; do
   log "fairness: event source fair=$mode, $NOISY noisy tasks then 3 x $QUIET quiet ones"
   AGENTQ_LOCAL_FAIR=$mode bash "$ROOT/scripts/up.sh" > "$RUN/up.out"
   table=$(sed -n 's/^AGENTQ_TABLE="\(.*\)"$/\1/p' "$RUN/cli.env")
-  curl -sf -X POST "http://127.0.0.1:$FAKE_MODEL_PORT/control" -d "{\"latency_ms\": $MODEL_LATENCY_MS}" > /dev/null
+  curl -sf -X POST "http://127.0.0.1:$FAKE_MODEL_PORT/control" -H "content-type: application/json" -d "{\"latency_ms\": $MODEL_LATENCY_MS}" > /dev/null
   keys=()
-  for tenant in "noisy-$mode" "quiet-a-$mode" "quiet-b-$mode" "quiet-c-$mode"; do
+  # Fresh tenants each run: the local table outlives the stack.
+  run_id=$(date +%s)
+  for tenant in "noisy-$mode-$run_id" "quiet-a-$mode-$run_id" "quiet-b-$mode-$run_id" "quiet-c-$mode-$run_id"; do
     keys+=("$tenant=$(AGENTQ_TABLE="$table" "$cli" keys create --tenant "$tenant" --rate 10000 --burst 10000 \
       --max-running 10000 | tail -n 1)")
   done

@@ -78,7 +78,7 @@ pub struct QueueRef {
 }
 
 /// Most messages held per queue for fair ordering.
-pub const STAGE_MAX: usize = 1000;
+pub const STAGE_MAX: usize = 10_000;
 /// How long a held message stays out of sight, in seconds; renewed while it waits.
 const HOLD_SECS: i32 = 120;
 /// A held message older than this has its hold renewed.
