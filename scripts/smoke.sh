@@ -136,6 +136,9 @@ table=$(sed -n 's/^AGENTQ_TABLE="\(.*\)"$/\1/p' "$RUN/cli.env")
 [[ -n $table ]] || fail "make up wrote no AGENTQ_TABLE to $RUN/cli.env"
 AGENTQ_TABLE="$table" "$cli" tenants set dev --over-cap hold > /dev/null || fail "agentq tenants set failed"
 AGENTQ_TABLE="$table" "$cli" tenants get dev | grep -q "over the cap: hold" || fail "agentq tenants get does not show the new setting"
+AGENTQ_TABLE="$table" "$cli" tenants set dev --weight 2 > /dev/null || fail "agentq tenants set --weight failed"
+AGENTQ_TABLE="$table" "$cli" tenants get dev | grep -q "weight 2" || fail "agentq tenants get does not show the weight"
+AGENTQ_TABLE="$table" "$cli" tenants set dev --weight 1 > /dev/null || fail "agentq tenants set --weight failed"
 AGENTQ_TABLE="$table" "$cli" tenants set dev --over-cap reject > /dev/null || fail "agentq tenants set failed"
 
 log "smoke: the event stream through the gateway: live to the task's end, resumed with Last-Event-ID"

@@ -39,6 +39,45 @@ async fn a_tasks_message_carries_its_tenant_as_the_fairness_key() {
     assert!(!message.body.as_deref().unwrap().contains("acme"), "the tenant is not in the body");
 }
 
+/// How many of `ids` have ended.
+async fn ended(app: &TestApp, ids: &[String]) -> usize {
+    let mut n = 0;
+    for id in ids {
+        let task = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+        n += usize::from(task.status.is_terminal());
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_tenant_of_weight_three_gets_three_deliveries_for_every_one_of_a_tenant_of_weight_one() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST"))
+        .respond_with(answer("done", json!({"input_tokens": 5, "output_tokens": 1})))
+        .mount(&app.model)
+        .await;
+    let heavy = app.tenant("paid", Limits { weight: 3, ..roomy() }).await;
+    let light = app.tenant("free", roomy()).await;
+    let (mut paid, mut free) = (Vec::new(), Vec::new());
+    for i in 0..120 {
+        paid.push(submit_as(&app, &heavy, format!("paid {i}")).await);
+        if i % 2 == 0 {
+            free.push(submit_as(&app, &light, format!("free {i}")).await);
+        }
+    }
+    // Both tenants keep a backlog throughout: 80 deliveries take at most 60 of the paid
+    // tenant's 120 and 20 of the free tenant's 60.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (mut p, mut f) = (0, 0);
+    while p + f < 80 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} tasks ended", p + f);
+        app.deliver_once().await;
+        (p, f) = (ended(&app, &paid).await, ended(&app, &free).await);
+    }
+    let ratio = p as f64 / f.max(1) as f64;
+    assert!((2.7..=3.3).contains(&ratio), "paid {p} : free {f} is {ratio:.2}, not 3:1 within 10 %");
+}
+
 #[tokio::test]
 async fn quiet_tenants_tasks_run_before_a_noisy_tenants_backlog_is_worked_off() {
     let app = TestApp::spawn().await;

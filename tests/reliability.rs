@@ -363,7 +363,8 @@ async fn dead_tasks(app: &TestApp, n: usize) -> Vec<String> {
             let body = serde_json::to_string(&TaskMessage {
                 task_id: task.task_id,
                 priority: Priority::Default,
-                tenant_id: None,
+                fairness_key: None,
+                delay: None,
             })
             .unwrap();
             app.sqs.send_message().queue_url(&app.dlq_url).message_body(body).send().await.unwrap();

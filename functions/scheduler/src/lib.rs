@@ -171,7 +171,7 @@ async fn tick_once(
         idempotency: Some(Idempotency { key: &key, request_hash: &schedule.schedule_id }),
     };
     let run = |task: &TaskRecord| ScheduleRun { at: tick, task_id: Some(task.task_id), skipped: None };
-    match admit::admit_and_send(s.store.as_ref(), s.queue.as_ref(), task, admission, tenant.limits.over_cap).await {
+    match admit::admit_and_send(s.store.as_ref(), s.queue.as_ref(), task, admission, &tenant.limits).await {
         Ok(Accepted::Sent(task) | Accepted::Held(task)) => Ok((run(&task), true)),
         Ok(Accepted::Replayed(task)) => Ok((run(&task), false)),
         Err(Refused::ConcurrencyLimited { max }) => {

@@ -84,7 +84,7 @@ pub(crate) async fn submit_batch(app: &App, req: &Request) -> Result<Response<Bo
                 Some(ItemError::new("budget_exhausted", budget_spent.clone().unwrap_or_default()))
             }
             Ok(request) => {
-                tasks.push((i, TaskRecord::new(request, &tenant.tenant_id, now)));
+                tasks.push((i, TaskRecord::new(request, &tenant.tenant_id, now).in_lane_of(tenant.limits.weight)));
                 None
             }
         };

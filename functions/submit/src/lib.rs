@@ -264,7 +264,7 @@ pub(crate) async fn admit_and_send(
         max_running: limits.max_running,
         idempotency: idempotency.zip(hash.as_deref()).map(|(key, request_hash)| Idempotency { key, request_hash }),
     };
-    let accepted = admit::admit_and_send(app.store.as_ref(), app.queue.as_ref(), task, admission, limits.over_cap)
+    let accepted = admit::admit_and_send(app.store.as_ref(), app.queue.as_ref(), task, admission, limits)
         .await
         .map_err(|e| match e {
             Refused::KeyReused => key_reused(),

@@ -34,6 +34,11 @@ impl TaskId {
     pub fn new() -> Self {
         Self(Ulid::generate())
     }
+
+    /// The id's random part, to spread tasks evenly (over a tenant's fairness lanes).
+    pub fn random_bits(&self) -> u128 {
+        self.0.random()
+    }
 }
 
 impl Default for TaskId {
@@ -658,6 +663,14 @@ pub struct TaskRecord {
     /// The schedule whose tick created the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<String>,
+    /// Which of its tenant's fairness keys its messages go out under (a tenant of weight `w`
+    /// has `w`); chosen at admission.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lane: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskRecord {
@@ -697,7 +710,14 @@ impl TaskRecord {
             forks: Vec::new(),
             held: false,
             schedule_id: None,
+            lane: 0,
         }
+    }
+
+    /// The task placed in one of the `weight` fairness lanes of its tenant.
+    pub fn in_lane_of(mut self, weight: u32) -> Self {
+        self.lane = crate::domain::tenant::lane_for(self.task_id.random_bits(), weight);
+        self
     }
 }
 
@@ -773,16 +793,30 @@ impl TaskLimits {
 pub struct TaskMessage {
     pub task_id: TaskId,
     pub priority: Priority,
-    /// The task's tenant: sent as the message's fairness key (SQS `MessageGroupId`, so a
-    /// tenant's backlog does not hold up the others'), never in the body.
+    /// The task's tenant (and lane): sent as the message's fairness key (SQS
+    /// `MessageGroupId`, so a tenant's backlog does not hold up the others'), never in the body.
     #[serde(skip)]
-    pub tenant_id: Option<String>,
+    pub fairness_key: Option<String>,
+    /// How long the message stays out of sight after it is sent (SQS `DelaySeconds`, at most
+    /// 15 minutes): a task paused by its tenant's model rate limit.
+    #[serde(skip)]
+    pub delay: Option<std::time::Duration>,
 }
 
 impl TaskMessage {
     /// The message of a stored task.
     pub fn of(task: &TaskRecord) -> Self {
-        Self { task_id: task.task_id, priority: task.priority, tenant_id: Some(task.tenant_id.clone()) }
+        Self {
+            task_id: task.task_id,
+            priority: task.priority,
+            fairness_key: Some(crate::domain::tenant::fairness_key(&task.tenant_id, task.lane)),
+            delay: None,
+        }
+    }
+
+    /// The same message, out of sight for `delay` after it is sent.
+    pub fn delayed(self, delay: std::time::Duration) -> Self {
+        Self { delay: Some(delay), ..self }
     }
 }
 

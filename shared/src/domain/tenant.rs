@@ -29,6 +29,49 @@ pub struct Limits {
     /// What a submit over `max_running` gets: a 429, or its task held in line.
     #[serde(default)]
     pub over_cap: OverCap,
+    /// Its share of the workers while tenants compete for them: a tenant of weight 3 gets
+    /// about three deliveries for every one of a tenant of weight 1 while both have a backlog
+    /// (its messages go out under `weight` fairness keys; see [`fairness_key`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// Model tokens (input, output and cache) its tasks may use per minute; `None` is
+    /// unlimited. A task over it pauses at its next model call until the next minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Model calls its tasks may make per minute; `None` is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// The largest weight a tenant can be given.
+pub const MAX_WEIGHT: u32 = 16;
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
+impl Limits {
+    /// Whether the tenant's tasks need their model use counted (it has a per-minute limit).
+    pub fn meters_models(&self) -> bool {
+        self.tokens_per_minute.is_some() || self.requests_per_minute.is_some()
+    }
+}
+
+/// The fairness key (SQS `MessageGroupId`) of a task's message: the tenant's id for its first
+/// lane, `<tenant>#<lane>` for the others. A tenant of weight `w` spreads its tasks over `w`
+/// lanes, and the event source shares deliveries evenly across keys, so the tenant gets `w`
+/// shares.
+pub fn fairness_key(tenant_id: &str, lane: u32) -> String {
+    if lane == 0 { tenant_id.to_owned() } else { format!("{tenant_id}#{lane}") }
+}
+
+/// The lane of a new task of a tenant of `weight`: spread evenly by the task's random bits.
+pub fn lane_for(random: u128, weight: u32) -> u32 {
+    (random % u128::from(weight.clamp(1, MAX_WEIGHT))) as u32
 }
 
 /// What happens to a task submitted while its tenant is at its running cap.
@@ -45,7 +88,16 @@ pub enum OverCap {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { rate_per_sec: 5.0, burst: 20, max_running: 50, monthly_budget_nanos: None, over_cap: OverCap::Reject }
+        Self {
+            rate_per_sec: 5.0,
+            burst: 20,
+            max_running: 50,
+            monthly_budget_nanos: None,
+            over_cap: OverCap::Reject,
+            weight: 1,
+            tokens_per_minute: None,
+            requests_per_minute: None,
+        }
     }
 }
 
@@ -134,6 +186,23 @@ mod tests {
         assert!(!serde_json::to_string(&rec).unwrap().contains(a.expose()), "the record never holds the key");
         assert!(a.expose().starts_with(&rec.prefix));
         assert_eq!(rec.key_id.len(), 16);
+    }
+
+    #[test]
+    fn a_weighted_tenant_spreads_its_tasks_over_as_many_fairness_keys() {
+        let keys: std::collections::BTreeSet<String> =
+            (0..300u128).map(|r| fairness_key("acme", lane_for(r * 7919, 3))).collect();
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), ["acme", "acme#1", "acme#2"]);
+        assert_eq!(lane_for(12345, 1), 0, "weight 1 is the tenant's own key");
+        assert!(lane_for(u128::MAX, 1000) < MAX_WEIGHT);
+    }
+
+    #[test]
+    fn limits_stored_before_weights_existed_read_as_weight_one() {
+        let old = r#"{"rate_per_sec":5.0,"burst":20,"max_running":50}"#;
+        let l: Limits = serde_json::from_str(old).unwrap();
+        assert_eq!(l, Limits::default());
+        assert!(!serde_json::to_string(&l).unwrap().contains("weight"));
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl TaskQueue for SqsQueue {
         // The tenant is the fairness key of SQS fair queues: a tenant with a backlog does not
         // hold up the others' messages (docs/fairness.md).
         let send = self.client.send_message().queue_url(self.urls.for_priority(message.priority)).message_body(body);
-        let mut send = send.set_message_group_id(message.tenant_id.clone());
+        let delay = message.delay.map(|d| d.as_secs().min(900) as i32);
+        let mut send = send.set_message_group_id(message.fairness_key.clone()).set_delay_seconds(delay);
         // SQS refuses empty attribute values (an empty `tracestate` is common).
         for (k, v) in trace.iter().filter(|(_, v)| !v.is_empty()) {
             let attr = aws_sdk_sqs::types::MessageAttributeValue::builder()

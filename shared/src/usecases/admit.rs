@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use tracing::Instrument as _;
 
 use crate::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
-use crate::domain::tenant::OverCap;
+use crate::domain::tenant::{Limits, OverCap};
 use crate::observe::telemetry::traces;
 use crate::queue::{QueueError, TaskQueue};
 use crate::store::{Admission, Admitted, StoreError, TaskCreate, TaskRead};
@@ -47,14 +47,17 @@ pub enum Refused {
     Store(#[from] StoreError),
 }
 
-/// Admits `task` and sends its message. `over_cap` is the tenant's choice at its cap.
+/// Admits `task` and sends its message, under its tenant's `limits` (its choice at its cap,
+/// its weight).
 pub async fn admit_and_send(
     store: &dyn AdmitStore,
     queue: &dyn TaskQueue,
-    mut task: TaskRecord,
+    task: TaskRecord,
     admission: Admission<'_>,
-    over_cap: OverCap,
+    limits: &Limits,
 ) -> Result<Accepted, Refused> {
+    let mut task = task.in_lane_of(limits.weight);
+    let over_cap = limits.over_cap;
     // Two requests racing on one fresh key: the loser's transaction conflicts, and a second
     // look finds the winner's task.
     let mut admitted = store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;

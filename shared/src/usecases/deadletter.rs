@@ -199,7 +199,10 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..250 {
             let id = running_task(&store).await;
-            dead.push("dlq", Some(TaskMessage { task_id: id, priority: Priority::Default, tenant_id: None }));
+            dead.push(
+                "dlq",
+                Some(TaskMessage { task_id: id, priority: Priority::Default, fairness_key: None, delay: None }),
+            );
             ids.push(id);
         }
         dead.push("dlq", None);
@@ -220,13 +223,19 @@ mod tests {
         let id = running_task(&store).await;
         let other = running_task(&store).await;
         for t in [id, other] {
-            dead.push("dlq", Some(TaskMessage { task_id: t, priority: Priority::High, tenant_id: None }));
+            dead.push(
+                "dlq",
+                Some(TaskMessage { task_id: t, priority: Priority::High, fairness_key: None, delay: None }),
+            );
         }
         sweep(&dead, &store, &["dlq".to_owned()], Duration::from_secs(5)).await.unwrap();
         let moved = redrive(&dead, &store, &queue, &["dlq".to_owned()], Some(id), Duration::from_secs(5)).await;
         assert_eq!(moved.unwrap(), 1);
         assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Queued);
-        assert_eq!(queue.sent(), [TaskMessage { task_id: id, priority: Priority::High, tenant_id: None }]);
+        assert_eq!(
+            queue.sent(),
+            [TaskMessage { task_id: id, priority: Priority::High, fairness_key: None, delay: None }]
+        );
         assert_eq!(dead.len("dlq"), 1, "only that task's message moved");
     }
 
