@@ -139,3 +139,63 @@ async fn quiet_tenants_tasks_run_before_a_noisy_tenants_backlog_is_worked_off() 
     }
     assert_eq!(app.queue_depth(&app.dlq_url).await, 0, "nothing dead-lettered");
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_model_limits_per_minute_pauses_until_the_next_minute_while_others_run() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST")).respond_with(agentq_tests::CalculatorScript).mount(&app.model).await;
+    // Each task makes two model calls of 60 tokens: the first fits either limit, the second
+    // does not, in the same minute. Start early in a minute, so both calls would fall in it.
+    let second = agentq::now().second();
+    if second >= 45 {
+        tokio::time::sleep(Duration::from_secs(u64::from(61 - second))).await;
+    }
+    let by_calls = app.tenant("calls-capped", Limits { requests_per_minute: Some(1), ..roomy() }).await;
+    let by_tokens = app.tenant("tokens-capped", Limits { tokens_per_minute: Some(50), ..roomy() }).await;
+    let capped = [
+        (by_calls.clone(), submit_as(&app, &by_calls, "6 * 7?".into()).await),
+        (by_tokens.clone(), submit_as(&app, &by_tokens, "6 * 7?".into()).await),
+    ];
+    let view = |key: &str, id: &str| {
+        let (app, key, path) = (&app, key.to_owned(), format!("/v1/tasks/{id}"));
+        async move { app.call_status(&key, "GET", &path, &[]).await.1 }
+    };
+    app.deliver_once().await;
+    for (key, id) in &capped {
+        let task = view(key, id).await;
+        assert_eq!(task["status"], "queued", "paused at its second model call: {task}");
+        assert_eq!(task["iterations"], 1, "{task}");
+        let record = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(record.last_error.map(|e| e.code.to_string()).as_deref(), Some("model_rate_limited"));
+    }
+    assert_eq!(app.model_requests().await.len(), 2, "one call each");
+
+    // Another tenant's task runs meanwhile, unhindered.
+    let other = app.submit("6 * 7?").await;
+    let task = app.run_until_terminal(&other, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+
+    // In the next minute both resume from their recorded step and finish.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
+    for (key, id) in &capped {
+        let task = loop {
+            let task = view(key, id).await;
+            if task["status"] != "queued" && task["status"] != "running" {
+                break task;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{task}");
+            app.deliver_once().await;
+        };
+        assert_eq!(task["status"], "succeeded", "{task}");
+        assert_eq!(task["iterations"], 2, "{task}");
+        let record = agentq::store::TaskRead::get(app.store.as_ref(), id.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(record.attempts, 1, "a pause is not an attempt");
+        let started = record.started_at.unwrap();
+        assert!(
+            record.updated_at.unix_timestamp() / 60 > started.unix_timestamp() / 60,
+            "the second call waited for the next minute"
+        );
+    }
+    assert_eq!(app.model_requests().await.len(), 6);
+    assert_eq!(app.queue_depth(&app.dlq_url).await, 0, "nothing dead-lettered");
+}

@@ -245,6 +245,7 @@ impl TestApp {
                     },
                     ..worker::WorkerSettings::from(&config)
                 },
+                tenants: worker::TenantCache::default(),
             },
             invocation: Duration::from_secs(30),
             accepted: Arc::default(),

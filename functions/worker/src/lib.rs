@@ -17,6 +17,7 @@
 //! | ended (succeeded, failed, cancelled, over limits) | terminal state written  | deleted      |
 //! | out of time (deadline)                            | `queued`, handed off    | a fresh one sent, this one deleted |
 //! | every model down                                  | `queued`                | back after a growing delay |
+//! | tenant over its model rate limit (per minute)     | `queued`, paused        | a fresh one sent, delayed to the next minute; this one deleted |
 //! | every model down, last delivery                   | `failed`                | to the dead-letter queue |
 //! | tools that need a person's decision               | `waiting_for_input`     | deleted (the decisions send a new one) |
 //! | lease lost to another delivery                    | untouched               | deleted      |
@@ -32,6 +33,8 @@
 //!
 //! A panic in one task's run fails that task (`internal_error`) and nothing else: the other
 //! records of the batch finish normally. (The deployed build keeps `panic = "unwind"` for this.)
+
+mod meter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,19 +55,22 @@ use agentq::observe::telemetry::traces;
 use agentq::queue::{Requeue, TaskQueue};
 use agentq::runtime::config::{ApprovalConfig, Config, TaskLimits};
 use agentq::store::{
-    Claim, Finish, Lease, Progress, StepAck, StoreError, TaskCreate, TaskRead, TaskRun, Wait, cancelled_error,
+    Claim, Finish, Lease, ModelMeter, Progress, StepAck, StoreError, TaskCreate, TaskRead, TaskRun, TenantRead, Wait,
+    cancelled_error,
 };
+
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::FutureExt as _;
 use lambda_runtime::LambdaEvent;
+pub use meter::{TENANT_TTL, TenantCache};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 /// What the worker reads and writes.
-pub trait WorkerStore: TaskRun + TaskRead + TaskCreate {}
-impl<T: TaskRun + TaskRead + TaskCreate> WorkerStore for T {}
+pub trait WorkerStore: TaskRun + TaskRead + TaskCreate + TenantRead + ModelMeter {}
+impl<T: TaskRun + TaskRead + TaskCreate + TenantRead + ModelMeter> WorkerStore for T {}
 
 /// The worker's settings, read once from the configuration.
 #[derive(Debug, Clone)]
@@ -137,6 +143,8 @@ pub struct Worker {
     pub queue: Arc<dyn TaskQueue>,
     pub requeue: Arc<dyn Requeue>,
     pub settings: WorkerSettings,
+    /// Tenants' per-minute model limits, as this instance last read them.
+    pub tenants: TenantCache,
 }
 
 /// What to tell SQS about one message.
@@ -256,6 +264,8 @@ pub enum Stop {
     /// The model asked for tools that need a person's decision: the task waits, holding
     /// nothing, until the decisions arrive.
     Wait(Vec<PendingCall>),
+    /// The tenant's model use reached its per-minute limit: the task pauses until then.
+    Pause(OffsetDateTime),
 }
 
 impl Stop {
@@ -274,6 +284,7 @@ impl Stop {
             Outcome::Interrupted(e) => Stop::HandOff(e.clone()),
             Outcome::Halted(Halt::LeaseLost) => Stop::LeaseLost,
             Outcome::Halted(Halt::Store(why)) => Stop::StoreTrouble(why.clone()),
+            Outcome::Halted(Halt::ModelRateLimited { until }) => Stop::Pause(*until),
             Outcome::WaitingForInput(pending) => Stop::Wait(pending.clone()),
         }
     }
@@ -429,11 +440,19 @@ async fn history(worker: &Worker, task: &TaskRecord) -> Result<Vec<agentq::domai
 /// Runs the agent loop for a claimed task until it ends or the invocation's time is up.
 async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadline: Deadline) -> Stop {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
+    let meter = worker.tenants.metered(worker.store.as_ref(), &task.tenant_id).await.map(|limits| meter::Meter {
+        store: worker.store.as_ref(),
+        tenant: &task.tenant_id,
+        limits,
+        jitter: Duration::from_millis((task.task_id.random_bits() % 5_000) as u64),
+        call_started: None,
+    });
     let mut checkpoint = StoreCheckpoint {
         store: worker.store.as_ref(),
         id: task.task_id,
         lease: run.lease.clone(),
         events: &run.events,
+        meter,
     };
     let models = match &task.requested_model {
         Some(m) => worker.models.starting_at(m).unwrap_or_else(|| {
@@ -529,24 +548,45 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
         Stop::HandOff(error) => {
             tracing::info!(code = %error.code, steps = task.spend.step, "out of time; handing the task to a fresh message");
             match release(run, &error).await {
-                Released::Yes => {}
-                Released::Cancelled => return cancelled(run).await,
-                Released::No => return Disposition::Retry,
+                Released::Yes => hand_off(run, Duration::ZERO).await,
+                Released::Cancelled => cancelled(run).await,
+                Released::No => Disposition::Retry,
             }
-            let message = TaskMessage::of(task);
-            let context = traces::headers_for(&tracing::Span::current());
-            match worker.queue.enqueue(&message, &context).await {
-                Ok(()) => Disposition::Done,
+        }
+        Stop::Pause(until) => {
+            let delay = (until - agentq::now()).try_into().unwrap_or(Duration::ZERO);
+            tracing::info!(
+                steps = task.spend.step,
+                resume_in_ms = delay.as_millis() as u64,
+                "the tenant's model rate limit is reached; pausing the task"
+            );
+            let error = TaskError::new(
+                ErrorCode::ModelRateLimited,
+                "the tenant's model calls reached their per-minute limit; the task resumes in the next minute",
+            );
+            match worker.store.pause(task.task_id, &run.lease, &error, until, agentq::now()).await {
+                Ok(()) => hand_off(run, delay).await,
+                Err(StoreError::Conflict) => cancelled(run).await,
                 Err(e) => {
-                    // This message carries it instead, at the cost of one receive.
-                    tracing::warn!(
-                        error = format!("{:#}", e.0),
-                        "could not send the hand-off message; reusing this one"
-                    );
-                    run.heartbeat.hide_for(Duration::ZERO).await;
+                    log_store_error("could not pause the task; its lease will expire", e);
                     Disposition::Retry
                 }
             }
+        }
+    }
+}
+
+/// Sends the released task a fresh message, out of sight for `delay`, and lets this one go.
+async fn hand_off(run: &Run<'_>, delay: Duration) -> Disposition {
+    let message = TaskMessage::of(&run.task).delayed(delay);
+    let context = traces::headers_for(&tracing::Span::current());
+    match run.worker.queue.enqueue(&message, &context).await {
+        Ok(()) => Disposition::Done,
+        Err(e) => {
+            // This message carries it instead, at the cost of one receive.
+            tracing::warn!(error = format!("{:#}", e.0), "could not send the hand-off message; reusing this one");
+            run.heartbeat.hide_for(delay).await;
+            Disposition::Retry
         }
     }
 }
@@ -714,6 +754,8 @@ struct StoreCheckpoint<'a> {
     id: agentq::domain::task::TaskId,
     lease: Lease,
     events: &'a EventSeq,
+    /// Set for a tenant with per-minute model limits.
+    meter: Option<meter::Meter<'a>>,
 }
 
 fn halt(what: &str, e: StoreError) -> Halt {
@@ -738,9 +780,19 @@ impl Checkpoint for StoreCheckpoint<'_> {
             .await
             .map_err(|e| halt("recording a step", e))?;
         self.events.advance();
+        if let Some(meter) = self.meter.as_mut() {
+            meter.answered(&step.usage).await;
+        }
         match ack {
             StepAck::CancelRequested => Err(Halt::CancelRequested),
             StepAck::Continue => Ok(()),
+        }
+    }
+
+    async fn before_model_call(&mut self) -> Result<(), Halt> {
+        match self.meter.as_mut() {
+            Some(meter) => meter.before_call().await,
+            None => Ok(()),
         }
     }
 

@@ -24,6 +24,7 @@ async fn main() -> Result<(), Error> {
         queue: Arc::new(wiring::queue(&config, &sdk)?),
         requeue: Arc::new(SqsRequeue::new(agentq::runtime::aws::sqs(&sdk))),
         settings: worker::WorkerSettings::from(&config),
+        tenants: worker::TenantCache::default(),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(worker::handle(&worker, event)))).await
 }

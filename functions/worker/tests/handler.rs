@@ -88,6 +88,7 @@ fn worker_with(store: Arc<MemoryStore>, model: Arc<FakeModel>, requeue: Arc<Memo
         queue: Arc::new(MemoryQueue::new()),
         requeue,
         settings: settings(),
+        tenants: worker::TenantCache::default(),
     }
 }
 

@@ -100,6 +100,10 @@ pub enum Halt {
     /// The step could not be recorded; the cause is in the message (for logs only).
     #[error("could not record progress: {0}")]
     Store(String),
+    /// The tenant's model use is over its per-minute limit: the run stops before its next
+    /// model call and resumes at `until`.
+    #[error("the tenant's model rate limit is reached until {until}")]
+    ModelRateLimited { until: time::OffsetDateTime },
 }
 
 /// Persists each step as it happens; the worker's implementation writes it to the store,
@@ -112,6 +116,12 @@ pub trait Checkpoint: Send + Sync {
 
     /// Called after every new tool result. Tools of one turn run concurrently, hence `&self`.
     async fn tool_result(&self, step: &ToolStep) -> Result<(), Halt>;
+
+    /// Called before every model call: an error stops the run at this step boundary (the
+    /// tenant's model budget for the minute is spent).
+    async fn before_model_call(&mut self) -> Result<(), Halt> {
+        Ok(())
+    }
 }
 
 /// How a run ended.
@@ -342,6 +352,9 @@ pub async fn run_agent(
             ));
         }
 
+        if let Err(halt) = checkpoint.before_model_call().await {
+            break Outcome::Halted(halt);
+        }
         // One span per step: the model call (with its retries and fallbacks), the checkpoint,
         // the tools it asked for.
         let step_span = tracing::info_span!("step", step = report.spend.step + 1);

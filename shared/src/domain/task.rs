@@ -497,6 +497,9 @@ pub enum ErrorCode {
     ModelError,
     /// Every model of the chain stayed unavailable.
     ModelsUnavailable,
+    /// Its tenant's model use reached its per-minute limit: the task paused (as its
+    /// `last_error`; it resumes by itself).
+    ModelRateLimited,
     /// It waited in the queue longer than the deployment keeps tasks waiting.
     QueueExpired,
     /// The model declined to answer.
@@ -523,6 +526,7 @@ impl ErrorCode {
             Self::MaxIterationsExceeded => "max_iterations_exceeded",
             Self::ModelError => "model_error",
             Self::ModelsUnavailable => "models_unavailable",
+            Self::ModelRateLimited => "model_rate_limited",
             Self::QueueExpired => "queue_expired",
             Self::Refused => "refused",
             Self::OutputInvalid => "output_invalid",

@@ -14,7 +14,7 @@ use super::{
     TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, Wait,
     WebhookStore, day_of, month_of,
 };
-use super::{BatchKey, BatchStore, ScheduleStore};
+use super::{BatchKey, BatchStore, Metered, ModelMeter, ScheduleStore, minute_of, minute_start};
 use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::events::{EventKind, TaskEvent};
 use crate::domain::steps::Step;
@@ -38,6 +38,7 @@ pub trait Store:
     + TaskInput
     + BatchStore
     + ScheduleStore
+    + ModelMeter
 {
 }
 impl<T> Store for T where
@@ -54,6 +55,7 @@ impl<T> Store for T where
         + TaskInput
         + BatchStore
         + ScheduleStore
+        + ModelMeter
 {
 }
 
@@ -77,6 +79,31 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
     held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
     schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store).await;
+    model_calls_are_metered_per_tenant_per_minute(store).await;
+}
+
+async fn model_calls_are_metered_per_tenant_per_minute(store: &dyn Store) {
+    let (a, b) = (tenant(store).await, tenant(store).await);
+    // Early in a minute, so the checks below all fall in it.
+    let minute = minute_of(crate::now()) + 10;
+    let at = |s: i64| minute_start(minute) + time::Duration::seconds(s);
+    let calls = Limits { requests_per_minute: Some(2), ..Limits::default() };
+    assert_eq!(store.take_model_call(&a, &calls, at(1)).await.unwrap(), Metered::Go);
+    assert_eq!(store.take_model_call(&a, &calls, at(2)).await.unwrap(), Metered::Go);
+    assert_eq!(store.take_model_call(&a, &calls, at(3)).await.unwrap(), Metered::WaitUntil(minute_start(minute + 1)));
+    assert_eq!(store.take_model_call(&b, &calls, at(3)).await.unwrap(), Metered::Go, "tenants are metered apart");
+    assert_eq!(store.take_model_call(&a, &calls, at(61)).await.unwrap(), Metered::Go, "a new minute counts afresh");
+
+    let tokens = Limits { tokens_per_minute: Some(100), ..Limits::default() };
+    let c = tenant(store).await;
+    assert_eq!(store.take_model_call(&c, &tokens, at(1)).await.unwrap(), Metered::Go);
+    store.count_model_tokens(&c, 60, at(1)).await.unwrap();
+    assert_eq!(store.take_model_call(&c, &tokens, at(2)).await.unwrap(), Metered::Go, "60 of 100 tokens used");
+    store.count_model_tokens(&c, 60, at(2)).await.unwrap();
+    assert_eq!(store.take_model_call(&c, &tokens, at(3)).await.unwrap(), Metered::WaitUntil(minute_start(minute + 1)));
+    // Tokens of a call that started in an earlier minute do not count in this one.
+    store.count_model_tokens(&b, 1_000, at(-5)).await.unwrap();
+    assert_eq!(store.take_model_call(&b, &tokens, at(4)).await.unwrap(), Metered::Go);
 }
 
 /// A new tenant, known to the store (so its running count is checked even with nothing open).
@@ -227,6 +254,14 @@ async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
     assert_eq!(after.last_error.map(|e| e.code), Some(ErrorCode::Deadline));
     assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1);
     let Claim::Claimed(again) = store.claim(task.task_id, &old, later).await.unwrap() else { panic!("queued again") };
+    // A pause gives the task back too, without counting the claim as an attempt.
+    let paused = TaskError::new(ErrorCode::ModelRateLimited, "paused");
+    conflict(store.pause(task.task_id, &new, &paused, later, later).await, "pause");
+    store.pause(task.task_id, &old, &paused, later + Duration::from_secs(30), later).await.expect("the holder pauses");
+    let after = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!((after.status, after.attempts), (TaskStatus::Queued, again.attempts - 1));
+    let Claim::Claimed(again) = store.claim(task.task_id, &old, later).await.unwrap() else { panic!("queued again") };
+    assert_eq!(again.attempts, after.attempts + 1);
     store
         .finish(&again, &old, &finish(store, again.task_id, TaskStatus::Succeeded, 1, usage(1, 1), later).await)
         .await

@@ -52,6 +52,8 @@ struct State {
     batches: HashMap<String, BatchRecord>,
     /// Shared circuit state: until when each model's circuit is open (epoch ms).
     breakers: HashMap<String, i64>,
+    /// Each tenant's model use: (minute, calls, tokens).
+    meters: HashMap<String, (i64, u64, u64)>,
     /// Batch idempotency keys: batch id, request hash, expiry.
     batch_keys: HashMap<(String, String), (String, String, OffsetDateTime)>,
     /// Schedules by id, in creation order.
@@ -140,6 +142,32 @@ impl MemoryStore {
     pub fn with_reconcile_after(mut self, after: std::time::Duration) -> Self {
         self.reconcile_after = after;
         self
+    }
+
+    /// `running` → `queued` (a release, or a pause until `until` that is not an attempt).
+    fn give_back(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        why: &TaskError,
+        until: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.with_leased(id, lease, |state, rec| {
+            if rec.cancel_requested {
+                return Err(StoreError::Conflict);
+            }
+            let (rec, held) = state.tasks.get_mut(&id).expect("checked");
+            rec.status = TaskStatus::Queued;
+            rec.last_error = Some(why.clone());
+            rec.updated_at = now;
+            if until.is_some() {
+                rec.attempts = rec.attempts.saturating_sub(1);
+            }
+            *held = None;
+            state.due.insert(id, until.unwrap_or(now) + self.reconcile_after);
+            Ok(())
+        })?
     }
 
     /// Makes every later call fail with [`StoreError::Unavailable`].
@@ -493,18 +521,18 @@ impl TaskRun for MemoryStore {
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
-        self.with_leased(id, lease, |state, rec| {
-            if rec.cancel_requested {
-                return Err(StoreError::Conflict);
-            }
-            let (rec, held) = state.tasks.get_mut(&id).expect("checked");
-            rec.status = TaskStatus::Queued;
-            rec.last_error = Some(why.clone());
-            rec.updated_at = now;
-            *held = None;
-            state.due.insert(id, now + self.reconcile_after);
-            Ok(())
-        })?
+        self.give_back(id, lease, why, None, now)
+    }
+
+    async fn pause(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        why: &TaskError,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.give_back(id, lease, why, Some(until), now)
     }
 
     async fn wait(&self, task: &TaskRecord, lease: &Lease, w: &Wait) -> Result<(), StoreError> {
@@ -923,6 +951,36 @@ impl crate::llm::BreakerBoard for MemoryStore {
 
     async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()> {
         self.lock()?.breakers.insert(model.to_owned(), until_ms);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl super::ModelMeter for MemoryStore {
+    async fn take_model_call(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        now: OffsetDateTime,
+    ) -> Result<super::Metered, StoreError> {
+        let minute = super::minute_of(now);
+        let mut state = self.lock()?;
+        let meter = state.meters.entry(tenant.to_owned()).or_insert((minute, 0, 0));
+        if meter.0 < minute {
+            *meter = (minute, 0, 0);
+        }
+        if !super::meter_allows(limits, meter.1, meter.2) {
+            return Ok(super::Metered::WaitUntil(super::minute_start(minute + 1)));
+        }
+        meter.1 += 1;
+        Ok(super::Metered::Go)
+    }
+
+    async fn count_model_tokens(&self, tenant: &str, tokens: u64, at: OffsetDateTime) -> Result<(), StoreError> {
+        let minute = super::minute_of(at);
+        if let Some(meter) = self.lock()?.meters.get_mut(tenant).filter(|m| m.0 == minute) {
+            meter.2 += tokens;
+        }
         Ok(())
     }
 }

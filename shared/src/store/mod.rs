@@ -337,6 +337,18 @@ pub trait TaskRun: Send + Sync {
     /// Fails with `Conflict` if a cancel was requested meanwhile (finish it `cancelled`).
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError>;
 
+    /// `running` → `queued` until `until`, like [`release`](Self::release), for a task paused by
+    /// its tenant's model rate limit: the pause is not counted as one of its attempts, and the
+    /// reconciler looks at it only after `until`.
+    async fn pause(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        why: &TaskError,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
     /// `running` → `waiting_for_input`: the lease is let go and the task no longer counts
     /// against its tenant's running cap, in one transaction with its event. Fails with
     /// `Conflict` if a cancel was requested meanwhile (finish it `cancelled`) or the lease is
@@ -463,6 +475,45 @@ pub trait TenantAdmin: TenantRead {
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>, StoreError>;
     /// Marks the key revoked; `None` if there is no such key.
     async fn revoke_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<ApiKey>, StoreError>;
+}
+
+/// What a tenant's per-minute model limits say of its next model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metered {
+    /// Under its limits: the call goes ahead, counted.
+    Go,
+    /// Over a limit this minute: the call waits until the next minute starts.
+    WaitUntil(OffsetDateTime),
+}
+
+/// Per-tenant model use in fixed one-minute windows (UTC minutes): calls counted as they
+/// start, tokens as they are answered, shared by every worker instance.
+#[async_trait]
+pub trait ModelMeter: Send + Sync {
+    /// Counts a model call of `tenant` at `now` if its minute is under `limits`' requests and
+    /// tokens per minute. Tokens are known only after a call, so a call starts while the
+    /// minute's tokens are under the limit and may end over it; the next waits.
+    async fn take_model_call(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<Metered, StoreError>;
+
+    /// Adds the tokens of a call that started at `at` to its minute.
+    async fn count_model_tokens(&self, tenant: &str, tokens: u64, at: OffsetDateTime) -> Result<(), StoreError>;
+}
+
+/// The minute (since the epoch, UTC) `t` falls in.
+pub fn minute_of(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp().div_euclid(60)
+}
+
+/// When the minute after `minute` starts.
+pub fn minute_start(minute: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(minute * 60).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Whether a minute that has seen `requests` calls and `tokens` tokens has room for one more
+/// call under `limits`.
+pub fn meter_allows(limits: &Limits, requests: u64, tokens: u64) -> bool {
+    limits.requests_per_minute.is_none_or(|max| requests < u64::from(max))
+        && limits.tokens_per_minute.is_none_or(|max| tokens < max)
 }
 
 /// The per-tenant submit rate limit, shared by every function instance.

@@ -24,6 +24,7 @@
 
 mod batches;
 mod breakers;
+mod meters;
 mod schedules;
 mod webhooks;
 
@@ -545,6 +546,33 @@ impl DynamoStore {
             record.prompt = self.unspill(key).await?;
         }
         Ok(record)
+    }
+
+    /// `running` → `queued` (a release, or a pause until `until` that is not an attempt).
+    async fn give_back(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        why: &TaskError,
+        until: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut e = Expr::default()
+            .set("#status = :queued")
+            .set("#updated_at = :now")
+            .set("#last_error = :why")
+            .set("#due_at = :due")
+            .remove("#lease_owner")
+            .remove("#lease_until")
+            .when("attribute_not_exists(#cancel_requested)")
+            .val(":queued", s(TaskStatus::Queued.as_str()))
+            .val(":now", rfc3339(now))
+            .val(":why", attr(why)?)
+            .val(":due", self.due(until.unwrap_or(now)));
+        if until.is_some() {
+            e = e.add("#attempts :less").val(":less", n(-1));
+        }
+        self.update_task(id, Self::leased(e, lease), ReturnValue::None).await.map(drop)
     }
 
     /// Runs one update of a task's record.
@@ -1338,22 +1366,18 @@ impl TaskRun for DynamoStore {
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
-        let e = Self::leased(
-            Expr::default()
-                .set("#status = :queued")
-                .set("#updated_at = :now")
-                .set("#last_error = :why")
-                .set("#due_at = :due")
-                .remove("#lease_owner")
-                .remove("#lease_until")
-                .when("attribute_not_exists(#cancel_requested)")
-                .val(":queued", s(TaskStatus::Queued.as_str()))
-                .val(":now", rfc3339(now))
-                .val(":why", attr(why)?)
-                .val(":due", self.due(now)),
-            lease,
-        );
-        self.update_task(id, e, ReturnValue::None).await.map(drop)
+        self.give_back(id, lease, why, None, now).await
+    }
+
+    async fn pause(
+        &self,
+        id: TaskId,
+        lease: &Lease,
+        why: &TaskError,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.give_back(id, lease, why, Some(until), now).await
     }
 
     async fn wait(&self, task: &TaskRecord, lease: &Lease, w: &Wait) -> Result<(), StoreError> {
