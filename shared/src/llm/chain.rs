@@ -14,6 +14,12 @@
 //! attempts), and the retries stop once the breaker opens; then the next model is tried. When none is
 //! left the call fails with [`ChainError::Unavailable`], which the worker turns into a retry
 //! of the whole task later.
+//!
+//! A 429 also *throttles* the model until its `Retry-After` (or [`DEFAULT_THROTTLE`]): every
+//! call of every task (and, through the board, of every instance) waits for that moment before
+//! calling the model, instead of each sending its own request into the 429s. A wait longer
+//! than [`MAX_HOLD`], or past the deadline, skips the model for this call, as an open circuit
+//! does.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,17 +58,46 @@ enum State {
     Probing,
 }
 
+/// How long a 429 without `Retry-After` throttles its model.
+pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);
+
+/// The longest a call waits for a throttled model before it skips it for the next.
+pub const MAX_HOLD: Duration = Duration::from_secs(10);
+
 /// A circuit breaker for one model, shared by every task of a worker process.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     model: String,
     policy: BreakerPolicy,
     state: Mutex<State>,
+    /// Until when the provider asked us to hold calls to the model (its last 429).
+    throttled: Mutex<Option<Instant>>,
 }
 
 impl CircuitBreaker {
     pub fn new(model: impl Into<String>, policy: BreakerPolicy) -> Self {
-        Self { model: model.into(), policy, state: Mutex::new(State::Closed { failures: 0 }) }
+        Self {
+            model: model.into(),
+            policy,
+            state: Mutex::new(State::Closed { failures: 0 }),
+            throttled: Mutex::new(None),
+        }
+    }
+
+    /// Holds calls to the model until `until` (or later, if already held longer). Says whether
+    /// that moved the hold.
+    pub fn throttle(&self, until: Instant) -> bool {
+        let mut throttled = self.throttled.lock().expect("poisoned");
+        if throttled.is_some_and(|t| t >= until) {
+            return false;
+        }
+        *throttled = Some(until);
+        true
+    }
+
+    /// Until when calls to the model are held, if they are now.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.throttled.lock().expect("poisoned").filter(|t| *t > Instant::now())
     }
 
     /// May a call go to the model now? After the cool-down, exactly one caller gets `true`.
@@ -122,12 +157,39 @@ impl CircuitBreaker {
 /// attempts rather than `threshold` calls of several attempts each, and retries stop the
 /// moment the circuit opens (a probe is never retried).
 impl Attempts for CircuitBreaker {
-    fn failed(&self, _error: &ModelError) {
+    fn failed(&self, error: &ModelError) {
         self.record_failure();
+        if error.is_rate_limited() {
+            self.throttle(Instant::now() + error.retry_after().unwrap_or(DEFAULT_THROTTLE));
+        }
     }
 
     fn may_retry(&self) -> bool {
         matches!(*self.state.lock().expect("poisoned"), State::Closed { .. })
+    }
+}
+
+/// A call's watch on one link: its breaker, and the board told at once of a new throttle, so
+/// other instances hold their calls while this one's retry waits.
+struct Watch<'a> {
+    breaker: &'a CircuitBreaker,
+    board: Option<&'a Arc<Board>>,
+}
+
+impl Attempts for Watch<'_> {
+    fn failed(&self, error: &ModelError) {
+        let before = self.breaker.throttled_until();
+        self.breaker.failed(error);
+        let after = self.breaker.throttled_until();
+        if let (Some(board), Some(until)) = (self.board, after.filter(|a| Some(*a) != before)) {
+            let (board, model) = (board.clone(), self.breaker.model.clone());
+            let until_ms = crate::now_millis() + until.saturating_duration_since(Instant::now()).as_millis() as i64;
+            tokio::spawn(async move { board.publish_throttle(&model, until_ms).await });
+        }
+    }
+
+    fn may_retry(&self) -> bool {
+        self.breaker.may_retry()
     }
 }
 
@@ -136,10 +198,21 @@ impl Attempts for CircuitBreaker {
 /// [`BOARD_TTL`] per model and instance, and writes it when its own circuit opens.
 #[async_trait::async_trait]
 pub trait BreakerBoard: Send + Sync {
-    /// Until when (epoch milliseconds) the model's circuit is open, if some instance opened it.
-    async fn open_until(&self, model: &str) -> anyhow::Result<Option<i64>>;
+    /// What some instance last said of the model.
+    async fn shared(&self, model: &str) -> anyhow::Result<SharedCircuit>;
     /// Says the model's circuit is open until `until_ms` (epoch milliseconds).
     async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()>;
+    /// Says the provider holds calls to the model until `until_ms` (epoch milliseconds).
+    async fn throttle(&self, model: &str, until_ms: i64) -> anyhow::Result<()>;
+}
+
+/// A model's shared circuit state, epoch milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedCircuit {
+    /// Until when its circuit is open, if some instance opened it.
+    pub open_until_ms: Option<i64>,
+    /// Until when the provider asked to hold calls (a 429's `Retry-After`).
+    pub throttled_until_ms: Option<i64>,
 }
 
 /// How long an instance trusts what it last read of the board.
@@ -148,34 +221,53 @@ pub const BOARD_TTL: Duration = Duration::from_secs(2);
 /// The board, and what this instance last read of it per model.
 struct Board {
     board: Arc<dyn BreakerBoard>,
-    seen: Mutex<std::collections::HashMap<String, (Instant, Option<i64>)>>,
+    seen: Mutex<std::collections::HashMap<String, (Instant, SharedCircuit)>>,
+}
+
+/// A local instant for an epoch-milliseconds time still to come.
+fn instant_of(until_ms: Option<i64>) -> Option<Instant> {
+    let left_ms = until_ms? - crate::now_millis();
+    (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
 }
 
 impl Board {
-    /// Until when (a local instant) another instance says the model is down, if it does.
-    async fn open_until(&self, model: &str) -> Option<Instant> {
+    /// Until when (local instants) other instances say the model is down, and held.
+    async fn shared(&self, model: &str) -> (Option<Instant>, Option<Instant>) {
         let cached = self.seen.lock().expect("poisoned").get(model).copied();
-        let until_ms = match cached {
-            Some((at, until)) if at.elapsed() < BOARD_TTL => until,
+        let shared = match cached {
+            Some((at, shared)) if at.elapsed() < BOARD_TTL => shared,
             _ => {
                 // A board that cannot be read is no reason to stop calling the model.
-                let until = self.board.open_until(model).await.unwrap_or_else(|e| {
+                let shared = self.board.shared(model).await.unwrap_or_else(|e| {
                     tracing::warn!(model, error = format!("{e:#}"), "could not read the shared circuit state");
-                    None
+                    SharedCircuit::default()
                 });
-                self.seen.lock().expect("poisoned").insert(model.to_owned(), (Instant::now(), until));
-                until
+                self.seen.lock().expect("poisoned").insert(model.to_owned(), (Instant::now(), shared));
+                shared
             }
-        }?;
-        let left_ms = until_ms - crate::now_millis();
-        (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
+        };
+        (instant_of(shared.open_until_ms), instant_of(shared.throttled_until_ms))
+    }
+
+    /// Notes what this instance tells the board, so its own next read need not ask.
+    fn note(&self, model: &str, change: impl FnOnce(&mut SharedCircuit)) {
+        let mut seen = self.seen.lock().expect("poisoned");
+        let entry = seen.entry(model.to_owned()).or_insert((Instant::now(), SharedCircuit::default()));
+        change(&mut entry.1);
     }
 
     async fn publish(&self, model: &str, cooldown: Duration) {
         let until_ms = crate::now_millis() + cooldown.as_millis() as i64;
-        self.seen.lock().expect("poisoned").insert(model.to_owned(), (Instant::now(), Some(until_ms)));
+        self.note(model, |s| s.open_until_ms = Some(until_ms));
         if let Err(e) = self.board.open(model, until_ms).await {
             tracing::warn!(model, error = format!("{e:#}"), "could not share the open circuit");
+        }
+    }
+
+    async fn publish_throttle(&self, model: &str, until_ms: i64) {
+        self.note(model, |s| s.throttled_until_ms = Some(until_ms));
+        if let Err(e) = self.board.throttle(model, until_ms).await {
+            tracing::warn!(model, error = format!("{e:#}"), "could not share the throttle");
         }
     }
 }
@@ -255,10 +347,32 @@ impl ModelChain {
         let mut last = None;
         for (i, link) in self.links.iter().enumerate() {
             let id = link.model.id();
-            if let Some(board) = &self.board
-                && let Some(until) = board.open_until(id).await
-            {
-                link.breaker.open_by_others(until);
+            if let Some(board) = &self.board {
+                let (open, throttled) = board.shared(id).await;
+                if let Some(until) = open {
+                    link.breaker.open_by_others(until);
+                }
+                if let Some(until) = throttled {
+                    link.breaker.throttle(until);
+                }
+            }
+            if let Some(until) = link.breaker.throttled_until() {
+                // Start after the hold, spread over a quarter second so the held calls do not
+                // all arrive at once.
+                let resume = until + Duration::from_millis(fastrand::u64(0..250));
+                if resume.saturating_duration_since(Instant::now()) > MAX_HOLD || deadline.is_some_and(|d| resume >= d)
+                {
+                    tracing::info!(model = id, "the provider holds calls longer than we wait: skipping the model");
+                    metrics::record().dimension("model", id).value("ThrottleSkips", 1.0, Unit::Count).emit();
+                    continue;
+                }
+                tracing::info!(
+                    model = id,
+                    wait_ms = resume.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    "the provider asked to hold calls: waiting"
+                );
+                metrics::record().dimension("model", id).value("ThrottleWaits", 1.0, Unit::Count).emit();
+                tokio::time::sleep_until(resume).await;
             }
             if !link.breaker.allow() {
                 tracing::info!(model = id, "circuit open: skipping the model");
@@ -269,7 +383,8 @@ impl ModelChain {
                 break;
             }
             let started = Instant::now();
-            let result = complete_watched(link.model.as_ref(), request, retry, deadline, link.breaker.as_ref()).await;
+            let watch = Watch { breaker: link.breaker.as_ref(), board: self.board.as_ref() };
+            let result = complete_watched(link.model.as_ref(), request, retry, deadline, &watch).await;
             let latency_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(response) => {
@@ -314,6 +429,7 @@ impl ModelChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ModelError;
 
     fn policy() -> BreakerPolicy {
         BreakerPolicy { threshold: 2, cooldown: Duration::from_millis(50) }
@@ -331,6 +447,54 @@ mod tests {
         assert!(!b.allow(), "only one probe at a time");
         b.record_success();
         assert!(b.allow() && !b.is_open(), "closed again");
+    }
+
+    /// A provider over its quota until `until`: it answers 429 with the time left as
+    /// `Retry-After` until then, and counts the requests it refused.
+    struct Quota {
+        until: Instant,
+        refused: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Model for Quota {
+        fn id(&self) -> &str {
+            "m"
+        }
+        async fn complete(&self, _request: &ModelRequest) -> Result<ModelResponse, ModelError> {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let message = "rate limited".into();
+                return Err(ModelError::Status { status: 429, kind: String::new(), message, retry_after: Some(left) });
+            }
+            Ok(ModelResponse {
+                model: "m".into(),
+                content: vec![],
+                stop_reason: crate::llm::StopReason::EndTurn,
+                usage: Default::default(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_holds_every_instances_calls_until_the_providers_retry_after() {
+        let quota = Arc::new(Quota { until: Instant::now() + Duration::from_millis(300), refused: Default::default() });
+        let board: Arc<dyn BreakerBoard> = Arc::new(crate::store::MemoryStore::new());
+        let instance = || ModelChain::new(vec![quota.clone()], BreakerPolicy::default()).with_board(board.clone());
+        let (a, b) = (instance(), instance());
+        let request = ModelRequest { system: None, messages: vec![], tools: vec![] };
+        let retry = RetryPolicy { max_attempts: 4, base: Duration::from_millis(10), cap: Duration::from_millis(50) };
+        let first = a.complete(&request, retry, None);
+        // Nine more calls on both instances, after the first met the 429.
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let calls = (0..9).map(|i| if i % 2 == 0 { &a } else { &b }).map(|c| c.complete(&request, retry, None));
+            futures::future::join_all(calls).await
+        };
+        let (first, later) = tokio::join!(first, later);
+        assert!(first.is_ok() && later.iter().all(Result::is_ok), "every call is answered once the quota is back");
+        assert_eq!(quota.refused.load(std::sync::atomic::Ordering::SeqCst), 1, "only the first call met a 429");
     }
 
     #[test]

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::domain::conversation::{ContentBlock, Message, Role, StopReason, ToolSpec, text_of};
 pub use anthropic::AnthropicModel;
 pub use bedrock::BedrockModel;
-pub use chain::{BOARD_TTL, BreakerBoard, BreakerPolicy, ChainError, CircuitBreaker, ModelChain};
+pub use chain::{
+    BOARD_TTL, BreakerBoard, BreakerPolicy, ChainError, CircuitBreaker, DEFAULT_THROTTLE, ModelChain, SharedCircuit,
+};
 pub use openai::OpenAiModel;
 pub use retry::{Attempts, RetryPolicy, complete_watched, complete_with_retries};
 
@@ -142,6 +144,11 @@ impl ModelError {
             Self::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// The provider is rate-limiting us (429): it is up, but asks for fewer calls.
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(429)
     }
 
     /// How long the provider asked us to wait, if it said.

@@ -51,7 +51,7 @@ struct State {
     attempts: HashMap<TaskId, std::collections::BTreeMap<String, Attempt>>,
     batches: HashMap<String, BatchRecord>,
     /// Shared circuit state: until when each model's circuit is open (epoch ms).
-    breakers: HashMap<String, i64>,
+    breakers: HashMap<String, crate::llm::SharedCircuit>,
     /// Each tenant's model use: (minute, calls, tokens).
     meters: HashMap<String, (i64, u64, u64)>,
     /// Batch idempotency keys: batch id, request hash, expiry.
@@ -945,12 +945,17 @@ impl WebhookStore for MemoryStore {
 
 #[async_trait]
 impl crate::llm::BreakerBoard for MemoryStore {
-    async fn open_until(&self, model: &str) -> anyhow::Result<Option<i64>> {
-        Ok(self.lock()?.breakers.get(model).copied())
+    async fn shared(&self, model: &str) -> anyhow::Result<crate::llm::SharedCircuit> {
+        Ok(self.lock()?.breakers.get(model).copied().unwrap_or_default())
     }
 
     async fn open(&self, model: &str, until_ms: i64) -> anyhow::Result<()> {
-        self.lock()?.breakers.insert(model.to_owned(), until_ms);
+        self.lock()?.breakers.entry(model.to_owned()).or_default().open_until_ms = Some(until_ms);
+        Ok(())
+    }
+
+    async fn throttle(&self, model: &str, until_ms: i64) -> anyhow::Result<()> {
+        self.lock()?.breakers.entry(model.to_owned()).or_default().throttled_until_ms = Some(until_ms);
         Ok(())
     }
 }
