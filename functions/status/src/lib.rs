@@ -4,13 +4,15 @@
 //! log: queued, started, each step, the end), `GET /v1/tasks` (summaries, newest
 //! first, paginated), `GET /v1/usage` (per day), and webhooks: a tenant's endpoints and each
 //! task's delivery attempts ([`webhooks`]), batches ([`batches`]) and schedules ([`schedules`]). Another tenant's task, an unknown id and a
-//! malformed one all get the same 404, so ids cannot be probed.
+//! malformed one all get the same 404, so ids cannot be probed. It also serves the console's
+//! page and files ([`console`]).
 //!
 //! Every answer is bounded: a list examines a bounded number of entries (a rare status comes
 //! back a short page with a cursor), a page of steps stays far under Lambda's 6 MB response,
 //! and each tenant's reads are rate limited per instance.
 
 mod batches;
+pub mod console;
 mod schedules;
 mod webhooks;
 
@@ -78,6 +80,12 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             .or_else(|| matched.id.clone())
             .unwrap_or_default()
     };
+    // The console's files hold no data: the page signs in with the key its user enters.
+    match matched.route.op {
+        Op::Console => return console::serve(None),
+        Op::ConsoleFile => return console::serve(Some(&id())),
+        _ => {}
+    }
     let caller = authenticate(app.store.as_ref(), &app.auth, req).await?;
     let decision = app.reads.take(&caller.tenant.tenant_id, agentq::now());
     if !decision.allowed {

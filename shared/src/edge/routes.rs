@@ -56,6 +56,10 @@ pub enum Op {
     DeleteWebhook,
     RotateWebhook,
     TestWebhook,
+    /// The console's page.
+    Console,
+    /// One of the console's files (`{id}` is its name).
+    ConsoleFile,
 }
 
 /// One route: method, path template (`{id}` is a path parameter), operation and function.
@@ -101,6 +105,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/health", Op::Health, Function::Submit),
     route("GET", "/ready", Op::Ready, Function::Submit),
     route("GET", "/openapi.json", Op::OpenApi, Function::Submit),
+    route("GET", "/console", Op::Console, Function::Status),
+    route("GET", "/console/{id}", Op::ConsoleFile, Function::Status),
 ];
 
 /// A request matched to its route, with the path's `{id}` if it has one.
