@@ -243,19 +243,32 @@ function stepItem(s) {
 
 function pendingPanel(task) {
   const rows = task.pending.map((p, i) => {
-    const choice = el("select", { id: `decision-${i}`, "data-call": p.tool_use_id },
-      el("option", { value: "approve", text: "Approve" }), el("option", { value: "reject", text: "Reject" }));
+    const choice = el("select", { id: `decision-${i}`, "data-call": p.tool_use_id, onchange: () => { edited.hidden = choice.value !== "edit"; } },
+      el("option", { value: "approve", text: "Approve" }), el("option", { value: "reject", text: "Reject" }),
+      el("option", { value: "edit", text: "Edit the input, then run" }));
     const message = el("input", { id: `message-${i}`, type: "text", placeholder: "What the model is told (for a rejection)" });
-    return { p, choice, message, node: el("div", { class: "pending", "data-call": p.tool_use_id },
+    const input = el("textarea", { id: `input-${i}`, class: "mono", spellcheck: "false" });
+    input.value = JSON.stringify(p.input, null, 2);
+    const edited = el("label", { for: `input-${i}`, hidden: true }, "Input to run the tool on (JSON)", input);
+    return { p, choice, message, input, node: el("div", { class: "pending", "data-call": p.tool_use_id },
       el("div", {}, el("strong", { text: `${p.name}` }), el("span", { class: "meta", text: ` · step ${p.step} · ${p.tool_use_id}` })),
       json(p.input),
-      el("div", { class: "row" }, el("label", { for: `decision-${i}` }, "Decision", choice), el("label", { for: `message-${i}` }, "Message", message))) };
+      el("div", { class: "row" }, el("label", { for: `decision-${i}` }, "Decision", choice), el("label", { for: `message-${i}` }, "Message", message)),
+      edited) };
   });
   const send = el("button", { type: "button", id: "send-decisions", text: "Send decisions", onclick: async () => {
     send.disabled = true;
-    const decisions = rows.map(({ p, choice, message }) => ({
-      tool_use_id: p.tool_use_id, action: choice.value, ...(message.value ? { message: message.value } : {}),
-    }));
+    let decisions;
+    try {
+      decisions = rows.map(({ p, choice, message, input }) => ({
+        tool_use_id: p.tool_use_id, action: choice.value, ...(message.value ? { message: message.value } : {}),
+        ...(choice.value === "edit" ? { input: JSON.parse(input.value) } : {}),
+      }));
+    } catch (err) {
+      say(`The edited input is not JSON: ${err.message}`);
+      send.disabled = false;
+      return;
+    }
     try {
       await api("POST", `/v1/tasks/${encodeURIComponent(task.task_id)}/input`, { decisions });
       say("Decisions sent: the task runs on.");
@@ -271,8 +284,8 @@ function pendingPanel(task) {
 
 function forkForm(task, steps) {
   const modelSteps = steps.filter((s) => s.kind === "model").map((s) => s.step);
-  if (!modelSteps.length) return null;
-  const from = el("select", { id: "fork-step" }, modelSteps.map((n) => el("option", { value: n, text: `after step ${n}` })));
+  const from = el("select", { id: "fork-step" }, el("option", { value: 0, text: "the start (a rerun)" }),
+    modelSteps.map((n) => el("option", { value: n, text: `after step ${n}` })));
   const message = el("input", { id: "fork-message", type: "text", placeholder: "Optional: a message for the next turn" });
   return el("details", {}, el("summary", { text: "Fork from a step" }),
     el("div", { class: "row" }, el("label", { for: "fork-step" }, "From", from), el("label", { for: "fork-message" }, "Message", message),
@@ -285,6 +298,16 @@ function forkForm(task, steps) {
           say(err.message);
         }
       } })));
+}
+
+/** A rerun is a fork from step 0: a new task with the same prompt and settings. */
+async function rerun(id) {
+  try {
+    const made = await api("POST", `/v1/tasks/${encodeURIComponent(id)}/fork`, { from_step: 0 });
+    location.hash = `#/tasks/${made.task_id}`;
+  } catch (err) {
+    say(err.message);
+  }
 }
 
 function task(id) {
@@ -328,7 +351,8 @@ function task(id) {
     );
     actions.replaceChildren(
       TERMINAL.has(t.status) ? "" : el("button", { type: "button", class: "danger", id: "cancel", text: "Cancel task", onclick: () => cancel(id).then(load) }),
-      forkForm(t, steps) ?? "",
+      TERMINAL.has(t.status) ? el("button", { type: "button", class: "secondary", id: "rerun", text: "Rerun", onclick: () => rerun(id) }) : "",
+      forkForm(t, steps),
     );
     pending.replaceChildren(t.status === "waiting_for_input" && t.pending?.length ? pendingPanel(t) : "");
     result.replaceChildren(...(t.result ? [el("h2", { text: "Result" }), el("div", { id: "result" }, longText(t.result.text)), t.result.json !== undefined ? json(t.result.json) : ""] : []));

@@ -87,6 +87,13 @@ def main():
         expect(page.locator("#task-cost")).not_to_have_text("$0.000000")
         page.screenshot(path=f"{SHOTS}/task.png", full_page=True)
 
+        # Rerun: a fork from step 0 opens on its own page and runs the same prompt again.
+        page.get_by_role("button", name="Rerun").click()
+        page.wait_for_url(lambda u: u.endswith("#/tasks/" + echo) is False and "#/tasks/" in u)
+        status_is(page, "succeeded")
+        expect(page.locator("#result")).to_contain_text(PAYLOAD)
+        expect(page.get_by_text("Forked from")).to_be_visible()
+
         # A tool call that needs approval: approved in the page, the task finishes.
         approved = submit(page, "What is 6 * 7?", approve_tools="calculator")
         status_is(page, "waiting_for_input")
@@ -96,6 +103,16 @@ def main():
         status_is(page, "succeeded")
         expect(page.locator("#result")).to_contain_text("42")
         expect(page.locator(".timeline li.decision")).to_contain_text("approve")
+
+        # An edit: the tool runs on the corrected input.
+        submit(page, "What is 6 * 9?", approve_tools="calculator")
+        status_is(page, "waiting_for_input")
+        page.get_by_label("Decision").select_option("edit")
+        page.get_by_label("Input to run the tool on (JSON)").fill('{"expression": "6 * 7"}')
+        page.get_by_role("button", name="Send decisions").click()
+        status_is(page, "succeeded")
+        expect(page.locator("#result")).to_contain_text("42")
+        expect(page.locator(".timeline li.decision")).to_contain_text("edit")
 
         # Cancel from the list: a task waiting for a decision.
         waiting = submit(page, "What is 7 * 8?", approve_tools="calculator")
