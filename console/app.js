@@ -44,6 +44,7 @@ function say(message) {
 const key = () => sessionStorage.getItem(KEY);
 const usd = (n) => `$${(n ?? 0).toFixed(n >= 1 ? 2 : 6)}`;
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
+const ms = (n) => (n < 1000 ? `${n} ms` : `${(n / 1000).toFixed(1)} s`);
 const ago = (a, b) => {
   const s = Math.max(0, (new Date(b) - new Date(a)) / 1000);
   return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
@@ -221,17 +222,22 @@ function stepItem(s) {
   if (s.kind === "model") {
     const u = s.usage;
     const tools = s.content.filter((b) => b.type === "tool_use").map((b) => b.name);
+    const how = [
+      s.latency_ms !== undefined ? ms(s.latency_ms) : "",
+      s.attempts > 1 ? `${s.attempts} attempts` : "",
+      s.passed_over?.length ? `after ${s.passed_over.join(", ")} failed` : "",
+    ].filter(Boolean).map((t) => ` · ${t}`).join("");
     return el("li", { class: "model", "data-step": s.step },
       el("details", { open: true },
         el("summary", {}, `Step ${s.step}: ${s.model} answered`,
-          el("span", { class: "meta", text: ` · ${s.stop_reason}${tools.length ? ` → ${tools.join(", ")}` : ""} · ${u.input_tokens} in / ${u.output_tokens} out${u.cache_read_input_tokens ? ` / ${u.cache_read_input_tokens} cached` : ""} · ${usd(u.cost_usd)}${inherited}` })),
+          el("span", { class: "meta", text: ` · ${s.stop_reason}${tools.length ? ` → ${tools.join(", ")}` : ""} · ${u.input_tokens} in / ${u.output_tokens} out${u.cache_read_input_tokens ? ` / ${u.cache_read_input_tokens} cached` : ""} · ${usd(u.cost_usd)}${how}${inherited}` })),
         s.content.map(block)));
   }
   if (s.kind === "tool") {
     return el("li", { class: s.is_error ? "tool error" : "tool", "data-step": s.step },
       el("details", { open: s.content.length <= FOLD },
         el("summary", {}, `Tool ${s.name} ${s.is_error ? "failed" : "returned"}`,
-          el("span", { class: "meta", text: ` · step ${s.step} · ${s.tool_use_id} · ${s.content.length.toLocaleString()} characters${inherited}` })),
+          el("span", { class: "meta", text: ` · step ${s.step} · ${s.tool_use_id}${s.duration_ms !== undefined ? ` · ${ms(s.duration_ms)}` : ""} · ${s.content.length.toLocaleString()} characters${inherited}` })),
         longText(s.content, "text mono")));
   }
   return el("li", { class: "decision", "data-step": s.step },
@@ -416,8 +422,12 @@ async function usage() {
         days.push(byDate.get(date) ?? { date, tasks: { succeeded: 0, failed: 0, cancelled: 0 }, usage: { cost_usd: 0 } });
       }
       const t = month.total;
+      const budget = month.monthly_budget_usd;
       summary.replaceChildren("This month: ", el("strong", { id: "month-cost", text: usd(t.usage.cost_usd) }),
-        ` over ${t.tasks.succeeded + t.tasks.failed + t.tasks.cancelled} finished tasks (${t.tasks.succeeded} succeeded, ${t.tasks.failed} failed, ${t.tasks.cancelled} cancelled).`);
+        budget ? ` of a ${usd(budget)} budget (${((100 * t.usage.cost_usd) / budget).toFixed(1)} %)` : " (no monthly budget)",
+        ` over ${t.tasks.succeeded + t.tasks.failed + t.tasks.cancelled} finished tasks (${t.tasks.succeeded} succeeded, ${t.tasks.failed} failed, ${t.tasks.cancelled} cancelled).`,
+        budget ? el("label", { for: "budget-meter" }, "Spent of this month's budget",
+          el("meter", { id: "budget-meter", class: "meter", min: 0, max: budget, high: budget * 0.8, value: Math.min(t.usage.cost_usd, budget) })) : "");
       charts.replaceChildren(
         el("h2", { text: "Cost per day" }),
         chart("Cost per day, last 14 days", days, [{ name: "cost", cls: "bar-cost", value: (d) => d.usage.cost_usd }], usd),

@@ -131,6 +131,14 @@ async fn a_primary_that_is_always_overloaded_hands_the_task_to_the_fallback() {
     assert_eq!(task["model"], FALLBACK, "the record says which model answered");
     assert_eq!(task["usage_by_model"].as_object().unwrap().keys().collect::<Vec<_>>(), [FALLBACK]);
     assert_cost_is_exact(&task);
+    // Each step says how its answer came: the primary passed over, its failed attempts counted,
+    // the time it all took; the tool's step how long it ran.
+    let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
+    let steps = steps["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["passed_over"], json!([MODEL]), "{steps:?}");
+    assert!(steps[0]["attempts"].as_u64().unwrap() >= 2, "the primary's failed attempts and the answer: {steps:?}");
+    assert!(steps[0]["latency_ms"].is_u64(), "{steps:?}");
+    assert!(steps[1]["duration_ms"].is_u64(), "{steps:?}");
     app.drain().await;
 }
 

@@ -81,6 +81,7 @@ def main():
         expect(page.locator(".timeline li.tool")).to_have_count(1)
         expect(page.locator("#result")).to_contain_text(PAYLOAD)
         expect(page.locator(".timeline li.tool")).to_contain_text(PAYLOAD)
+        expect(page.locator(".timeline li.tool")).to_contain_text(" ms")  # how long the tool ran
         expect(page.locator(".timeline li.model").first).to_contain_text("demo__echo")
         assert page.evaluate("window.__xss") is None, "markup from a task ran in the page"
         assert page.locator("main img, main script").count() == 0, "markup from a task became elements"

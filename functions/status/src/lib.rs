@@ -247,7 +247,9 @@ async fn usage(app: &App, caller: &Caller, req: &Request) -> Result<Response<Bod
     }
     let (from, to) = (day(from), day(to));
     let days = app.store.days(&caller.tenant.tenant_id, &from, &to).await?;
-    Ok(json_response(StatusCode::OK, &UsageReport::new(from, to, &days)))
+    let mut report = UsageReport::new(from, to, &days);
+    report.monthly_budget_usd = caller.tenant.limits.monthly_budget_nanos.map(|n| n as f64 / 1e9);
+    Ok(json_response(StatusCode::OK, &report))
 }
 
 fn day(d: Date) -> String {

@@ -110,6 +110,7 @@ async fn a_running_task_shows_its_progress_and_model() {
         content: vec![],
         stop_reason: agentq::llm::StopReason::ToolUse,
         usage,
+        call: None,
     };
     let event = TaskEvent::step(task.task_id, 2, &answer, &spend, agentq::now());
     let progress = Progress { spend, now: agentq::now(), event };

@@ -31,7 +31,7 @@ pub use tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 
 use crate::domain::approval::{Action, Decision, PendingCall};
 use crate::domain::output::{MAX_CORRECTIONS, OutputSchema};
-use crate::domain::steps::{ModelStep, Spend, Step, ToolStep};
+use crate::domain::steps::{CallStats, ModelStep, Spend, Step, ToolStep};
 use crate::domain::task::{ErrorCode, TaskError, TaskResult};
 use crate::domain::usage::{PriceTable, Usage};
 pub use crate::llm::RetryPolicy;
@@ -358,7 +358,8 @@ pub async fn run_agent(
         // One span per step: the model call (with its retries and fallbacks), the checkpoint,
         // the tools it asked for.
         let step_span = tracing::info_span!("step", step = report.spend.step + 1);
-        let (response, model_id) =
+        let called = Instant::now();
+        let answered =
             match models.complete(&request, limits.retry, limits.deadline).instrument(step_span.clone()).await {
                 Ok(r) => r,
                 Err(ChainError::Unavailable(e)) => {
@@ -375,6 +376,12 @@ pub async fn run_agent(
                 }
             };
         report.new_calls += 1;
+        let call = CallStats {
+            latency_ms: called.elapsed().as_millis() as u64,
+            attempts: answered.attempts,
+            passed_over: answered.passed_over,
+        };
+        let (response, model_id) = (answered.response, answered.model);
 
         let mut usage = Usage {
             input_tokens: response.usage.input_tokens,
@@ -396,6 +403,7 @@ pub async fn run_agent(
             content: response.content,
             stop_reason: response.stop_reason,
             usage,
+            call: Some(call),
         };
         report.spend.count(&step);
         metrics::record()
@@ -584,14 +592,16 @@ impl ToolRun<'_> {
         } else {
             call.decision.as_ref().filter(|d| d.action == Action::Reject).map(Decision::rejection_text)
         };
-        let (content, is_error) = match refused {
-            Some(why) => (why, true),
+        let started = Instant::now();
+        let (content, is_error, duration_ms) = match refused {
+            Some(why) => (why, true, None),
             None => {
                 let out = self.run(context, &call).await;
-                (self.fit(out.content), out.is_error)
+                (self.fit(out.content), out.is_error, Some(started.elapsed().as_millis() as u64))
             }
         };
-        let result = ToolStep { step: context.step, tool_use_id: call.id, name: call.name, content, is_error };
+        let result =
+            ToolStep { step: context.step, tool_use_id: call.id, name: call.name, content, is_error, duration_ms };
         checkpoint.tool_result(&result).await?;
         Ok(result)
     }

@@ -319,6 +319,7 @@ mod tests {
                 }],
                 stop_reason: StopReason::ToolUse,
                 usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
+                call: None,
             }),
             Step::Tool(ToolStep {
                 step: 1,
@@ -326,6 +327,7 @@ mod tests {
                 name: "calculator".into(),
                 content: "42".into(),
                 is_error: false,
+                duration_ms: None,
             }),
             Step::Model(ModelStep {
                 step: 2,
@@ -333,6 +335,7 @@ mod tests {
                 content: vec![ContentBlock::Text { text: "It is 42.".into() }],
                 stop_reason: StopReason::EndTurn,
                 usage: Usage { input_tokens: 20, output_tokens: 5, ..Usage::default() },
+                call: None,
             }),
         ]
     }

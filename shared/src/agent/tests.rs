@@ -397,6 +397,7 @@ fn recorded_tool_turn() -> ModelStep {
         }],
         stop_reason: StopReason::ToolUse,
         usage: Usage { input_tokens: 100, output_tokens: 10, cost_nanos: 450_000, ..Usage::default() },
+        call: None,
     }
 }
 
@@ -420,6 +421,7 @@ async fn a_resumed_run_replays_recorded_steps_without_paying_for_them_again() {
         name: "calculator".into(),
         content: "42".into(),
         is_error: false,
+        duration_ms: None,
     };
     let history = [Step::Model(recorded_tool_turn()), Step::Tool(tool)];
     let mut steps = Steps::default();
@@ -619,6 +621,7 @@ fn recorded_answer(step: u32, text_: &str) -> ModelStep {
         content: text(text_),
         stop_reason: StopReason::EndTurn,
         usage: Usage::default(),
+        call: None,
     }
 }
 

@@ -276,6 +276,7 @@ mod tests {
                 content: vec![ContentBlock::ToolUse { id: "tu_1".into(), name: "calculator".into(), input: json!({}) }],
                 stop_reason: StopReason::ToolUse,
                 usage: Usage::default(),
+                call: None,
             }),
             Step::Tool(ToolStep {
                 step: 1,
@@ -283,6 +284,7 @@ mod tests {
                 name: "calculator".into(),
                 content: "42".into(),
                 is_error: false,
+                duration_ms: None,
             }),
             Step::Model(ModelStep {
                 step: 2,
@@ -290,6 +292,7 @@ mod tests {
                 content: vec![ContentBlock::Text { text: "42".into() }],
                 stop_reason: StopReason::EndTurn,
                 usage: Usage::default(),
+                call: None,
             }),
         ]
     }

@@ -64,6 +64,22 @@ pub struct ModelStep {
     pub stop_reason: StopReason,
     /// Tokens and cost of this call alone.
     pub usage: Usage,
+    /// How the answer came: its wall time, attempts and the models passed over (absent on
+    /// steps recorded before agentq kept it, and on replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallStats>,
+}
+
+/// How a model answer was obtained.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// From the first request to the answer, retries, holds and fallbacks included.
+    pub latency_ms: u64,
+    /// Requests sent, failed ones included (1 when the first request answered).
+    pub attempts: u32,
+    /// Models of the chain passed over before the one that answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
 }
 
 /// One tool call's result, for the `tool_use` block `tool_use_id` of model step `step`.
@@ -74,6 +90,9 @@ pub struct ToolStep {
     pub name: String,
     pub content: String,
     pub is_error: bool,
+    /// How long the tool ran, retries included (absent on steps recorded before agentq kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// A stored step.

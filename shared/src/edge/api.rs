@@ -309,6 +309,9 @@ pub struct UsageReport {
     pub to: String,
     pub days: Vec<DayView>,
     pub total: DayTotal,
+    /// The tenant's spend limit per calendar month (UTC), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
 }
 
 /// The sum over a report's days.
@@ -333,6 +336,7 @@ impl UsageReport {
             to,
             days: days.iter().map(DayView::from).collect(),
             total: DayTotal { tasks: counts, usage: usage.into() },
+            monthly_budget_usd: None,
         }
     }
 }
@@ -347,6 +351,15 @@ pub enum StepView {
         content: Vec<crate::llm::ContentBlock>,
         stop_reason: crate::llm::StopReason,
         usage: UsageView,
+        /// From the first request to the answer, retries and fallbacks included.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<u64>,
+        /// Requests the call sent, failed ones included.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempts: Option<u32>,
+        /// Models of the chain passed over before the one that answered.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        passed_over: Vec<String>,
     },
     Tool {
         step: u32,
@@ -354,6 +367,8 @@ pub enum StepView {
         name: String,
         content: String,
         is_error: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
     },
     /// A person's decision on a call that needed approval.
     Decision(crate::domain::approval::Decision),
@@ -368,6 +383,9 @@ impl From<&crate::domain::steps::Step> for StepView {
                 content: m.content.clone(),
                 stop_reason: m.stop_reason.clone(),
                 usage: m.usage.into(),
+                latency_ms: m.call.as_ref().map(|c| c.latency_ms),
+                attempts: m.call.as_ref().map(|c| c.attempts),
+                passed_over: m.call.as_ref().map(|c| c.passed_over.clone()).unwrap_or_default(),
             },
             crate::domain::steps::Step::Tool(t) => Self::Tool {
                 step: t.step,
@@ -375,6 +393,7 @@ impl From<&crate::domain::steps::Step> for StepView {
                 name: t.name.clone(),
                 content: t.content.clone(),
                 is_error: t.is_error,
+                duration_ms: t.duration_ms,
             },
             crate::domain::steps::Step::Decision(d) => Self::Decision(d.clone()),
         }

@@ -170,14 +170,17 @@ impl Attempts for CircuitBreaker {
 }
 
 /// A call's watch on one link: its breaker, and the board told at once of a new throttle, so
-/// other instances hold their calls while this one's retry waits.
+/// other instances hold their calls while this one's retry waits; it counts the failed
+/// attempts.
 struct Watch<'a> {
     breaker: &'a CircuitBreaker,
     board: Option<&'a Arc<Board>>,
+    failures: std::sync::atomic::AtomicU32,
 }
 
 impl Attempts for Watch<'_> {
     fn failed(&self, error: &ModelError) {
+        self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let before = self.breaker.throttled_until();
         self.breaker.failed(error);
         let after = self.breaker.throttled_until();
@@ -292,6 +295,19 @@ impl std::fmt::Debug for ModelChain {
     }
 }
 
+/// A model's answer, and how the chain came by it.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub response: ModelResponse,
+    /// The chain's id for the model that answered.
+    pub model: String,
+    /// Requests this call sent, failed ones (retries, models passed over) included.
+    pub attempts: u32,
+    /// The models of the chain passed over before the one that answered: unusable, behind an
+    /// open circuit, or held by their provider.
+    pub passed_over: Vec<String>,
+}
+
 /// Why no model of the chain answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -343,10 +359,14 @@ impl ModelChain {
         request: &ModelRequest,
         retry: RetryPolicy,
         deadline: Option<Instant>,
-    ) -> Result<(ModelResponse, String), ChainError> {
+    ) -> Result<Answered, ChainError> {
         let mut last = None;
+        let (mut attempts, mut passed_over) = (0, Vec::new());
         for (i, link) in self.links.iter().enumerate() {
             let id = link.model.id();
+            if i > 0 {
+                passed_over.push(self.links[i - 1].model.id().to_owned());
+            }
             if let Some(board) = &self.board {
                 let (open, throttled) = board.shared(id).await;
                 if let Some(until) = open {
@@ -383,8 +403,12 @@ impl ModelChain {
                 break;
             }
             let started = Instant::now();
-            let watch = Watch { breaker: link.breaker.as_ref(), board: self.board.as_ref() };
+            let watch =
+                Watch { breaker: link.breaker.as_ref(), board: self.board.as_ref(), failures: Default::default() };
             let result = complete_watched(link.model.as_ref(), request, retry, deadline, &watch).await;
+            // Transient failures were counted as they happened; the last answer, if it was not one.
+            attempts += watch.failures.load(std::sync::atomic::Ordering::Relaxed)
+                + u32::from(result.as_ref().map_or_else(|e| !e.is_transient(), |_| true));
             let latency_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(response) => {
@@ -392,7 +416,7 @@ impl ModelChain {
                     if i > 0 {
                         tracing::warn!(model = id, position = i, "answered by a fallback model");
                     }
-                    return Ok((response, id.to_owned()));
+                    return Ok(Answered { response, model: id.to_owned(), attempts, passed_over });
                 }
                 Err(e) if e.is_request_fault() => {
                     tracing::warn!(model = id, latency_ms, error = %e, "the model rejected the request");

@@ -21,7 +21,8 @@ pub use crate::domain::conversation::{ContentBlock, Message, Role, StopReason, T
 pub use anthropic::AnthropicModel;
 pub use bedrock::BedrockModel;
 pub use chain::{
-    BOARD_TTL, BreakerBoard, BreakerPolicy, ChainError, CircuitBreaker, DEFAULT_THROTTLE, ModelChain, SharedCircuit,
+    Answered, BOARD_TTL, BreakerBoard, BreakerPolicy, ChainError, CircuitBreaker, DEFAULT_THROTTLE, ModelChain,
+    SharedCircuit,
 };
 pub use openai::OpenAiModel;
 pub use retry::{Attempts, RetryPolicy, complete_watched, complete_with_retries};

@@ -160,6 +160,7 @@ fn answer(n: u32, spent: Usage) -> ModelStep {
         content: vec![],
         stop_reason: crate::llm::StopReason::EndTurn,
         usage: spent,
+        call: None,
     }
 }
 
