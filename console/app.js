@@ -211,6 +211,64 @@ async function allSteps(id) {
   return steps;
 }
 
+/** The task's starts, waits and resumptions, from its event log (the hand-offs between
+ * invocations a timeline shows). */
+async function invocations(id) {
+  const marks = [];
+  let after = 0;
+  let waitedAt = 1;
+  for (let i = 0; i < 20; i += 1) {
+    const page = await api("GET", `/v1/tasks/${encodeURIComponent(id)}/events?after=${after}&limit=500`);
+    for (const e of page.events) {
+      // Each mark goes before the first model step after it.
+      if (e.type === "task.started") {
+        marks.push({ type: e.type, time: e.time, before: (e.data?.spent?.steps ?? 0) + 1, attempt: e.data?.attempt });
+      } else if (e.type === "task.waiting_for_input") {
+        waitedAt = (e.data?.pending?.[0]?.step ?? 0) + 1;
+        marks.push({ type: e.type, time: e.time, before: waitedAt });
+      } else if (e.type === "task.resumed") {
+        marks.push({ type: e.type, time: e.time, before: waitedAt });
+      }
+    }
+    if (page.next_after === undefined) break;
+    after = page.next_after;
+  }
+  return marks;
+}
+
+function markItem(m, n) {
+  const what = {
+    "task.started": n === 0 ? "Started" : `Handed to a new invocation (start ${n + 1}${m.attempt ? `, attempt ${m.attempt}` : ""})`,
+    "task.waiting_for_input": "Waiting for a decision",
+    "task.resumed": "Resumed after the decisions",
+  }[m.type];
+  return el("li", { class: "mark", "data-mark": m.type }, el("span", { class: "meta", text: `${what} · ${when(m.time)}` }));
+}
+
+/** Steps in order, each start or wait placed before the first step it preceded. */
+function timelineItems(steps, marks) {
+  const items = [];
+  let starts = 0;
+  let m = 0;
+  const place = (upTo) => {
+    while (m < marks.length && marks[m].before <= upTo) {
+      items.push(markItem(marks[m], marks[m].type === "task.started" ? starts++ : starts));
+      m += 1;
+    }
+  };
+  for (const s of steps) {
+    if (s.kind === "model") place(s.step);
+    // A wait comes between the answer that asked for approval and its decisions.
+    while (s.kind === "decision" && m < marks.length && marks[m].type === "task.waiting_for_input" && marks[m].before <= s.step + 1) {
+      items.push(markItem(marks[m], starts));
+      m += 1;
+    }
+    items.push(stepItem(s));
+  }
+  place(Infinity);
+  return items;
+}
+
 function block(b) {
   if (b.type === "text") return longText(b.text ?? "");
   if (b.type === "tool_use") return el("div", {}, el("div", { class: "meta", text: `Tool request: ${b.name} (${b.id})` }), json(b.input));
@@ -327,14 +385,15 @@ function task(id) {
   async function load() {
     let t;
     let steps;
+    let marks;
     try {
       t = await api("GET", `/v1/tasks/${encodeURIComponent(id)}`);
-      steps = await allSteps(id);
+      [steps, marks] = await Promise.all([allSteps(id), invocations(id)]);
     } catch (err) {
       say(err.message);
       return;
     }
-    const seen = `${t.updated_at}/${t.status}/${steps.length}`;
+    const seen = `${t.updated_at}/${t.status}/${steps.length}/${marks.length}`;
     if (seen === lastSeen) return;
     lastSeen = seen;
     const fact = (k, v) => (v === null || v === undefined || v === "" ? [] : [el("dt", { text: k }), el("dd", {}, v)]);
@@ -362,7 +421,7 @@ function task(id) {
     );
     pending.replaceChildren(t.status === "waiting_for_input" && t.pending?.length ? pendingPanel(t) : "");
     result.replaceChildren(...(t.result ? [el("h2", { text: "Result" }), el("div", { id: "result" }, longText(t.result.text)), t.result.json !== undefined ? json(t.result.json) : ""] : []));
-    timeline.replaceChildren(...(steps.length ? steps.map(stepItem) : [el("li", { class: "empty", text: "No steps yet." })]));
+    timeline.replaceChildren(...(steps.length || marks.length ? timelineItems(steps, marks) : [el("li", { class: "empty", text: "No steps yet." })]));
   }
 
   view(`Task ${id}`, facts, actions, pending, result, el("h2", { text: "Timeline" }), timeline);

@@ -104,6 +104,9 @@ def main():
         status_is(page, "succeeded")
         expect(page.locator("#result")).to_contain_text("42")
         expect(page.locator(".timeline li.decision")).to_contain_text("approve")
+        # The wait and the new invocation after the decisions are on the timeline too.
+        expect(page.locator('.timeline li[data-mark="task.waiting_for_input"]')).to_have_count(1)
+        expect(page.locator('.timeline li[data-mark="task.started"]')).to_have_count(2)
 
         # An edit: the tool runs on the corrected input.
         submit(page, "What is 6 * 9?", approve_tools="calculator")
