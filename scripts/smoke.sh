@@ -196,7 +196,8 @@ set +e; "$cli" schedules get "$sched" >/dev/null 2>&1; rc=$?; set -e
 [[ $rc == 3 ]] || fail "a deleted schedule's get exited $rc, not 3"
 
 log "smoke: the console in headless Chromium: sign in, submit, timeline, approval, cancel, usage"
-"$TOOLS_VENV/bin/python" "$ROOT/tests/browser/console.py" "$url" "$key" "$RUN/console" \
+AGENTQ_CLI="$cli" AGENTQ_TABLE="$table" AGENTQ_FAKE_MODEL="http://127.0.0.1:$FAKE_MODEL_PORT" \
+  "$TOOLS_VENV/bin/python" "$ROOT/tests/browser/console.py" "$url" "$key" "$RUN/console" \
   || fail "the console's browser test failed (screenshots in $RUN/console)"
 
 log "smoke: the task's story in the logs, under its trace id, with its metrics"

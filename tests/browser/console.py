@@ -10,7 +10,9 @@ main pages are saved to the directory given.
 
 import json
 import os
+import subprocess
 import sys
+import time
 import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
@@ -24,10 +26,51 @@ PAYLOAD = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
 TIMEOUT = 90_000
 
 
-def api(path):
-    req = urllib.request.Request(URL + path, headers={"Authorization": f"Bearer {KEY}"})
+def api(path, body=None):
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(URL + path, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
+
+
+# For a task that stays `queued`: the CLI (to hold the dev tenant's line), its table, and the fake
+# model's address (to slow the task that holds the slot). Given by scripts/smoke.sh.
+CLI, TABLE, FAKE = (os.environ.get(k) for k in ("AGENTQ_CLI", "AGENTQ_TABLE", "AGENTQ_FAKE_MODEL"))
+
+
+def tenants(*args):
+    env = {**os.environ, "AGENTQ_TABLE": TABLE}
+    out = subprocess.run([CLI, "--json", "tenants", *args], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fake_model(knobs):
+    req = urllib.request.Request(f"{FAKE}/control", data=json.dumps(knobs).encode(),
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def cancel_a_queued_task(page):
+    """A task held in its tenant's line (cap 1, over_cap hold, the slot taken by a slow task)
+    is `queued`; the list cancels it. The tenant's settings and the fake model are put back."""
+    before = tenants("get", "dev")["limits"]
+    try:
+        tenants("set", "dev", "--max-running", "1", "--over-cap", "hold")
+        fake_model({"latency_ms": 8000})
+        time.sleep(6)  # the API's per-instance cache of the tenant (AGENTQ_AUTH_CACHE_SECS, 5)
+        slow = api("/v1/tasks", {"prompt": "What is 2 * 3?"})["task_id"]
+        held = api("/v1/tasks", {"prompt": "What is 3 * 4?"})
+        assert held.get("held") is True, held
+        page.goto(f"{URL}/console#/tasks")
+        row = page.locator(f'tr[data-task="{held["task_id"]}"]')
+        expect(row).to_contain_text("queued", timeout=TIMEOUT)
+        row.get_by_role("button", name=f"Cancel task {held['task_id']}").click()
+        expect(row).to_contain_text("cancelled", timeout=TIMEOUT)
+        expect(page.locator(f'tr[data-task="{slow}"]')).to_contain_text("succeeded", timeout=TIMEOUT)
+    finally:
+        fake_model({"latency_ms": 0})
+        tenants("set", "dev", "--max-running", str(before["max_running"]), "--over-cap", before.get("over_cap", "reject"))
 
 
 def usd(v):
@@ -128,6 +171,9 @@ def main():
         page.screenshot(path=f"{SHOTS}/tasks.png", full_page=True)
         row.get_by_role("button", name=f"Cancel task {waiting}").click()
         expect(row).to_contain_text("cancelled", timeout=TIMEOUT)
+
+        if CLI and TABLE and FAKE:
+            cancel_a_queued_task(page)
 
         # Usage: this month's cost as the API counts it (read again while other work may still
         # be ending), today's bar in the chart.
