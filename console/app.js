@@ -11,6 +11,7 @@ const PAGE = 50;
 const POLL_MS = 2000;
 const FOLD = 1500;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const PALETTE = 6;
 const STATUSES = ["queued", "running", "waiting_for_input", "succeeded", "failed", "cancelled"];
 
 const main = document.getElementById("main");
@@ -480,6 +481,7 @@ async function usage() {
         const date = isoDay(d);
         days.push(byDate.get(date) ?? { date, tasks: { succeeded: 0, failed: 0, cancelled: 0 }, usage: { cost_usd: 0 } });
       }
+      const models = [...new Set(days.flatMap((d) => Object.keys(d.cost_by_model ?? {})))].sort();
       const t = month.total;
       const budget = month.monthly_budget_usd;
       summary.replaceChildren("This month: ", el("strong", { id: "month-cost", text: usd(t.usage.cost_usd) }),
@@ -490,6 +492,10 @@ async function usage() {
       charts.replaceChildren(
         el("h2", { text: "Cost per day" }),
         chart("Cost per day, last 14 days", days, [{ name: "cost", cls: "bar-cost", value: (d) => d.usage.cost_usd }], usd),
+        el("h2", { text: "Cost per day, by model" }),
+        el("div", { class: "legend" }, models.map((m, i) => el("span", { class: `l-model-${i % PALETTE}`, text: m }))),
+        chart("Cost per day by model, last 14 days", days,
+          models.map((m, i) => ({ name: m, cls: `bar-model-${i % PALETTE}`, value: (d) => d.cost_by_model?.[m] ?? 0 })), usd),
         el("h2", { text: "Finished tasks per day, by status" }),
         el("div", { class: "legend" }, el("span", { class: "l-ok", text: "succeeded" }), el("span", { class: "l-failed", text: "failed" }), el("span", { class: "l-cancelled", text: "cancelled" })),
         chart("Finished tasks per day by status, last 14 days", days, [

@@ -139,6 +139,11 @@ async fn a_primary_that_is_always_overloaded_hands_the_task_to_the_fallback() {
     assert!(steps[0]["attempts"].as_u64().unwrap() >= 2, "the primary's failed attempts and the answer: {steps:?}");
     assert!(steps[0]["latency_ms"].is_u64(), "{steps:?}");
     assert!(steps[1]["duration_ms"].is_u64(), "{steps:?}");
+    // The tenant's day counts the cost under the model that answered.
+    let (_, usage) = app.call_status(&app.key, "GET", "/v1/usage", &[]).await;
+    let by_model = usage["days"][0]["cost_by_model"].as_object().unwrap();
+    assert_eq!(by_model.keys().collect::<Vec<_>>(), [FALLBACK], "{usage}");
+    assert_eq!(by_model[FALLBACK], task["usage"]["cost_usd"], "{usage}");
     app.drain().await;
 }
 

@@ -188,6 +188,12 @@ def main():
             page.wait_for_timeout(1000)
         assert month > 0 and shown.text_content() == usd(month), (shown.text_content(), month)
         expect(page.locator(f'rect.bar-cost[data-date="{today}"]')).to_have_count(1)
+        # Today's cost by model: the fake model answers as the deployment's first model.
+        day = api(f"/v1/usage?from={today}&to={today}")["days"][0]
+        by_model = day.get("cost_by_model", {})
+        # (Tasks that ended before agentq counted costs by model are in the total only.)
+        assert by_model and sum(by_model.values()) <= day["usage"]["cost_usd"] + 1e-9, day
+        expect(page.locator(f'rect[class^="bar-model-"][data-date="{today}"]')).to_have_count(len(by_model))
         page.screenshot(path=f"{SHOTS}/usage.png", full_page=True)
 
         # The keyboard reaches the navigation.

@@ -53,6 +53,18 @@ impl Spend {
     }
 }
 
+impl Spend {
+    /// Each model's cost beyond what `counted` (per model, nano-dollars) says, models with
+    /// nothing new left out.
+    pub fn cost_by_model_since(&self, counted: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        self.usage_by_model
+            .iter()
+            .map(|(m, u)| (m.clone(), u.cost_nanos.saturating_sub(counted.get(m).copied().unwrap_or(0))))
+            .filter(|(_, c)| *c > 0)
+            .collect()
+    }
+}
+
 /// One model call's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStep {

@@ -627,6 +627,10 @@ pub struct TaskRecord {
     /// redriven, then succeeded) is counted once.
     #[serde(default)]
     pub counted: Usage,
+    /// The part of each model's cost (nano-dollars) already added to the tenant's per-day
+    /// cost by model, as `counted` is for the totals.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counted_by_model: std::collections::BTreeMap<String, u64>,
     /// When a worker first started it: the run's wall time is measured from here.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
@@ -701,6 +705,7 @@ impl TaskRecord {
             last_error: None,
             trace_id: None,
             counted: Usage::default(),
+            counted_by_model: Default::default(),
             started_at: None,
             resends: 0,
             // The `task.queued` event its admission writes.

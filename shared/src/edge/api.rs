@@ -290,6 +290,9 @@ pub struct DayView {
     pub date: String,
     pub tasks: TaskCounts,
     pub usage: UsageView,
+    /// The day's cost in USD by the model that answered.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cost_by_model: std::collections::BTreeMap<String, f64>,
 }
 
 impl From<&DayUsage> for DayView {
@@ -298,6 +301,7 @@ impl From<&DayUsage> for DayView {
             date: d.date.clone(),
             tasks: TaskCounts { succeeded: d.succeeded, failed: d.failed, cancelled: d.cancelled },
             usage: d.usage.into(),
+            cost_by_model: d.cost_by_model.iter().map(|(m, c)| (m.clone(), *c as f64 / 1e9)).collect(),
         }
     }
 }

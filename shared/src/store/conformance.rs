@@ -402,6 +402,8 @@ async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn S
     });
     assert_eq!((succeeded, failed), (1, 0), "the redriven task no longer counts as failed");
     assert_eq!((input, cost), (250, 2_500), "each token once");
+    let by_model: u64 = days.iter().filter_map(|d| d.cost_by_model.get("m")).sum();
+    assert_eq!(by_model, 2_500, "each model's nano-dollar once: {days:?}");
     count_is_true(store, &t, now).await;
 }
 

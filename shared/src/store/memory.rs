@@ -23,7 +23,6 @@ use crate::domain::schedule::{ScheduleRecord, ScheduleState};
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::domain::task::{TaskError, TaskId, TaskRecord, TaskStatus};
 use crate::domain::tenant::{ApiKey, Limits, Tenant};
-use crate::domain::usage::Usage;
 use crate::domain::webhooks::{Attempt, Endpoint};
 
 #[derive(Debug, Default)]
@@ -81,7 +80,7 @@ impl State {
     fn end(&mut self, id: TaskId, status: TaskStatus, error: Option<&TaskError>, held_slot: bool, now: OffsetDateTime) {
         let Some((rec, _)) = self.tasks.get(&id) else { return };
         let (spend, seq) = (rec.spend.clone(), rec.events + 1);
-        self.count_terminal(id, status, &spend.usage, held_slot, now);
+        self.count_terminal(id, status, &spend, held_slot, now);
         // The log's next seq is free: nothing else appends to an ended task.
         let _ = self.append(TaskEvent::ended(id, seq, status, &spend, error, now));
     }
@@ -93,10 +92,21 @@ impl State {
 
     /// The task `id` reached `status` with `total` usage: close it, and move the tenant's
     /// counters by what they have not seen of it yet.
-    fn count_terminal(&mut self, id: TaskId, status: TaskStatus, total: &Usage, held_slot: bool, now: OffsetDateTime) {
+    fn count_terminal(
+        &mut self,
+        id: TaskId,
+        status: TaskStatus,
+        spend: &crate::domain::steps::Spend,
+        held_slot: bool,
+        now: OffsetDateTime,
+    ) {
         let Some((rec, _)) = self.tasks.get_mut(&id) else { return };
-        let delta = total.since(&rec.counted);
+        let delta = spend.usage.since(&rec.counted);
         rec.counted += delta;
+        let by_model = spend.cost_by_model_since(&rec.counted_by_model);
+        for (m, c) in &by_model {
+            *rec.counted_by_model.entry(m.clone()).or_default() += c;
+        }
         rec.pending = None;
         rec.waiting_until = None;
         let tenant = rec.tenant_id.clone();
@@ -115,6 +125,9 @@ impl State {
             _ => {}
         }
         day.usage += delta;
+        for (m, c) in by_model {
+            *day.cost_by_model.entry(m).or_default() += c;
+        }
         *self.months.entry((tenant, month_of(now))).or_default() += delta.cost_nanos;
     }
 }
@@ -474,7 +487,7 @@ impl TaskRun for MemoryStore {
             }
             rec.updated_at = f.now;
             *held = None;
-            state.count_terminal(task.task_id, f.status, &f.spend.usage, true, f.now);
+            state.count_terminal(task.task_id, f.status, &f.spend, true, f.now);
             Ok(())
         })?
     }

@@ -222,6 +222,9 @@ pub struct DayUsage {
     pub cancelled: u64,
     #[serde(default)]
     pub usage: Usage,
+    /// The day's cost by the model that answered, nano-dollars.
+    #[serde(default)]
+    pub cost_by_model: std::collections::BTreeMap<String, u64>,
 }
 
 /// The submit path's writes.

@@ -687,17 +687,25 @@ impl DynamoStore {
         task: &TaskRecord,
         task_update: Expr,
         ending: &TaskEvent,
-        total: &Usage,
+        spend: &Spend,
         now: OffsetDateTime,
         extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
+        let total = &spend.usage;
         let status = match ending.kind {
             EventKind::Succeeded => TaskStatus::Succeeded,
             EventKind::Cancelled => TaskStatus::Cancelled,
             _ => TaskStatus::Failed,
         };
         let delta = total.since(&task.counted);
+        let by_model = spend.cost_by_model_since(&task.counted_by_model);
+        let mut counted_by_model = task.counted_by_model.clone();
+        for (m, c) in &by_model {
+            *counted_by_model.entry(m.clone()).or_default() += c;
+        }
         let task_update = task_update
+            .set("#counted_by_model = :counted_by_model")
+            .val(":counted_by_model", attr(&counted_by_model)?)
             .set("#events = :event_seq")
             .val(":event_seq", n(ending.seq))
             .set("#counted = :counted")
@@ -728,6 +736,11 @@ impl DynamoStore {
             .val(":cr", n(delta.cache_read_input_tokens))
             .val(":cw", n(delta.cache_creation_input_tokens))
             .val(":c", n(delta.cost_nanos));
+        // One number per model: attribute names must be plain, so the model id is hex-coded.
+        let day = by_model
+            .iter()
+            .enumerate()
+            .fold(day, |e, (i, (m, c))| e.add(format!("#{} :m{i}", model_cost_attr(m))).val(&format!(":m{i}"), n(*c)));
         let mut items = vec![
             TransactWriteItem::builder().update(task_update.on(&self.table, task_key(task.task_id), META)?).build(),
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
@@ -1004,7 +1017,7 @@ impl TaskCreate for DynamoStore {
             .into_iter()
             .collect();
         let ending = TaskEvent::ended(task.task_id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
-        self.terminal(task, update, &ending, &task.spend.usage, now, extra).await
+        self.terminal(task, update, &ending, &task.spend, now, extra).await
     }
 }
 
@@ -1190,7 +1203,7 @@ impl TaskCancel for DynamoStore {
                     let error = cancelled_error();
                     let ending =
                         TaskEvent::ended(id, task.events + 1, TaskStatus::Cancelled, &task.spend, Some(&error), now);
-                    self.terminal(&task, update, &ending, &task.spend.usage, now, vec![]).await.map(|()| Cancelled::Now)
+                    self.terminal(&task, update, &ending, &task.spend, now, vec![]).await.map(|()| Cancelled::Now)
                 }
                 _ => self
                     .update_task(
@@ -1294,7 +1307,7 @@ impl TaskRun for DynamoStore {
             // The pointer is written with the rest of the terminal state.
             update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
-        self.terminal(task, update, &f.event, &f.spend.usage, f.now, vec![]).await
+        self.terminal(task, update, &f.event, &f.spend, f.now, vec![]).await
     }
 
     async fn record_model_step(
@@ -1489,7 +1502,7 @@ impl TaskDeadLetter for DynamoStore {
             &task,
         );
         let ending = TaskEvent::ended(id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
-        match self.terminal(&task, update, &ending, &task.spend.usage, now, vec![]).await {
+        match self.terminal(&task, update, &ending, &task.spend, now, vec![]).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
@@ -1900,6 +1913,30 @@ impl UsageRead for DynamoStore {
     }
 }
 
+/// The day item's attribute for one model's cost: `model_cost_` and the id in hex.
+fn model_cost_attr(model: &str) -> String {
+    let hex: String = model.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{MODEL_COST}{hex}")
+}
+
+const MODEL_COST: &str = "model_cost_";
+
+/// The models' costs a day item holds.
+fn model_costs(item: &HashMap<String, AttributeValue>) -> BTreeMap<String, u64> {
+    item.iter()
+        .filter_map(|(k, v)| {
+            let hex = k.strip_prefix(MODEL_COST)?;
+            let bytes: Option<Vec<u8>> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+            let cost = match v {
+                AttributeValue::N(n) => n.parse::<u64>().ok()?,
+                _ => return None,
+            };
+            Some((String::from_utf8(bytes?).ok()?, cost))
+        })
+        .collect()
+}
+
 fn day_usage(item: &HashMap<String, AttributeValue>) -> DayUsage {
     let num = |name: &str| number(Some(item), name).unwrap_or(0).max(0) as u64;
     DayUsage {
@@ -1917,12 +1954,24 @@ fn day_usage(item: &HashMap<String, AttributeValue>) -> DayUsage {
             cache_creation_input_tokens: num("cache_creation_input_tokens"),
             cost_nanos: num("cost_nanos"),
         },
+        cost_by_model: model_costs(item),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_models_cost_attribute_names_any_model_id_and_reads_back() {
+        let ids = ["claude-sonnet-4-5", "anthropic.claude-3-haiku-20240307-v1:0", "gpt-4o/mini é"];
+        let item: HashMap<String, AttributeValue> =
+            ids.iter().enumerate().map(|(i, m)| (model_cost_attr(m), n(i + 1))).collect();
+        assert!(item.keys().all(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')));
+        let back = model_costs(&item);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back["anthropic.claude-3-haiku-20240307-v1:0"], 2);
+    }
 
     #[test]
     fn placeholders_are_found_in_expressions() {
