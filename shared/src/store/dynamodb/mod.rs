@@ -703,9 +703,14 @@ impl DynamoStore {
         for (m, c) in &by_model {
             *counted_by_model.entry(m.clone()).or_default() += c;
         }
+        // Only when a model has new cost: an empty map is never written (DynamoDB Local's stream
+        // records carry one as `{}`, which no SDK reads).
+        let task_update = if by_model.is_empty() {
+            task_update
+        } else {
+            task_update.set("#counted_by_model = :counted_by_model").val(":counted_by_model", attr(&counted_by_model)?)
+        };
         let task_update = task_update
-            .set("#counted_by_model = :counted_by_model")
-            .val(":counted_by_model", attr(&counted_by_model)?)
             .set("#events = :event_seq")
             .val(":event_seq", n(ending.seq))
             .set("#counted = :counted")
