@@ -70,6 +70,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     only_tasks_no_live_lease_holds_are_failed_as_abandoned(store).await;
     usage_is_counted_once_through_failure_redrive_and_success(store).await;
     admission_keeps_the_cap_and_the_idempotency_key(store).await;
+    concurrent_admissions_of_one_tenant_all_land_and_count_once(store).await;
     open_tasks_fall_due_after_their_grace_and_ended_ones_never(store, reconcile_after).await;
     the_rate_limit_allows_its_burst_then_refuses(store).await;
     a_tasks_log_numbers_every_change_in_order(store).await;
@@ -420,7 +421,23 @@ async fn admission_keeps_the_cap_and_the_idempotency_key(store: &dyn Store) {
     assert_eq!(store.admit(&record(&t, now), keyed).await.unwrap(), Admitted::Replayed(original.task_id));
     let other = Admission { idempotency: Some(Idempotency { key: "order-1", request_hash: "other" }), ..keyed };
     assert_eq!(store.admit(&record(&t, now), other).await.unwrap(), Admitted::KeyReused);
+    let roomy = Admission { max_running: 5, ..keyed };
+    assert_eq!(store.admit(&record(&t, now), roomy).await.unwrap(), Admitted::Replayed(original.task_id));
+    count_is_true(store, &t, now).await;
     assert_eq!(store.cancel(original.task_id, now).await.unwrap(), Cancelled::Now);
+}
+
+async fn concurrent_admissions_of_one_tenant_all_land_and_count_once(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let open = Admission { max_running: 100, idempotency: None };
+    let tasks: Vec<TaskRecord> = (0..20).map(|_| record(&t, now)).collect();
+    let admitted = futures::future::join_all(tasks.iter().map(|task| store.admit(task, open))).await;
+    assert!(admitted.iter().all(|a| matches!(a, Ok(Admitted::Created))), "{admitted:?}");
+    count_is_true(store, &t, now).await;
+    for task in &tasks {
+        assert_eq!(store.cancel(task.task_id, now).await.unwrap(), Cancelled::Now);
+    }
+    count_is_true(store, &t, now).await;
 }
 
 async fn open_tasks_fall_due_after_their_grace_and_ended_ones_never(store: &dyn Store, after: Duration) {
