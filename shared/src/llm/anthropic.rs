@@ -67,7 +67,7 @@ fn ephemeral() -> serde_json::Value {
 }
 
 /// The request body: the conversation as is, with cache breakpoints when `caching`.
-fn wire_body(model: &str, max_tokens: u32, request: &ModelRequest, caching: bool) -> serde_json::Value {
+pub fn wire_body(model: &str, max_tokens: u32, request: &ModelRequest, caching: bool) -> serde_json::Value {
     let body = WireRequest {
         model,
         max_tokens,
@@ -136,15 +136,20 @@ impl Model for AnthropicModel {
             .timeout(self.timeout)
             .json(&body);
         let bytes = send_json(request, self.timeout).await?;
-        let wire: WireResponse = serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
-        Ok(ModelResponse {
-            model: wire.model,
-            content: wire.content,
-            // A missing stop reason only happens mid-stream; treat it like the end of a turn.
-            stop_reason: wire.stop_reason.unwrap_or(StopReason::EndTurn),
-            usage: wire.usage,
-        })
+        decode(&bytes)
     }
+}
+
+/// A Messages API response body, read.
+pub fn decode(bytes: &[u8]) -> Result<ModelResponse, ModelError> {
+    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
+    Ok(ModelResponse {
+        model: wire.model,
+        content: wire.content,
+        // A missing stop reason only happens mid-stream; treat it like the end of a turn.
+        stop_reason: wire.stop_reason.unwrap_or(StopReason::EndTurn),
+        usage: wire.usage,
+    })
 }
 
 #[cfg(test)]
