@@ -5,7 +5,9 @@ use std::sync::Arc;
 use agentq::runtime::wiring;
 use lambda_http::{Error, service_fn};
 
-#[tokio::main]
+// One thread: an instance serves one invocation at a time on a share of a vCPU, and a
+// pool of threads only adds wake-ups between them (BENCHMARKS.md, "Where the CPU went").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let config = agentq::runtime::config::Config::from_env()?;

@@ -39,6 +39,8 @@ struct Sink {
     records: Vec<Value>,
     /// AWS requests made since the last flush, by service and operation.
     requests: std::collections::BTreeMap<(String, String), u64>,
+    /// DynamoDB read and write units consumed since the last flush.
+    capacity: (f64, f64),
 }
 
 fn sink() -> &'static Mutex<Sink> {
@@ -49,6 +51,7 @@ fn sink() -> &'static Mutex<Sink> {
             function: std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into()),
             records: Vec::new(),
             requests: Default::default(),
+            capacity: (0.0, 0.0),
         })
     })
 }
@@ -128,7 +131,18 @@ pub fn count_request(service: &str, operation: &str) {
     *sink().lock().expect("poisoned").requests.entry((service.to_owned(), operation.to_owned())).or_default() += 1;
 }
 
+/// Counts DynamoDB capacity consumed (what on-demand mode bills), written with the
+/// invocation's other metrics as `DynamoDbWriteUnits` and `DynamoDbReadUnits`.
+pub fn count_capacity(write: bool, units: f64) {
+    let mut sink = sink().lock().expect("poisoned");
+    if write { sink.capacity.1 += units } else { sink.capacity.0 += units }
+}
+
 fn requests_to_records() {
+    let (read, write) = std::mem::take(&mut sink().lock().expect("poisoned").capacity);
+    if read + write > 0.0 {
+        record().value("DynamoDbReadUnits", read, Unit::Count).value("DynamoDbWriteUnits", write, Unit::Count).emit();
+    }
     let requests = std::mem::take(&mut sink().lock().expect("poisoned").requests);
     let mut by_service: std::collections::BTreeMap<String, (u64, Map<String, Value>)> = Default::default();
     for ((service, operation), n) in requests {

@@ -54,7 +54,11 @@ where
     } else {
         tracing_subscriber::fmt::layer().without_time().with_writer(writer).boxed()
     };
-    let _ = tracing_subscriber::registry().with(extra).with(output.with_filter(filter)).try_init();
+    // Spans and events below INFO never reach the tracer: the AWS SDK and hyper emit DEBUG and
+    // TRACE events on every request whose fields (the client's whole configuration, among
+    // them) would be formatted for it: a third of the functions' CPU before this filter (BENCHMARKS.md).
+    let traced = extra.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry().with(traced).with(output.with_filter(filter)).try_init();
 }
 
 /// Whether content may be logged (`AGENTQ_LOG_CONTENT=true`).

@@ -49,7 +49,8 @@ impl Intercept for CountRequests {
 }
 
 pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::config::Builder::from(config).interceptor(CountRequests).build();
+    let conf =
+        aws_sdk_dynamodb::config::Builder::from(config).interceptor(CountRequests).interceptor(CountCapacity).build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
@@ -64,4 +65,88 @@ pub fn s3(config: &SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
     let conf =
         aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).interceptor(CountRequests).build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Asks DynamoDB for the capacity each request consumes (`ReturnConsumedCapacity: TOTAL`,
+/// which costs nothing) and counts it into the invocation's metrics (`DynamoDbWriteUnits`,
+/// `DynamoDbReadUnits`), so the bench measures what a task costs rather than estimating it
+/// from item sizes. (A write refused by its condition consumes units too, and is not seen.)
+#[derive(Debug)]
+struct CountCapacity;
+
+/// For each operation the stores use: ask for the total on its input, read it off its output
+/// as read or write units.
+macro_rules! capacity_of {
+    ($input:expr, $output:expr, $($op:ident :: $in:ident / $out:ident => $write:literal, $units:expr);+ $(;)?) => {{
+        use aws_sdk_dynamodb::operation::*;
+        if let Some(input) = $input {
+            $(if let Some(i) = input.downcast_mut::<$op::$in>() {
+                i.return_consumed_capacity = Some(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total);
+            })+
+        }
+        if let Some(output) = $output {
+            $(if let Some(o) = output.downcast_ref::<$op::$out>() {
+                let units: fn(&$op::$out) -> f64 = $units;
+                return Some(($write, units(o)));
+            })+
+        }
+        None
+    }};
+}
+
+fn total(c: &Option<aws_sdk_dynamodb::types::ConsumedCapacity>) -> f64 {
+    c.as_ref().and_then(|c| c.capacity_units).unwrap_or(0.0)
+}
+
+fn sum(c: &Option<Vec<aws_sdk_dynamodb::types::ConsumedCapacity>>) -> f64 {
+    c.iter().flatten().filter_map(|c| c.capacity_units).sum()
+}
+
+/// Marks `input` to return its consumed capacity; reads `output`'s: (is a write, units).
+fn capacity(
+    input: Option<&mut aws_smithy_runtime_api::client::interceptors::context::Input>,
+    output: Option<&aws_smithy_runtime_api::client::interceptors::context::Output>,
+) -> Option<(bool, f64)> {
+    capacity_of!(input, output,
+        get_item::GetItemInput / GetItemOutput => false, |o| total(&o.consumed_capacity);
+        query::QueryInput / QueryOutput => false, |o| total(&o.consumed_capacity);
+        scan::ScanInput / ScanOutput => false, |o| total(&o.consumed_capacity);
+        batch_get_item::BatchGetItemInput / BatchGetItemOutput => false, |o| sum(&o.consumed_capacity);
+        transact_get_items::TransactGetItemsInput / TransactGetItemsOutput => false, |o| sum(&o.consumed_capacity);
+        put_item::PutItemInput / PutItemOutput => true, |o| total(&o.consumed_capacity);
+        update_item::UpdateItemInput / UpdateItemOutput => true, |o| total(&o.consumed_capacity);
+        delete_item::DeleteItemInput / DeleteItemOutput => true, |o| total(&o.consumed_capacity);
+        batch_write_item::BatchWriteItemInput / BatchWriteItemOutput => true, |o| sum(&o.consumed_capacity);
+        transact_write_items::TransactWriteItemsInput / TransactWriteItemsOutput => true, |o| sum(&o.consumed_capacity);
+    )
+}
+
+impl Intercept for CountCapacity {
+    fn name(&self) -> &'static str {
+        "CountCapacity"
+    }
+
+    fn modify_before_serialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextMut<
+            '_,
+        >,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        capacity(Some(context.input_mut()), None);
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some((write, units)) = context.output_or_error().ok().and_then(|o| capacity(None, Some(o))) {
+            crate::observe::metrics::count_capacity(write, units);
+        }
+        Ok(())
+    }
 }
