@@ -11,8 +11,12 @@
 # bench/results/<date>.jsonl, and a table on stdout for BENCHMARKS.md.
 #
 # Knobs: TASKS (200), DRIVE_CONCURRENCY (20), POLL_INTERVAL (0.5), WARMUP_TASKS (10),
-# LAMBDA_CONCURRENCY (4), BASELINES ("prefork threads": which Celery pools to run; "" for
-# none), SHARED_BENCH (../shared/bench).
+# LAMBDA_CONCURRENCY (2 processes per function at start; more start while all are busy, up to
+# LAMBDA_MAX_CONCURRENCY, 20), AGENTQ_POLLERS (17: the worker's event sources' MaximumConcurrency
+# summed, as template.yaml's defaults give it), SCENARIOS ("A B"), BASELINES ("prefork threads":
+# which Celery pools to run; "" for none), PROFILE (release), PERF (1: record the functions'
+# CPU with perf during each scenario, into bench/results/<time>-<scenario>.perf; needs
+# PROFILE=profiling for symbols), SHARED_BENCH (../shared/bench).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SHARED_BENCH="${SHARED_BENCH:-$ROOT/../shared/bench}"
@@ -21,11 +25,13 @@ SHARED_BENCH="$(cd "$SHARED_BENCH" && pwd)"
 
 # agentq on its own ports and stack name, so a developer's `make up` is untouched.
 export AGENTQ_RUN="$ROOT/.run/bench" AGENTQ_PORT=${BENCH_PORT:-3300} LAMBDA_PORT=${BENCH_LAMBDA_PORT:-9300}
-export STACK_NAME=agentq-bench LOCAL_RUNTIME=agentq PROFILE=release
+export STACK_NAME=agentq-bench LOCAL_RUNTIME=agentq PROFILE=${PROFILE:-release}
 # No table stream (so no webhooks): DynamoDB Local serializes writes to a table with one, at
 # ~20 ms each, which deployed DynamoDB does not; the webhook path is measured by bench/watch.sh.
 export AGENTQ_LOCAL_STREAMS=off
-export LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-4}
+export LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-2} LAMBDA_MAX_CONCURRENCY=${LAMBDA_MAX_CONCURRENCY:-20}
+export AGENTQ_POLLERS=${AGENTQ_POLLERS:-17}
+SCENARIOS=${SCENARIOS:-A B} PERF=${PERF:-}
 TASKS=${TASKS:-200} DRIVE_CONCURRENCY=${DRIVE_CONCURRENCY:-20} POLL_INTERVAL=${POLL_INTERVAL:-0.5}
 WARMUP_TASKS=${WARMUP_TASKS:-10} BASELINES=${BASELINES-prefork threads}
 LLM_PORT=${BENCH_LLM_PORT:-8389}
@@ -61,6 +67,13 @@ ANTHROPIC_API_KEY=bench-dummy-key ANTHROPIC_BASE_URL="http://127.0.0.1:$LLM_PORT
 key=$(sed -n 's/^dev api key: //p' "$RUN/up.out")
 [[ -n $key ]] || die "make up printed no key"
 stop_bg fake-llm
+# Each function's init: its process started to its first request for work (Lambda's Init
+# phase less the sandbox), as the Lambda stand-in logs it; 2 processes of 9 functions start
+# at once on the 2 cores, so this is an upper bound.
+sleep 2
+sed -n 's/\x1b\[[0-9;]*m//g; s/.*function process ready function=\([a-z]*\) instance=[0-9]* init_ms=\([0-9.]*\).*/\1 \2/p' \
+  "$RUN/lambda.log" | sort -k1,1 -k2,2n | awk '{v[$1] = v[$1] " " int($2 + 0.5)} END {for (f in v) print "  init ms " f ":" v[f]}' |
+  sort | tee "${results%.jsonl}-init.txt" >&2
 
 # cpu NAME: CPU seconds used so far by the session of NAME's recorded process (start_bg runs
 # each component in its own session, so this counts its children: the function processes,
@@ -91,14 +104,22 @@ drive() { # drive LABEL TASKS
 rc=0
 for scenario in "A_latency0ms 0" "B_latency200ms 200"; do
   set -- $scenario
+  [[ " $SCENARIOS " == *" ${1%%_*} "* ]] || continue
   log "agentq: scenario $1 ($TASKS tasks, model latency $2 ms)"
   start_llm "$2"
   [[ $WARMUP_TASKS -gt 0 ]] && { drive warmup "$WARMUP_TASKS" >&2 || true; }
   curl -sf -X DELETE "http://127.0.0.1:$LLM_PORT/stats" > /dev/null
   before=$(cpu_all)
   log_from=$(($(stat -c %s "$RUN/lambda.log") + 1))
+  perf_pid=
+  if [[ -n $PERF ]]; then
+    pids=$(ps -s "$(cat "$RUN/lambda.pid")" -o pid=,comm= | awk -v re="$FUNCTIONS" '$2 ~ re {print $1}' | paste -sd,)
+    perf record -q -F 499 --call-graph dwarf,16384 -o "${results%.jsonl}-$1.perf" -p "$pids" 2> "$RUN/perf.log" &
+    perf_pid=$!
+  fi
   line=$(drive "agentq_$1" "$TASKS") || rc=1
   after=$(cpu_all)
+  [[ -z $perf_pid ]] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   # The functions' own count of AWS requests (EMF `AwsRequests`, every attempt), this scenario.
   tail -c +"$log_from" "$RUN/lambda.log" > "$RUN/scenario.log"
   stats=$(curl -sf "http://127.0.0.1:$LLM_PORT/stats")
@@ -113,18 +134,24 @@ b, a = parse(sys.argv[2]), parse(sys.argv[3])
 d["cpu_ms_per_task"] = {k: round((a[k] - b[k]) * 1000 / d["tasks"], 1) for k in a}
 # AWS requests per task, by service and operation (warm-up excluded; polls included).
 requests = {}
+units = {"read": 0.0, "write": 0.0}
 for line in open(sys.argv[4], errors="replace"):
     start = line.find("{")
     try:
         rec = json.loads(line[start:]) if start >= 0 else None
     except ValueError:
         continue
+    if isinstance(rec, dict) and "DynamoDbWriteUnits" in rec:
+        units["read"] += rec["DynamoDbReadUnits"]
+        units["write"] += rec["DynamoDbWriteUnits"]
     if not isinstance(rec, dict) or "AwsRequests" not in rec:
         continue
     for op, n in rec.get("operations", {}).items():
         key = rec["service"] + "." + op
         requests[key] = requests.get(key, 0) + n
 d["aws_requests_per_task"] = {k: round(v / d["tasks"], 2) for k, v in sorted(requests.items())}
+# DynamoDB capacity consumed per task (ReturnConsumedCapacity, as the functions counted it).
+d["dynamodb_units_per_task"] = {k: round(v / d["tasks"], 2) for k, v in units.items()}
 print(json.dumps(d))' "$stats" "$before" "$after" "$RUN/scenario.log" >> "$results"
   log "  $line"
   stop_bg fake-llm
@@ -161,6 +188,7 @@ for r in cpu:
     if reqs:
         print()
         print(f"{r['label']}: AWS requests per task (polls included): " + ", ".join(f"{k} {v}" for k, v in reqs.items()))
+        print(f"{r['label']}: DynamoDB capacity units per task: {r.get('dynamodb_units_per_task')}")
 if cpu:
     names = list(cpu[0]["cpu_ms_per_task"])
     print()

@@ -77,9 +77,13 @@ enum Command {
         bin_dir: PathBuf,
         #[arg(long)]
         env_file: PathBuf,
-        /// Processes per function.
+        /// Processes per function started at once.
         #[arg(long, default_value_t = 2)]
         instances: usize,
+        /// Processes per function at most: when all are busy an invocation starts another, as
+        /// Lambda scales out (the function's concurrency limit).
+        #[arg(long, default_value_t = 10)]
+        max_instances: usize,
         /// `function=seconds`, overriding a function's timeout from the template.
         #[arg(long = "timeout")]
         timeouts: Vec<String>,
@@ -157,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             let template = Template::load(&cli.template, &cli.stack)?.with_streams(streams_on());
             serve(&template, listen, &lambda, pollers, Duration::from_secs(schedule_secs.max(1))).await
         }
-        Command::Lambdas { listen, bin_dir, env_file, instances, timeouts } => {
+        Command::Lambdas { listen, bin_dir, env_file, instances, max_instances, timeouts } => {
             let template = Template::load(&cli.template, &cli.stack)?;
             let env = agentq_local::runtime::read_env_file(&env_file)?;
             let overrides: HashMap<String, u64> = timeouts
@@ -175,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
                     env: env.clone(),
                     timeout: overrides.get(&name).map_or(timeout, |s| Duration::from_secs(*s)),
                     instances,
+                    max_instances,
                     name,
                 })
                 .collect();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,8 +26,11 @@ pub struct FunctionSpec {
     pub binary: PathBuf,
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
-    /// Processes running at once (Lambda's concurrency for this function).
+    /// Processes started at once, kept warm.
     pub instances: usize,
+    /// Processes at most: when every process is busy, an invocation starts another (as Lambda
+    /// scales out), up to this many (the function's concurrency limit).
+    pub max_instances: usize,
 }
 
 /// What an invocation came to: its response (or the start of a streamed one), or its error.
@@ -49,23 +53,83 @@ struct Invocation {
 
 type Queue = Arc<Mutex<mpsc::Receiver<Invocation>>>;
 
+/// One hosted function: where its invocations wait, and its processes.
+struct Function {
+    spec: FunctionSpec,
+    invocations: mpsc::Sender<Invocation>,
+    queue: Queue,
+    /// Processes started.
+    started: AtomicUsize,
+    load: Arc<Load>,
+}
+
+/// A function's processes waiting for an invocation (or starting, soon to), and invocations
+/// waiting for a process.
+#[derive(Default)]
+struct Load {
+    idle: AtomicUsize,
+    starting: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// Counts one up while it lives (a process's `next` may be dropped mid-wait).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Function {
+    fn start_instance(&self) {
+        let instance = self.started.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(supervise(self.spec.clone(), instance, self.queue.clone(), self.load.clone()));
+    }
+
+    /// Starts one more process if more invocations wait than processes are free to take
+    /// them, and the limit allows.
+    fn scale_out(&self) {
+        let started = self.started.load(Ordering::SeqCst);
+        let free = self.load.idle.load(Ordering::SeqCst) + self.load.starting.load(Ordering::SeqCst);
+        if self.load.waiting.load(Ordering::SeqCst) > free && started < self.spec.max_instances.max(self.spec.instances)
+        {
+            tracing::info!(function = %self.spec.name, instance = started, "every process is busy: starting another");
+            self.start_instance();
+        }
+    }
+}
+
 /// The functions being hosted, by name.
 #[derive(Clone, Default)]
 pub struct Host {
-    functions: HashMap<String, (mpsc::Sender<Invocation>, Duration)>,
+    functions: HashMap<String, Arc<Function>>,
 }
 
 impl Host {
-    /// Starts `instances` supervised processes of every function.
+    /// Starts `instances` supervised processes of every function; more start as load needs.
     pub fn start(specs: Vec<FunctionSpec>) -> Self {
         let mut functions = HashMap::new();
         for spec in specs {
-            let (tx, rx) = mpsc::channel(1024);
-            let queue: Queue = Arc::new(Mutex::new(rx));
-            for instance in 0..spec.instances.max(1) {
-                tokio::spawn(supervise(spec.clone(), instance, queue.clone()));
+            let (invocations, rx) = mpsc::channel(1024);
+            let function = Arc::new(Function {
+                invocations,
+                queue: Arc::new(Mutex::new(rx)),
+                started: AtomicUsize::new(0),
+                load: Arc::default(),
+                spec,
+            });
+            for _ in 0..function.spec.instances.max(1) {
+                function.start_instance();
             }
-            functions.insert(spec.name.clone(), (tx, spec.timeout));
+            functions.insert(function.spec.name.clone(), function);
         }
         Self { functions }
     }
@@ -124,17 +188,20 @@ async fn invoke(State(host): State<Arc<Host>>, Path(name): Path<String>, payload
 /// Hands `payload` to one of the function's processes and waits for its answer; a failure is
 /// the response the Invoke API gives for it.
 async fn dispatch(host: &Host, name: &str, payload: Bytes) -> Result<Reply, Response> {
-    let Some((queue, timeout)) = host.functions.get(name) else {
+    let Some(function) = host.functions.get(name) else {
         return Err((StatusCode::NOT_FOUND, format!("no function {name}")).into_response());
     };
+    let timeout = function.spec.timeout;
     let (reply, answer) = oneshot::channel();
-    let invocation =
-        Invocation { id: ulid::Ulid::generate().to_string().to_lowercase(), payload, timeout: *timeout, reply };
-    if queue.send(invocation).await.is_err() {
+    let invocation = Invocation { id: ulid::Ulid::generate().to_string().to_lowercase(), payload, timeout, reply };
+    function.load.waiting.fetch_add(1, Ordering::SeqCst);
+    function.scale_out();
+    if function.invocations.send(invocation).await.is_err() {
+        function.load.waiting.fetch_sub(1, Ordering::SeqCst);
         return Err((StatusCode::SERVICE_UNAVAILABLE, "the function is not running").into_response());
     }
     // Waiting for a process to take it counts too: Lambda would have throttled.
-    let outcome = tokio::time::timeout(*timeout + Duration::from_secs(30), answer).await;
+    let outcome = tokio::time::timeout(timeout + Duration::from_secs(30), answer).await;
     match outcome {
         Ok(Ok(Ok(reply))) => Ok(reply),
         Ok(Ok(Err(error))) => Err(function_error(error)),
@@ -156,24 +223,38 @@ fn function_error(body: Bytes) -> Response {
 /// One process's Runtime API: the invocations it holds.
 struct Instance {
     queue: Queue,
+    /// The function's processes and invocations waiting.
+    load: Arc<Load>,
     function: String,
+    instance: usize,
+    /// When its process was started, and whether it has asked for its first invocation.
+    started: std::time::Instant,
+    ready: std::sync::Once,
     held: Mutex<HashMap<String, (oneshot::Sender<Outcome>, u64)>>,
 }
 
 /// Runs one process of a function for ever: start it, serve its Runtime API, and when it
 /// exits (or is killed for running past an invocation's deadline), fail what it held and
 /// start it again.
-async fn supervise(spec: FunctionSpec, instance: usize, queue: Queue) {
+async fn supervise(spec: FunctionSpec, instance: usize, queue: Queue, load: Arc<Load>) {
     loop {
-        if let Err(e) = run_once(&spec, instance, queue.clone()).await {
+        if let Err(e) = run_once(&spec, instance, queue.clone(), load.clone()).await {
             tracing::error!(function = %spec.name, instance, error = format!("{e:#}"), "function process failed to start");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow::Result<()> {
-    let state = Arc::new(Instance { queue, function: spec.name.clone(), held: Mutex::new(HashMap::new()) });
+async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue, load: Arc<Load>) -> anyhow::Result<()> {
+    let state = Arc::new(Instance {
+        queue,
+        load,
+        started: std::time::Instant::now(),
+        ready: std::sync::Once::new(),
+        instance,
+        function: spec.name.clone(),
+        held: Mutex::new(HashMap::new()),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = listener.local_addr()?;
     let router = axum::Router::new()
@@ -184,6 +265,8 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow:
         .with_state(state.clone());
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
+    // Counted as starting before it can ask for work, so the count never goes below zero.
+    state.load.starting.fetch_add(1, Ordering::SeqCst);
     let mut child = tokio::process::Command::new(&spec.binary)
         .envs(&spec.env)
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
@@ -192,7 +275,10 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow:
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", spec.binary.display()))?;
+        .with_context(|| format!("starting {}", spec.binary.display()))
+        .inspect_err(|_| {
+            state.load.starting.fetch_sub(1, Ordering::SeqCst);
+        })?;
     let pid = child.id().unwrap_or_default();
     tracing::info!(function = %spec.name, instance, pid, "function process started");
 
@@ -210,6 +296,9 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow:
         }
     };
     server.abort();
+    if !state.ready.is_completed() {
+        state.load.starting.fetch_sub(1, Ordering::SeqCst);
+    }
     let lost: Vec<_> = state.held.lock().await.drain().collect();
     tracing::warn!(function = %spec.name, instance, pid, %status, lost = lost.len(), "function process exited");
     for (_, (reply, _)) in lost {
@@ -221,10 +310,20 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue) -> anyhow:
 }
 
 async fn next(State(state): State<Arc<Instance>>) -> Response {
+    // The first `next` is the end of the process's init (Lambda's Init phase).
+    state.ready.call_once(|| {
+        state.load.starting.fetch_sub(1, Ordering::SeqCst);
+        let init_ms = state.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(function = %state.function, instance = state.instance, init_ms, "function process ready");
+    });
     let invocation = {
+        let _idle = Counted::new(&state.load.idle);
         let mut queue = state.queue.lock().await;
         queue.recv().await
     };
+    if invocation.is_some() {
+        state.load.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
     let Some(inv) = invocation else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
     let deadline = time::OffsetDateTime::now_utc() + inv.timeout;
     let deadline_ms = (deadline.unix_timestamp_nanos() / 1_000_000) as u64;
