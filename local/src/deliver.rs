@@ -242,16 +242,24 @@ impl Delivery {
     /// The next batch of `queue`, fairly ordered: tops the stage up with what the queue shows
     /// (waiting up to `wait` seconds when nothing is held), then takes round-robin.
     async fn next_batch(&self, queue: &QueueRef, wait: i32) -> anyhow::Result<Vec<Message>> {
+        // A long poll of an empty queue happens outside the lock: a poller waiting on one
+        // queue must not hold up the others (with many pollers it held every one up for a
+        // second at a time, and messages waited in the queue for seconds).
+        let empty = self.stages.lock().await.get(&queue.url).is_none_or(|s| s.len() == 0);
+        if empty && wait > 0 {
+            let received = self.receive(queue, wait).await?;
+            let mut stages = self.stages.lock().await;
+            let stage = stages.entry(queue.url.clone()).or_default();
+            received.into_iter().for_each(|m| stage.push(m, self.fair));
+        }
         let mut stages = self.stages.lock().await;
         let stage = stages.entry(queue.url.clone()).or_default();
         let visibility = match stage.visibility {
             Some(v) => v,
             None => *stage.visibility.insert(self.visibility_of(queue).await?),
         };
-        let mut wait = if stage.len() == 0 { wait } else { 0 };
         while stage.len() < STAGE_MAX {
-            let received = self.receive(queue, wait).await?;
-            wait = 0;
+            let received = self.receive(queue, 0).await?;
             let full = received.len() == 10;
             received.into_iter().for_each(|m| stage.push(m, self.fair));
             if !full {
