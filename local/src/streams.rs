@@ -86,6 +86,8 @@ struct Shard {
     pending: Vec<Value>,
     /// Closed and read to its end.
     done: bool,
+    /// Its last read asked for records the stream no longer keeps; it was moved to its oldest.
+    trimmed: bool,
 }
 
 /// One table's stream, feeding one function.
@@ -199,7 +201,11 @@ impl StreamPoller {
                 continue;
             }
             if self.shards[&id].pending.is_empty() {
-                self.read(&id).await?;
+                // One shard that cannot be read must not stop the others.
+                if let Err(e) = self.read(&id).await {
+                    tracing::warn!(shard = %id, error = format!("{e:#}"), "stream poll failed");
+                    continue;
+                }
             }
             let shard = self.shards.get_mut(&id).expect("a known shard");
             while !shard.pending.is_empty() {
@@ -244,6 +250,22 @@ impl StreamPoller {
                 self.shards.get_mut(id).expect("a known shard").iterator = fresh;
                 return Ok(());
             }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_trimmed_data_access_exception()) => {
+                // Past the stream's retention (an old shard of a table kept from an earlier
+                // run): read on from the oldest record kept; if even that is refused, from
+                // the newest.
+                let shard = self.shards.get_mut(id).expect("a known shard");
+                let kind = if shard.trimmed {
+                    tracing::warn!(shard = %id, "a stream shard's oldest records are refused too; reading from its newest");
+                    ShardIteratorType::Latest
+                } else {
+                    ShardIteratorType::TrimHorizon
+                };
+                shard.trimmed = !shard.trimmed;
+                let fresh = self.iterator(id, kind, None).await?;
+                self.shards.get_mut(id).expect("a known shard").iterator = fresh;
+                return Ok(());
+            }
             Err(e) => return Err(anyhow!("GetRecords: {}", DisplayErrorContext(&e))),
         };
         let records: Vec<Value> = out
@@ -254,6 +276,7 @@ impl StreamPoller {
             .filter(|r| self.filters.is_empty() || self.filters.iter().any(|p| matches(p, r)))
             .collect();
         let shard = self.shards.get_mut(id).expect("a known shard");
+        shard.trimmed = false;
         shard.pending.extend(records);
         shard.iterator = out.next_shard_iterator;
         Ok(())
