@@ -84,7 +84,7 @@ if [[ ${LOCAL_RUNTIME:-cargo-lambda} == agentq ]]; then
   for t in ${LAMBDA_TIMEOUTS:-}; do timeouts+=(--timeout "$t"); done
   start_bg lambda "$BIN_DIR/agentq-local" --stack "$STACK_NAME" lambdas --listen "127.0.0.1:$LAMBDA_PORT" \
     --bin-dir "$BIN_DIR" --env-file "$env_file" --instances "${LAMBDA_CONCURRENCY:-4}" \
-    --max-instances "${LAMBDA_MAX_CONCURRENCY:-10}" "${timeouts[@]}"
+    --max-instances "${LAMBDA_MAX_CONCURRENCY:-${LAMBDA_CONCURRENCY:-4}}" "${timeouts[@]}"
 else
   log "starting the functions under cargo lambda watch on :$LAMBDA_PORT"
   # shellcheck disable=SC2086 # LAMBDA_WATCH_FLAGS is a list of flags.
