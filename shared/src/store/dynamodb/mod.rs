@@ -428,7 +428,6 @@ impl DynamoStore {
     /// created is given back; one lost to a crash between the two writes is set right by the
     /// reconciler's count repair once the tenant's count is quiet.
     async fn admit_as(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let put = self.new_task_put(task).await?;
         // A held task takes no slot: its count moves when it leaves the line.
         if !task.held && !self.take_slot_now(&task.tenant_id, admission.max_running, task.created_at).await? {
             // At the cap; but a request seen before is answered as before, whatever the count.
@@ -440,18 +439,18 @@ impl DynamoStore {
                 None => Admitted::ConcurrencyLimited { max: admission.max_running },
             });
         }
-        let outcome = self.create(task, put, admission).await;
+        let outcome = self.create(task, admission).await;
         if !task.held && !matches!(outcome, Ok(Admitted::Created)) {
             self.give_slot_back(&task.tenant_id).await;
         }
         outcome
     }
 
-    /// The transaction that creates an admitted task: its item, its idempotency key, its
-    /// first event.
-    async fn create(&self, task: &TaskRecord, put: Put, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        let idem_at = admission.idempotency.map(|_| items.len());
+    /// The transaction that creates an admitted task: its item (its prompt in S3 first if
+    /// large, so a submit refused at the cap uploads nothing), its idempotency key, its first
+    /// event.
+    async fn create(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
+        let mut items = vec![TransactWriteItem::builder().put(self.new_task_put(task).await?).build()];
         if let Some(idem) = admission.idempotency {
             let now = task.created_at.unix_timestamp();
             let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
@@ -475,8 +474,9 @@ impl DynamoStore {
         match self.transact(items).await {
             Ok(()) => Ok(Admitted::Created),
             Err(TransactError::Store(e)) => Err(e),
-            Err(TransactError::Condition(failed)) => match (idem_at, admission.idempotency) {
-                (Some(i), Some(idem)) if failed.get(i).copied().unwrap_or(false) => {
+            // The key is the part after the task's item.
+            Err(TransactError::Condition(failed)) => match admission.idempotency {
+                Some(idem) if failed.get(1).copied().unwrap_or(false) => {
                     match self.idempotent_answer(&task.tenant_id, idem).await? {
                         // It expired or vanished between our write and our read: try again.
                         Admitted::Created => Err(StoreError::Conflict),
