@@ -439,7 +439,17 @@ impl DynamoStore {
                 None => Admitted::ConcurrencyLimited { max: admission.max_running },
             });
         }
-        let outcome = self.create(task, admission).await;
+        let outcome = match self.create(task, admission).await {
+            // A request that timed out may still have committed: the task's item says which.
+            // Created after all, it is answered as created and keeps its slot; unknown, the
+            // slot is kept (a count one too high is repaired, one too low over-admits).
+            Err(StoreError::Unavailable(e)) => match self.task_item(task.task_id).await {
+                Ok(Some(_)) => return Ok(Admitted::Created),
+                Ok(None) => Err(StoreError::Unavailable(e)),
+                Err(_) => return Err(StoreError::Unavailable(e)),
+            },
+            other => other,
+        };
         if !task.held && !matches!(outcome, Ok(Admitted::Created)) {
             self.give_slot_back(&task.tenant_id).await;
         }
