@@ -346,6 +346,45 @@ async fn pagination_returns_every_task_exactly_once_newest_first() {
 }
 
 #[tokio::test]
+async fn tasks_written_before_the_tasks_index_are_listed_after_the_newer_ones() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let app = TestApp::spawn().await;
+    let old = app.submit("written by the last release").await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let new = app.submit("written by this one").await;
+    // The older task as the last release wrote it: listed by gsi1 (`TASKS#<tenant>`, its id).
+    app.dynamodb
+        .update_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("TASK#{old}")))
+        .key("sk", AttributeValue::S("META".into()))
+        .update_expression("SET gsi1pk = :pk, gsi1sk = :id REMOVE tasks_pk")
+        .expression_attribute_values(":pk", AttributeValue::S("TASKS#acme".into()))
+        .expression_attribute_values(":id", AttributeValue::S(old.clone()))
+        .send()
+        .await
+        .unwrap();
+    let ids = |page: &Value| -> Vec<String> {
+        page["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, all) = app.call_status(&app.key, "GET", "/v1/tasks", &[]).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(ids(&all), [new.clone(), old.clone()]);
+    assert_eq!(all["tasks"][1]["status"], "queued", "a whole summary: {all}");
+
+    let (_, first) = app.call_status(&app.key, "GET", "/v1/tasks", &[("limit", "1")]).await;
+    assert_eq!(ids(&first)[..], [new.as_str()]);
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_owned();
+    let (_, second) = app.call_status(&app.key, "GET", "/v1/tasks", &[("limit", "1"), ("cursor", &cursor)]).await;
+    assert_eq!(ids(&second)[..], [old.as_str()]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+
+    let (_, queued) = app.call_status(&app.key, "GET", "/v1/tasks", &[("status", "queued")]).await;
+    assert_eq!(ids(&queued), [new, old]);
+    app.drain().await;
+}
+
+#[tokio::test]
 async fn usage_reports_tasks_tokens_and_cost_per_day() {
     let app = TestApp::spawn().await;
     Mock::given(method("POST")).respond_with(CalculatorScript).mount(&app.model).await;

@@ -67,10 +67,12 @@ pub fn s3(config: &SdkConfig, path_style: bool) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-/// Asks DynamoDB for the capacity each request consumes (`ReturnConsumedCapacity: TOTAL`,
+/// Asks DynamoDB for the capacity each request consumes (`ReturnConsumedCapacity: INDEXES`,
 /// which costs nothing) and counts it into the invocation's metrics (`DynamoDbWriteUnits`,
 /// `DynamoDbReadUnits`), so the bench measures what a task costs rather than estimating it
-/// from item sizes. (A write refused by its condition consumes units too, and is not seen.)
+/// from item sizes. At DEBUG (`agentq_shared::runtime::aws=debug`) each request's units are
+/// logged with the part its table and each index took: where a task's bill goes. (A write
+/// refused by its condition consumes units too, and is not seen.)
 #[derive(Debug)]
 struct CountCapacity;
 
@@ -81,25 +83,42 @@ macro_rules! capacity_of {
         use aws_sdk_dynamodb::operation::*;
         if let Some(input) = $input {
             $(if let Some(i) = input.downcast_mut::<$op::$in>() {
-                i.return_consumed_capacity = Some(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total);
+                i.return_consumed_capacity = Some(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Indexes);
             })+
         }
         if let Some(output) = $output {
             $(if let Some(o) = output.downcast_ref::<$op::$out>() {
-                let units: fn(&$op::$out) -> f64 = $units;
-                return Some(($write, units(o)));
+                let consumed: fn(&$op::$out) -> Vec<&Consumed> = $units;
+                return Some(($write, units(stringify!($out), &consumed(o))));
             })+
         }
         None
     }};
 }
 
-fn total(c: &Option<aws_sdk_dynamodb::types::ConsumedCapacity>) -> f64 {
-    c.as_ref().and_then(|c| c.capacity_units).unwrap_or(0.0)
+type Consumed = aws_sdk_dynamodb::types::ConsumedCapacity;
+
+fn total(c: &Option<Consumed>) -> Vec<&Consumed> {
+    c.iter().collect()
 }
 
-fn sum(c: &Option<Vec<aws_sdk_dynamodb::types::ConsumedCapacity>>) -> f64 {
-    c.iter().flatten().filter_map(|c| c.capacity_units).sum()
+fn sum(c: &Option<Vec<Consumed>>) -> Vec<&Consumed> {
+    c.iter().flatten().collect()
+}
+
+/// The units of `consumed` (one entry per table a request touched), logged at DEBUG by where
+/// they went: the table, and each global secondary index.
+fn units(operation: &str, consumed: &[&Consumed]) -> f64 {
+    let total = consumed.iter().filter_map(|c| c.capacity_units).sum();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let table: f64 = consumed.iter().filter_map(|c| c.table.as_ref()?.capacity_units).sum();
+        let mut indexes = std::collections::BTreeMap::<&str, f64>::new();
+        for (name, c) in consumed.iter().flat_map(|c| c.global_secondary_indexes.iter().flatten()) {
+            *indexes.entry(name).or_default() += c.capacity_units.unwrap_or(0.0);
+        }
+        tracing::debug!(operation, total, table, ?indexes, "dynamodb capacity");
+    }
+    total
 }
 
 /// Marks `input` to return its consumed capacity; reads `output`'s: (is a write, units).

@@ -181,7 +181,7 @@ impl BatchStore for DynamoStore {
 impl DynamoStore {
     /// The task items with these ids (those that exist), `projection` of them if given:
     /// BatchGetItem reads at most 100 keys a call, and what it leaves is asked again.
-    async fn read_many(
+    pub(super) async fn read_many(
         &self,
         ids: &[TaskId],
         projection: Option<&str>,

@@ -59,7 +59,13 @@ use crate::domain::usage::Usage;
 use crate::store::blobs::{Blobs, INLINE_LIMIT};
 
 const META: &str = "META";
+/// API keys (`KEYS`) and tenants (`TENANTS`); and the tasks of tables older than the `tasks`
+/// index (`TASKS#<tenant>`), which a list reads after the index's own.
 const INDEX: &str = "gsi1";
+/// A tenant's tasks, newest first: keys and status only, so it is written when a task is
+/// created and when its status moves, never on the steps between (gsi1, projecting whole
+/// items, was rewritten on every write of a task: a fifth of a task's write units).
+const TASKS_INDEX: &str = "tasks";
 /// The sparse index of open tasks by the time they are due to be looked at.
 const OPEN_INDEX: &str = "open";
 /// Partitions of the open index, so a busy deployment's task writes spread over several.
@@ -88,8 +94,14 @@ impl std::fmt::Debug for DynamoStore {
 struct TaskItem {
     pk: String,
     sk: String,
-    gsi1pk: String,
-    gsi1sk: String,
+    /// The `tasks` index's partition (`TASKS#<tenant>`); its sort key is `task_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tasks_pk: Option<String>,
+    /// Where a task written before the `tasks` index is listed (gsi1, `TASKS#<tenant>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi1pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gsi1sk: Option<String>,
     #[serde(flatten)]
     record: TaskRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -553,8 +565,9 @@ impl DynamoStore {
         let record = TaskItem {
             pk: task_key(task.task_id),
             sk: META.into(),
-            gsi1pk: tasks_index(&task.tenant_id),
-            gsi1sk: task.task_id.to_string(),
+            tasks_pk: Some(tasks_index(&task.tenant_id)),
+            gsi1pk: None,
+            gsi1sk: None,
             record: stored,
             lease_owner: None,
             lease_until: None,
@@ -1198,55 +1211,101 @@ impl TaskRead for DynamoStore {
         limit: usize,
         after: Option<TaskId>,
     ) -> Result<Page, StoreError> {
-        let key_of = |id: TaskId| {
-            HashMap::from([
-                ("pk".to_owned(), s(task_key(id))),
-                ("sk".to_owned(), s(META)),
-                ("gsi1pk".to_owned(), s(tasks_index(tenant))),
-                ("gsi1sk".to_owned(), s(id.to_string())),
-            ])
+        // The index's entries first, then gsi1's (tasks written before the index existed, all
+        // older, so the order holds); then the page's items, read in one batch.
+        let mut scan = ListScan { ids: Vec::new(), examined: 0, want: limit + 1, status, next: None };
+        for (index, pk, sk) in [(TASKS_INDEX, "tasks_pk", "task_id"), (INDEX, "gsi1pk", "gsi1sk")] {
+            if !self.list_ids(&mut scan, index, (pk, sk), tenant, after).await? {
+                break;
+            }
+        }
+        let next = if scan.ids.len() > limit {
+            scan.ids.truncate(limit);
+            scan.ids.last().copied()
+        } else {
+            scan.next
         };
-        let (mut tasks, mut examined, mut start) = (Vec::new(), 0usize, after.map(key_of));
+        let mut tasks: Vec<TaskRecord> = self
+            .read_many(&scan.ids, None)
+            .await?
+            .into_iter()
+            .map(|i| from_item::<TaskItem>(i).map(|t| t.record))
+            .collect::<Result<_, _>>()?;
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.task_id));
+        Ok(Page { tasks, next })
+    }
+}
+
+/// What a list has found so far, across the indexes it reads.
+struct ListScan {
+    /// The tasks of the page, newest first, one more than it shows (to know another follows).
+    ids: Vec<TaskId>,
+    /// Index entries examined so far (a status filter skips some).
+    examined: usize,
+    want: usize,
+    status: Option<TaskStatus>,
+    /// Where the next page starts when the examine limit stopped the scan.
+    next: Option<TaskId>,
+}
+
+impl DynamoStore {
+    /// Reads a tenant's task ids from `index` into `scan`, newest first from before `after`.
+    /// True when the index had no more of them (the next index may go on).
+    async fn list_ids(
+        &self,
+        scan: &mut ListScan,
+        index: &str,
+        (pk, sk): (&str, &str),
+        tenant: &str,
+        after: Option<TaskId>,
+    ) -> Result<bool, StoreError> {
+        let mut start = None;
         // A status filter applies after DynamoDB's limit: a page is filled by reading on, but
         // never past `LIST_EXAMINE_LIMIT` entries; then the cursor is the last entry examined,
-        // so whatever lies beyond is read next time and nothing is skipped. One task more than
-        // the page tells whether another page follows.
+        // so whatever lies beyond is read next time and nothing is skipped.
         loop {
-            let want = limit + 1 - tasks.len();
-            let batch = if status.is_some() { 100 } else { want };
+            let want = scan.want - scan.ids.len();
+            let batch = if scan.status.is_some() { 100 } else { want };
             let mut q = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(INDEX)
-                .key_condition_expression("gsi1pk = :pk")
+                .index_name(index)
+                .expression_attribute_names("#pk", pk)
                 .expression_attribute_values(":pk", s(tasks_index(tenant)))
                 .scan_index_forward(false)
-                .limit(batch.min(LIST_EXAMINE_LIMIT - examined) as i32)
+                .limit(batch.min(LIST_EXAMINE_LIMIT - scan.examined).max(1) as i32)
                 .set_exclusive_start_key(start.take());
-            if let Some(status) = status {
+            q = match after {
+                Some(id) => q
+                    .key_condition_expression("#pk = :pk AND #sk < :after")
+                    .expression_attribute_names("#sk", sk)
+                    .expression_attribute_values(":after", s(id.to_string())),
+                None => q.key_condition_expression("#pk = :pk"),
+            };
+            if let Some(status) = scan.status {
                 q = q
                     .filter_expression("#status = :status")
                     .expression_attribute_names("#status", "status")
                     .expression_attribute_values(":status", s(status.as_str()));
             }
             let out = q.send().await.map_err(|e| sdk_error("Query", e))?;
-            examined += out.scanned_count().max(0) as usize;
+            scan.examined += out.scanned_count().max(0) as usize;
             for i in out.items.unwrap_or_default() {
-                tasks.push(from_item::<TaskItem>(i)?.record);
-                if tasks.len() > limit {
-                    tasks.truncate(limit);
-                    let next = tasks.last().map(|t| t.task_id);
-                    return Ok(Page { tasks, next });
+                if let Some(AttributeValue::S(id)) = i.get(sk) {
+                    scan.ids.push(id.parse().context("a task id in the index").map_err(unavailable)?);
+                }
+                if scan.ids.len() >= scan.want {
+                    return Ok(false);
                 }
             }
-            let Some(key) = out.last_evaluated_key else { return Ok(Page { tasks, next: None }) };
-            if examined >= LIST_EXAMINE_LIMIT {
-                let next = match key.get("gsi1sk") {
+            let Some(key) = out.last_evaluated_key else { return Ok(true) };
+            if scan.examined >= LIST_EXAMINE_LIMIT {
+                scan.next = match key.get(sk) {
                     Some(AttributeValue::S(id)) => id.parse().ok(),
                     _ => None,
                 };
-                return Ok(Page { tasks, next });
+                return Ok(false);
             }
             start = Some(key);
         }
