@@ -81,6 +81,29 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
     schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store).await;
     model_calls_are_metered_per_tenant_per_minute(store).await;
+    a_long_prompt_is_read_back_whole_by_the_worker_a_fork_and_a_batch(store).await;
+}
+
+async fn a_long_prompt_is_read_back_whole_by_the_worker_a_fork_and_a_batch(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let long = "Résumé the attached report, then answer. ".repeat(120);
+    let body = serde_json::to_vec(&serde_json::json!({"prompt": long})).unwrap();
+    let request = TaskRequest::parse(&body, &Default::default()).expect("a valid request");
+    let task = TaskRecord::new(request.clone(), &t, now);
+    let admission = Admission { max_running: 1_000, idempotency: None };
+    assert_eq!(store.admit(&task, admission).await.unwrap(), Admitted::Created);
+    assert_eq!(store.get_with_prompt(task.task_id).await.unwrap().unwrap().prompt, long, "as a fork reads it");
+    let Claim::Claimed(claimed) =
+        store.claim(task.task_id, &lease("w", now + Duration::from_secs(60)), now).await.unwrap()
+    else {
+        panic!("claimed")
+    };
+    assert_eq!(claimed.prompt, long, "as the worker reads it");
+    let batch: Vec<TaskRecord> = (0..2).map(|_| TaskRecord::new(request.clone(), &t, now)).collect();
+    assert_eq!(store.admit_many(&batch, 1_000).await.unwrap(), 2);
+    for task in &batch {
+        assert_eq!(store.get_with_prompt(task.task_id).await.unwrap().unwrap().prompt, long);
+    }
 }
 
 async fn model_calls_are_metered_per_tenant_per_minute(store: &dyn Store) {

@@ -19,8 +19,9 @@ use crate::domain::events::TaskEvent;
 use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
 use crate::store::{BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
-/// Tasks per transaction: two writes each (the task, its first event) and the running count,
-/// within DynamoDB's 100 actions and 4 MB (a task item is at most 64 KiB of prompt).
+/// Tasks per transaction: up to three writes each (the task, its first event, a long prompt's
+/// item) and the running count, within DynamoDB's 100 actions and 4 MB (a batch's prompts are
+/// at most 64 KiB each).
 const ADMIT_CHUNK: usize = 25;
 
 fn batch_key(id: &str) -> String {
@@ -52,9 +53,11 @@ impl BatchStore for DynamoStore {
                 break;
             }
             let chunk = &tasks[admitted..admitted + k];
-            let mut items = Vec::with_capacity(2 * k + 1);
+            let mut items = Vec::with_capacity(3 * k + 1);
             for task in chunk {
-                items.push(TransactWriteItem::builder().put(self.new_task_put(task).await?).build());
+                items.extend(
+                    self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
+                );
                 items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
             }
             items.push(

@@ -2,7 +2,8 @@
 //!
 //! | pk                 | sk                  | item                                    |
 //! |--------------------|---------------------|-----------------------------------------|
-//! | `TASK#<id>`        | `META`              | a task (GSI1: `TASKS#<tenant>`, task id; while open, `open`: `OPEN#<shard>`, due time) |
+//! | `TASK#<id>`        | `META`              | a task (`tasks`: `TASKS#<tenant>`, task id; while open, `open`: `OPEN#<shard>`, due time) |
+//! | `TASK#<id>`        | `PROMPT`            | a prompt over [`PROMPT_APART`] bytes, written once |
 //! | `TENANT#<t>`       | `META`              | a tenant and its limits (GSI1: `TENANTS`, tenant) |
 //! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running                 |
 //! | `TENANT#<t>`       | `BUCKET`            | the rate limit's theoretical arrival time |
@@ -21,6 +22,10 @@
 //!
 //! Text longer than [`INLINE_LIMIT`] (a prompt, a result, a step) goes to S3, with a `*_ref`
 //! attribute pointing at it.
+//!
+//! An update is billed on the whole item, and a task's item is rewritten by every transition
+//! (claim, start, each model step, the end): so the prompt, which only the worker reads, is
+//! kept apart once it is long enough to matter, and the task's item stays near one KB.
 
 mod batches;
 mod breakers;
@@ -59,6 +64,10 @@ use crate::domain::usage::Usage;
 use crate::store::blobs::{Blobs, INLINE_LIMIT};
 
 const META: &str = "META";
+const PROMPT: &str = "PROMPT";
+/// Prompts longer than this (bytes) are kept in their own item: a task's item without one is
+/// 0.6–0.9 KB, so a longer prompt would make every write of it cost a unit more per KB.
+const PROMPT_APART: usize = 256;
 /// API keys (`KEYS`) and tenants (`TENANTS`); and the tasks of tables older than the `tasks`
 /// index (`TASKS#<tenant>`), which a list reads after the index's own.
 const INDEX: &str = "gsi1";
@@ -114,6 +123,9 @@ struct TaskItem {
     /// Where the prompt is when it is too large for the item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prompt_ref: Option<String>,
+    /// The prompt is in the task's `PROMPT` item.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    prompt_apart: bool,
     /// Where the result text is when it is too large for the item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result_ref: Option<String>,
@@ -472,7 +484,8 @@ impl DynamoStore {
     /// large, so a submit refused at the cap uploads nothing), its idempotency key, its first
     /// event.
     async fn create(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let mut items = vec![TransactWriteItem::builder().put(self.new_task_put(task).await?).build()];
+        let mut puts = self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build());
+        let mut items: Vec<TransactWriteItem> = puts.next().into_iter().collect();
         if let Some(idem) = admission.idempotency {
             let now = task.created_at.unix_timestamp();
             let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
@@ -491,8 +504,9 @@ impl DynamoStore {
                 .map_err(unavailable)?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
-        // The log's first event, with the record it reports.
+        // The log's first event, with the record it reports; then the prompt's item, if apart.
         items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+        items.extend(puts);
         match self.transact(items).await {
             Ok(()) => Ok(Admitted::Created),
             Err(TransactError::Store(e)) => Err(e),
@@ -555,13 +569,16 @@ impl DynamoStore {
         Err(StoreError::Contended)
     }
 
-    /// The put of a new task's item (its prompt in S3 if too large), never over another.
-    async fn new_task_put(&self, task: &TaskRecord) -> Result<Put, StoreError> {
+    /// The puts of a new task, never over another: its item, and its prompt's item when the
+    /// prompt is long (in S3 if too large for an item).
+    async fn new_task_puts(&self, task: &TaskRecord) -> Result<Vec<Put>, StoreError> {
         let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
+        let prompt_apart = prompt_ref.is_none() && task.prompt.len() > PROMPT_APART;
         let mut stored = task.clone();
-        if prompt_ref.is_some() {
+        if prompt_ref.is_some() || prompt_apart {
             stored.prompt = String::new();
         }
+        let expires_at = (task.created_at + self.retention).unix_timestamp();
         let record = TaskItem {
             pk: task_key(task.task_id),
             sk: META.into(),
@@ -571,8 +588,9 @@ impl DynamoStore {
             record: stored,
             lease_owner: None,
             lease_until: None,
-            expires_at: (task.created_at + self.retention).unix_timestamp(),
+            expires_at,
             prompt_ref,
+            prompt_apart,
             result_ref: None,
             // A held task waits in its tenant's line, oldest first, with no message.
             open_pk: Some(if task.held { held_line(&task.tenant_id) } else { open_shard(task.task_id) }),
@@ -582,13 +600,25 @@ impl DynamoStore {
                 millis(task.created_at + self.reconcile_after)
             }),
         };
-        Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item(&record)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .context("building a put")
-            .map_err(unavailable)
+        let new = |item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .context("building a put")
+                .map_err(unavailable)
+        };
+        let mut puts = vec![new(item(&record)?)?];
+        if prompt_apart {
+            puts.push(new(HashMap::from([
+                ("pk".to_owned(), s(task_key(task.task_id))),
+                ("sk".to_owned(), s(PROMPT)),
+                ("text".to_owned(), s(&task.prompt)),
+                ("expires_at".to_owned(), n(expires_at)),
+            ]))?);
+        }
+        Ok(puts)
     }
 
     fn due(&self, from: OffsetDateTime) -> AttributeValue {
@@ -625,6 +655,13 @@ impl DynamoStore {
         }
         if let (true, Some(key)) = (with_prompt, &item.prompt_ref) {
             record.prompt = self.unspill(key).await?;
+        }
+        if with_prompt && item.prompt_apart {
+            let prompt = self.get_item(task_key(record.task_id), PROMPT).await?;
+            record.prompt = match prompt.as_ref().and_then(|p| p.get("text")) {
+                Some(AttributeValue::S(text)) => text.clone(),
+                _ => return Err(unavailable(anyhow::anyhow!("task {}: its prompt item is missing", record.task_id))),
+            };
         }
         Ok(record)
     }
