@@ -7,8 +7,7 @@
 //! | `TENANT#<t>`       | `META`              | a tenant and its limits (GSI1: `TENANTS`, tenant) |
 //! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running                 |
 //! | `TENANT#<t>`       | `BUCKET`            | the rate limit's theoretical arrival time |
-//! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day |
-//! | `TENANT#<t>`       | `MONTH#<YYYY-MM>`   | cost per month (budgets)                |
+//! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day (a month's, summed: its budget) |
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h (a task's or a batch's) |
 //! | `BATCH#<id>`       | `META`              | a batch: its items' task ids or errors  |
@@ -52,7 +51,7 @@ use super::{
     Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
     IDEMPOTENCY_WINDOW, Idempotency, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter,
     STEP_PAGE_BYTES, StepAck, StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput,
-    TaskRead, TaskReconcile, TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, cancelled_error, day_of, month_of,
+    TaskRead, TaskReconcile, TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, cancelled_error, day_of,
 };
 use crate::domain::approval::Decision;
 use crate::domain::events::{EventKind, TaskEvent};
@@ -874,10 +873,6 @@ impl DynamoStore {
         // A task waiting for input, or held in its tenant's line, holds no slot of its cap.
         if task.status != TaskStatus::WaitingForInput && !task.held {
             items.push(self.active_change(&task.tenant_id, -1, now)?);
-        }
-        if delta.cost_nanos > 0 {
-            let month = Expr::default().add("#cost_nanos :c").val(":c", n(delta.cost_nanos));
-            items.push(self.counter(&task.tenant_id, &format!("MONTH#{}", month_of(now)), month)?);
         }
         items.extend(extra);
         Ok(self.transact(items).await?)
@@ -2065,8 +2060,21 @@ impl RateLimiter for DynamoStore {
 #[async_trait]
 impl UsageRead for DynamoStore {
     async fn month_cost(&self, tenant: &str, month: &str) -> Result<u64, StoreError> {
-        let found = self.get_item(tenant_key(tenant), &format!("MONTH#{month}")).await?;
-        Ok(number(found.as_ref(), "cost_nanos").unwrap_or(0).max(0) as u64)
+        // The month's days, summed: read by a submit only when its tenant has a budget, where a
+        // month counter of its own would be one more item in every task's ending transaction.
+        // (Tables older than this change kept `MONTH#` items too; their days hold the same sum.)
+        let days = query_all(
+            self.client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :month)")
+                .expression_attribute_values(":pk", s(tenant_key(tenant)))
+                .expression_attribute_values(":month", s(format!("USAGE#{month}-")))
+                .projection_expression("cost_nanos")
+                .consistent_read(true),
+        )
+        .await?;
+        Ok(days.iter().map(|d| number(Some(d), "cost_nanos").unwrap_or(0).max(0) as u64).sum())
     }
 
     async fn days(&self, tenant: &str, from: &str, to: &str) -> Result<Vec<DayUsage>, StoreError> {
