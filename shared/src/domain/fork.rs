@@ -11,8 +11,7 @@ use time::OffsetDateTime;
 use crate::domain::conversation::{ContentBlock, StopReason};
 use crate::domain::steps::Step;
 use crate::domain::task::{
-    Allowed, FieldError, MAX_COST_USD_LIMIT, MAX_ITERATIONS_LIMIT, MAX_METADATA_BYTES, MIN_COST_USD, RequestError,
-    TaskId,
+    Allowed, FieldError, MAX_METADATA_BYTES, RequestError, TaskId, parse_max_cost, parse_max_iterations,
 };
 
 /// Longest message a fork may add to its next turn, in characters.
@@ -131,37 +130,14 @@ impl ForkRequest {
             }
             Some(_) => errors.push(invalid("edit", "must be an object")),
         }
+        // Checked as a task checks them.
         let max_iterations = match fields.remove("max_iterations") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(n @ 1..) if n <= u64::from(MAX_ITERATIONS_LIMIT) => Some(n as u32),
-                _ => {
-                    errors.push(invalid(
-                        "max_iterations",
-                        format!("must be an integer from 1 to {MAX_ITERATIONS_LIMIT}"),
-                    ));
-                    None
-                }
-            },
-            Some(_) => {
-                errors.push(invalid("max_iterations", "must be an integer"));
-                None
-            }
+            Some(v) => parse_max_iterations(v, &mut errors),
         };
         let max_cost_nanos = match fields.remove("max_cost_usd") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(usd) if (MIN_COST_USD..=MAX_COST_USD_LIMIT).contains(&usd) => Some((usd * 1e9).round() as u64),
-                _ => {
-                    errors
-                        .push(invalid("max_cost_usd", format!("must be from {MIN_COST_USD} to {MAX_COST_USD_LIMIT}")));
-                    None
-                }
-            },
-            Some(_) => {
-                errors.push(invalid("max_cost_usd", "must be a number"));
-                None
-            }
+            Some(v) => parse_max_cost(v, &mut errors),
         };
         let metadata = match fields.remove("metadata") {
             None | Some(Value::Null) => None,

@@ -303,20 +303,7 @@ impl TaskRequest {
 
         let max_iterations = match fields.remove("max_iterations") {
             None => DEFAULT_MAX_ITERATIONS,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(n @ 1..) if n <= u64::from(MAX_ITERATIONS_LIMIT) => n as u32,
-                _ => {
-                    errors.push(FieldError::new(
-                        "max_iterations",
-                        format!("must be an integer from 1 to {MAX_ITERATIONS_LIMIT}"),
-                    ));
-                    DEFAULT_MAX_ITERATIONS
-                }
-            },
-            Some(other) => {
-                errors.push(FieldError::new("max_iterations", format!("must be an integer, not {}", kind(&other))));
-                DEFAULT_MAX_ITERATIONS
-            }
+            Some(v) => parse_max_iterations(v, &mut errors).unwrap_or(DEFAULT_MAX_ITERATIONS),
         };
 
         let metadata = match fields.remove("metadata") {
@@ -380,20 +367,7 @@ impl TaskRequest {
 
         let max_cost_nanos = match fields.remove("max_cost_usd") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(usd) if (MIN_COST_USD..=MAX_COST_USD_LIMIT).contains(&usd) => Some((usd * 1e9).round() as u64),
-                _ => {
-                    errors.push(FieldError::new(
-                        "max_cost_usd",
-                        format!("must be from {MIN_COST_USD} to {MAX_COST_USD_LIMIT}"),
-                    ));
-                    None
-                }
-            },
-            Some(other) => {
-                errors.push(FieldError::new("max_cost_usd", format!("must be a number, not {}", kind(&other))));
-                None
-            }
+            Some(v) => parse_max_cost(v, &mut errors),
         };
 
         let webhook_url = match fields.remove("webhook") {
@@ -459,6 +433,48 @@ impl TaskRequest {
                 approval,
             }),
             _ => Err(RequestError::Invalid(errors)),
+        }
+    }
+}
+
+/// `max_iterations` as a task and a fork take it: an integer from 1 to
+/// [`MAX_ITERATIONS_LIMIT`]; anything else is an error (and `None`).
+pub(crate) fn parse_max_iterations(value: Value, errors: &mut Vec<FieldError>) -> Option<u32> {
+    match value {
+        Value::Number(n) => match n.as_u64() {
+            Some(n @ 1..) if n <= u64::from(MAX_ITERATIONS_LIMIT) => Some(n as u32),
+            _ => {
+                errors.push(FieldError::new(
+                    "max_iterations",
+                    format!("must be an integer from 1 to {MAX_ITERATIONS_LIMIT}"),
+                ));
+                None
+            }
+        },
+        other => {
+            errors.push(FieldError::new("max_iterations", format!("must be an integer, not {}", kind(&other))));
+            None
+        }
+    }
+}
+
+/// `max_cost_usd` as a task and a fork take it, in nano-dollars: a number from
+/// [`MIN_COST_USD`] to [`MAX_COST_USD_LIMIT`]; anything else is an error (and `None`).
+pub(crate) fn parse_max_cost(value: Value, errors: &mut Vec<FieldError>) -> Option<u64> {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(usd) if (MIN_COST_USD..=MAX_COST_USD_LIMIT).contains(&usd) => Some((usd * 1e9).round() as u64),
+            _ => {
+                errors.push(FieldError::new(
+                    "max_cost_usd",
+                    format!("must be from {MIN_COST_USD} to {MAX_COST_USD_LIMIT}"),
+                ));
+                None
+            }
+        },
+        other => {
+            errors.push(FieldError::new("max_cost_usd", format!("must be a number, not {}", kind(&other))));
+            None
         }
     }
 }
