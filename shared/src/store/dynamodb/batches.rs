@@ -110,17 +110,10 @@ impl BatchStore for DynamoStore {
             .map_err(|e| sdk_error("PutItem", e));
         match put {
             Ok(_) => Ok(BatchKey::Reserved),
-            Err(StoreError::Conflict) => {
-                let stored = self.get_item(idem_key(tenant, key.key), META).await?;
-                let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
-                    Some(AttributeValue::S(v)) => Some(v.clone()),
-                    _ => None,
-                };
-                Ok(match (field("request_hash"), field("batch_id")) {
-                    (Some(hash), Some(id)) if hash == key.request_hash => BatchKey::Replayed(id),
-                    _ => BatchKey::KeyReused,
-                })
-            }
+            Err(StoreError::Conflict) => Ok(match self.stored_key(tenant, key.key, "batch_id").await? {
+                Some((hash, Some(id))) if hash == key.request_hash => BatchKey::Replayed(id),
+                _ => BatchKey::KeyReused,
+            }),
             Err(e) => Err(e),
         }
     }

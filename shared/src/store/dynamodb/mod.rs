@@ -526,17 +526,31 @@ impl DynamoStore {
     /// What a stored idempotency key says of a request: the task it created (`Replayed`), a
     /// different request under the key (`KeyReused`), or nothing stored (`Created`: go on).
     async fn idempotent_answer(&self, tenant: &str, idem: Idempotency<'_>) -> Result<Admitted, StoreError> {
-        let stored = self.get_item(idem_key(tenant, idem.key), META).await?;
+        Ok(match self.stored_key(tenant, idem.key, "task_id").await? {
+            Some((hash, Some(id))) if hash == idem.request_hash => match id.parse() {
+                Ok(id) => Admitted::Replayed(id),
+                Err(_) => Admitted::KeyReused,
+            },
+            Some(_) => Admitted::KeyReused,
+            None => Admitted::Created,
+        })
+    }
+
+    /// What a live idempotency key holds: the hash of the request that took it, and what that
+    /// request made (`made`: `task_id` or `batch_id`). `None` once it has expired or vanished.
+    pub(super) async fn stored_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        made: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let stored = self.get_item(idem_key(tenant, key), META).await?;
         let field = |name: &str| match stored.as_ref().and_then(|i| i.get(name)) {
             Some(AttributeValue::S(v)) => Some(v.clone()),
             _ => None,
         };
         let live = number(stored.as_ref(), "expires_at").is_some_and(|at| at >= crate::now().unix_timestamp());
-        Ok(match (field("request_hash"), field("task_id").and_then(|t| t.parse().ok())) {
-            (Some(hash), Some(id)) if live && hash == idem.request_hash => Admitted::Replayed(id),
-            (Some(_), _) if live => Admitted::KeyReused,
-            _ => Admitted::Created,
-        })
+        Ok(field("request_hash").filter(|_| live).map(|hash| (hash, field(made))))
     }
 
     /// Takes one of the tenant's running slots, if it has one free (false: at its cap).
