@@ -303,41 +303,9 @@ impl Checkpoint for Collect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::usage::Usage;
-    use crate::llm::StopReason;
-    use serde_json::json;
 
     fn recording() -> Vec<Step> {
-        vec![
-            Step::Model(ModelStep {
-                step: 1,
-                model: "claude-sonnet-4-5".into(),
-                content: vec![ContentBlock::ToolUse {
-                    id: "tu_1".into(),
-                    name: "calculator".into(),
-                    input: json!({"expression": "6 * 7"}),
-                }],
-                stop_reason: StopReason::ToolUse,
-                usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
-                call: None,
-            }),
-            Step::Tool(ToolStep {
-                step: 1,
-                tool_use_id: "tu_1".into(),
-                name: "calculator".into(),
-                content: "42".into(),
-                is_error: false,
-                duration_ms: None,
-            }),
-            Step::Model(ModelStep {
-                step: 2,
-                model: "claude-sonnet-4-5".into(),
-                content: vec![ContentBlock::Text { text: "It is 42.".into() }],
-                stop_reason: StopReason::EndTurn,
-                usage: Usage { input_tokens: 20, output_tokens: 5, ..Usage::default() },
-                call: None,
-            }),
-        ]
+        crate::domain::steps::fixtures::two_steps()
     }
 
     fn of(steps: &[Step]) -> Recording<'_> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::domain::steps::fixtures::{calculator_call, calculator_result};
 use crate::domain::steps::{ModelStep, Step, ToolStep};
 use crate::llm::{BreakerPolicy, Model, ModelError, ModelResponse, TokenUsage};
 
@@ -387,18 +388,7 @@ async fn a_run_stops_at_its_budget_with_the_usage_so_far() {
 }
 
 fn recorded_tool_turn() -> ModelStep {
-    ModelStep {
-        step: 1,
-        model: "claude-sonnet-4-5".into(),
-        content: vec![ContentBlock::ToolUse {
-            id: "tu_1".into(),
-            name: "calculator".into(),
-            input: json!({"expression": "6 * 7"}),
-        }],
-        stop_reason: StopReason::ToolUse,
-        usage: Usage { input_tokens: 100, output_tokens: 10, cost_nanos: 450_000, ..Usage::default() },
-        call: None,
-    }
+    calculator_call(1, Usage { input_tokens: 100, output_tokens: 10, cost_nanos: 450_000, ..Usage::default() })
 }
 
 #[tokio::test]
@@ -415,15 +405,7 @@ async fn spending_recorded_by_earlier_runs_counts_against_the_budget() {
 #[tokio::test]
 async fn a_resumed_run_replays_recorded_steps_without_paying_for_them_again() {
     let model = Arc::new(Scripted::new(vec![answer(StopReason::EndTurn, text("It is 42."))]));
-    let tool = ToolStep {
-        step: 1,
-        tool_use_id: "tu_1".into(),
-        name: "calculator".into(),
-        content: "42".into(),
-        is_error: false,
-        duration_ms: None,
-    };
-    let history = [Step::Model(recorded_tool_turn()), Step::Tool(tool)];
+    let history = [Step::Model(recorded_tool_turn()), Step::Tool(calculator_result(1))];
     let mut steps = Steps::default();
     let t = AgentTask { history: &history, ..task(10) };
     let report = run_agent(

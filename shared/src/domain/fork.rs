@@ -240,37 +240,10 @@ pub fn inherited(parent_steps: &[Step], origin: &ForkOrigin) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::steps::{ModelStep, ToolStep};
-    use crate::domain::usage::Usage;
     use serde_json::json;
 
     fn steps() -> Vec<Step> {
-        vec![
-            Step::Model(ModelStep {
-                step: 1,
-                model: "m".into(),
-                content: vec![ContentBlock::ToolUse { id: "tu_1".into(), name: "calculator".into(), input: json!({}) }],
-                stop_reason: StopReason::ToolUse,
-                usage: Usage::default(),
-                call: None,
-            }),
-            Step::Tool(ToolStep {
-                step: 1,
-                tool_use_id: "tu_1".into(),
-                name: "calculator".into(),
-                content: "42".into(),
-                is_error: false,
-                duration_ms: None,
-            }),
-            Step::Model(ModelStep {
-                step: 2,
-                model: "m".into(),
-                content: vec![ContentBlock::Text { text: "42".into() }],
-                stop_reason: StopReason::EndTurn,
-                usage: Usage::default(),
-                call: None,
-            }),
-        ]
+        crate::domain::steps::fixtures::two_steps()
     }
 
     fn parse(body: Value) -> Result<ForkRequest, RequestError> {

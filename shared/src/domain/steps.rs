@@ -136,3 +136,63 @@ impl Step {
         }
     }
 }
+
+/// Recorded steps for tests: the calculator asked for `6 * 7` and answering 42, then the
+/// model's final answer; the run the replay, fork and resume tests start from.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use serde_json::json;
+
+    use super::{ModelStep, Step, ToolStep};
+    use crate::domain::conversation::{ContentBlock, StopReason};
+    use crate::domain::usage::Usage;
+
+    /// Step `step`'s model turn: one calculator call, `tu_<step>`, of `6 * 7`.
+    pub(crate) fn calculator_call(step: u32, usage: Usage) -> ModelStep {
+        ModelStep {
+            step,
+            model: "claude-sonnet-4-5".into(),
+            content: vec![ContentBlock::ToolUse {
+                id: format!("tu_{step}"),
+                name: "calculator".into(),
+                input: json!({"expression": "6 * 7"}),
+            }],
+            stop_reason: StopReason::ToolUse,
+            usage,
+            call: None,
+        }
+    }
+
+    /// The calculator's answer to step `step`'s call.
+    pub(crate) fn calculator_result(step: u32) -> ToolStep {
+        ToolStep {
+            step,
+            tool_use_id: format!("tu_{step}"),
+            name: "calculator".into(),
+            content: "42".into(),
+            is_error: false,
+            duration_ms: None,
+        }
+    }
+
+    /// Step `step`'s model turn ending the run with `text`.
+    pub(crate) fn final_answer(step: u32, text: &str, usage: Usage) -> ModelStep {
+        ModelStep {
+            step,
+            model: "claude-sonnet-4-5".into(),
+            content: vec![ContentBlock::Text { text: text.into() }],
+            stop_reason: StopReason::EndTurn,
+            usage,
+            call: None,
+        }
+    }
+
+    /// A two-step run: the calculator called and answered at step 1, "It is 42." at step 2.
+    pub(crate) fn two_steps() -> Vec<Step> {
+        vec![
+            Step::Model(calculator_call(1, Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() })),
+            Step::Tool(calculator_result(1)),
+            Step::Model(final_answer(2, "It is 42.", Usage { input_tokens: 20, output_tokens: 5, ..Usage::default() })),
+        ]
+    }
+}
