@@ -92,6 +92,9 @@ cpu() {
 FUNCTIONS='^(submit|status|worker|dlq|reconciler|notifier|stream)$'
 cpu_all() {
   printf 'functions=%s lambda_service=%s ' "$(cpu lambda "$FUNCTIONS")" "$(cpu lambda "$FUNCTIONS" exclude)"
+  # The three a task's own path runs through, apart (the issue's "submit + worker + one status
+  # read" is computed from these below).
+  local f; for f in submit status worker; do printf 'fn_%s=%s ' "$f" "$(cpu lambda "^$f\$")"; done
   local c; for c in gateway localstack dynamodb fake-llm; do printf '%s=%s ' "$c" "$(cpu "$c")"; done
 }
 
@@ -134,6 +137,7 @@ b, a = parse(sys.argv[2]), parse(sys.argv[3])
 d["cpu_ms_per_task"] = {k: round((a[k] - b[k]) * 1000 / d["tasks"], 1) for k in a}
 # AWS requests per task, by service and operation (warm-up excluded; polls included).
 requests = {}
+status_reads = 0
 units = {"read": 0.0, "write": 0.0}
 for line in open(sys.argv[4], errors="replace"):
     start = line.find("{")
@@ -149,7 +153,16 @@ for line in open(sys.argv[4], errors="replace"):
     for op, n in rec.get("operations", {}).items():
         key = rec["service"] + "." + op
         requests[key] = requests.get(key, 0) + n
+        if rec.get("function") == "status" and op == "GetItem":
+            status_reads += n
 d["aws_requests_per_task"] = {k: round(v / d["tasks"], 2) for k, v in sorted(requests.items())}
+# CPU per task as the issue counts it: a submit, the worker, and one status read (a poll
+# is one GetItem once the key is cached, so the status function CPU per GetItem is its CPU per poll).
+cpu = d["cpu_ms_per_task"]
+polls = status_reads / d["tasks"]
+d["status_polls_per_task"] = round(polls, 2)
+if polls:
+    d["cpu_ms_submit_worker_one_poll"] = round(cpu["fn_submit"] + cpu["fn_worker"] + cpu["fn_status"] / polls, 2)
 # DynamoDB capacity consumed per task (ReturnConsumedCapacity, as the functions counted it).
 d["dynamodb_units_per_task"] = {k: round(v / d["tasks"], 2) for k, v in units.items()}
 print(json.dumps(d))' "$stats" "$before" "$after" "$RUN/scenario.log" >> "$results"
@@ -196,5 +209,10 @@ if cpu:
     print("| --- | " + " | ".join("---:" for _ in names) + " |")
     for r in cpu:
         print(f"| {r['label']} | " + " | ".join(str(r["cpu_ms_per_task"][n]) for n in names) + " |")
+    print()
+    for r in cpu:
+        if "cpu_ms_submit_worker_one_poll" in r:
+            print(f"{r['label']}: functions' CPU per task as the issue counts it (submit + worker + one poll of "
+                  f"{r['status_polls_per_task']}): {r['cpu_ms_submit_worker_one_poll']} ms")
 PY
 exit $rc
