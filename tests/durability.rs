@@ -231,3 +231,52 @@ async fn a_task_whose_message_is_dead_lettered_ends_delivery_failed_and_a_redriv
     assert_eq!(task["status"], "succeeded", "{task}");
     app.drain().await;
 }
+
+/// The default queue's ARN, as a record's `eventSourceARN` names it.
+async fn default_queue_arn(app: &TestApp) -> String {
+    let out = app
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&app.queues.default)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    out.attributes.unwrap().remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_hidden_in_one_request_stays_out_of_sight_and_a_bad_receipt_is_reported() {
+    use agentq::queue::Requeue as _;
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        app.send_raw(&format!("{{\"n\": {i}}}")).await;
+    }
+    // Received for one second only: without the change below they would be back at once.
+    let mut receipts = Vec::new();
+    while receipts.len() < 3 {
+        let out = app
+            .sqs
+            .receive_message()
+            .queue_url(&app.queues.default)
+            .max_number_of_messages(10)
+            .visibility_timeout(1)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        receipts.extend(out.messages.unwrap_or_default().into_iter().filter_map(|m| m.receipt_handle));
+    }
+    let arn = default_queue_arn(&app).await;
+    let requeue = agentq::queue::SqsRequeue::new(app.sqs.clone());
+    let handles: Vec<&str> = receipts.iter().map(String::as_str).collect();
+    requeue.set_visibility_all(&arn, &handles, Duration::from_secs(60)).await.expect("the batch is hidden");
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let again = app.sqs.receive_message().queue_url(&app.queues.default).wait_time_seconds(1).send().await.unwrap();
+    assert!(again.messages.unwrap_or_default().is_empty(), "a hidden message came back before its time");
+    assert_eq!(app.queue_depth(&app.queues.default).await, 3, "the messages are still in flight");
+
+    let refused = requeue.set_visibility_all(&arn, &[handles[0], "not-a-receipt"], Duration::from_secs(60)).await;
+    assert!(refused.is_err(), "a receipt the queue refuses is an error, not silence");
+}

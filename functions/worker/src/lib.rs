@@ -21,7 +21,7 @@
 //! | every model down, last delivery                   | `failed`                | to the dead-letter queue |
 //! | tools that need a person's decision               | `waiting_for_input`     | deleted (the decisions send a new one) |
 //! | lease lost to another delivery                    | untouched               | deleted      |
-//! | store unavailable                                 | untouched               | back after the heartbeat |
+//! | store unavailable                                 | untouched               | back just after the deadline |
 //!
 //! Messages that cannot start a run: undecodable, unknown or finished task → deleted; a task
 //! another live delivery holds → deleted too (its holder's message comes back if it dies, and
@@ -160,6 +160,7 @@ pub enum Disposition {
 /// Handles one SQS batch; failed records go back through `batchItemFailures`.
 pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let deadline = Deadline::from_epoch_millis(event.context.deadline);
+    hide_batch(worker, &event.payload.records, deadline).await;
     let runs = event.payload.records.iter().map(|record| {
         let message_id = record.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!(
@@ -194,6 +195,28 @@ pub async fn handle(worker: &Worker, event: LambdaEvent<SqsEvent>) -> Result<Sqs
         }
     }
     Ok(response)
+}
+
+/// Keeps the batch's messages out of sight until shortly after the invocation's deadline: a
+/// task whose invocation dies comes back then, not after the queue's whole visibility timeout.
+/// One request per queue for the batch (the local event source and Lambda's send one queue's
+/// records to an invocation), not one per message.
+async fn hide_batch(worker: &Worker, records: &[SqsMessage], deadline: Deadline) {
+    let hide = deadline.instant.saturating_duration_since(Instant::now()) + worker.settings.visibility_slack;
+    let mut by_queue = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for record in records {
+        if let (Some(arn), Some(receipt)) = (record.event_source_arn.as_deref(), record.receipt_handle.as_deref()) {
+            by_queue.entry(arn).or_default().push(receipt);
+        }
+    }
+    for (arn, receipts) in by_queue {
+        if let Err(e) = worker.requeue.set_visibility_all(arn, &receipts, hide).await {
+            tracing::warn!(
+                error = format!("{:#}", e.0),
+                "could not change the batch's visibility; the queue's timeout applies"
+            );
+        }
+    }
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -317,7 +340,7 @@ struct Run<'a> {
     worker: &'a Worker,
     task: TaskRecord,
     lease: Lease,
-    heartbeat: Heartbeat<'a>,
+    visibility: Visibility<'a>,
     receive_count: u32,
     started: Instant,
 }
@@ -340,7 +363,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     let settings = &worker.settings;
 
     let lease = Lease { owner: ulid::Ulid::generate().to_string(), until: deadline.wall };
-    let heartbeat = Heartbeat { requeue: worker.requeue.as_ref(), record, deadline, slack: settings.visibility_slack };
+    let visibility = Visibility { requeue: worker.requeue.as_ref(), record };
     let task = match worker.store.claim(id, &lease, agentq::now()).instrument(tracing::info_span!("store.claim")).await
     {
         Ok(Claim::Claimed(task)) => *task,
@@ -362,7 +385,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "could not claim the task; retrying later"
             );
-            heartbeat.hide_for(settings.retry_delay_for(receive_count)).await;
+            visibility.hide_for(settings.retry_delay_for(receive_count)).await;
             return Disposition::Retry;
         }
     };
@@ -379,7 +402,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             .emit();
     }
     let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events));
-    let run = Run { events, worker, task, lease, heartbeat, receive_count, started: Instant::now() };
+    let run = Run { events, worker, task, lease, visibility, receive_count, started: Instant::now() };
     if let Some(error) = settings.limits.exceeded_by(&run.task, agentq::now()) {
         tracing::warn!(code = %error.code, attempts = run.task.attempts, "the task is over the deployment's limits");
         let stop = Stop::End(end_as_is(&run.task, TaskStatus::Failed, error));
@@ -391,8 +414,6 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
         return settle(&run, stop).await;
     }
 
-    // Keep the message hidden while we run, and no longer than our deadline plus a little.
-    run.heartbeat.beat().await;
     let started = TaskEvent::started(&run.task, run.events.next(), agentq::now());
     match worker.store.record_event(id, &run.lease, &started).await {
         Ok(()) => run.events.advance(),
@@ -529,8 +550,8 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
             tracing::error!(code = %error.code, receive_count = run.receive_count, "last delivery and the models are still down: failing the task; the message goes to the dead-letter queue");
             // Users get the deployment's words; the provider's error is in the log.
             let error = TaskError::new(ErrorCode::ModelsUnavailable, settings.unavailable_message.clone());
-            // Dead-letter it now, not after the heartbeat's hiding time.
-            run.heartbeat.hide_for(Duration::ZERO).await;
+            // Dead-letter it now, not after the batch's hiding time.
+            run.visibility.hide_for(Duration::ZERO).await;
             write_finish(run, &end_as_is(task, TaskStatus::Failed, error), Disposition::Retry).await
         }
         Stop::ModelsDown(error) => {
@@ -538,7 +559,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
             tracing::warn!(code = %error.code, receive_count = run.receive_count, retry_in_s = delay.as_secs(), "models unavailable; giving the task back to the queue");
             match release(run, &error).await {
                 Released::Yes => {
-                    run.heartbeat.hide_for(delay).await;
+                    run.visibility.hide_for(delay).await;
                     Disposition::Retry
                 }
                 Released::Cancelled => cancelled(run).await,
@@ -585,7 +606,7 @@ async fn hand_off(run: &Run<'_>, delay: Duration) -> Disposition {
         Err(e) => {
             // This message carries it instead, at the cost of one receive.
             tracing::warn!(error = format!("{:#}", e.0), "could not send the hand-off message; reusing this one");
-            run.heartbeat.hide_for(delay).await;
+            run.visibility.hide_for(delay).await;
             Disposition::Retry
         }
     }
@@ -717,21 +738,15 @@ fn log_store_error(what: &str, e: StoreError) {
     tracing::error!(error = format!("{:#}", anyhow::Error::from(e)), "{what}");
 }
 
-/// Keeps a held message out of sight until shortly after the invocation's deadline.
+/// One message's visibility: how long it stays out of sight when a run gives it back (the
+/// whole batch is hidden until just past the deadline when the invocation starts).
 #[derive(Clone, Copy)]
-struct Heartbeat<'a> {
+struct Visibility<'a> {
     requeue: &'a dyn Requeue,
     record: &'a SqsMessage,
-    deadline: Deadline,
-    slack: Duration,
 }
 
-impl Heartbeat<'_> {
-    async fn beat(&self) {
-        let left = self.deadline.instant.saturating_duration_since(Instant::now());
-        self.hide_for(left + self.slack).await;
-    }
-
+impl Visibility<'_> {
     async fn hide_for(&self, delay: Duration) {
         let (Some(arn), Some(receipt)) =
             (self.record.event_source_arn.as_deref(), self.record.receipt_handle.as_deref())

@@ -214,7 +214,7 @@ async fn a_model_outage_gives_the_task_back_to_the_queue_with_a_growing_delay() 
         assert_eq!(failures(&r), ["m0"]);
         assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Queued);
     }
-    // Each delivery hides the message while it runs (a heartbeat), then sets the retry delay.
+    // Each delivery hides its batch until past the deadline, then the message sets its retry delay.
     let delays: Vec<u64> = requeue.delays().iter().map(|(_, d)| d.as_secs()).collect();
     assert_eq!(delays.len(), 4, "{delays:?}");
     assert!((30..=33).contains(&delays[1]) && (60..=66).contains(&delays[3]), "{delays:?}");

@@ -84,6 +84,17 @@ impl super::Requeue for MemoryRequeue {
         self.delays.lock().expect("poisoned").push((receipt_handle.to_owned(), delay));
         Ok(())
     }
+
+    async fn set_visibility_all(
+        &self,
+        _: &str,
+        receipt_handles: &[&str],
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let mut delays = self.delays.lock().expect("poisoned");
+        delays.extend(receipt_handles.iter().map(|r| ((*r).to_owned(), delay)));
+        Ok(())
+    }
 }
 
 /// Dead-letter queues in memory, for the dead-letter use cases' unit tests. A received

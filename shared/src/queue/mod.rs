@@ -42,6 +42,16 @@ pub trait Requeue: Send + Sync {
     /// Makes the message visible again `delay` from now. `queue_arn` is the record's
     /// `eventSourceARN`.
     async fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
+
+    /// Makes every message of `receipt_handles` (all from `queue_arn`) visible again `delay`
+    /// from now, in as few requests as the queue allows (SQS: one per ten messages), so a
+    /// batch's heartbeat costs one request rather than one per message.
+    async fn set_visibility_all(
+        &self,
+        queue_arn: &str,
+        receipt_handles: &[&str],
+        delay: Duration,
+    ) -> Result<(), QueueError>;
 }
 
 /// A message found in a dead-letter queue.
