@@ -444,8 +444,15 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
 /// The task's recorded steps. A fork's first run copies the steps it inherits from its parent
 /// first (a run that died while copying left some: those stand), so its own record shows them.
 async fn history(worker: &Worker, task: &TaskRecord) -> Result<Vec<agentq::domain::steps::Step>, StoreError> {
+    let Some(origin) = task.fork.as_ref() else {
+        // No model step recorded (the count moves in the same write as the step), so no tool
+        // step either (each follows the answer that asked for it): a first run reads nothing.
+        if task.spend.step == 0 {
+            return Ok(Vec::new());
+        }
+        return worker.store.steps(task.task_id).await;
+    };
     let steps = worker.store.steps(task.task_id).await?;
-    let Some(origin) = task.fork.as_ref() else { return Ok(steps) };
     let inherited_all =
         steps.iter().any(|s| matches!(s, agentq::domain::steps::Step::Model(m) if m.step == origin.from_step));
     if origin.from_step == 0 || inherited_all {
@@ -783,8 +790,9 @@ fn halt(what: &str, e: StoreError) -> Halt {
 #[async_trait]
 impl Checkpoint for StoreCheckpoint<'_> {
     async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
-        // One write: the answer and the progress it makes. The lease and the message's
-        // invisibility were set to the invocation's deadline at the claim and need no renewal.
+        // One write: the answer and the progress it makes. The lease (at the claim) and the
+        // message's invisibility (when the invocation started) hold to the invocation's
+        // deadline and need no renewal.
         let now = agentq::now();
         let event = TaskEvent::step(self.id, self.events.next(), step, &report.spend, now);
         let progress = Progress { spend: report.spend.clone(), now, event };

@@ -279,6 +279,7 @@ async fn a_lost_lease_refuses_every_write(store: &dyn Store) {
     assert_eq!(after.last_error.map(|e| e.code), Some(ErrorCode::Deadline));
     assert_eq!(store.steps(task.task_id).await.unwrap().len(), 1);
     let Claim::Claimed(again) = store.claim(task.task_id, &old, later).await.unwrap() else { panic!("queued again") };
+    assert_eq!(again.spend.step, 1, "a claim tells a run steps were recorded (the worker reads them only then)");
     // A pause gives the task back too, without counting the claim as an attempt.
     let paused = TaskError::new(ErrorCode::ModelRateLimited, "paused");
     conflict(store.pause(task.task_id, &new, &paused, later, later).await, "pause");
