@@ -401,7 +401,9 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
             .property("task_id", id.to_string())
             .emit();
     }
-    let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events));
+    // The claim reserved the run's first seq (the record's `events`): the started event's, or
+    // the ending's of a run that stops before it starts.
+    let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events.saturating_sub(1)));
     let run = Run { events, worker, task, lease, visibility, receive_count, started: Instant::now() };
     if let Some(error) = settings.limits.exceeded_by(&run.task, agentq::now()) {
         tracing::warn!(code = %error.code, attempts = run.task.attempts, "the task is over the deployment's limits");
@@ -415,7 +417,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     }
 
     let started = TaskEvent::started(&run.task, run.events.next(), agentq::now());
-    match worker.store.record_event(id, &run.lease, &started).await {
+    match worker.store.record_started(id, &started).await {
         Ok(()) => run.events.advance(),
         Err(StoreError::Conflict) => return settle(&run, Stop::LeaseLost).await,
         Err(e) => {

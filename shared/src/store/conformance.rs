@@ -520,14 +520,12 @@ async fn a_tasks_log_numbers_every_change_in_order(store: &dyn Store) {
     let task = admitted(store, &t, now).await;
     let held = lease("w", now + Duration::from_secs(60));
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
-    let started = TaskEvent::started(&claimed, claimed.events + 1, now);
-    store.record_event(task.task_id, &held, &started).await.unwrap();
+    assert_eq!(claimed.events, task.events + 1, "the claim reserves its started event's seq");
+    let started = TaskEvent::started(&claimed, claimed.events, now);
+    store.record_started(task.task_id, &started).await.unwrap();
     assert!(
-        matches!(
-            store.record_event(task.task_id, &lease("other", held.until), &started).await,
-            Err(StoreError::Conflict)
-        ),
-        "only the lease holder writes to the log"
+        matches!(store.record_started(task.task_id, &started).await, Err(StoreError::Conflict)),
+        "a seq is written once"
     );
     let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
     store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
@@ -615,6 +613,7 @@ async fn endpoints_are_the_tenants_own_and_attempts_read_in_order(store: &dyn St
 async fn waiting(store: &dyn Store, task: &TaskRecord, now: OffsetDateTime) -> (TaskRecord, PendingCall) {
     let held = lease("w", now + Duration::from_secs(60));
     let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    store.record_started(task.task_id, &TaskEvent::started(&claimed, claimed.events, now)).await.unwrap();
     let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
     store.record_model_step(task.task_id, &held, &answer(1, usage(10, 100)), &made).await.unwrap();
     let call = PendingCall {
@@ -677,7 +676,13 @@ async fn a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store:
     assert!(matches!(&steps[..], [Step::Model(_), Step::Decision(d)] if *d == decision), "{steps:?}");
     assert_eq!(
         kinds(store, task.task_id, 0).await,
-        [(1, EventKind::Queued), (2, EventKind::Step), (3, EventKind::WaitingForInput), (4, EventKind::Resumed)]
+        [
+            (1, EventKind::Queued),
+            (2, EventKind::Started),
+            (3, EventKind::Step),
+            (4, EventKind::WaitingForInput),
+            (5, EventKind::Resumed)
+        ]
     );
 
     let other = admitted(store, &t, now).await;

@@ -463,6 +463,8 @@ impl TaskRun for MemoryStore {
         if rec.status == TaskStatus::Queued || (rec.status == TaskStatus::Running && expired) {
             rec.status = TaskStatus::Running;
             rec.attempts += 1;
+            // The seq of the run's started event.
+            rec.events += 1;
             rec.updated_at = now;
             rec.started_at.get_or_insert(now);
             *held = Some(lease.clone());
@@ -523,8 +525,8 @@ impl TaskRun for MemoryStore {
         Ok(())
     }
 
-    async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError> {
-        self.with_leased(id, lease, |state, _| state.append(event.clone()))?
+    async fn record_started(&self, _: TaskId, event: &TaskEvent) -> Result<(), StoreError> {
+        self.lock()?.append(event.clone())
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {

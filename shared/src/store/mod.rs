@@ -308,6 +308,8 @@ pub trait TaskCancel: Send + Sync {
 #[async_trait]
 pub trait TaskRun: Send + Sync {
     /// Takes a `queued` task, or a `running` one whose lease has expired (its runner died).
+    /// A claim reserves the seq of its run's `task.started` event: the claimed record's
+    /// `events` (see [`record_started`](Self::record_started)).
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError>;
 
     /// Records a model answer and the run's progress with it (what it has spent), in one write,
@@ -322,9 +324,11 @@ pub trait TaskRun: Send + Sync {
         progress: &Progress,
     ) -> Result<StepAck, StoreError>;
 
-    /// Appends `event` (its `seq` the task's next) to the task's log, if `lease` is still the
-    /// task's (`task.started`, after a claim).
-    async fn record_event(&self, id: TaskId, lease: &Lease, event: &TaskEvent) -> Result<(), StoreError>;
+    /// Writes a run's `task.started` event at the seq its claim reserved. Only that claim's
+    /// runner holds the seq, so this is one plain write, never over an event already there
+    /// (`Conflict`); a runner that dies before it leaves that seq unused, which readers of the
+    /// log (they page by seq) pass over.
+    async fn record_started(&self, id: TaskId, event: &TaskEvent) -> Result<(), StoreError>;
 
     /// Records a tool result; a result already recorded for that call is kept.
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError>;
