@@ -937,20 +937,23 @@ impl DynamoStore {
     /// Records a step unless one with its key is recorded: the first one stands (a result
     /// recorded by a run that then died, a step a fork copied before).
     async fn put_step_once(&self, id: TaskId, step: &Step) -> Result<(), StoreError> {
-        let put = self.step_put(id, step).await?;
-        let result = self
-            .client
+        match self.put_alone(self.step_put(id, step).await?).await {
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A put built for a transaction, sent on its own (a plain write: one unit per KB).
+    async fn put_alone(&self, put: Put) -> Result<(), StoreError> {
+        self.client
             .put_item()
             .table_name(put.table_name)
             .set_item(Some(put.item))
             .set_condition_expression(put.condition_expression)
             .send()
             .await
-            .map_err(|e| sdk_error("PutItem", e));
-        match result {
-            Ok(_) | Err(StoreError::Conflict) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .map_err(|e| sdk_error("PutItem", e))?;
+        Ok(())
     }
 
     /// A stored step's JSON text, fetched from S3 if it was kept there.
@@ -1557,16 +1560,7 @@ impl TaskRun for DynamoStore {
     async fn record_started(&self, _: TaskId, event: &TaskEvent) -> Result<(), StoreError> {
         // One write unit, where a transaction with the task's counter cost four: the claim
         // moved the counter already.
-        let put = self.event_item_put(event)?;
-        self.client
-            .put_item()
-            .table_name(put.table_name)
-            .set_item(Some(put.item))
-            .set_condition_expression(put.condition_expression)
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        Ok(())
+        self.put_alone(self.event_item_put(event)?).await
     }
 
     async fn release(&self, id: TaskId, lease: &Lease, why: &TaskError, now: OffsetDateTime) -> Result<(), StoreError> {
