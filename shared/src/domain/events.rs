@@ -81,7 +81,8 @@ pub struct TaskEvent {
     /// Unique across all tasks: `evt_<ULID>`.
     pub id: String,
     pub task_id: TaskId,
-    /// 1 for the task's first event; no gaps.
+    /// 1 for the task's first event, then in order; a seq a claim reserved for a worker that
+    /// died before writing its `task.started` stays unused.
     pub seq: u32,
     #[serde(rename = "type")]
     pub kind: EventKind,
