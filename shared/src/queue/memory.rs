@@ -75,16 +75,6 @@ impl MemoryRequeue {
 
 #[async_trait]
 impl super::Requeue for MemoryRequeue {
-    async fn set_visibility(
-        &self,
-        _: &str,
-        receipt_handle: &str,
-        delay: std::time::Duration,
-    ) -> Result<(), QueueError> {
-        self.delays.lock().expect("poisoned").push((receipt_handle.to_owned(), delay));
-        Ok(())
-    }
-
     async fn set_visibility_all(
         &self,
         _: &str,

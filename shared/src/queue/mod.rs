@@ -41,7 +41,9 @@ pub trait TaskQueue: Send + Sync {
 pub trait Requeue: Send + Sync {
     /// Makes the message visible again `delay` from now. `queue_arn` is the record's
     /// `eventSourceARN`.
-    async fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError>;
+    async fn set_visibility(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+        self.set_visibility_all(queue_arn, &[receipt_handle], delay).await
+    }
 
     /// Makes every message of `receipt_handles` (all from `queue_arn`) visible again `delay`
     /// from now, in as few requests as the queue allows (SQS: one per ten messages), so a

@@ -88,7 +88,8 @@ impl TaskQueue for SqsQueue {
     }
 }
 
-/// `ChangeMessageVisibility` on the queue a record came from. Queue URLs are looked up from
+/// `ChangeMessageVisibilityBatch` on the queue a record came from (one message or a whole
+/// batch, one request per ten). Queue URLs are looked up from
 /// the record's ARN once and remembered.
 #[derive(Debug)]
 pub struct SqsRequeue {
@@ -126,26 +127,6 @@ impl SqsRequeue {
 
 #[async_trait]
 impl Requeue for SqsRequeue {
-    async fn set_visibility(
-        &self,
-        queue_arn: &str,
-        receipt_handle: &str,
-        delay: std::time::Duration,
-    ) -> Result<(), QueueError> {
-        let url = self.url(queue_arn).await?;
-        // SQS caps a message's visibility at 12 hours from its first receipt.
-        let secs = delay.as_secs().min(43_200) as i32;
-        self.client
-            .change_message_visibility()
-            .queue_url(url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(secs)
-            .send()
-            .await
-            .map_err(|e| QueueError(anyhow::anyhow!("ChangeMessageVisibility: {}", DisplayErrorContext(&e))))?;
-        Ok(())
-    }
-
     async fn set_visibility_all(
         &self,
         queue_arn: &str,
