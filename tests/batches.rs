@@ -128,3 +128,29 @@ async fn cancelling_a_batch_cancels_every_task_that_has_not_ended() {
     assert_eq!((read["counts"]["cancelled"].as_u64(), read["done"].as_bool()), (Some(3), Some(true)));
     app.drain().await;
 }
+
+#[tokio::test]
+async fn batches_posted_while_single_submits_of_their_tenant_are_in_flight_are_all_accepted() {
+    let app = TestApp::spawn().await;
+    let busy = app
+        .tenant("busy", Limits { max_running: 1_000, rate_per_sec: 1_000.0, burst: 1_000, ..Default::default() })
+        .await;
+    let batch_body = |b: usize| json!({"tasks": (0..10).map(|i| json!({"prompt": format!("batch {b} item {i}")})).collect::<Vec<_>>()});
+    let batches = futures::future::join_all((0..3).map(|b| {
+        let (app, busy, body) = (&app, &busy, batch_body(b));
+        async move { post_batch(app, busy, &body, &[]).await }
+    }));
+    let singles = futures::future::join_all((0..30).map(|i| {
+        let (app, busy) = (&app, &busy);
+        async move { app.post_as(busy, &json!({"prompt": format!("single {i}")}), &[]).await.status().as_u16() }
+    }));
+    let (batches, singles) = tokio::join!(batches, singles);
+    assert!(singles.iter().all(|s| *s == 202), "{singles:?}");
+    for (status, body) in &batches {
+        assert_eq!(*status, 202, "{body}");
+        assert!(body["items"].as_array().unwrap().iter().all(|i| i["task_id"].is_string()), "{body}");
+    }
+    assert_eq!(app.running_count("busy").await, 60, "one slot a task, none lost to a retry");
+    app.drain().await;
+    assert_eq!(app.running_count("busy").await, 0);
+}

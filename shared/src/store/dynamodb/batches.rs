@@ -20,9 +20,12 @@ use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
 use crate::store::{BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
 /// Tasks per transaction: up to three writes each (the task, its first event, a long prompt's
-/// item) and the running count, within DynamoDB's 100 actions and 4 MB (a batch's prompts are
+/// item), within DynamoDB's 100 actions and 4 MB (a batch's prompts are
 /// at most 64 KiB each).
 const ADMIT_CHUNK: usize = 25;
+
+/// Reads of the count before a batch gives up taking slots (it moved under each one).
+const TAKE_ATTEMPTS: u32 = 8;
 
 fn batch_key(id: &str) -> String {
     format!("BATCH#{id}")
@@ -38,49 +41,97 @@ struct BatchItem {
     expires_at: i64,
 }
 
+impl DynamoStore {
+    /// Takes up to `want` of the tenant's running slots at once, as many as are free, with
+    /// one conditional update of its count; how many it took (0: at the cap).
+    ///
+    /// Like a single submit's slot, apart from the transaction that stores the tasks: every
+    /// submit of the tenant moves that count with plain updates, and a transaction holding
+    /// it would be cancelled by them (`TransactionConflict`) until it gave up.
+    async fn take_slots(
+        &self,
+        tenant: &str,
+        max_running: u32,
+        want: usize,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        for attempt in 0..TAKE_ATTEMPTS {
+            let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
+            let k = ((i64::from(max_running) - active).max(0) as usize).min(want);
+            if k == 0 {
+                return Ok(0);
+            }
+            let take = Expr::default()
+                .add("#active :k")
+                .set("#updated_ms = :now_ms")
+                .when("attribute_not_exists(#active) OR #active <= :limit")
+                .val(":k", n(k))
+                .val(":now_ms", n(millis(now)))
+                .val(":limit", n(i64::from(max_running) - k as i64))
+                .on(&self.table, tenant_key(tenant), "ACTIVE")?;
+            match self.update_contended(take).await {
+                Ok(()) => return Ok(k),
+                // The count moved under us (other submits): look again.
+                Err(StoreError::Conflict) => tokio::time::sleep(contention_pause(attempt)).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
+    }
+
+    /// Stores `tasks` (their slots taken) with their first events in one transaction. Slots
+    /// of tasks not stored are given back; a transaction whose answer was lost is looked up
+    /// by its first task (stored: done; unknown: the slots are kept, as for one submit).
+    async fn create_many(&self, tasks: &[TaskRecord]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(3 * tasks.len());
+        for task in tasks {
+            items.extend(
+                self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
+            );
+            items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+        }
+        let tenant = &tasks[0].tenant_id;
+        let failed = match self.transact(items).await {
+            Ok(()) => return Ok(()),
+            Err(TransactError::Store(StoreError::Unavailable(e))) => match self.task_item(tasks[0].task_id).await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => StoreError::Unavailable(e),
+                Err(_) => return Err(StoreError::Unavailable(e)),
+            },
+            Err(e) => e.into(),
+        };
+        self.give_slots_back(tenant, tasks.len()).await;
+        Err(failed)
+    }
+}
+
 #[async_trait]
 impl BatchStore for DynamoStore {
     async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError> {
         let Some(first) = tasks.first() else { return Ok(0) };
         let tenant = first.tenant_id.as_str();
         let mut admitted = 0;
-        let mut attempt = 0;
         while admitted < tasks.len() {
-            let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
-            let free = (i64::from(max_running) - active).max(0) as usize;
-            let k = free.min(ADMIT_CHUNK).min(tasks.len() - admitted);
-            if k == 0 {
-                break;
-            }
-            let chunk = &tasks[admitted..admitted + k];
-            let mut items = Vec::with_capacity(3 * k + 1);
-            for task in chunk {
-                items.extend(
-                    self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
-                );
-                items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
-            }
-            items.push(
-                self.counter(
-                    tenant,
-                    "ACTIVE",
-                    Expr::default()
-                        .add("#active :k")
-                        .set("#updated_ms = :now_ms")
-                        .when("attribute_not_exists(#active) OR #active <= :limit")
-                        .val(":k", n(k))
-                        .val(":now_ms", n(millis(first.created_at)))
-                        .val(":limit", n(i64::from(max_running) - k as i64)),
-                )?,
-            );
-            match self.transact(items).await {
+            let chunk = &tasks[admitted..];
+            let k = match self.take_slots(tenant, max_running, chunk.len().min(ADMIT_CHUNK), first.created_at).await? {
+                0 => break,
+                k => k,
+            };
+            match self.create_many(&chunk[..k]).await {
                 Ok(()) => admitted += k,
-                // The count moved under us (other submits): look again.
-                Err(TransactError::Condition(failed)) if failed.last().copied().unwrap_or(false) && attempt < 8 => {
-                    tokio::time::sleep(contention_pause(attempt)).await;
-                    attempt += 1;
+                Err(e) => {
+                    // Tasks already stored are answered as stored (their messages go out): a
+                    // 503 for them would have the client submit them twice.
+                    if admitted > 0 {
+                        tracing::warn!(
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            admitted,
+                            "a batch stopped part way; the rest is refused"
+                        );
+                        return Ok(admitted);
+                    }
+                    return Err(e);
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(admitted)

@@ -565,7 +565,12 @@ impl DynamoStore {
     /// Gives back a slot taken for a task that was not created. Failing that, the count is
     /// one too high until the reconciler's repair: logged, not the caller's error.
     async fn give_slot_back(&self, tenant: &str) {
-        let back = async { self.update_contended(self.active_update(tenant, -1, crate::now())?).await };
+        self.give_slots_back(tenant, 1).await
+    }
+
+    /// Gives back `k` slots taken for tasks that were not created (as [`Self::give_slot_back`]).
+    async fn give_slots_back(&self, tenant: &str, k: usize) {
+        let back = async { self.update_contended(self.active_update(tenant, -(k as i64), crate::now())?).await };
         if let Err(e) = back.await {
             tracing::warn!(error = format!("{:#}", anyhow::Error::from(e)), "could not give back a running slot");
         }
