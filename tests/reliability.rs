@@ -120,6 +120,35 @@ async fn a_submit_that_dies_before_sending_is_sent_by_the_reconciler_and_runs() 
 }
 
 #[tokio::test]
+async fn a_running_task_is_put_off_while_its_lease_is_live_and_sent_again_a_grace_period_after_it() {
+    let app = TestApp::spawn().await;
+    Mock::given(method("POST")).respond_with(answer("ok", json!({}))).mount(&app.model).await;
+    // Stored as a submit would, its message lost; it falls due, then a runner claims it.
+    let request = TaskRequest::parse(json!({"prompt": "at work"}).to_string().as_bytes(), &Default::default()).unwrap();
+    let task = TaskRecord::new(request, "acme", agentq::now());
+    app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None }).await.unwrap();
+    let id = task.task_id.to_string();
+    app.track(&id);
+    tokio::time::sleep(RECONCILE_AFTER + Duration::from_millis(500)).await;
+    let lease = Lease { owner: "alive".into(), until: agentq::now() + Duration::from_secs(1) };
+    app.store.claim(task.task_id, &lease, agentq::now()).await.unwrap();
+
+    let reconciler = app.reconciler();
+    let report = reconciler::reconcile(&reconciler, agentq::now()).await.unwrap();
+    assert_eq!((report.deferred, report.resent), (1, 0), "its lease is live: at work, {report:?}");
+    assert_eq!(reconciler::reconcile(&reconciler, agentq::now()).await.unwrap().due, 0, "put off past its lease");
+
+    // Its runner died: a grace period past its lease, it is sent again and runs.
+    tokio::time::sleep(Duration::from_secs(1) + RECONCILE_AFTER + Duration::from_millis(500)).await;
+    let report = reconciler::reconcile(&reconciler, agentq::now()).await.unwrap();
+    assert_eq!((report.deferred, report.resent), (0, 1), "{report:?}");
+    let task = app.run_until_terminal(&id, PATIENCE).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(app.running_count("acme").await, 0);
+    app.drain().await;
+}
+
+#[tokio::test]
 async fn a_retry_with_the_same_key_sends_a_stranded_tasks_message_again() {
     let app = TestApp::spawn().await;
     Mock::given(method("POST")).respond_with(answer("ok", json!({}))).mount(&app.model).await;

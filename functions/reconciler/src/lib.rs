@@ -7,6 +7,7 @@
 //!   long): ends it `failed` with the limit's code;
 //! - waiting for decisions past its timeout (`waiting_for_input`): rejects its pending tool
 //!   calls on the client's behalf and queues it again, so the model reads why and goes on;
+//! - `running` under a live lease: at work, looked at again a grace period past its lease;
 //! - otherwise sends its message again (its first one may never have been sent, if the
 //!   submit died between its two writes, or may have been lost) and looks again one grace
 //!   period later. A duplicate is harmless: the worker's claim runs a task once.
@@ -67,6 +68,8 @@ pub struct Report {
     pub due: usize,
     /// Messages sent again.
     pub resent: usize,
+    /// Running tasks under a live lease, looked at again past it.
+    pub deferred: usize,
     /// Tasks ended over a limit.
     pub ended: usize,
     /// Waits for a decision that timed out: their calls rejected, the tasks queued again.
@@ -91,6 +94,13 @@ pub async fn reconcile(r: &Reconciler, now: OffsetDateTime) -> anyhow::Result<Re
             if time_out(r, &task, now).await? {
                 report.timed_out += 1;
             }
+            continue;
+        }
+        // A run under a live lease is at work, not stranded: looked at again a grace period
+        // past its lease. (The claim leaves the due time alone, sparing the index a write a
+        // task; only a run still going when its task falls due costs this one.)
+        if task.status == TaskStatus::Running && r.store.put_off_while_leased(id, now).await? {
+            report.deferred += 1;
             continue;
         }
         if let Some(error) = r.settings.limits.exceeded_by(&task, now) {
@@ -185,6 +195,7 @@ pub async fn handle(r: &Reconciler, _event: LambdaEvent<Value>) -> Result<Value,
     Ok(json!({
         "due": report.due,
         "resent": report.resent,
+        "deferred": report.deferred,
         "ended": report.ended,
         "timed_out": report.timed_out,
         "started_held": report.started_held,

@@ -63,6 +63,8 @@ async fn a_running_task_whose_runner_vanished_is_sent_again_after_its_lease() {
     let id = accepted(&store, now).await;
     let lease = Lease { owner: "gone".into(), until: now + Duration::from_secs(300) };
     store.claim(id, &lease, now).await.unwrap();
+    let report = reconciler::reconcile(&r, now + Duration::from_secs(61)).await.unwrap();
+    assert_eq!((report.deferred, report.resent), (1, 0), "due, but its lease is live");
     assert_eq!(reconciler::reconcile(&r, now + Duration::from_secs(330)).await.unwrap().resent, 0, "lease + grace");
     assert_eq!(reconciler::reconcile(&r, now + Duration::from_secs(361)).await.unwrap().resent, 1);
     assert_eq!(queue.sent().len(), 1);

@@ -476,14 +476,18 @@ async fn open_tasks_fall_due_after_their_grace_and_ended_ones_never(store: &dyn 
     assert!(!due(now + after * 2).await, "rescheduled");
     assert!(due(next + Duration::from_secs(1)).await);
     assert_eq!(store.get(task.task_id).await.unwrap().unwrap().resends, 1);
-    // Claimed: due again only past its lease plus the grace.
+    // Claimed: the claim leaves the due time (no index write); the reconciler puts it off.
     let until = now + after * 4;
     let Claim::Claimed(claimed) = store.claim(task.task_id, &lease("w", until), now).await.unwrap() else {
         panic!("claimed")
     };
+    assert!(due(next + Duration::from_secs(1)).await, "a claim does not move the due time");
     assert!(!store.reschedule(&seen, next, true, now).await.unwrap(), "a stale view reschedules nothing");
+    assert!(!store.put_off_while_leased(task.task_id, until).await.unwrap(), "a lease that has ended");
+    assert!(store.put_off_while_leased(task.task_id, now).await.unwrap());
     assert!(!due(until).await);
-    assert!(due(until + after + Duration::from_secs(1)).await);
+    assert!(due(until + after + Duration::from_secs(1)).await, "a grace period past its lease");
+    assert_eq!(store.get(task.task_id).await.unwrap().unwrap().resends, 1, "put off, not resent");
     store
         .finish(
             &claimed,

@@ -469,7 +469,6 @@ impl TaskRun for MemoryStore {
             rec.started_at.get_or_insert(now);
             *held = Some(lease.clone());
             let claimed = rec.clone();
-            state.due.insert(id, lease.until + self.reconcile_after);
             return Ok(Claim::Claimed(Box::new(claimed)));
         }
         Ok(Claim::Leased { until: held.as_ref().map_or(now, |l| l.until) })
@@ -677,6 +676,16 @@ impl TaskReconcile for MemoryStore {
             rec.resends += 1;
         }
         state.due.insert(task.task_id, due);
+        Ok(true)
+    }
+
+    async fn put_off_while_leased(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let until = match state.tasks.get(&id) {
+            Some((rec, Some(lease))) if rec.status == TaskStatus::Running && lease.until > now => lease.until,
+            _ => return Ok(false),
+        };
+        state.due.insert(id, until + self.reconcile_after);
         Ok(true)
     }
 

@@ -309,7 +309,9 @@ pub trait TaskCancel: Send + Sync {
 pub trait TaskRun: Send + Sync {
     /// Takes a `queued` task, or a `running` one whose lease has expired (its runner died).
     /// A claim reserves the seq of its run's `task.started` event: the claimed record's
-    /// `events` (see [`record_started`](Self::record_started)).
+    /// `events` (see [`record_started`](Self::record_started)). It leaves the task's due time
+    /// where its queueing put it: a run that outlasts it is put off by the reconciler
+    /// ([`TaskReconcile::put_off_while_leased`]).
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError>;
 
     /// Records a model answer and the run's progress with it (what it has spent), in one write,
@@ -416,6 +418,11 @@ pub trait TaskReconcile: Send + Sync {
         resent: bool,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// A `running` task whose lease is live by `now` is looked at again a grace period past its
+    /// lease's end (a claim leaves the due time alone). `false` if it is not running under a
+    /// live lease.
+    async fn put_off_while_leased(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// Every tenant's id (the reconciler starts their held tasks).
     async fn tenants(&self) -> Result<Vec<String>, StoreError>;

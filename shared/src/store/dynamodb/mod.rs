@@ -1432,8 +1432,9 @@ impl TaskRun for DynamoStore {
                     .set("#lease_until = :until")
                     .set("#updated_at = :now")
                     .set("#started_at = if_not_exists(#started_at, :now)")
-                    .set("#open_pk = :shard")
-                    .set("#due_at = :due")
+                    // The due time stays: moving it would rewrite the task's entry in the
+                    // `open` index (two more write units a task). A task still running when
+                    // it falls due is put off by the reconciler (`reschedule`).
                     .add("#attempts :one")
                     // The seq of the run's started event, reserved here (`record_started`).
                     .add("#events :one")
@@ -1446,8 +1447,6 @@ impl TaskRun for DynamoStore {
                     .val(":until", n(millis(lease.until)))
                     .val(":now", rfc3339(now))
                     .val(":now_ms", n(millis(now)))
-                    .val(":shard", s(open_shard(id)))
-                    .val(":due", self.due(lease.until))
                     .val(":one", n(1)),
                 ReturnValue::AllNew,
             )
@@ -1783,6 +1782,21 @@ impl TaskReconcile for DynamoStore {
             e = e.add("#resends :one").set("#last_resent_at = :now").val(":one", n(1)).val(":now", rfc3339(now));
         }
         match self.update_task(task.task_id, e, ReturnValue::None).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_off_while_leased(&self, id: TaskId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        // One write, no read: the due time is computed from the stored lease.
+        let e = Expr::default()
+            .set("#due_at = #lease_until + :grace")
+            .when("#status = :running AND #lease_until > :now_ms")
+            .val(":grace", n(self.reconcile_after.as_millis() as i64))
+            .val(":running", s(TaskStatus::Running.as_str()))
+            .val(":now_ms", n(millis(now)));
+        match self.update_task(id, e, ReturnValue::None).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
