@@ -18,6 +18,8 @@ STACK_NAME="${STACK_NAME:-agentq}"
 LOCALSTACK_VENV="$TOOLS/localstack-venv"
 TOOLS_VENV="$TOOLS/tools-venv"
 DYNAMODB_DIR="$TOOLS/dynamodb-local"
+# DynamoDB Local's JVM (scripts/emulators.sh says why these).
+DYNAMODB_JAVA_OPTS="${DYNAMODB_JAVA_OPTS:--Xmx512m -XX:TieredStopAtLevel=1 -XX:+UseParallelGC}"
 
 # The AWS SDK finds the emulators through its standard endpoint settings: no emulator
 # branch exists in the code.

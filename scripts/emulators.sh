@@ -21,8 +21,12 @@ start() {
     dir=$(compgen -G "$DYNAMODB_DIR/package/lib/dynamodb_local_*" | head -n1) \
       || die "DynamoDB Local is not installed: run scripts/install.sh"
     log "starting DynamoDB Local on :$DYNAMODB_PORT"
-    (cd "$dir" && start_bg dynamodb java -Xmx512m -Djava.library.path=./DynamoDBLocal_lib \
-      -jar DynamoDBLocal.jar -inMemory -port "$DYNAMODB_PORT")
+    # The JIT's first tier only, and the throughput collector: a test run or a bench is
+    # over before the optimizing tier pays back what it burns compiling, on two shared cores
+    # (bench/dynamodb_local.sh: about half the emulator's CPU a task, BENCHMARKS.md).
+    # shellcheck disable=SC2086 # a list of JVM options
+    (cd "$dir" && start_bg dynamodb java $DYNAMODB_JAVA_OPTS -Djava.library.path=./DynamoDBLocal_lib \
+      -jar DynamoDBLocal.jar -inMemory -disableTelemetry -port "$DYNAMODB_PORT")
   fi
   wait_for localstack "http://127.0.0.1:$LOCALSTACK_PORT/_localstack/health" 90
   # DynamoDB Local answers a bare GET with 400, which is enough to know it listens.
