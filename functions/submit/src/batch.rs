@@ -10,7 +10,7 @@ use agentq::domain::task::{ErrorCode, FieldError, RequestError, TaskError, TaskM
 use agentq::edge::auth::{Caller, authenticate};
 use agentq::edge::http::{ApiError, json_body, json_response};
 use agentq::observe::metrics::{self, Unit};
-use agentq::store::{BatchKey, Idempotency, month_of};
+use agentq::store::{AdmittedMany, BatchKey, Idempotency, month_of};
 use futures::StreamExt as _;
 use lambda_http::http::StatusCode;
 use lambda_http::http::header::{HeaderName, HeaderValue, LOCATION};
@@ -92,7 +92,7 @@ pub(crate) async fn submit_batch(app: &App, req: &Request) -> Result<Response<Bo
     }
 
     let granted = app.store.take_up_to(&tenant.tenant_id, &tenant.limits, tasks.len() as u32, now).await? as usize;
-    let admitted = app
+    let AdmittedMany { admitted, interrupted } = app
         .store
         .admit_many(&tasks.iter().take(granted).map(|(_, t)| t.clone()).collect::<Vec<_>>(), tenant.limits.max_running)
         .await?;
@@ -127,7 +127,9 @@ pub(crate) async fn submit_batch(app: &App, req: &Request) -> Result<Response<Bo
         }
     }
     for (n, (i, _)) in tasks.iter().enumerate().skip(admitted) {
-        items[*i].error = Some(if n < granted {
+        items[*i].error = Some(if n < granted && interrupted {
+            ItemError::new("enqueue_failed", "the task could not be stored; submit it again")
+        } else if n < granted {
             ItemError::new(
                 "concurrency_limited",
                 format!("the tenant already has {} tasks queued or running", tenant.limits.max_running),

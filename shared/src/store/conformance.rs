@@ -100,7 +100,7 @@ async fn a_long_prompt_is_read_back_whole_by_the_worker_a_fork_and_a_batch(store
     };
     assert_eq!(claimed.prompt, long, "as the worker reads it");
     let batch: Vec<TaskRecord> = (0..2).map(|_| TaskRecord::new(request.clone(), &t, now)).collect();
-    assert_eq!(store.admit_many(&batch, 1_000).await.unwrap(), 2);
+    assert_eq!(store.admit_many(&batch, 1_000).await.unwrap().admitted, 2);
     for task in &batch {
         assert_eq!(store.get_with_prompt(task.task_id).await.unwrap().unwrap().prompt, long);
     }
@@ -722,7 +722,7 @@ async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn S
     let (t, now) = (tenant(store).await, crate::now());
     let before = admitted(store, &t, now).await;
     let tasks: Vec<TaskRecord> = (0..5).map(|_| record(&t, now)).collect();
-    assert_eq!(store.admit_many(&tasks, 4).await.unwrap(), 3, "one slot was taken before");
+    assert_eq!(store.admit_many(&tasks, 4).await.unwrap().admitted, 3, "one slot was taken before");
     count_is_true(store, &t, now).await;
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).chain([before.task_id]).collect();
     let found = store.tasks(&ids).await.unwrap();

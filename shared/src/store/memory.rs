@@ -14,7 +14,7 @@ use super::{
     StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
     TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
 };
-use super::{BatchKey, BatchStore, Idempotency, ScheduleStore};
+use super::{AdmittedMany, BatchKey, BatchStore, Idempotency, ScheduleStore};
 use crate::domain::approval::Decision;
 use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
@@ -804,15 +804,17 @@ impl RateLimiter for MemoryStore {
 
 #[async_trait]
 impl BatchStore for MemoryStore {
-    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError> {
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<AdmittedMany, StoreError> {
         let mut admitted = 0;
         for task in tasks {
-            match self.admit(task, Admission { max_running, idempotency: None }).await? {
-                Admitted::Created => admitted += 1,
-                _ => break,
+            match self.admit(task, Admission { max_running, idempotency: None }).await {
+                Ok(Admitted::Created) => admitted += 1,
+                Ok(_) => break,
+                Err(_) if admitted > 0 => return Ok(AdmittedMany { admitted, interrupted: true }),
+                Err(e) => return Err(e),
             }
         }
-        Ok(admitted)
+        Ok(AdmittedMany { admitted, interrupted: false })
     }
 
     async fn reserve_batch_key(

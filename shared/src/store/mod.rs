@@ -561,9 +561,11 @@ pub enum BatchKey {
 #[async_trait]
 pub trait BatchStore: Send + Sync {
     /// Stores `tasks` (all of one tenant) `queued`, each with its `task.queued` event, in
-    /// order, while the tenant stays under `max_running`; returns how many were stored (the
-    /// first ones), in a few transactions rather than one per task.
-    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError>;
+    /// order, while the tenant stays under `max_running`; says how many were stored (the
+    /// first ones), in a few transactions rather than one per task. A failure before any was
+    /// stored is an error; after some, it ends the admission there ([`AdmittedMany::interrupted`]),
+    /// so the tasks stored are still answered.
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<AdmittedMany, StoreError>;
     /// Reserves `key` for `batch_id` (24 h), or says which batch it made before.
     async fn reserve_batch_key(
         &self,
@@ -579,6 +581,15 @@ pub trait BatchStore: Send + Sync {
     async fn tasks(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>, StoreError>;
     /// Just the status of each task with these ids (those that exist): a batch's counts.
     async fn statuses(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskStatus)>, StoreError>;
+}
+
+/// How far [`BatchStore::admit_many`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmittedMany {
+    /// The first this many tasks are stored.
+    pub admitted: usize,
+    /// The store failed after them: the rest were not stored, whatever their slots.
+    pub interrupted: bool,
 }
 
 /// Schedules (docs/schedules.md).

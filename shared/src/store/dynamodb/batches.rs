@@ -17,7 +17,7 @@ use super::{
 use crate::domain::batch::BatchRecord;
 use crate::domain::events::TaskEvent;
 use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
-use crate::store::{BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
+use crate::store::{AdmittedMany, BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
 /// Tasks per transaction: up to three writes each (the task, its first event, a long prompt's
 /// item), within DynamoDB's 100 actions and 4 MB (a batch's prompts are
@@ -107,8 +107,8 @@ impl DynamoStore {
 
 #[async_trait]
 impl BatchStore for DynamoStore {
-    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<usize, StoreError> {
-        let Some(first) = tasks.first() else { return Ok(0) };
+    async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<AdmittedMany, StoreError> {
+        let Some(first) = tasks.first() else { return Ok(AdmittedMany { admitted: 0, interrupted: false }) };
         let tenant = first.tenant_id.as_str();
         let mut admitted = 0;
         while admitted < tasks.len() {
@@ -128,13 +128,13 @@ impl BatchStore for DynamoStore {
                             admitted,
                             "a batch stopped part way; the rest is refused"
                         );
-                        return Ok(admitted);
+                        return Ok(AdmittedMany { admitted, interrupted: true });
                     }
                     return Err(e);
                 }
             }
         }
-        Ok(admitted)
+        Ok(AdmittedMany { admitted, interrupted: false })
     }
 
     async fn reserve_batch_key(
