@@ -83,14 +83,14 @@ impl DynamoStore {
     /// of tasks not stored are given back; a transaction whose answer was lost is looked up
     /// by its first task (stored: done; unknown: the slots are kept, as for one submit).
     async fn create_many(&self, tasks: &[TaskRecord]) -> Result<(), StoreError> {
-        let mut items = Vec::with_capacity(3 * tasks.len());
-        for task in tasks {
-            items.extend(
-                self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
-            );
-            items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
-        }
         let tenant = &tasks[0].tenant_id;
+        let items = match self.new_tasks_writes(tasks).await {
+            Ok(items) => items,
+            Err(e) => {
+                self.give_slots_back(tenant, tasks.len()).await;
+                return Err(e);
+            }
+        };
         let failed = match self.transact(items).await {
             Ok(()) => return Ok(()),
             Err(TransactError::Store(StoreError::Unavailable(e))) => match self.task_item(tasks[0].task_id).await {
@@ -103,6 +103,18 @@ impl DynamoStore {
         self.give_slots_back(tenant, tasks.len()).await;
         Err(failed)
     }
+
+    /// The writes that store `tasks`: each one's item (a long prompt's too) and first event.
+    async fn new_tasks_writes(&self, tasks: &[TaskRecord]) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let mut items = Vec::with_capacity(3 * tasks.len());
+        for task in tasks {
+            items.extend(
+                self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
+            );
+            items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+        }
+        Ok(items)
+    }
 }
 
 #[async_trait]
@@ -113,12 +125,16 @@ impl BatchStore for DynamoStore {
         let mut admitted = 0;
         while admitted < tasks.len() {
             let chunk = &tasks[admitted..];
-            let k = match self.take_slots(tenant, max_running, chunk.len().min(ADMIT_CHUNK), first.created_at).await? {
-                0 => break,
-                k => k,
+            let stored = async {
+                let k = self.take_slots(tenant, max_running, chunk.len().min(ADMIT_CHUNK), first.created_at).await?;
+                if k > 0 {
+                    self.create_many(&chunk[..k]).await?;
+                }
+                Ok::<_, StoreError>(k)
             };
-            match self.create_many(&chunk[..k]).await {
-                Ok(()) => admitted += k,
+            match stored.await {
+                Ok(0) => break,
+                Ok(k) => admitted += k,
                 Err(e) => {
                     // Tasks already stored are answered as stored (their messages go out): a
                     // 503 for them would have the client submit them twice.
