@@ -1434,7 +1434,7 @@ impl TaskRun for DynamoStore {
                     .set("#started_at = if_not_exists(#started_at, :now)")
                     // The due time stays: moving it would rewrite the task's entry in the
                     // `open` index (two more write units a task). A task still running when
-                    // it falls due is put off by the reconciler (`reschedule`).
+                    // it falls due is put off by the reconciler (`put_off_while_leased`).
                     .add("#attempts :one")
                     // The seq of the run's started event, reserved here (`record_started`).
                     .add("#events :one")
