@@ -77,6 +77,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
     a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
+    steps_read_back_in_order_whole_and_page_by_page_wherever_they_are_kept(store).await;
     a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
     held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
     schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store).await;
@@ -716,6 +717,50 @@ async fn a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store: &dyn 
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0], first, "a step inherited before is kept");
     assert!(store.get_with_prompt(fork.task_id).await.unwrap().is_some_and(|f| f.prompt == "conformance"));
+}
+
+/// Steps inherited by a fork, answers recorded with their events and tool results recorded
+/// apart read back as one history, in step order, whole and a page at a time.
+async fn steps_read_back_in_order_whole_and_page_by_page_wherever_they_are_kept(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let tool = |n: u32| crate::domain::steps::ToolStep {
+        step: n,
+        tool_use_id: format!("toolu_{n}"),
+        name: "calculator".into(),
+        content: n.to_string(),
+        is_error: false,
+        duration_ms: Some(1),
+    };
+    let inherited = [Step::Model(answer(1, usage(1, 1))), Step::Tool(tool(1))];
+    store.inherit(task.task_id, &inherited).await.unwrap();
+    let held = lease("w", now + Duration::from_secs(60));
+    let Claim::Claimed(_) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    let mut expected = inherited.to_vec();
+    for n in 2..=4 {
+        let step = answer(n, usage(n as u64, n as u64));
+        let made = progress(store, task.task_id, n, usage(n as u64, n as u64), now).await;
+        assert_eq!(store.record_model_step(task.task_id, &held, &step, &made).await.unwrap(), StepAck::Continue);
+        expected.push(Step::Model(step));
+        if n < 4 {
+            store.record_tool_step(task.task_id, &tool(n)).await.unwrap();
+            expected.push(Step::Tool(tool(n)));
+        }
+    }
+    assert_eq!(store.steps(task.task_id).await.unwrap(), expected, "the whole history, in order");
+    let (mut paged, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let page = store.step_page(task.task_id, after.as_deref(), 2).await.unwrap();
+        assert!(!page.steps.is_empty() && page.steps.len() <= 2, "a page holds one to `limit` steps");
+        paged.extend(page.steps);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected, "page by page, the same history, each step once");
+    let step_events = kinds(store, task.task_id, 0).await.into_iter().filter(|(_, k)| *k == EventKind::Step).count();
+    assert_eq!(step_events, 3, "each recorded answer is announced once in the log");
 }
 
 async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn Store) {

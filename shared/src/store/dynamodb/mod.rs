@@ -12,9 +12,9 @@
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h (a task's or a batch's) |
 //! | `BATCH#<id>`       | `META`              | a batch: its items' task ids or errors  |
 //! | `BREAKER#<model>`  | `META`              | until when the model's circuit is open (any instance) |
-//! | `TASK#<id>`        | `STEP#<n>`          | a recorded model answer                 |
-//! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result                  |
-//! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log              |
+//! | `TASK#<id>`        | `STEP#<n>`          | a model answer a fork inherited (or recorded before answers went in their events) |
+//! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result (or an approval's decision) |
+//! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log; a `task.step` event carries its model answer (`step_sk`, `step` or `step_ref`) |
 //! | `TASK#<id>`        | `DLV#<seq>#<target>#<id>` | an attempt to deliver an event (webhooks) |
 //! | `TENANT#<t>`       | `WEBHOOK#<id>`      | a webhook endpoint                      |
 //! | `TENANT#<t>`       | `SCHEDULE#<id>`     | a schedule (while active, `open`: `SCHEDULES`, next tick) |
@@ -25,6 +25,10 @@
 //! An update is billed on the whole item, and a task's item is rewritten by every transition
 //! (claim, start, each model step, the end): so the prompt, which only the worker reads, is
 //! kept apart once it is long enough to matter, and the task's item stays near one KB.
+//!
+//! A transaction is billed two units per item and KB: so a model answer is written inside the
+//! `task.step` event that announces it, one item where a step item beside its event cost two
+//! more units a step. Steps are read from both kinds of item, merged in step order.
 
 mod batches;
 mod breakers;
@@ -247,7 +251,24 @@ fn number(item: Option<&HashMap<String, AttributeValue>>, name: &str) -> Option<
 
 /// Every item a query matches, following its pages.
 async fn query_all(query: QueryFluentBuilder) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
-    query.into_paginator().items().send().try_collect().await.map_err(|e| sdk_error("Query", e))
+    query_up_to(query, None).await
+}
+
+/// The first `want` items a query matches (all: `None`), following its pages: a query with a
+/// filter can answer a page with fewer items than it read, or none.
+async fn query_up_to(
+    query: QueryFluentBuilder,
+    want: Option<usize>,
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    let mut pages = query.into_paginator().items().send();
+    let mut items = Vec::new();
+    while want.is_none_or(|want| items.len() < want) {
+        match pages.next().await {
+            Some(item) => items.push(item.map_err(|e| sdk_error("Query", e))?),
+            None => break,
+        }
+    }
+    Ok(items)
 }
 
 /// Maps an SDK error: a failed condition is a [`StoreError::Conflict`], anything else keeps
@@ -370,13 +391,28 @@ fn event_key(seq: u32) -> String {
     format!("EVT#{seq:06}")
 }
 
-/// A stored event: the [`TaskEvent`] as JSON text.
+/// A stored event: the [`TaskEvent`] as JSON text; a `task.step` event also holds the model
+/// answer it announces (as a [`StepItem`] would: its sort key, its JSON text or a pointer).
 #[derive(Serialize, Deserialize)]
 struct EventItem {
     pk: String,
     sk: String,
     data: String,
     expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_sk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_ref: Option<String>,
+}
+
+impl EventItem {
+    /// The step this event carries, as if it were stored on its own.
+    fn into_step(self) -> Option<StepItem> {
+        let sk = self.step_sk?;
+        Some(StepItem { pk: self.pk, sk, data: self.step, data_ref: self.step_ref, expires_at: self.expires_at })
+    }
 }
 
 /// Which parts of a cancelled transaction failed their condition.
@@ -903,40 +939,108 @@ impl DynamoStore {
     }
 
     fn event_item_put(&self, event: &TaskEvent) -> Result<Put, StoreError> {
-        let item = EventItem {
+        self.put_new(&self.event_item(event)?)
+    }
+
+    fn event_item(&self, event: &TaskEvent) -> Result<EventItem, StoreError> {
+        Ok(EventItem {
             pk: task_key(event.task_id),
             sk: event_key(event.seq),
             data: serde_json::to_string(event).context("serializing an event").map_err(unavailable)?,
             expires_at: (crate::now() + self.retention).unix_timestamp(),
+            step_sk: None,
+            step: None,
+            step_ref: None,
+        })
+    }
+
+    /// The put of a `task.step` event holding the model answer it announces.
+    async fn step_event_put(&self, id: TaskId, step: &Step, event: &TaskEvent) -> Result<Put, StoreError> {
+        let stored = self.step_item(id, step).await?;
+        let item = EventItem {
+            step_sk: Some(stored.sk),
+            step: stored.data,
+            step_ref: stored.data_ref,
+            ..self.event_item(event)?
         };
+        self.put_new(&item)
+    }
+
+    /// The put of a step item, never over an existing one.
+    async fn step_put(&self, id: TaskId, step: &Step) -> Result<Put, StoreError> {
+        self.put_new(&self.step_item(id, step).await?)
+    }
+
+    /// A step as stored: its JSON text, or in S3 if too large for an item.
+    async fn step_item(&self, id: TaskId, step: &Step) -> Result<StepItem, StoreError> {
+        let sk = step.sort_key();
+        let text = serde_json::to_string(step).context("serializing a step").map_err(unavailable)?;
+        let data_ref = self.spill(format!("tasks/{id}/{sk}"), &text).await?;
+        Ok(StepItem {
+            pk: task_key(id),
+            data: data_ref.is_none().then_some(text),
+            data_ref,
+            expires_at: (crate::now() + self.retention).unix_timestamp(),
+            sk,
+        })
+    }
+
+    /// The put of an item never written before (a step or an event is written once).
+    fn put_new(&self, item: &impl Serialize) -> Result<Put, StoreError> {
         Put::builder()
             .table_name(&self.table)
-            .set_item(Some(self::item(&item)?))
+            .set_item(Some(self::item(item)?))
             .condition_expression("attribute_not_exists(sk)")
             .build()
             .context("building a put")
             .map_err(unavailable)
     }
 
-    /// The put of a step item, never over an existing one.
-    async fn step_put(&self, id: TaskId, step: &Step) -> Result<Put, StoreError> {
-        let sk = step.sort_key();
-        let text = serde_json::to_string(step).context("serializing a step").map_err(unavailable)?;
-        let data_ref = self.spill(format!("tasks/{id}/{sk}"), &text).await?;
-        let item = StepItem {
-            pk: task_key(id),
-            data: data_ref.is_none().then_some(text),
-            data_ref,
-            expires_at: (crate::now() + self.retention).unix_timestamp(),
-            sk,
-        };
-        Put::builder()
+    /// A query of a task's items whose sort keys begin with `prefix`.
+    pub(super) fn under_task(&self, id: TaskId, prefix: &str) -> QueryFluentBuilder {
+        self.client
+            .query()
             .table_name(&self.table)
-            .set_item(Some(self::item(&item)?))
-            .condition_expression("attribute_not_exists(sk)")
-            .build()
-            .context("building a put")
-            .map_err(unavailable)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(task_key(id)))
+            .expression_attribute_values(":prefix", s(prefix))
+    }
+
+    /// A task's recorded steps, in step order, from `after` (a step's sort key) on: step
+    /// items and the answers `task.step` events carry, `want` of each at most (all: `None`).
+    /// Each source comes back in step order already (a run records its answers in order,
+    /// and a fork's inherited steps come before any its own run records).
+    async fn step_items(
+        &self,
+        id: TaskId,
+        after: Option<&str>,
+        want: Option<usize>,
+    ) -> Result<Vec<StepItem>, StoreError> {
+        let start = after.map(|sk| HashMap::from([("pk".to_owned(), s(task_key(id))), ("sk".to_owned(), s(sk))]));
+        let mut apart = self.under_task(id, "STEP#").consistent_read(true).set_exclusive_start_key(start);
+        let mut carried = self.under_task(id, "EVT#").consistent_read(true);
+        carried = match after {
+            Some(sk) => carried.filter_expression("step_sk > :after").expression_attribute_values(":after", s(sk)),
+            None => carried.filter_expression("attribute_exists(step_sk)"),
+        };
+        if let Some(want) = want {
+            apart = apart.limit(want as i32);
+        }
+        let (apart, carried) = tokio::try_join!(query_up_to(apart, want), query_up_to(carried, want))?;
+        let mut items = Vec::with_capacity(apart.len() + carried.len());
+        for i in apart {
+            items.push(from_item::<StepItem>(i)?);
+        }
+        for i in carried {
+            items.extend(from_item::<EventItem>(i)?.into_step());
+        }
+        // Stable: a step stored both ways (never written so; it would be a bug) is read once.
+        items.sort_by(|a, b| a.sk.cmp(&b.sk));
+        items.dedup_by(|a, b| a.sk == b.sk);
+        if let Some(want) = want {
+            items.truncate(want);
+        }
+        Ok(items)
     }
 
     /// Records a step unless one with its key is recorded: the first one stands (a result
@@ -1183,45 +1287,21 @@ impl TaskRead for DynamoStore {
     }
 
     async fn steps(&self, id: TaskId) -> Result<Vec<Step>, StoreError> {
-        let items = query_all(
-            self.client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
-                .expression_attribute_values(":pk", s(task_key(id)))
-                .expression_attribute_values(":step", s("STEP#"))
-                .consistent_read(true),
-        )
-        .await?;
+        let items = self.step_items(id, None, None).await?;
         let mut steps = Vec::with_capacity(items.len());
         for i in items {
-            let text = self.step_text(from_item(i)?).await?;
+            let text = self.step_text(i).await?;
             steps.push(serde_json::from_str(&text).context("a stored step").map_err(unavailable)?);
         }
         Ok(steps)
     }
 
     async fn step_page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<StepPage, StoreError> {
-        let start = after.map(|sk| HashMap::from([("pk".to_owned(), s(task_key(id))), ("sk".to_owned(), s(sk))]));
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :step)")
-            .expression_attribute_values(":pk", s(task_key(id)))
-            .expression_attribute_values(":step", s("STEP#"))
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            // One more than asked tells whether more follow.
-            .limit(limit as i32 + 1)
-            .send()
-            .await
-            .map_err(|e| sdk_error("Query", e))?;
-        let items = out.items.unwrap_or_default();
+        // One more than asked tells whether more follow.
+        let items = self.step_items(id, after, Some(limit + 1)).await?;
         let mut more = items.len() > limit;
         let (mut steps, mut bytes, mut last) = (Vec::new(), 0, None);
-        for i in items.into_iter().take(limit) {
-            let item: StepItem = from_item(i)?;
+        for item in items.into_iter().take(limit) {
             let sk = item.sk.clone();
             let text = self.step_text(item).await?;
             if !steps.is_empty() && bytes + text.len() > STEP_PAGE_BYTES {
@@ -1509,9 +1589,10 @@ impl TaskRun for DynamoStore {
         step: &ModelStep,
         progress: &Progress,
     ) -> Result<StepAck, StoreError> {
-        // One transaction: the step item (never over an existing one) and the record's
-        // progress, whose condition is the lease (and, first, that no cancel is pending).
-        let put = self.step_put(id, &Step::Model(step.clone())).await?;
+        // One transaction: the step's event holding the answer (never over an existing one)
+        // and the record's progress, whose condition is the lease (and, first, that no cancel
+        // is pending).
+        let put = self.step_event_put(id, &Step::Model(step.clone()), &progress.event).await?;
         let write = |watch_cancel: bool| -> Result<Vec<TransactWriteItem>, StoreError> {
             let mut e = Self::leased(
                 Expr::default()
@@ -1528,7 +1609,6 @@ impl TaskRun for DynamoStore {
             Ok(vec![
                 TransactWriteItem::builder().update(e.on(&self.table, task_key(id), META)?).build(),
                 TransactWriteItem::builder().put(put.clone()).build(),
-                self.event_put(&progress.event)?,
             ])
         };
         match self.transact(write(true)?).await {

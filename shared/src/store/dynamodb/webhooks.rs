@@ -93,12 +93,7 @@ impl WebhookStore for DynamoStore {
         let start: Option<HashMap<_, _>> =
             after.map(|sk| HashMap::from([("pk".to_owned(), s(task_key(task))), ("sk".to_owned(), s(sk))]));
         let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :dlv)")
-            .expression_attribute_values(":pk", s(task_key(task)))
-            .expression_attribute_values(":dlv", s("DLV#"))
+            .under_task(task, "DLV#")
             .set_exclusive_start_key(start)
             // One more than asked tells whether more follow.
             .limit(limit as i32 + 1)
