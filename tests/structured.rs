@@ -55,6 +55,15 @@ async fn an_answer_that_misses_the_schema_is_sent_back_and_the_corrected_one_is_
         task["result"]["json"]
     );
     assert_eq!(task["iterations"], 2, "both answers are paid for and counted");
+    // The first answer, held to go with the end, is recorded once the run goes on.
+    let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
+    let recorded: Vec<(u64, &str)> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_u64().unwrap(), s["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(recorded, [(1, "model"), (2, "model")], "{steps}");
     let requests = model_requests(&app).await;
     assert_eq!(requests.len(), 2);
     let system = requests[0]["system"].to_string();

@@ -173,6 +173,7 @@ async fn a_task_whose_runner_dies_right_after_its_last_write_still_sends_its_web
         spend: task.spend.clone(),
         now,
         event: event.clone(),
+        last_step: None,
     };
     app.store.finish(&task, &lease, &finish).await.unwrap();
     drop(task);

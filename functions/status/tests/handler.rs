@@ -134,7 +134,7 @@ async fn terminal_tasks_show_their_result_or_error() {
         f.store.claim(task.task_id, &lease(), agentq::now()).await.unwrap();
         let spend = Spend { step: 3, ..Spend::default() };
         let event = TaskEvent::ended(task.task_id, 2, status, &spend, error.as_ref(), agentq::now());
-        let finish = Finish { status, result, error, spend, now: agentq::now(), event };
+        let finish = Finish { status, result, error, spend, now: agentq::now(), event, last_step: None };
         f.store.finish(&task, &lease(), &finish).await.unwrap();
         let b = json_of(&f.get(&task.task_id.to_string()).await);
         assert_eq!(b["status"], status.as_str());

@@ -49,7 +49,7 @@ use agentq::domain::output::OutputSchema;
 use agentq::domain::steps::{ModelStep, ToolStep};
 use agentq::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
 use agentq::domain::usage::PriceTable;
-use agentq::llm::ModelChain;
+use agentq::llm::{ModelChain, StopReason};
 use agentq::observe::metrics::{self, Unit};
 use agentq::observe::telemetry::traces;
 use agentq::queue::{Requeue, TaskQueue};
@@ -333,10 +333,29 @@ impl EventSeq {
     }
 }
 
+/// A model answer that may end the run, kept to be recorded with the run's end: one
+/// transaction instead of two (docs/durability.md). Recorded on its own as soon as the run
+/// goes on, or stops some other way. Kept on the [`Run`], not in the agent's future, so a
+/// deadline or a panic that drops the future leaves it to [`settle`].
+#[derive(Default)]
+struct Unrecorded(std::sync::Mutex<Option<(ModelStep, Progress)>>);
+
+impl Unrecorded {
+    fn keep(&self, step: ModelStep, progress: Progress) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((step, progress));
+    }
+
+    fn take(&self) -> Option<(ModelStep, Progress)> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
 /// One message's run, from claim to what SQS should do with it.
 struct Run<'a> {
     /// The task's log, as far as this run has written it.
     events: EventSeq,
+    /// The run's last answer, while it waits to be recorded with the end.
+    unrecorded: Unrecorded,
     worker: &'a Worker,
     task: TaskRecord,
     lease: Lease,
@@ -404,7 +423,16 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     // The claim reserved the run's first seq (the record's `events`): the started event's, or
     // the ending's of a run that stops before it starts.
     let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events.saturating_sub(1)));
-    let run = Run { events, worker, task, lease, visibility, receive_count, started: Instant::now() };
+    let run = Run {
+        events,
+        unrecorded: Unrecorded::default(),
+        worker,
+        task,
+        lease,
+        visibility,
+        receive_count,
+        started: Instant::now(),
+    };
     if let Some(error) = settings.limits.exceeded_by(&run.task, agentq::now()) {
         tracing::warn!(code = %error.code, attempts = run.task.attempts, "the task is over the deployment's limits");
         let stop = Stop::End(end_as_is(&run.task, TaskStatus::Failed, error));
@@ -482,6 +510,7 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         id: task.task_id,
         lease: run.lease.clone(),
         events: &run.events,
+        unrecorded: &run.unrecorded,
         meter,
     };
     let models = match &task.requested_model {
@@ -544,8 +573,23 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
 /// The one place a stop becomes a write and a message's fate.
 async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
+    // The run's last answer goes with its end when the end counts it; otherwise it is
+    // recorded first, on its own, and the stop goes on as it was (or as that write says).
+    let stop = match (stop, run.unrecorded.take()) {
+        (Stop::End(ending), Some((step, progress))) if ending.spend.step == step.step => {
+            return write_finish(run, &ending, Disposition::Done, Some((step, progress.event))).await;
+        }
+        (stop, Some((step, progress))) => {
+            match worker.store.record_model_step(task.task_id, &run.lease, &step, &progress).await {
+                Ok(_) => stop,
+                Err(StoreError::Conflict) => Stop::LeaseLost,
+                Err(e) => Stop::StoreTrouble(format!("recording a step: {:#}", anyhow::Error::from(e))),
+            }
+        }
+        (stop, None) => stop,
+    };
     match stop {
-        Stop::End(ending) => write_finish(run, &ending, Disposition::Done).await,
+        Stop::End(ending) => write_finish(run, &ending, Disposition::Done, None).await,
         Stop::LeaseLost => {
             tracing::warn!("lease lost to another delivery; stopping without writing");
             Disposition::Done
@@ -561,7 +605,7 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
             let error = TaskError::new(ErrorCode::ModelsUnavailable, settings.unavailable_message.clone());
             // Dead-letter it now, not after the batch's hiding time.
             run.visibility.hide_for(Duration::ZERO).await;
-            write_finish(run, &end_as_is(task, TaskStatus::Failed, error), Disposition::Retry).await
+            write_finish(run, &end_as_is(task, TaskStatus::Failed, error), Disposition::Retry, None).await
         }
         Stop::ModelsDown(error) => {
             let delay = settings.retry_delay_for(run.receive_count);
@@ -687,11 +731,17 @@ async fn release(run: &Run<'_>, why: &TaskError) -> Released {
 
 async fn cancelled(run: &Run<'_>) -> Disposition {
     let ending = end_as_is(&run.task, TaskStatus::Cancelled, cancelled_error());
-    write_finish(run, &ending, Disposition::Done).await
+    write_finish(run, &ending, Disposition::Done, None).await
 }
 
-/// Writes a terminal state and its event; what SQS is told depends on whether the write held.
-async fn write_finish(run: &Run<'_>, ending: &Ending, disposition: Disposition) -> Disposition {
+/// Writes a terminal state and its event (with the run's last answer and its event, if
+/// `last_step` holds one); what SQS is told depends on whether the write held.
+async fn write_finish(
+    run: &Run<'_>,
+    ending: &Ending,
+    disposition: Disposition,
+    last_step: Option<(ModelStep, TaskEvent)>,
+) -> Disposition {
     let task = &run.task;
     let now = agentq::now();
     let event =
@@ -703,6 +753,7 @@ async fn write_finish(run: &Run<'_>, ending: &Ending, disposition: Disposition) 
         spend: ending.spend.clone(),
         now,
         event,
+        last_step,
     };
     match run.worker.store.finish(task, &run.lease, finish).instrument(tracing::info_span!("store.finish")).await {
         Ok(()) => {
@@ -778,8 +829,28 @@ struct StoreCheckpoint<'a> {
     id: agentq::domain::task::TaskId,
     lease: Lease,
     events: &'a EventSeq,
+    unrecorded: &'a Unrecorded,
     /// Set for a tenant with per-minute model limits.
     meter: Option<meter::Meter<'a>>,
+}
+
+impl StoreCheckpoint<'_> {
+    /// Records an answer now.
+    async fn record(&self, step: &ModelStep, progress: &Progress) -> Result<StepAck, Halt> {
+        self.store
+            .record_model_step(self.id, &self.lease, step, progress)
+            .instrument(tracing::info_span!("store.record_step"))
+            .await
+            .map_err(|e| halt("recording a step", e))
+    }
+}
+
+/// Whether the run goes on after a recorded step: not when a cancel was requested.
+fn go_on(ack: StepAck) -> Result<(), Halt> {
+    match ack {
+        StepAck::CancelRequested => Err(Halt::CancelRequested),
+        StepAck::Continue => Ok(()),
+    }
 }
 
 fn halt(what: &str, e: StoreError) -> Halt {
@@ -794,27 +865,30 @@ impl Checkpoint for StoreCheckpoint<'_> {
     async fn model_step(&mut self, step: &ModelStep, report: &Report) -> Result<(), Halt> {
         // One write: the answer and the progress it makes. The lease (at the claim) and the
         // message's invisibility (when the invocation started) hold to the invocation's
-        // deadline and need no renewal.
+        // deadline and need no renewal. An answer that asks for no tools usually ends the
+        // run: it waits to go with the end's write (`settle`), or with the next call's.
         let now = agentq::now();
         let event = TaskEvent::step(self.id, self.events.next(), step, &report.spend, now);
         let progress = Progress { spend: report.spend.clone(), now, event };
-        let ack = self
-            .store
-            .record_model_step(self.id, &self.lease, step, &progress)
-            .instrument(tracing::info_span!("store.record_step"))
-            .await
-            .map_err(|e| halt("recording a step", e))?;
+        let ack = if step.stop_reason == StopReason::ToolUse {
+            self.record(step, &progress).await?
+        } else {
+            self.unrecorded.keep(step.clone(), progress);
+            StepAck::Continue
+        };
+        // The event's seq is this run's now (written, or to be written with the step).
         self.events.advance();
         if let Some(meter) = self.meter.as_mut() {
             meter.answered(&step.usage).await;
         }
-        match ack {
-            StepAck::CancelRequested => Err(Halt::CancelRequested),
-            StepAck::Continue => Ok(()),
-        }
+        go_on(ack)
     }
 
     async fn before_model_call(&mut self) -> Result<(), Halt> {
+        // The run goes on after an answer that could have ended it (a correction asked for).
+        if let Some((step, progress)) = self.unrecorded.take() {
+            go_on(self.record(&step, &progress).await?)?;
+        }
         match self.meter.as_mut() {
             Some(meter) => meter.before_call().await,
             None => Ok(()),

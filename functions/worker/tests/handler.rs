@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentq::agent::{RetryPolicy, ToolRegistry};
+use agentq::domain::events::EventKind;
+use agentq::domain::steps::Step;
 use agentq::domain::task::{ErrorCode, TaskId, TaskRecord, TaskRequest, TaskStatus};
 use agentq::domain::usage::PriceTable;
 use agentq::llm::{
@@ -153,6 +155,10 @@ async fn a_queued_task_runs_to_succeeded_with_its_cost() {
     assert_eq!(task.spend.usage.cost_nanos, 10_000 + 10_000);
     assert_eq!(task.spend.step, 1);
     assert_eq!(task.spend.model.as_deref(), Some("claude-haiku-4-5"));
+    // The answer that ended the run was recorded with the end, announced before it.
+    assert!(matches!(&store.steps(id).await.unwrap()[..], [Step::Model(m)] if m.step == 1));
+    let log: Vec<EventKind> = store.events(id, 0, 10).await.unwrap().events.into_iter().map(|e| e.kind).collect();
+    assert_eq!(log, [EventKind::Queued, EventKind::Started, EventKind::Step, EventKind::Succeeded]);
 }
 
 #[tokio::test]

@@ -78,6 +78,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
     a_fork_is_listed_on_its_parent_and_inherits_each_step_once(store).await;
     steps_read_back_in_order_whole_and_page_by_page_wherever_they_are_kept(store).await;
+    a_runs_last_answer_is_recorded_with_its_end_or_not_at_all(store).await;
     a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store).await;
     held_tasks_take_no_slot_and_start_in_line_as_slots_free(store).await;
     schedules_are_the_tenants_own_fall_due_once_and_move_on_one_writer_at_a_time(store).await;
@@ -205,6 +206,7 @@ async fn finish(
         error: None,
         spend: spend(step, spent),
         now,
+        last_step: None,
     }
 }
 
@@ -761,6 +763,36 @@ async fn steps_read_back_in_order_whole_and_page_by_page_wherever_they_are_kept(
     assert_eq!(paged, expected, "page by page, the same history, each step once");
     let step_events = kinds(store, task.task_id, 0).await.into_iter().filter(|(_, k)| *k == EventKind::Step).count();
     assert_eq!(step_events, 3, "each recorded answer is announced once in the log");
+}
+
+/// A finish that carries the run's last answer records it, its event and the end as one
+/// write; one that cannot write all of it writes nothing.
+async fn a_runs_last_answer_is_recorded_with_its_end_or_not_at_all(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let task = admitted(store, &t, now).await;
+    let held = lease("w", now + Duration::from_secs(60));
+    let Claim::Claimed(claimed) = store.claim(task.task_id, &held, now).await.unwrap() else { panic!("claimed") };
+    let first = answer(1, usage(10, 100));
+    let made = progress(store, task.task_id, 1, usage(10, 100), now).await;
+    store.record_model_step(task.task_id, &held, &first, &made).await.unwrap();
+    let last = answer(2, usage(30, 300));
+    let last_event = TaskEvent::step(task.task_id, made.event.seq + 1, &last, &spend(2, usage(30, 300)), now);
+    let mut end = finish(store, task.task_id, TaskStatus::Succeeded, 2, usage(30, 300), now).await;
+    end.event = TaskEvent::ended(task.task_id, last_event.seq + 1, TaskStatus::Succeeded, &end.spend, None, now);
+    // The last answer under the first one's event: that seq is written, so nothing lands.
+    let taken = TaskEvent::step(task.task_id, made.event.seq, &last, &spend(2, usage(30, 300)), now);
+    let twice = Finish { last_step: Some((last.clone(), taken)), ..end.clone() };
+    assert!(matches!(store.finish(&claimed, &held, &twice).await, Err(StoreError::Conflict)), "a seq is written once");
+    assert_eq!(status(store, task.task_id).await, TaskStatus::Running, "nothing of a refused finish is written");
+    assert_eq!(kinds(store, task.task_id, 0).await.len(), 2, "nor any of its events");
+
+    store.finish(&claimed, &held, &Finish { last_step: Some((last.clone(), last_event)), ..end }).await.unwrap();
+    assert_eq!(store.steps(task.task_id).await.unwrap(), [Step::Model(first), Step::Model(last)]);
+    let log: Vec<EventKind> = kinds(store, task.task_id, 0).await.into_iter().map(|(_, kind)| kind).collect();
+    assert_eq!(log, [EventKind::Queued, EventKind::Step, EventKind::Step, EventKind::Succeeded]);
+    let ended = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!((ended.status, ended.spend.step, ended.spend.usage.cost_nanos), (TaskStatus::Succeeded, 2, 300));
+    count_is_true(store, &t, now).await;
 }
 
 async fn a_batch_is_admitted_under_the_cap_and_kept_for_its_tenant(store: &dyn Store) {

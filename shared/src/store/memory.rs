@@ -476,6 +476,20 @@ impl TaskRun for MemoryStore {
 
     async fn finish(&self, task: &TaskRecord, lease: &Lease, f: &Finish) -> Result<(), StoreError> {
         self.with_leased(task.task_id, lease, |state, _| {
+            if let Some((step, event)) = &f.last_step {
+                // All or nothing, as DynamoDB's transaction: nothing is written unless all can be.
+                let step = Step::Model(step.clone());
+                let recorded = state.steps.get(&task.task_id).is_some_and(|s| s.contains_key(&step.sort_key()));
+                let logged = state
+                    .events
+                    .get(&task.task_id)
+                    .is_some_and(|log| log.iter().any(|e| e.seq == event.seq || e.seq == f.event.seq));
+                if recorded || logged {
+                    return Err(StoreError::Conflict);
+                }
+                state.steps.entry(task.task_id).or_default().insert(step.sort_key(), step);
+                state.append(event.clone())?;
+            }
             state.append(f.event.clone())?;
             let (rec, held) = state.tasks.get_mut(&task.task_id).expect("checked");
             rec.status = f.status;

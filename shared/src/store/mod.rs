@@ -101,6 +101,11 @@ pub struct Finish {
     pub now: OffsetDateTime,
     /// The terminal event (`task.succeeded`, …) the finish appends to the task's log.
     pub event: TaskEvent,
+    /// The run's last model answer, not yet recorded, and its `task.step` event (the seq
+    /// before `event`'s): recorded with the end, in the same write. An answer that ends the
+    /// run is recorded this way, one transaction where a step's and the end's were two.
+    /// `spend` counts it.
+    pub last_step: Option<(ModelStep, TaskEvent)>,
 }
 
 /// How long an open task may go unchanged before the reconciler looks at it: past its
@@ -339,7 +344,8 @@ pub trait TaskRun: Send + Sync {
     /// recorded is kept (a fork's first run may have died while copying).
     async fn inherit(&self, id: TaskId, steps: &[Step]) -> Result<(), StoreError>;
 
-    /// Writes the terminal state and moves the tenant's counters, in one transaction.
+    /// Writes the terminal state and moves the tenant's counters, in one transaction, with
+    /// the run's last answer if `finish` carries one (`Conflict` if it was recorded already).
     async fn finish(&self, task: &TaskRecord, lease: &Lease, finish: &Finish) -> Result<(), StoreError>;
 
     /// `running` → `queued`, giving the task back for the next delivery to run, noting why.

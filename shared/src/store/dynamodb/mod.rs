@@ -1579,7 +1579,12 @@ impl TaskRun for DynamoStore {
             // The pointer is written with the rest of the terminal state.
             update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
-        self.terminal(task, update, &f.event, &f.spend, f.now, vec![]).await
+        let mut extra = Vec::new();
+        if let Some((step, event)) = &f.last_step {
+            let put = self.step_event_put(task.task_id, &Step::Model(step.clone()), event).await?;
+            extra.push(TransactWriteItem::builder().put(put).build());
+        }
+        self.terminal(task, update, &f.event, &f.spend, f.now, extra).await
     }
 
     async fn record_model_step(
