@@ -5,7 +5,9 @@
 //! never runs it twice; the lease lasts until this invocation's deadline), check it is within
 //! the deployment's task limits, load the steps an earlier run recorded, and run the agent
 //! loop from there with a checkpoint that records every model answer (with the progress it
-//! makes, in one write) and tool result as it happens. At the claim the message is hidden
+//! makes, in one write) and tool result as it happens; an answer that may end the run waits to
+//! go with the end's write ([`settle`] records it first whenever the run stops otherwise).
+//! At the claim the message is hidden
 //! until shortly after this invocation's deadline (the lease's end too), so a worker that dies
 //! is replaced soon, not after the queue's long timeout, and nothing needs renewing per step.
 //!
