@@ -48,7 +48,7 @@ use agentq::agent::{
 use agentq::domain::approval::PendingCall;
 use agentq::domain::events::TaskEvent;
 use agentq::domain::output::OutputSchema;
-use agentq::domain::steps::{ModelStep, ToolStep};
+use agentq::domain::steps::{ModelStep, Spend, ToolStep};
 use agentq::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskStatus};
 use agentq::domain::usage::PriceTable;
 use agentq::llm::{ModelChain, StopReason};
@@ -335,29 +335,75 @@ impl EventSeq {
     }
 }
 
-/// A model answer that may end the run, kept to be recorded with the run's end: one
-/// transaction instead of two (docs/durability.md). Recorded on its own as soon as the run
-/// goes on, or stops some other way. Kept on the [`Run`], not in the agent's future, so a
-/// deadline or a panic that drops the future leaves it to [`settle`].
-#[derive(Default)]
-struct Unrecorded(std::sync::Mutex<Option<(ModelStep, Progress)>>);
+/// What this run has recorded of the task's bill, and the answer still waiting to be recorded.
+///
+/// An answer that may end the run waits to be written with the end: one transaction instead
+/// of two (docs/durability.md); it is recorded on its own as soon as the run goes on, or stops
+/// some other way. Kept on the [`Run`], not in the agent's future, so a deadline or a panic
+/// that drops the future leaves both to [`settle`], and an ending made from the task as
+/// claimed still bills what the run recorded since.
+struct Ledger(std::sync::Mutex<LedgerState>);
 
-impl Unrecorded {
+struct LedgerState {
+    recorded: Spend,
+    waiting: Option<(ModelStep, Progress)>,
+}
+
+impl Ledger {
+    fn new(claimed: &Spend) -> Self {
+        Self(std::sync::Mutex::new(LedgerState { recorded: claimed.clone(), waiting: None }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds an answer back, to go with the end.
     fn keep(&self, step: ModelStep, progress: Progress) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((step, progress));
+        self.state().waiting = Some((step, progress));
     }
 
-    fn take(&self) -> Option<(ModelStep, Progress)> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    fn take_waiting(&self) -> Option<(ModelStep, Progress)> {
+        self.state().waiting.take()
     }
+
+    /// An answer's progress is stored.
+    fn recorded(&self, spend: &Spend) {
+        let mut state = self.state();
+        if spend.step >= state.recorded.step {
+            state.recorded.advance_to(spend);
+        }
+    }
+
+    /// The spend an ending writes: its own, unless the run recorded more (an ending made from
+    /// the task as claimed must not take back, or leave unbilled, the answers stored since).
+    fn ending(&self, spend: &Spend) -> Spend {
+        let state = self.state();
+        if state.recorded.step > spend.step { state.recorded.clone() } else { spend.clone() }
+    }
+}
+
+/// Records an answer and the progress it makes, noting it in the run's ledger.
+async fn record_answer(
+    store: &dyn WorkerStore,
+    id: agentq::domain::task::TaskId,
+    lease: &Lease,
+    ledger: &Ledger,
+    step: &ModelStep,
+    progress: &Progress,
+) -> Result<StepAck, StoreError> {
+    let ack =
+        store.record_model_step(id, lease, step, progress).instrument(tracing::info_span!("store.record_step")).await?;
+    ledger.recorded(&progress.spend);
+    Ok(ack)
 }
 
 /// One message's run, from claim to what SQS should do with it.
 struct Run<'a> {
     /// The task's log, as far as this run has written it.
     events: EventSeq,
-    /// The run's last answer, while it waits to be recorded with the end.
-    unrecorded: Unrecorded,
+    /// What the run recorded of the bill, and its last answer while that waits for the end.
+    ledger: Ledger,
     worker: &'a Worker,
     task: TaskRecord,
     lease: Lease,
@@ -427,7 +473,7 @@ async fn process(worker: &Worker, record: &SqsMessage, deadline: Deadline) -> Di
     let events = EventSeq(std::sync::atomic::AtomicU32::new(task.events.saturating_sub(1)));
     let run = Run {
         events,
-        unrecorded: Unrecorded::default(),
+        ledger: Ledger::new(&task.spend),
         worker,
         task,
         lease,
@@ -512,7 +558,7 @@ async fn execute(run: &Run<'_>, history: &[agentq::domain::steps::Step], deadlin
         id: task.task_id,
         lease: run.lease.clone(),
         events: &run.events,
-        unrecorded: &run.unrecorded,
+        ledger: &run.ledger,
         meter,
     };
     let models = match &task.requested_model {
@@ -577,12 +623,12 @@ async fn settle(run: &Run<'_>, stop: Stop) -> Disposition {
     let (worker, task, settings) = (run.worker, &run.task, &run.worker.settings);
     // The run's last answer goes with its end when the end counts it; otherwise it is
     // recorded first, on its own, and the stop goes on as it was (or as that write says).
-    let stop = match (stop, run.unrecorded.take()) {
+    let stop = match (stop, run.ledger.take_waiting()) {
         (Stop::End(ending), Some((step, progress))) if ending.spend.step == step.step => {
             return write_finish(run, &ending, Disposition::Done, Some((step, progress.event))).await;
         }
         (stop, Some((step, progress))) => {
-            match worker.store.record_model_step(task.task_id, &run.lease, &step, &progress).await {
+            match record_answer(worker.store.as_ref(), task.task_id, &run.lease, &run.ledger, &step, &progress).await {
                 Ok(_) => stop,
                 Err(StoreError::Conflict) => Stop::LeaseLost,
                 Err(e) => Stop::StoreTrouble(format!("recording a step: {:#}", anyhow::Error::from(e))),
@@ -746,13 +792,13 @@ async fn write_finish(
 ) -> Disposition {
     let task = &run.task;
     let now = agentq::now();
-    let event =
-        TaskEvent::ended(task.task_id, run.events.next(), ending.status, &ending.spend, ending.error.as_ref(), now);
+    let spend = run.ledger.ending(&ending.spend);
+    let event = TaskEvent::ended(task.task_id, run.events.next(), ending.status, &spend, ending.error.as_ref(), now);
     let finish = &Finish {
         status: ending.status,
         result: ending.result.clone(),
         error: ending.error.clone(),
-        spend: ending.spend.clone(),
+        spend,
         now,
         event,
         last_step,
@@ -831,7 +877,7 @@ struct StoreCheckpoint<'a> {
     id: agentq::domain::task::TaskId,
     lease: Lease,
     events: &'a EventSeq,
-    unrecorded: &'a Unrecorded,
+    ledger: &'a Ledger,
     /// Set for a tenant with per-minute model limits.
     meter: Option<meter::Meter<'a>>,
 }
@@ -839,9 +885,7 @@ struct StoreCheckpoint<'a> {
 impl StoreCheckpoint<'_> {
     /// Records an answer now.
     async fn record(&self, step: &ModelStep, progress: &Progress) -> Result<StepAck, Halt> {
-        self.store
-            .record_model_step(self.id, &self.lease, step, progress)
-            .instrument(tracing::info_span!("store.record_step"))
+        record_answer(self.store, self.id, &self.lease, self.ledger, step, progress)
             .await
             .map_err(|e| halt("recording a step", e))
     }
@@ -875,7 +919,7 @@ impl Checkpoint for StoreCheckpoint<'_> {
         let ack = if step.stop_reason == StopReason::ToolUse {
             self.record(step, &progress).await?
         } else {
-            self.unrecorded.keep(step.clone(), progress);
+            self.ledger.keep(step.clone(), progress);
             StepAck::Continue
         };
         // The event's seq is this run's now (written, or to be written with the step).
@@ -888,7 +932,7 @@ impl Checkpoint for StoreCheckpoint<'_> {
 
     async fn before_model_call(&mut self) -> Result<(), Halt> {
         // The run goes on after an answer that could have ended it (a correction asked for).
-        if let Some((step, progress)) = self.unrecorded.take() {
+        if let Some((step, progress)) = self.ledger.take_waiting() {
             go_on(self.record(&step, &progress).await?)?;
         }
         match self.meter.as_mut() {

@@ -359,3 +359,49 @@ async fn a_task_started_more_often_than_the_limit_fails_with_its_own_code() {
     assert_eq!(model.calls.load(Ordering::SeqCst), 0);
     assert_eq!(store.active("acme"), 0);
 }
+
+/// Asks for a tool once, then is down: a run that made progress before its models failed.
+struct ToolThenDown(AtomicUsize);
+
+#[async_trait]
+impl Model for ToolThenDown {
+    fn id(&self) -> &str {
+        "claude-haiku-4-5"
+    }
+    async fn complete(&self, _: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        if self.0.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Err(ModelError::Status {
+                status: 529,
+                kind: "overloaded_error".into(),
+                message: "Overloaded".into(),
+                retry_after: None,
+            });
+        }
+        Ok(ModelResponse {
+            model: "claude-haiku-4-5".into(),
+            content: vec![ContentBlock::ToolUse { id: "t".into(), name: "current_time".into(), input: json!({}) }],
+            stop_reason: StopReason::ToolUse,
+            usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_task_failed_after_answers_of_its_last_run_keeps_and_bills_them() {
+    let store = Arc::new(MemoryStore::new());
+    let id = queued(&store).await;
+    let mut w = worker(store.clone(), Arc::new(FakeModel::up()));
+    w.models =
+        ModelChain::new(vec![Arc::new(ToolThenDown(AtomicUsize::new(0))) as Arc<dyn Model>], BreakerPolicy::default());
+    // The last delivery: the first answer is recorded, then every model is down.
+    let r = worker::handle(&w, batch(&[message(id)], 3)).await.unwrap();
+    assert_eq!(failures(&r), ["m0"]);
+    let task = store.get(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.unwrap().code, ErrorCode::ModelsUnavailable);
+    assert_eq!(task.spend.step, 1, "the recorded answer still counts");
+    assert_eq!(task.spend.usage.input_tokens, 10);
+    let today = agentq::store::day_of(agentq::now());
+    let days = agentq::store::UsageRead::days(store.as_ref(), "acme", &today, &today).await.unwrap();
+    assert_eq!(days.iter().map(|d| d.usage.input_tokens).sum::<u64>(), 10, "billed once, not forgotten: {days:?}");
+}
