@@ -45,12 +45,7 @@ impl Model for FakeModel {
             gate.wait().await;
         }
         if self.down {
-            return Err(ModelError::Status {
-                status: 529,
-                kind: "overloaded_error".into(),
-                message: "Overloaded".into(),
-                retry_after: None,
-            });
+            return Err(overloaded());
         }
         Ok(ModelResponse {
             model: "claude-haiku-4-5".into(),
@@ -58,6 +53,21 @@ impl Model for FakeModel {
             stop_reason: StopReason::EndTurn,
             usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
         })
+    }
+}
+
+/// What an overloaded provider answers.
+fn overloaded() -> ModelError {
+    ModelError::Status { status: 529, kind: "overloaded_error".into(), message: "Overloaded".into(), retry_after: None }
+}
+
+/// An answer asking for the `current_time` tool.
+fn asks_for_current_time() -> ModelResponse {
+    ModelResponse {
+        model: "claude-haiku-4-5".into(),
+        content: vec![ContentBlock::ToolUse { id: "t".into(), name: "current_time".into(), input: json!({}) }],
+        stop_reason: StopReason::ToolUse,
+        usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
     }
 }
 
@@ -291,12 +301,7 @@ async fn a_cancel_requested_during_a_run_stops_it_at_the_next_step_with_its_usag
         }
         async fn complete(&self, _: &ModelRequest) -> Result<ModelResponse, ModelError> {
             self.0.cancel(self.1, agentq::now()).await.unwrap();
-            Ok(ModelResponse {
-                model: "claude-haiku-4-5".into(),
-                content: vec![ContentBlock::ToolUse { id: "t".into(), name: "current_time".into(), input: json!({}) }],
-                stop_reason: StopReason::ToolUse,
-                usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
-            })
+            Ok(asks_for_current_time())
         }
     }
     let mut w = worker(store.clone(), Arc::new(FakeModel::up()));
@@ -370,19 +375,9 @@ impl Model for ToolThenDown {
     }
     async fn complete(&self, _: &ModelRequest) -> Result<ModelResponse, ModelError> {
         if self.0.fetch_add(1, Ordering::SeqCst) > 0 {
-            return Err(ModelError::Status {
-                status: 529,
-                kind: "overloaded_error".into(),
-                message: "Overloaded".into(),
-                retry_after: None,
-            });
+            return Err(overloaded());
         }
-        Ok(ModelResponse {
-            model: "claude-haiku-4-5".into(),
-            content: vec![ContentBlock::ToolUse { id: "t".into(), name: "current_time".into(), input: json!({}) }],
-            stop_reason: StopReason::ToolUse,
-            usage: TokenUsage { input_tokens: 10, output_tokens: 2, ..TokenUsage::default() },
-        })
+        Ok(asks_for_current_time())
     }
 }
 
