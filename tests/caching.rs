@@ -35,7 +35,7 @@ async fn five_step_task(caching: bool) -> Value {
     tokio::spawn(async move { axum::serve(listener, FakeModel::new(knobs).router()).await });
     let mut app = TestApp::spawn_with(|_| {
         let model = AnthropicModel::new(
-            reqwest::Client::new(),
+            agentq::net::client(),
             &url,
             Secret::new("test-key"),
             "claude-sonnet-4-5",

@@ -231,7 +231,7 @@ fn openai_script(req: &Request) -> ResponseTemplate {
 async fn the_openai_compatible_provider_runs_the_same_tool_using_task() {
     let app = TestApp::spawn_with(|uri| {
         let m = OpenAiModel::new(
-            reqwest::Client::new(),
+            agentq::net::client(),
             &format!("{uri}/v1"),
             Some(Secret::new("sk-test")),
             "gpt-4o-mini",
@@ -284,17 +284,23 @@ fn bedrock_script(req: &Request) -> ResponseTemplate {
     }))
 }
 
+/// A Bedrock client's configuration for the fake at `uri`, with test credentials, over the
+/// process's TLS stack (as `runtime::aws` builds every client).
+fn bedrock_config(uri: &str) -> aws_sdk_bedrockruntime::config::Builder {
+    use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
+    aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(uri)
+        .http_client(agentq::net::sdk_client())
+}
+
 #[tokio::test]
 async fn the_bedrock_provider_runs_the_same_tool_using_task() {
     const BEDROCK_MODEL: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
     let app = TestApp::spawn_with(|uri| {
-        use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
-        let config = aws_sdk_bedrockruntime::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .endpoint_url(uri)
-            .build();
+        let config = bedrock_config(uri).build();
         let client = aws_sdk_bedrockruntime::Client::from_conf(config);
         vec![Arc::new(BedrockModel::new(client, BEDROCK_MODEL, 512)) as Arc<dyn Model>]
     })
@@ -319,12 +325,7 @@ async fn the_bedrock_provider_runs_the_same_tool_using_task() {
 #[tokio::test]
 async fn a_bedrock_throttle_is_retried_and_a_validation_error_fails_the_task() {
     let app = TestApp::spawn_with(|uri| {
-        use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
-        let config = aws_sdk_bedrockruntime::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .endpoint_url(uri)
+        let config = bedrock_config(uri)
             // The SDK's own retries would hide the throttle from ours.
             .retry_config(aws_sdk_bedrockruntime::config::retry::RetryConfig::disabled())
             .build();
@@ -403,7 +404,7 @@ fn dead_primary_chain(app: &TestApp) -> agentq::llm::ModelChain {
         .map(|m| {
             let key = Secret::new("test-key");
             let model = agentq::llm::AnthropicModel::new(
-                reqwest::Client::new(),
+                agentq::net::client(),
                 &app.model.uri(),
                 key,
                 m,

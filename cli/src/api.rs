@@ -37,7 +37,7 @@ impl Client {
         let key = key.ok_or_else(|| {
             CliError::Usage("no API key: pass --api-key, set AGENTQ_API_KEY, or run `make up` in the checkout".into())
         })?;
-        let http = reqwest::Client::builder()
+        let http = agentq::net::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| CliError::Unavailable(e.to_string()))?;

@@ -317,7 +317,7 @@ mod tests {
                 route("GET", "/v1/tasks/latest", "special"),
                 Route { method: None, path: None, function: "fallback".into(), streaming: false },
             ],
-            reqwest::Client::new(),
+            agentq::net::client(),
             "http://x",
         )
     }

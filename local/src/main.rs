@@ -211,7 +211,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let sdk = agentq::runtime::aws::sdk_config(&agentq::runtime::config::AwsTimeouts::TOOLS).await;
     let sqs = agentq::runtime::aws::sqs(&sdk);
-    let http = reqwest::Client::new();
+    let http = agentq::net::client();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let queues: HashMap<_, _> = template.queues()?.into_iter().map(|q| (q.logical_id.clone(), q)).collect();
@@ -331,7 +331,7 @@ async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -
     let (key, record) = agentq::domain::tenant::new_key(&tenant, now);
     store.put_key(&record).await?;
     let h = Harness {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        http: agentq::net::builder().timeout(Duration::from_secs(30)).build()?,
         url,
         key: key.expose().to_owned(),
         tenant,
@@ -392,7 +392,7 @@ async fn faults(url: String, model_url: String, report: PathBuf, tasks: usize) -
 }
 
 async fn run_task(url: &str, prompt: &str, timeout: Duration) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(35)).build()?;
+    let http = agentq::net::builder().timeout(Duration::from_secs(35)).build()?;
     let base = url.trim_end_matches('/');
     let response = http.post(format!("{base}/v1/tasks")).json(&serde_json::json!({"prompt": prompt})).send().await?;
     let status = response.status();

@@ -9,7 +9,7 @@
 //!  agent/      the agent loop and its tools (no AWS)
 //!  llm/ store/ queue/ outbound/    adapters: model providers, DynamoDB (+ S3 blobs), SQS,
 //!              guarded outbound HTTP (webhooks); behind small traits with in-memory fakes
-//!  observe/    logs, traces, EMF metrics
+//!  observe/ net/   logs, traces, EMF metrics; outbound HTTPS's one TLS stack
 //!  domain/     tasks, tenants, usage and money, steps, secrets, backoff: plain types and rules
 //! ```
 
@@ -17,6 +17,7 @@ pub mod agent;
 pub mod domain;
 pub mod edge;
 pub mod llm;
+pub mod net;
 pub mod observe;
 pub mod outbound;
 pub mod queue;
@@ -42,7 +43,7 @@ mod tests {
     fn rank(module: &str) -> usize {
         match module {
             "domain" => 0,
-            "observe" => 1,
+            "observe" | "net" => 1,
             "llm" | "store" | "queue" | "outbound" => 2,
             "agent" => 3,
             "usecases" => 4,

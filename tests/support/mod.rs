@@ -141,7 +141,7 @@ impl TestApp {
                 .into_iter()
                 .map(|m| {
                     let key = Secret::new("test-key");
-                    let model = AnthropicModel::new(reqwest::Client::new(), uri, key, m, 1024, Duration::from_secs(10));
+                    let model = AnthropicModel::new(agentq::net::client(), uri, key, m, 1024, Duration::from_secs(10));
                     Arc::new(model) as Arc<dyn Model>
                 })
                 .collect()

@@ -118,7 +118,7 @@ impl Receiver {
             .trim()
             .strip_prefix("listening ")
             .unwrap_or_else(|| panic!("the receiver did not start (is standardwebhooks installed?): {line:?}"));
-        Self { base: format!("http://127.0.0.1:{port}"), child, http: reqwest::Client::new() }
+        Self { base: format!("http://127.0.0.1:{port}"), child, http: agentq::net::client() }
     }
 
     /// The URL deliveries for `name` go to.

@@ -485,7 +485,7 @@ async fn tool_calls_of_one_turn_run_concurrently() {
         max_attempts: 1,
         approval: Default::default(),
     };
-    let tools = ToolRegistry::new().with(HttpTool::new(spec, reqwest::Client::new(), None)).unwrap();
+    let tools = ToolRegistry::new().with(HttpTool::new(spec, crate::net::client(), None)).unwrap();
     let call = |id: &str| ContentBlock::ToolUse { id: id.into(), name: "slow".into(), input: json!({}) };
     let model = Arc::new(Scripted::new(vec![
         answer(StopReason::ToolUse, vec![call("a"), call("b")]),

@@ -161,7 +161,7 @@ mod tests {
 
     fn client(server: &MockServer) -> AnthropicModel {
         AnthropicModel::new(
-            reqwest::Client::new(),
+            crate::net::client(),
             &server.uri(),
             Secret::new("sk-test"),
             "claude-sonnet-4-5",
@@ -249,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_endpoint_is_a_transient_connect_error() {
         let m = AnthropicModel::new(
-            reqwest::Client::new(),
+            crate::net::client(),
             "http://127.0.0.1:9",
             Secret::new("k"),
             "m",

@@ -222,6 +222,8 @@ pub mod traces {
     fn provider() -> (SdkTracerProvider, bool) {
         let builder = SdkTracerProvider::builder().with_id_generator(XrayIdGenerator::default());
         if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+            // The exporter builds its own reqwest client, which needs the TLS provider.
+            crate::net::install_tls();
             match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
                 Ok(exporter) => return (builder.with_batch_exporter(exporter).build(), true),
                 Err(e) => eprintln!("agentq: OTLP exporter not started: {e}"),

@@ -104,7 +104,7 @@ pub async fn send(policy: &SendPolicy, url: &str, id: &str, secrets: &[&str], bo
         Err(e) => return failed(e),
     };
     // Pinned to the vetted address: no second lookup happens.
-    let client = match reqwest::Client::builder()
+    let client = match crate::net::builder()
         .redirect(reqwest::redirect::Policy::none())
         .resolve(url.host_str().unwrap_or_default(), addr)
         .timeout(policy.timeout)

@@ -14,14 +14,19 @@ use crate::runtime::config::AwsTimeouts;
 
 /// The SDK configuration from the standard sources: region, credentials, and endpoints such
 /// as `AWS_ENDPOINT_URL_DYNAMODB` (how the local emulators are reached, with no code here
-/// knowing about them), with every call bounded by `timeouts`.
+/// knowing about them), with every call bounded by `timeouts`, over the process's one TLS
+/// stack ([`crate::net`]).
 pub async fn sdk_config(timeouts: &AwsTimeouts) -> SdkConfig {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(timeouts.connect)
         .operation_attempt_timeout(timeouts.attempt)
         .operation_timeout(timeouts.operation)
         .build();
-    aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::net::sdk_client())
+        .timeout_config(timeouts)
+        .load()
+        .await
 }
 
 /// Counts every request a client sends (each attempt: retries are billed too) into the

@@ -48,7 +48,7 @@ pub async fn load_secrets(config: &mut Config, sdk: &aws_config::SdkConfig) -> R
 /// follows a redirect: a model request carries the provider's key, a tool request its
 /// signature, and neither may be replayed to wherever a `Location` points.
 pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::net::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -194,14 +194,14 @@ pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegi
 /// The names a request may restrict itself to (the submit path runs no tool, so it needs no
 /// signing secret).
 pub fn tool_names(config: &Config) -> Result<Vec<String>, ConfigError> {
-    let http = reqwest::Client::new();
+    let http = crate::net::client();
     Ok(tools(config, &http, false)?.names())
 }
 
 /// The deployment's tools for their schemas only (never run: no signing secret needed), so
 /// the submit path can check a reviewer's edited input.
 pub fn tool_schemas(config: &Config) -> Result<ToolRegistry, ConfigError> {
-    tools(config, &reqwest::Client::new(), false)
+    tools(config, &crate::net::client(), false)
 }
 
 fn tools(config: &Config, http: &reqwest::Client, signing: bool) -> Result<ToolRegistry, ConfigError> {

@@ -114,7 +114,7 @@ impl HttpGet {
             let addr = self.vet(&url).await?;
             let host = url.host_str().unwrap_or_default().to_owned();
             // Pin the connection to the vetted address; no second lookup happens.
-            let client = reqwest::Client::builder()
+            let client = crate::net::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .resolve(&host, addr)
                 .build()

@@ -175,7 +175,7 @@ mod tests {
             max_attempts: attempts,
             approval: Default::default(),
         };
-        HttpTool::new(spec, reqwest::Client::new(), Some(Secret::new("s3cret")))
+        HttpTool::new(spec, crate::net::client(), Some(Secret::new("s3cret")))
     }
 
     fn ctx() -> ToolContext {
@@ -260,7 +260,7 @@ mod tests {
             max_attempts: 1,
             approval: Default::default(),
         };
-        let e = HttpTool::new(spec, reqwest::Client::new(), None).call(&json!({}), &ctx()).await.unwrap_err();
+        let e = HttpTool::new(spec, crate::net::client(), None).call(&json!({}), &ctx()).await.unwrap_err();
         assert!(!e.0.contains("127.0.0.1") && !e.0.contains("secret-path"), "{e}");
         assert!(e.0.contains("lookup"), "{e}");
     }

@@ -104,7 +104,7 @@ impl Server {
                 .logged(name, &why)
         })?;
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let http = reqwest::Client::builder()
+        let http = crate::net::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.timeout())
             .resolve(&host, addr)
