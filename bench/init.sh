@@ -25,7 +25,11 @@ env = dict(os.environ)
 for line in open(env_file):
     if "=" in line:
         k, v = line.rstrip("\n").split("=", 1)
-        env[k] = v.strip().strip('"')
+        v = v.strip()
+        # Double-quoted as `make up` writes them, with `\"` inside (a JSON value).
+        if len(v) >= 2 and v[0] == v[-1] == '"':
+            v = v[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        env[k] = v
 env.update(AWS_LAMBDA_RUNTIME_API="127.0.0.1:1", AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
            AWS_LAMBDA_FUNCTION_MEMORY_SIZE="512", AWS_LAMBDA_LOG_FORMAT="json")
 print("| function | init ms, min / median | binary, stripped | zip |")
