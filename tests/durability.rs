@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use agentq::domain::tenant::Limits;
 use agentq_tests::{TestApp, answer, message};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
@@ -67,10 +68,11 @@ fn assert_paid_once(task: &Value, calls: usize) {
     assert!((cost - CALL_COST_USD * calls as f64).abs() < 1e-12, "{cost} for {calls} calls");
 }
 
-#[tokio::test]
-async fn a_task_whose_worker_dies_mid_run_resumes_from_its_last_step_without_paying_again() {
+/// A task of four tool steps whose worker dies during its third model call, two answers
+/// recorded: the app (short invocations, so the dead worker's lease expires soon), the task,
+/// and the count of answered calls.
+async fn died_during_the_third_call() -> (TestApp, String, Arc<AtomicUsize>) {
     let mut app = TestApp::spawn().await;
-    // A short invocation, so the dead worker's lease expires soon.
     app.invocation = Duration::from_secs(3);
     let script = Steps { hang_on: Some(3), ..Steps::new(4, Duration::from_millis(50)) };
     let answered = script.answered.clone();
@@ -80,6 +82,12 @@ async fn a_task_whose_worker_dies_mid_run_resumes_from_its_last_step_without_pay
     // The worker "dies" during the third model call: its future is dropped, nothing more runs.
     let crashed = tokio::time::timeout(Duration::from_millis(1500), app.deliver_once()).await;
     assert!(crashed.is_err(), "the delivery should have been cut off mid-task");
+    (app, id, answered)
+}
+
+#[tokio::test]
+async fn a_task_whose_worker_dies_mid_run_resumes_from_its_last_step_without_paying_again() {
+    let (app, id, answered) = died_during_the_third_call().await;
     let mid = app.get_task(&id).await.1;
     assert_eq!((mid["status"].as_str(), mid["iterations"].as_u64()), (Some("running"), Some(2)), "{mid}");
 
@@ -89,6 +97,76 @@ async fn a_task_whose_worker_dies_mid_run_resumes_from_its_last_step_without_pay
     let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
     let kinds: Vec<&str> = steps["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["model", "tool", "model", "tool", "model", "tool", "model", "tool", "model"]);
+    app.drain().await;
+}
+
+/// The task's `task.step` event that carries the answer numbered `step`, by its sort key.
+async fn answer_event_key(app: &TestApp, id: &str, step: u32) -> String {
+    let out = app
+        .dynamodb
+        .query()
+        .table_name(&app.table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :evt)")
+        .filter_expression("step_sk = :step")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("TASK#{id}")))
+        .expression_attribute_values(":evt", AttributeValue::S("EVT#".into()))
+        .expression_attribute_values(":step", AttributeValue::S(format!("STEP#{step:05}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    let items = out.items();
+    assert_eq!(items.len(), 1, "one event carries answer {step}: {items:?}");
+    items[0]["sk"].as_s().unwrap().clone()
+}
+
+#[tokio::test]
+async fn an_answer_whose_progress_was_written_but_not_the_answer_is_asked_again_and_paid_once() {
+    let (app, id, answered) = died_during_the_third_call().await;
+    // A step is two writes, the progress and then the answer: a worker that died between them
+    // left the second answer's progress on the record and no answer. Made so by taking the
+    // answer away.
+    let key = answer_event_key(&app, &id, 2).await;
+    app.dynamodb
+        .delete_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("TASK#{id}")))
+        .key("sk", AttributeValue::S(key))
+        .send()
+        .await
+        .unwrap();
+    let mid = app.get_task(&id).await.1;
+    assert_eq!(mid["iterations"], 2, "the record's progress counts the lost answer: {mid}");
+
+    let task = app.run_until_terminal(&id, PATIENCE).await;
+    // The lost answer is asked for again; the bill is the recorded answers', each once.
+    assert_paid_once(&task, 5);
+    assert_eq!(answered.load(Ordering::SeqCst), 6, "the second answer was asked for twice");
+    let (_, steps) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/steps"), &[]).await;
+    let numbered: Vec<(u64, &str)> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_u64().unwrap(), s["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        numbered,
+        [
+            (1, "model"),
+            (1, "tool"),
+            (2, "model"),
+            (2, "tool"),
+            (3, "model"),
+            (3, "tool"),
+            (4, "model"),
+            (4, "tool"),
+            (5, "model")
+        ]
+    );
+    let (_, events) = app.call_status(&app.key, "GET", &format!("/v1/tasks/{id}/events"), &[]).await;
+    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "task.step").count(), 5, "the log passes over the lost seq: {kinds:?}");
+    assert_eq!(kinds.last(), Some(&"task.succeeded"));
     app.drain().await;
 }
 

@@ -319,10 +319,13 @@ pub trait TaskRun: Send + Sync {
     /// ([`TaskReconcile::put_off_while_leased`]).
     async fn claim(&self, id: TaskId, lease: &Lease, now: OffsetDateTime) -> Result<Claim, StoreError>;
 
-    /// Records a model answer and the run's progress with it (what it has spent), in one write,
-    /// if `lease` is still the task's. `Conflict` if it is not, or if the step was already
-    /// recorded (by a runner that lost its lease). The answer is recorded even when a cancel
-    /// was requested meanwhile (it is paid for); the ack says to stop.
+    /// Records a model answer and the run's progress with it (what it has spent), if `lease`
+    /// is still the task's: the progress first, under the lease, then the answer. `Conflict`
+    /// if the lease is not the caller's, or if the step was already recorded (by a runner that
+    /// lost its lease). The answer is recorded even when a cancel was requested meanwhile (it
+    /// is paid for); the ack says to stop. A runner that dies between the two leaves progress
+    /// without its answer, which the next run asks for again (its spend is rebuilt from the
+    /// recorded steps); readers of the steps keep the first answer of a step number.
     async fn record_model_step(
         &self,
         id: TaskId,

@@ -1594,11 +1594,15 @@ impl TaskRun for DynamoStore {
         step: &ModelStep,
         progress: &Progress,
     ) -> Result<StepAck, StoreError> {
-        // One transaction: the step's event holding the answer (never over an existing one)
-        // and the record's progress, whose condition is the lease (and, first, that no cancel
-        // is pending).
+        // Two plain writes, where one transaction of both items cost twice the units: first the
+        // record's progress, whose condition is the lease (and, first, that no cancel is
+        // pending), so a runner that lost its lease is stopped before it writes anything; then
+        // the step's event holding the answer, never over an existing one. A runner that dies
+        // between the two leaves the progress without its event: that seq goes unused (readers
+        // page by seq and pass over it), and the next run, which rebuilds its spend from the
+        // recorded steps, asks the model again, as for an answer still in flight.
         let put = self.step_event_put(id, &Step::Model(step.clone()), &progress.event).await?;
-        let write = |watch_cancel: bool| -> Result<Vec<TransactWriteItem>, StoreError> {
+        let progress_update = |watch_cancel: bool| -> Result<Update, StoreError> {
             let mut e = Self::leased(
                 Expr::default()
                     .set("#updated_at = :now")
@@ -1610,15 +1614,11 @@ impl TaskRun for DynamoStore {
             if watch_cancel {
                 e = e.when("attribute_not_exists(#cancel_requested)");
             }
-            let e = Self::with_spend(e, &progress.spend)?;
-            Ok(vec![
-                TransactWriteItem::builder().update(e.on(&self.table, task_key(id), META)?).build(),
-                TransactWriteItem::builder().put(put.clone()).build(),
-            ])
+            Self::with_spend(e, &progress.spend)?.on(&self.table, task_key(id), META)
         };
-        match self.transact(write(true)?).await {
-            Ok(()) => Ok(StepAck::Continue),
-            Err(TransactError::Condition(failed)) if !failed.get(1).copied().unwrap_or(false) => {
+        let ack = match self.update_contended(progress_update(true)?).await {
+            Ok(()) => StepAck::Continue,
+            Err(StoreError::Conflict) => {
                 // The record refused: a cancel is pending, or the lease is gone. One read tells;
                 // a paid answer is recorded either way the lease allows.
                 let held = self.task_item(id).await?.is_some_and(|i| {
@@ -1627,11 +1627,14 @@ impl TaskRun for DynamoStore {
                 if !held {
                     return Err(StoreError::Conflict);
                 }
-                self.transact(write(false)?).await?;
-                Ok(StepAck::CancelRequested)
+                self.update_contended(progress_update(false)?).await?;
+                StepAck::CancelRequested
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e),
+        };
+        // `Conflict` if the step's event is there already: this answer was recorded before.
+        self.put_alone(put).await?;
+        Ok(ack)
     }
 
     async fn record_tool_step(&self, id: TaskId, step: &ToolStep) -> Result<(), StoreError> {
