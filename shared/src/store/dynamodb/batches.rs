@@ -19,9 +19,8 @@ use crate::domain::events::TaskEvent;
 use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
 use crate::store::{AdmittedMany, BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
-/// Tasks per transaction: up to three writes each (the task, its first event, a long prompt's
-/// item), within DynamoDB's 100 actions and 4 MB (a batch's prompts are
-/// at most 64 KiB each).
+/// Tasks per transaction: two writes each (the task and its first event), within DynamoDB's
+/// 100 actions and 4 MB.
 const ADMIT_CHUNK: usize = 25;
 
 /// Reads of the count before a batch gives up taking slots (it moved under each one).
@@ -104,13 +103,14 @@ impl DynamoStore {
         Err(failed)
     }
 
-    /// The writes that store `tasks`: each one's item (a long prompt's too) and first event.
+    /// The writes that store `tasks`: each one's item and first event (long prompts are
+    /// stored first).
     async fn new_tasks_writes(&self, tasks: &[TaskRecord]) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let mut items = Vec::with_capacity(3 * tasks.len());
-        for task in tasks {
-            items.extend(
-                self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build()),
-            );
+        // A chunk's at once: at most `ADMIT_CHUNK`.
+        let puts = futures::future::try_join_all(tasks.iter().map(|task| self.new_task_put(task))).await?;
+        let mut items = Vec::with_capacity(2 * tasks.len());
+        for (task, put) in tasks.iter().zip(puts) {
+            items.push(TransactWriteItem::builder().put(put).build());
             items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
         }
         Ok(items)

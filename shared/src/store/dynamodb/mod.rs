@@ -28,7 +28,10 @@
 //!
 //! A transaction is billed two units per item and KB: so a model answer is written inside the
 //! `task.step` event that announces it, one item where a step item beside its event cost two
-//! more units a step. Steps are read from both kinds of item, merged in step order.
+//! more units a step. Steps are read from both kinds of item, merged in step order. And what
+//! needs no transaction is not in one: a long prompt's item is a plain write before the task's
+//! (an orphan, if the task is then not stored, which nothing reads and TTL removes, as S3's
+//! lifecycle does a spilled prompt), and a model step is its progress, then its event.
 
 mod batches;
 mod breakers;
@@ -515,12 +518,10 @@ impl DynamoStore {
         outcome
     }
 
-    /// The transaction that creates an admitted task: its item (its prompt in S3 first if
-    /// large, so a submit refused at the cap uploads nothing), its idempotency key, its first
-    /// event.
+    /// The transaction that creates an admitted task: its item (a long prompt stored first,
+    /// so a submit refused at the cap stores nothing), its idempotency key, its first event.
     async fn create(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let mut puts = self.new_task_puts(task).await?.into_iter().map(|p| TransactWriteItem::builder().put(p).build());
-        let mut items: Vec<TransactWriteItem> = puts.next().into_iter().collect();
+        let mut items = vec![TransactWriteItem::builder().put(self.new_task_put(task).await?).build()];
         if let Some(idem) = admission.idempotency {
             let now = task.created_at.unix_timestamp();
             let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
@@ -539,9 +540,8 @@ impl DynamoStore {
                 .map_err(unavailable)?;
             items.push(TransactWriteItem::builder().put(put).build());
         }
-        // The log's first event, with the record it reports; then the prompt's item, if apart.
+        // The log's first event, with the record it reports.
         items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
-        items.extend(puts);
         match self.transact(items).await {
             Ok(()) => Ok(Admitted::Created),
             Err(TransactError::Store(e)) => Err(e),
@@ -623,9 +623,10 @@ impl DynamoStore {
         Err(StoreError::Contended)
     }
 
-    /// The puts of a new task, never over another: its item, and its prompt's item when the
-    /// prompt is long (in S3 if too large for an item).
-    async fn new_task_puts(&self, task: &TaskRecord) -> Result<Vec<Put>, StoreError> {
+    /// The put of a new task's item, never over another. A long prompt is stored first, in
+    /// an item of its own (or in S3 if too large for one), by a plain write: in the task's
+    /// transaction it cost twice the units, and until the task's item exists nothing reads it.
+    async fn new_task_put(&self, task: &TaskRecord) -> Result<Put, StoreError> {
         let prompt_ref = self.spill(format!("tasks/{}/prompt", task.task_id), &task.prompt).await?;
         let prompt_apart = prompt_ref.is_none() && task.prompt.len() > PROMPT_APART;
         let mut stored = task.clone();
@@ -663,16 +664,16 @@ impl DynamoStore {
                 .context("building a put")
                 .map_err(unavailable)
         };
-        let mut puts = vec![new(item(&record)?)?];
         if prompt_apart {
-            puts.push(new(HashMap::from([
+            self.put_alone(new(HashMap::from([
                 ("pk".to_owned(), s(task_key(task.task_id))),
                 ("sk".to_owned(), s(PROMPT)),
                 ("text".to_owned(), s(&task.prompt)),
                 ("expires_at".to_owned(), n(expires_at)),
-            ]))?);
+            ]))?)
+            .await?;
         }
-        Ok(puts)
+        new(item(&record)?)
     }
 
     fn due(&self, from: OffsetDateTime) -> AttributeValue {
