@@ -10,7 +10,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let config = agentq::runtime::config::Config::from_env()?;
-    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
+    let sdk = agentq::runtime::aws::function_sdk_config(&config.aws_timeouts)?;
     let reconciler = reconciler::Reconciler {
         store: Arc::new(agentq::runtime::wiring::store(&config, &sdk)),
         queue: Arc::new(agentq::runtime::wiring::queue(&config, &sdk)?),

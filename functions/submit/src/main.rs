@@ -11,7 +11,7 @@ use lambda_http::{Error, service_fn};
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let config = agentq::runtime::config::Config::from_env()?;
-    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
+    let sdk = agentq::runtime::aws::function_sdk_config(&config.aws_timeouts)?;
     let app = submit::App {
         store: Arc::new(wiring::store(&config, &sdk)),
         queue: Arc::new(wiring::queue(&config, &sdk)?),

@@ -12,7 +12,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let mut config = agentq::runtime::config::Config::from_env()?;
-    let sdk = agentq::runtime::aws::sdk_config(&config.aws_timeouts).await;
+    let sdk = agentq::runtime::aws::function_sdk_config(&config.aws_timeouts)?;
     // The model keys and the tool signing secret, from Secrets Manager when deployed.
     wiring::load_secrets(&mut config, &sdk).await?;
     let http = wiring::http_client()?;

@@ -16,13 +16,14 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the global subscriber, with `extra` layers (the OpenTelemetry one) beside the
 /// log output, shaped by the environment. Functions get it through [`traces::init`].
@@ -44,7 +45,10 @@ where
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(|l| l.to_ascii_lowercase())
         .unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // `Targets` rather than `EnvFilter`: the same `info,agentq::runtime::aws=debug` syntax
+    // without span and field matching, which no one sets and which compiles a regex engine
+    // into every function (BENCHMARKS.md, "the SDK's configuration from the environment").
+    let filter = level.parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
     let output = if json {
         tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
@@ -57,7 +61,7 @@ where
     // Spans and events below INFO never reach the tracer: the AWS SDK and hyper emit DEBUG and
     // TRACE events on every request whose fields (the client's whole configuration, among
     // them) would be formatted for it: a third of the functions' CPU before this filter (BENCHMARKS.md).
-    let traced = extra.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let traced = extra.with_filter(LevelFilter::INFO);
     let _ = tracing_subscriber::registry().with(traced).with(output.with_filter(filter)).try_init();
 }
 

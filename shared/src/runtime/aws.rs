@@ -1,7 +1,13 @@
 //! AWS clients, built once per cold start and shared by every invocation.
 
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+use aws_smithy_async::rt::sleep::TokioSleep;
+use aws_smithy_async::time::SystemTimeSource;
+use aws_types::sdk_config::SharedCredentialsProvider;
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -10,23 +16,109 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-use crate::runtime::config::AwsTimeouts;
+use crate::runtime::config::{AwsTimeouts, ConfigError};
 
-/// The SDK configuration from the standard sources: region, credentials, and endpoints such
-/// as `AWS_ENDPOINT_URL_DYNAMODB` (how the local emulators are reached, with no code here
-/// knowing about them), with every call bounded by `timeouts`, over the process's one TLS
-/// stack ([`crate::net`]).
+/// The SDK configuration from the standard sources (environment, profile files, SSO, web
+/// identity, container and instance credentials), for the command-line tools and the local
+/// stack's helpers, which run where a developer's profile may be what holds the keys. Every
+/// call is bounded by `timeouts` and goes over the process's one TLS stack ([`crate::net`]).
 pub async fn sdk_config(timeouts: &AwsTimeouts) -> SdkConfig {
-    let timeouts = TimeoutConfig::builder()
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::net::sdk_client())
+        .timeout_config(timeout_config(timeouts))
+        .load()
+        .await
+}
+
+/// The SDK configuration of a function, from the environment Lambda gives every function
+/// and nothing else: the region (`AWS_REGION`), the credentials (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), endpoints (`AWS_ENDPOINT_URL_<SERVICE>`, then
+/// `AWS_ENDPOINT_URL`: how the local emulators are reached, with no code here knowing about
+/// them) and `AWS_MAX_ATTEMPTS`.
+///
+/// Not [`sdk_config`]: its chain of sources (profile files, SSO, STS web identity, ECS and
+/// instance metadata) never finds anything in Lambda, which always sets the environment's
+/// keys, yet it is ~500 KiB of code in every function and reads the file system at each cold
+/// start (BENCHMARKS.md, "the SDK's configuration from the environment"). A setting missing
+/// here is a clear error at start rather than a failed first request.
+pub fn function_sdk_config(timeouts: &AwsTimeouts) -> Result<SdkConfig, ConfigError> {
+    function_sdk_config_from(timeouts, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+fn function_sdk_config_from(
+    timeouts: &AwsTimeouts,
+    env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> Result<SdkConfig, ConfigError> {
+    let region = env("AWS_REGION")
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| ConfigError::new("AWS_REGION", "is not set (Lambda sets it; `make up` sets it locally)"))?;
+    let key = |var: &'static str| {
+        env(var)
+            .ok_or_else(|| ConfigError::new(var, "is not set (Lambda sets it; locally, export it or run `make up`)"))
+    };
+    // Read once: Lambda sets them for the life of the instance and never changes them.
+    let credentials = Credentials::new(
+        key("AWS_ACCESS_KEY_ID")?,
+        key("AWS_SECRET_ACCESS_KEY")?,
+        env("AWS_SESSION_TOKEN"),
+        None,
+        "environment",
+    );
+    let attempts = match env("AWS_MAX_ATTEMPTS") {
+        None => RetryConfig::standard().max_attempts(),
+        Some(n) => n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ConfigError::new("AWS_MAX_ATTEMPTS", format!("is {n:?}, not a whole number of at least 1"))
+        })?,
+    };
+    let ignore_endpoints = env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut builder = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+        .timeout_config(timeout_config(timeouts))
+        .http_client(crate::net::sdk_client())
+        .sleep_impl(TokioSleep::new())
+        .time_source(SystemTimeSource::new());
+    if !ignore_endpoints {
+        builder.set_endpoint_url(env("AWS_ENDPOINT_URL"));
+    }
+    Ok(builder.service_config(EnvServiceConfig { env: Box::new(env), ignore_endpoints }).build())
+}
+
+fn timeout_config(timeouts: &AwsTimeouts) -> TimeoutConfig {
+    TimeoutConfig::builder()
         .connect_timeout(timeouts.connect)
         .operation_attempt_timeout(timeouts.attempt)
         .operation_timeout(timeouts.operation)
-        .build();
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(crate::net::sdk_client())
-        .timeout_config(timeouts)
-        .load()
-        .await
+        .build()
+}
+
+/// A variable's value by its name: the process's environment, or a test's.
+type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// A client's own settings, which it asks for by their variable's name when it is built (so
+/// far only `AWS_ENDPOINT_URL`): the service's variable first (`AWS_ENDPOINT_URL_DYNAMODB`,
+/// `AWS_ENDPOINT_URL_SECRETS_MANAGER`), then the general one, as the SDK's own loader does.
+struct EnvServiceConfig {
+    env: EnvLookup,
+    ignore_endpoints: bool,
+}
+
+impl std::fmt::Debug for EnvServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvServiceConfig").field("ignore_endpoints", &self.ignore_endpoints).finish_non_exhaustive()
+    }
+}
+
+impl LoadServiceConfig for EnvServiceConfig {
+    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+        if self.ignore_endpoints && key.env() == "AWS_ENDPOINT_URL" {
+            return None;
+        }
+        let service = key.service_id().to_ascii_uppercase().replace(' ', "_");
+        (self.env)(&format!("{}_{service}", key.env())).or_else(|| (self.env)(key.env()))
+    }
 }
 
 /// Counts every request a client sends (each attempt: retries are billed too) into the
@@ -201,9 +293,79 @@ impl Intercept for CountCapacity {
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_dynamodb::types::{Capacity, ConsumedCapacity};
+    use std::collections::HashMap;
 
-    use super::units;
+    use aws_sdk_dynamodb::types::{AttributeValue, Capacity, ConsumedCapacity};
+    use wiremock::matchers::{header, header_regex, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::{function_sdk_config_from, units};
+    use crate::runtime::config::AwsTimeouts;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    const LAMBDA: &[(&str, &str)] =
+        &[("AWS_REGION", "eu-west-1"), ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "secret")];
+
+    #[test]
+    fn a_function_without_a_region_or_keys_fails_at_start_naming_the_setting() {
+        let missing = |vars: &[(&str, &str)]| function_sdk_config_from(&AwsTimeouts::TOOLS, env(vars)).unwrap_err().var;
+        assert_eq!(missing(&LAMBDA[1..]), "AWS_REGION");
+        assert_eq!(missing(&[LAMBDA[0], LAMBDA[2]]), "AWS_ACCESS_KEY_ID");
+        assert_eq!(missing(&LAMBDA[..2]), "AWS_SECRET_ACCESS_KEY");
+        let bad = [LAMBDA, &[("AWS_MAX_ATTEMPTS", "0")]].concat();
+        assert_eq!(missing(&bad), "AWS_MAX_ATTEMPTS");
+        let sdk = function_sdk_config_from(
+            &AwsTimeouts::TOOLS,
+            env(&[("AWS_DEFAULT_REGION", "us-west-2"), LAMBDA[1], LAMBDA[2]]),
+        )
+        .unwrap();
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("us-west-2"), "AWS_DEFAULT_REGION stands in for AWS_REGION");
+    }
+
+    /// Where a DynamoDB client built from `vars` sends a request, and with which keys.
+    async fn dynamodb_request(vars: &[(&str, &str)], server: &MockServer) -> Option<String> {
+        Mock::given(method("POST"))
+            .and(header("x-amz-target", "DynamoDB_20120810.GetItem"))
+            .and(header_regex("authorization", "Credential=AKIDEXAMPLE/[0-9]+/eu-west-1/dynamodb/"))
+            .and(header("x-amz-security-token", "token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/x-amz-json-1.0")
+                    .set_body_string("{}"),
+            )
+            .mount(server)
+            .await;
+        let vars = [LAMBDA, &[("AWS_SESSION_TOKEN", "token")], vars].concat();
+        let sdk = function_sdk_config_from(&AwsTimeouts::TOOLS, env(&vars)).unwrap();
+        let client = super::dynamodb(&sdk);
+        let sent = client.get_item().table_name("t").key("pk", AttributeValue::S("a".into())).send().await;
+        sent.ok().map(|_| "answered".to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_functions_requests_go_to_its_services_endpoint_signed_with_the_environments_keys() {
+        let (dynamodb, general) = (MockServer::start().await, MockServer::start().await);
+        let vars = [("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.uri()), ("AWS_ENDPOINT_URL", general.uri())];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(dynamodb_request(&vars, &dynamodb).await.as_deref(), Some("answered"));
+        assert_eq!(dynamodb.received_requests().await.unwrap().len(), 1, "the service's own endpoint wins");
+        assert!(general.received_requests().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_services_endpoint_the_general_one_is_used_unless_endpoints_are_ignored() {
+        let general = MockServer::start().await;
+        let uri = general.uri();
+        assert_eq!(dynamodb_request(&[("AWS_ENDPOINT_URL", &uri)], &general).await.as_deref(), Some("answered"));
+        assert_eq!(general.received_requests().await.unwrap().len(), 1);
+        let vars = [("AWS_ENDPOINT_URL", uri.as_str()), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")];
+        let sdk = function_sdk_config_from(&AwsTimeouts::TOOLS, env(&[LAMBDA, &vars].concat())).unwrap();
+        assert_eq!(sdk.endpoint_url(), None, "an ignored endpoint is not the client's");
+    }
 
     fn consumed(table: f64, index: f64) -> ConsumedCapacity {
         ConsumedCapacity::builder()
