@@ -1,8 +1,9 @@
 //! Configuration, read once at cold start from environment variables (set by template.yaml
 //! in AWS and by `make up` locally). Every setting is listed in the README's table.
 //!
-//! AWS endpoints are not here: the SDK reads its standard `AWS_ENDPOINT_URL_<SERVICE>`
-//! settings itself, which is how the local emulators are reached.
+//! AWS region, keys and endpoints are not here: they are the SDK's standard variables
+//! (`AWS_ENDPOINT_URL_<SERVICE>` is how the local emulators are reached), read by
+//! [`crate::runtime::aws`].
 
 use std::time::Duration;
 
