@@ -83,3 +83,12 @@ stop_bg() {
   fi
   rm -f "$f"
 }
+
+# build_debug: the debug binaries `make up` runs. The functions as `cargo lambda watch` and
+# `sam build` build them (the workspace's default members, their own features), so the watch
+# finds them fresh; then the local stack's tools and the CLI, whose features (an HTTP server,
+# an MCP server) stay out of the functions.
+build_debug() {
+  cargo build --quiet --bins
+  cargo build --quiet -p agentq-local -p agentq-cli --bins
+}

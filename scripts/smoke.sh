@@ -17,7 +17,7 @@ trap cleanup EXIT
 log "smoke: a configuration no function can start with fails make up at once, in the function's words"
 # Built first, so the time below is make up's own, not a compile's.
 bash "$ROOT/scripts/install.sh" > /dev/null
-cargo build --quiet --workspace --bins
+build_debug
 started=$SECONDS
 if AGENTQ_MODELS=anthropic:mystery-1 bash "$ROOT/scripts/up.sh" > "$RUN/up-bad.out" 2>&1; then
   die "smoke: make up accepted a model with no price"

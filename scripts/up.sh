@@ -11,7 +11,7 @@ cd "$ROOT"
 bash scripts/install.sh
 BIN_DIR="$ROOT/target/debug"
 log "building (debug)"
-cargo build --quiet --workspace --bins
+build_debug
 if [[ ${PROFILE:-dev} != dev ]]; then
   log "building the functions ($PROFILE profile)"
   # agentq-local too: it stands in for API Gateway and Lambda, whose CPU a benchmark on
