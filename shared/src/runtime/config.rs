@@ -3,7 +3,7 @@
 //!
 //! AWS region, keys and endpoints are not here: they are the SDK's standard variables
 //! (`AWS_ENDPOINT_URL_<SERVICE>` is how the local emulators are reached), read by
-//! [`crate::runtime::aws`].
+//! `runtime::aws`.
 
 use std::time::Duration;
 

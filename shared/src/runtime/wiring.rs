@@ -158,11 +158,16 @@ pub fn preflight(config: &Config) -> Result<(), String> {
 
 /// What a request may choose from: the chain's models and the deployment's tools.
 pub fn allowed(config: &Config) -> Result<crate::domain::task::Allowed, ConfigError> {
-    Ok(crate::domain::task::Allowed {
+    Ok(allowed_of(config, &tool_schemas(config)?))
+}
+
+/// [`allowed`], from the deployment's tools already built (the submit path has them).
+pub fn allowed_of(config: &Config, tools: &ToolRegistry) -> crate::domain::task::Allowed {
+    crate::domain::task::Allowed {
         models: model_ids(config),
-        tools: tool_names(config)?,
+        tools: tools.names(),
         mcp_servers: config.tools.mcp_servers.clone(),
-    })
+    }
 }
 
 /// Whether a model endpoint is configured, so tasks can run (`/ready` reports it).
@@ -191,17 +196,16 @@ pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegi
     tools(config, http, true)
 }
 
-/// The names a request may restrict itself to (the submit path runs no tool, so it needs no
-/// signing secret).
-pub fn tool_names(config: &Config) -> Result<Vec<String>, ConfigError> {
-    let http = crate::net::client();
-    Ok(tools(config, &http, false)?.names())
-}
-
-/// The deployment's tools for their schemas only (never run: no signing secret needed), so
-/// the submit path can check a reviewer's edited input.
+/// The deployment's tools for their names and schemas only, never run: no signing secret is
+/// needed, and their HTTP client trusts no certificate (reading the system's roots is most of
+/// a cold start's own time, BENCHMARKS.md), so the submit path can check a request's tools and
+/// a reviewer's edited input.
 pub fn tool_schemas(config: &Config) -> Result<ToolRegistry, ConfigError> {
-    tools(config, &crate::net::client(), false)
+    let never_sends = crate::net::builder()
+        .tls_certs_only(Vec::new())
+        .build()
+        .map_err(|e| ConfigError::new("AGENTQ_HTTP_TOOLS", format!("an HTTP client could not be built: {e}")))?;
+    tools(config, &never_sends, false)
 }
 
 fn tools(config: &Config, http: &reqwest::Client, signing: bool) -> Result<ToolRegistry, ConfigError> {
