@@ -16,7 +16,9 @@ if [[ ${PROFILE:-dev} != dev ]]; then
   log "building the functions ($PROFILE profile)"
   # agentq-local too: it stands in for API Gateway and Lambda, whose CPU a benchmark on
   # this machine must not inflate with a debug build.
-  cargo build --quiet --profile "$PROFILE" -p submit -p status -p worker -p dlq -p reconciler -p scheduler -p notifier -p stream -p agentq-local
+  # Apart, as in build_debug: the functions with their own features, as deployed.
+  cargo build --quiet --profile "$PROFILE" --bins
+  cargo build --quiet --profile "$PROFILE" -p agentq-local
   BIN_DIR="$ROOT/target/$PROFILE"
 fi
 bash scripts/emulators.sh start
