@@ -197,8 +197,8 @@ pub fn tool_registry(config: &Config, http: &reqwest::Client) -> Result<ToolRegi
 }
 
 /// The deployment's tools for their names and schemas only, never run: no signing secret is
-/// needed, and their HTTP client trusts no certificate (reading the system's roots is most of
-/// a cold start's own time, BENCHMARKS.md), so the submit path can check a request's tools and
+/// needed, and their HTTP client trusts no certificate (reading the system's roots was a quarter
+/// of submit's cold start, BENCHMARKS.md), so the submit path can check a request's tools and
 /// a reviewer's edited input.
 pub fn tool_schemas(config: &Config) -> Result<ToolRegistry, ConfigError> {
     let never_sends = crate::net::builder()
