@@ -236,7 +236,7 @@ impl TestApp {
                 tools,
                 prices: PriceTable::default(),
                 queue: Arc::new(SqsQueue::new(sqs.clone(), queues.clone())),
-                requeue: Arc::new(SqsRequeue::new(sqs.clone())),
+                requeue: Arc::new(SqsRequeue::new(sqs.clone()).knowing(queues.all())),
                 settings: worker::WorkerSettings {
                     retry: RetryPolicy {
                         max_attempts: 2,

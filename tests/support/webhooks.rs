@@ -42,7 +42,7 @@ impl Rig {
         let notifier = notifier::Notifier {
             store: app.store.clone(),
             queue: Arc::new(SqsDeliveryQueue::new(app.sqs.clone(), app.webhook_queue.url.clone())),
-            requeue: Arc::new(SqsRequeue::new(app.sqs.clone())),
+            requeue: Arc::new(SqsRequeue::new(app.sqs.clone()).knowing([app.webhook_queue.url.as_str()])),
             policy: agentq::runtime::wiring::send_policy(&config),
             schedule: config.webhooks.retry,
         };

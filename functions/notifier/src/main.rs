@@ -17,7 +17,9 @@ async fn main() -> Result<(), Error> {
     let notifier = notifier::Notifier {
         store: Arc::new(wiring::store(&config, &sdk)),
         queue: Arc::new(wiring::delivery_queue(&config, &sdk)?),
-        requeue: Arc::new(SqsRequeue::new(agentq::runtime::aws::sqs(&sdk))),
+        requeue: Arc::new(
+            SqsRequeue::new(agentq::runtime::aws::sqs(&sdk)).knowing(config.webhooks.queue_url.as_deref()),
+        ),
         policy: wiring::send_policy(&config),
         schedule: config.webhooks.retry,
     };

@@ -24,7 +24,7 @@ async fn main() -> Result<(), Error> {
         tools: wiring::tool_registry(&config, &http)?,
         prices: config.prices.clone(),
         queue: Arc::new(wiring::queue(&config, &sdk)?),
-        requeue: Arc::new(SqsRequeue::new(agentq::runtime::aws::sqs(&sdk))),
+        requeue: Arc::new(SqsRequeue::new(agentq::runtime::aws::sqs(&sdk)).knowing(wiring::queue_urls(&config)?.all())),
         settings: worker::WorkerSettings::from(&config),
         tenants: worker::TenantCache::default(),
     };

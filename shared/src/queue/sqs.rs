@@ -32,6 +32,11 @@ impl QueueUrls {
             Priority::Low => &self.low,
         }
     }
+
+    /// Every priority's queue (the same URL more than once where priorities share one).
+    pub fn all(&self) -> [&str; 3] {
+        [&self.high, &self.default, &self.low]
+    }
 }
 
 /// Sends each task to its priority's queue.
@@ -89,11 +94,13 @@ impl TaskQueue for SqsQueue {
 }
 
 /// `ChangeMessageVisibilityBatch` on the queue a record came from (one message or a whole
-/// batch, one request per ten). Queue URLs are looked up from
-/// the record's ARN once and remembered.
+/// batch, one request per ten). A record names its queue by ARN; the URL is the one the
+/// function was configured with for that account and name ([`SqsRequeue::knowing`]), else
+/// looked up with `GetQueueUrl` once and remembered.
 #[derive(Debug)]
 pub struct SqsRequeue {
     client: Client,
+    /// By `<account>/<name>`, the two parts a queue's ARN and its URL share.
     urls: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
@@ -102,15 +109,30 @@ impl SqsRequeue {
         Self { client, urls: Default::default() }
     }
 
+    /// Remembers the URLs the function already has (`https://<host>/<account>/<name>`), so
+    /// records from those queues need no `GetQueueUrl`: one request fewer for each instance,
+    /// on the path of its first requeue. A URL of another shape is left to the lookup.
+    pub fn knowing<'a>(self, urls: impl IntoIterator<Item = &'a str>) -> Self {
+        let known = urls.into_iter().filter_map(|url| {
+            let mut path = url.trim_end_matches('/').rsplit('/');
+            let (name, account) = (path.next()?, path.next()?);
+            let plausible = !name.is_empty() && !account.is_empty() && account.bytes().all(|b| b.is_ascii_digit());
+            plausible.then(|| (format!("{account}/{name}"), url.to_owned()))
+        });
+        self.urls.lock().expect("poisoned").extend(known);
+        self
+    }
+
     async fn url(&self, arn: &str) -> Result<String, QueueError> {
-        if let Some(url) = self.urls.lock().expect("poisoned").get(arn) {
-            return Ok(url.clone());
-        }
         // arn:aws:sqs:<region>:<account>:<name>
         let parts: Vec<&str> = arn.split(':').collect();
         let [_, _, _, _, account, name] = parts[..] else {
             return Err(QueueError(anyhow::anyhow!("not an SQS queue ARN: {arn}")));
         };
+        let key = format!("{account}/{name}");
+        if let Some(url) = self.urls.lock().expect("poisoned").get(&key) {
+            return Ok(url.clone());
+        }
         let out = self
             .client
             .get_queue_url()
@@ -120,7 +142,7 @@ impl SqsRequeue {
             .await
             .map_err(|e| QueueError(anyhow::anyhow!("GetQueueUrl: {}", DisplayErrorContext(&e))))?;
         let url = out.queue_url.ok_or_else(|| QueueError(anyhow::anyhow!("GetQueueUrl returned no URL")))?;
-        self.urls.lock().expect("poisoned").insert(arn.to_owned(), url.clone());
+        self.urls.lock().expect("poisoned").insert(key, url.clone());
         Ok(url)
     }
 }
@@ -294,5 +316,76 @@ impl DeliveryQueue for SqsDeliveryQueue {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::{Client, Requeue, SqsRequeue};
+
+    fn client(server: &MockServer) -> Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .endpoint_url(server.uri())
+            .http_client(crate::net::sdk_client())
+            .build();
+        Client::from_conf(config)
+    }
+
+    async fn answer(server: &MockServer, action: &str, body: &str) {
+        Mock::given(method("POST"))
+            .and(path("/"))
+            .and(header("x-amz-target", format!("AmazonSQS.{action}").as_str()))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/x-amz-json-1.0")
+                    .set_body_string(body),
+            )
+            .mount(server)
+            .await;
+    }
+
+    /// The actions `server` was asked for, in order.
+    async fn actions(server: &MockServer) -> Vec<String> {
+        let requests = server.received_requests().await.unwrap();
+        requests.iter().filter_map(|r| r.headers.get("x-amz-target")?.to_str().ok().map(str::to_owned)).collect()
+    }
+
+    const ARN: &str = "arn:aws:sqs:eu-west-1:123456789012:agentq-tasks";
+
+    #[tokio::test]
+    async fn a_requeue_on_a_queue_the_function_knows_asks_for_no_url() {
+        let server = MockServer::start().await;
+        answer(&server, "ChangeMessageVisibilityBatch", r#"{"Successful":[{"Id":"0"}],"Failed":[]}"#).await;
+        let known = format!("{}/123456789012/agentq-tasks", server.uri());
+        let requeue = SqsRequeue::new(client(&server)).knowing(["not a url", known.as_str()]);
+        requeue.set_visibility_all(ARN, &["receipt"], Duration::from_secs(30)).await.unwrap();
+        assert_eq!(actions(&server).await, ["AmazonSQS.ChangeMessageVisibilityBatch"]);
+        let sent = server.received_requests().await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+        assert_eq!(body["QueueUrl"], known.as_str(), "sent to the configured URL");
+    }
+
+    #[tokio::test]
+    async fn a_requeue_on_a_queue_it_does_not_know_looks_its_url_up_once() {
+        let server = MockServer::start().await;
+        let url = format!("{}/123456789012/agentq-tasks", server.uri());
+        answer(&server, "GetQueueUrl", &serde_json::json!({ "QueueUrl": url }).to_string()).await;
+        answer(&server, "ChangeMessageVisibilityBatch", r#"{"Successful":[{"Id":"0"}],"Failed":[]}"#).await;
+        let other = format!("{}/123456789012/agentq-tasks-high", server.uri());
+        let requeue = SqsRequeue::new(client(&server)).knowing([other.as_str()]);
+        for _ in 0..2 {
+            requeue.set_visibility_all(ARN, &["receipt"], Duration::from_secs(30)).await.unwrap();
+        }
+        let expected = ["GetQueueUrl", "ChangeMessageVisibilityBatch", "ChangeMessageVisibilityBatch"];
+        assert_eq!(actions(&server).await, expected.map(|a| format!("AmazonSQS.{a}")));
     }
 }
