@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use agentq::domain::schedule::{Overlap, ScheduleRecord, ScheduleRun, ScheduleState, Skipped, check_task};
+use agentq::domain::schedule::{Overlap, ScheduleRecord, ScheduleRun, ScheduleState, Skipped, check_stored_task};
 use agentq::domain::task::{Allowed, TaskRecord};
 use agentq::observe::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
@@ -154,7 +154,7 @@ async fn tick_once(
             format!("the tenant's monthly budget of ${} is spent", budget as f64 / 1e9),
         );
     }
-    let request = match check_task(&schedule.task, &s.allowed) {
+    let request = match check_stored_task(&schedule.task, &s.allowed) {
         Ok(request) => request,
         Err(errors) => {
             let why: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();

@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     let scheduler = scheduler::Scheduler {
         store: Arc::new(wiring::store(&config, &sdk)),
         queue: Arc::new(wiring::queue(&config, &sdk)?),
-        allowed: wiring::allowed(&config)?,
+        allowed: wiring::allowed(&config),
     };
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| telemetry.invocation(scheduler::handle(&scheduler, event))))
         .await

@@ -172,6 +172,24 @@ async fn a_queued_task_runs_to_succeeded_with_its_cost() {
 }
 
 #[tokio::test]
+async fn a_task_whose_stored_output_schema_does_not_compile_fails_saying_so_without_a_model_call() {
+    // A schedule's task is read back with its schema uncompiled (`TaskRequest::parse_stored`).
+    let body = br#"{"prompt": "hi", "output_schema": {"type": 12}}"#;
+    let task = TaskRecord::new(TaskRequest::parse_stored(body, &Default::default()).unwrap(), "acme", agentq::now());
+    let store = Arc::new(MemoryStore::new());
+    store.insert(&task).await;
+    let model = Arc::new(FakeModel::up());
+    let r = worker::handle(&worker(store.clone(), model.clone()), batch(&[message(task.task_id)], 1)).await.unwrap();
+    assert!(failures(&r).is_empty(), "a task that cannot run is finished, not retried");
+    let task = store.get(task.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    let error = task.error.unwrap();
+    assert_eq!(error.code, ErrorCode::OutputInvalid);
+    assert!(error.message.starts_with("the task's output_schema is not a valid JSON Schema"), "{}", error.message);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn an_undecodable_message_is_acknowledged_not_retried() {
     let store = Arc::new(MemoryStore::new());
     let r = worker::handle(&worker(store, Arc::new(FakeModel::up())), batch(&["not json".into(), "{}".into()], 1))

@@ -26,6 +26,14 @@ impl OutputSchema {
     /// Checks a submitted schema: an object, within the limits, that compiles as a JSON
     /// Schema. The error says what is wrong, for the `output_schema` field.
     pub fn compile(schema: &Value) -> Result<Self, String> {
+        Self::check_shape(schema)?;
+        let validator = jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))?;
+        Ok(Self { schema: schema.clone(), validator })
+    }
+
+    /// What [`Self::compile`] checks short of compiling: an object, within the size and depth
+    /// limits.
+    pub fn check_shape(schema: &Value) -> Result<(), String> {
         if !schema.is_object() {
             return Err("must be a JSON Schema object".into());
         }
@@ -36,8 +44,7 @@ impl OutputSchema {
         if depth(schema) > MAX_SCHEMA_DEPTH {
             return Err(format!("nests deeper than {MAX_SCHEMA_DEPTH} levels"));
         }
-        let validator = jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))?;
-        Ok(Self { schema: schema.clone(), validator })
+        Ok(())
     }
 
     /// What the model is told up front (the system prompt).

@@ -382,6 +382,21 @@ pub fn parse_schedule(
 
 /// Checks a tick's body as a submit would, its errors named under `task.`.
 pub fn check_task(task: &Map<String, Value>, allowed: &Allowed) -> Result<TaskRequest, Vec<FieldError>> {
+    check_task_with(task, allowed, TaskRequest::parse)
+}
+
+/// [`check_task`] of a schedule's stored task, at a tick: checked in full when the schedule
+/// was written, so its output schema is not compiled again ([`TaskRequest::parse_stored`]).
+/// What the deployment allows is checked again: its models and tools may have changed since.
+pub fn check_stored_task(task: &Map<String, Value>, allowed: &Allowed) -> Result<TaskRequest, Vec<FieldError>> {
+    check_task_with(task, allowed, TaskRequest::parse_stored)
+}
+
+fn check_task_with(
+    task: &Map<String, Value>,
+    allowed: &Allowed,
+    parse: impl Fn(&[u8], &Allowed) -> Result<TaskRequest, RequestError>,
+) -> Result<TaskRequest, Vec<FieldError>> {
     let within =
         |e: FieldError| FieldError::new(format!("task.{}", e.field).trim_end_matches('.').to_owned(), e.message);
     if task.contains_key("webhook") {
@@ -390,7 +405,7 @@ pub fn check_task(task: &Map<String, Value>, allowed: &Allowed) -> Result<TaskRe
             "is not taken in a schedule: register an endpoint (POST /v1/webhooks)",
         )]);
     }
-    match TaskRequest::parse(Value::Object(task.clone()).to_string().as_bytes(), allowed) {
+    match parse(Value::Object(task.clone()).to_string().as_bytes(), allowed) {
         Ok(request) => Ok(request),
         Err(RequestError::Invalid(errors)) => Err(errors.into_iter().map(within).collect()),
         Err(RequestError::NotJson(m)) => Err(vec![FieldError::new("task", m)]),

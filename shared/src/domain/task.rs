@@ -260,6 +260,24 @@ impl TaskRequest {
     /// so a client fixes its request in one round trip. `allowed` says which models and tools
     /// a request may name.
     pub fn parse(body: &[u8], allowed: &Allowed) -> Result<Self, RequestError> {
+        Self::parse_with(body, allowed, |schema| crate::domain::output::OutputSchema::compile(schema).map(drop))
+    }
+
+    /// [`Self::parse`] of a request read back from our own table, checked in full when it was
+    /// stored (a schedule's task, at each tick): its `output_schema` is checked for shape and
+    /// limits but not compiled again. The worker compiles it before the task runs and fails
+    /// the task, saying why, should it no longer compile. The scheduler reads its requests
+    /// only this way, which keeps the schema validator and its regex engines out of its
+    /// package (BENCHMARKS.md, "Init time and package size").
+    pub fn parse_stored(body: &[u8], allowed: &Allowed) -> Result<Self, RequestError> {
+        Self::parse_with(body, allowed, crate::domain::output::OutputSchema::check_shape)
+    }
+
+    fn parse_with(
+        body: &[u8],
+        allowed: &Allowed,
+        check_schema: impl Fn(&Value) -> Result<(), String>,
+    ) -> Result<Self, RequestError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
         let Value::Object(mut fields) = value else {
             return Err(RequestError::Invalid(vec![FieldError::new("", "the body must be a JSON object")]));
@@ -401,8 +419,8 @@ impl TaskRequest {
 
         let output_schema = match fields.remove("output_schema") {
             None | Some(Value::Null) => None,
-            Some(schema) => match crate::domain::output::OutputSchema::compile(&schema) {
-                Ok(_) => schema.as_object().cloned(),
+            Some(schema) => match check_schema(&schema) {
+                Ok(()) => schema.as_object().cloned(),
                 Err(why) => {
                     errors.push(FieldError::new("output_schema", why));
                     None
@@ -859,6 +877,30 @@ mod tests {
 
     fn parse(body: &[u8]) -> Result<TaskRequest, RequestError> {
         TaskRequest::parse(body, &allowed())
+    }
+
+    /// The fields a parse refused.
+    fn refused(parsed: Result<TaskRequest, RequestError>) -> Vec<String> {
+        match parsed {
+            Err(RequestError::Invalid(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stored_request_keeps_its_output_schema_uncompiled_but_still_shaped_and_within_limits() {
+        let not_a_schema = br#"{"prompt": "p", "output_schema": {"type": 12}}"#;
+        assert_eq!(refused(parse(not_a_schema)), ["output_schema"], "a submit compiles it");
+        let stored = TaskRequest::parse_stored(not_a_schema, &allowed()).unwrap();
+        assert_eq!(stored.output_schema().map(|s| s["type"].clone()), Some(serde_json::json!(12)));
+
+        let deep = (0..40).fold(serde_json::json!({}), |inner, _| serde_json::json!({ "items": inner }));
+        for schema in [serde_json::json!("object"), deep] {
+            let body = serde_json::json!({"prompt": "p", "output_schema": schema}).to_string();
+            assert_eq!(refused(TaskRequest::parse_stored(body.as_bytes(), &allowed())), ["output_schema"]);
+        }
+        let unknown_model = br#"{"prompt": "p", "model": "gpt-2"}"#;
+        assert_eq!(refused(TaskRequest::parse_stored(unknown_model, &allowed())), ["model"], "the rest is checked");
     }
 
     fn errors_of(body: &str) -> Vec<FieldError> {

@@ -156,12 +156,23 @@ pub fn preflight(config: &Config) -> Result<(), String> {
     tool_registry(config, &http).map(drop).map_err(|e| e.to_string())
 }
 
-/// What a request may choose from: the chain's models and the deployment's tools.
-pub fn allowed(config: &Config) -> Result<crate::domain::task::Allowed, ConfigError> {
-    Ok(allowed_of(config, &tool_schemas(config)?))
+/// What a request may choose from: the chain's models and the deployment's tools, named from
+/// the configuration alone, the tools not built. The same list as [`allowed_of`] gives (a test
+/// holds the two together), for a function that only needs the names: the scheduler, which
+/// so links no schema validator (BENCHMARKS.md, "Init time and package size"). A tool whose
+/// schema does not compile stops the submit and worker functions at start, not this.
+pub fn allowed(config: &Config) -> crate::domain::task::Allowed {
+    let t = &config.tools;
+    let mut tools: Vec<String> = ToolRegistry::BUILTIN.iter().map(|name| name.to_string()).collect();
+    if !t.http_get_hosts.is_empty() {
+        tools.push(HttpGet::NAME.to_owned());
+    }
+    tools.extend(t.http_tools.iter().map(|spec| spec.name.clone()));
+    crate::domain::task::Allowed { models: model_ids(config), tools, mcp_servers: t.mcp_servers.clone() }
 }
 
-/// [`allowed`], from the deployment's tools already built (the submit path has them).
+/// What a request may choose from, from the deployment's tools already built (the submit
+/// path has them).
 pub fn allowed_of(config: &Config, tools: &ToolRegistry) -> crate::domain::task::Allowed {
     crate::domain::task::Allowed {
         models: model_ids(config),
@@ -268,6 +279,27 @@ fn mcp_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_names_a_request_may_choose_from_are_those_of_the_tools_built() {
+        let tools = r#"[{"name":"lookup","description":"d","input_schema":{"type":"object"},"url":"https://x/y"}]"#;
+        let servers = r#"[{"name": "gh", "url": "https://mcp.example.com/mcp"}]"#;
+        let vars: &[(&str, &str)] = &[
+            ("AGENTQ_TABLE", "t"),
+            ("AGENTQ_MODELS", "anthropic:claude-sonnet-4-5,openai:gpt-4o"),
+            ("AGENTQ_HTTP_TOOLS", tools),
+            ("AGENTQ_HTTP_GET_ALLOWED_HOSTS", "example.com"),
+            ("AGENTQ_MCP_SERVERS", servers),
+        ];
+        for n in [1, 3, vars.len()] {
+            let config =
+                Config::from_lookup(|k| vars[..n].iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string()))
+                    .unwrap();
+            let built = allowed_of(&config, &tool_schemas(&config).unwrap());
+            assert_eq!(allowed(&config), built, "with the first {n} settings");
+        }
+        assert_eq!(ToolRegistry::builtin().names(), ToolRegistry::BUILTIN);
+    }
 
     #[test]
     fn http_tools_without_a_signing_secret_refuse_to_start_unless_allowed() {

@@ -13,10 +13,12 @@ pub struct Calculator {
 }
 
 impl Calculator {
+    pub const NAME: &str = "calculator";
+
     pub fn new() -> Self {
         Self {
             spec: ToolSpec {
-                name: "calculator".into(),
+                name: Self::NAME.into(),
                 description: "Evaluates an arithmetic expression and returns the number. Supports \
                               + - * / % ^, parentheses and math functions such as math::sqrt."
                     .into(),
@@ -64,10 +66,12 @@ pub struct CurrentTime {
 }
 
 impl CurrentTime {
+    pub const NAME: &str = "current_time";
+
     pub fn new() -> Self {
         Self {
             spec: ToolSpec {
-                name: "current_time".into(),
+                name: Self::NAME.into(),
                 description: "Returns the current date and time in UTC (RFC 3339) and as a Unix timestamp.".into(),
                 input_schema: json!({"type": "object", "properties": {}, "additionalProperties": false}),
             },

@@ -63,11 +63,13 @@ pub struct HttpGet {
 }
 
 impl HttpGet {
+    pub const NAME: &str = "http_get";
+
     pub fn new(policy: HttpGetPolicy) -> Self {
         let hosts = policy.allowed_hosts.join(", ");
         Self {
             spec: ToolSpec {
-                name: "http_get".into(),
+                name: Self::NAME.into(),
                 description: format!(
                     "Fetches a web page or API response with HTTP GET and returns its status and body \
                      (at most {} bytes). Only these hosts may be fetched: {hosts}.",

@@ -116,6 +116,9 @@ impl ToolRegistry {
         Self::default()
     }
 
+    /// The names of [`Self::builtin`]'s tools.
+    pub const BUILTIN: [&str; 2] = [Calculator::NAME, CurrentTime::NAME];
+
     /// The built-in tools that need no configuration: `calculator` and `current_time`.
     pub fn builtin() -> Self {
         Self::new()
