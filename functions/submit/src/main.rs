@@ -12,15 +12,14 @@ async fn main() -> Result<(), Error> {
     let telemetry = agentq::observe::telemetry::traces::init();
     let config = agentq::runtime::config::Config::from_env()?;
     let sdk = agentq::runtime::aws::function_sdk_config(&config.aws_timeouts)?;
-    let tools = wiring::tool_schemas(&config)?;
     let app = submit::App {
         store: Arc::new(wiring::store(&config, &sdk)),
         queue: Arc::new(wiring::queue(&config, &sdk)?),
         model_configured: wiring::model_configured(&config),
-        allowed: wiring::allowed_of(&config, &tools),
+        allowed: wiring::allowed(&config),
         auth: Arc::new(wiring::auth_cache(&config)),
         webhooks: wiring::send_policy(&config),
-        tools,
+        tools: wiring::tool_schemas(&config)?,
     };
     lambda_http::run(service_fn(|req| {
         let (app, telemetry) = (&app, &telemetry);

@@ -157,10 +157,10 @@ pub fn preflight(config: &Config) -> Result<(), String> {
 }
 
 /// What a request may choose from: the chain's models and the deployment's tools, named from
-/// the configuration alone, the tools not built. The same list as [`allowed_of`] gives (a test
-/// holds the two together), for a function that only needs the names: the scheduler, which
-/// so links no schema validator (BENCHMARKS.md, "Init time and package size"). A tool whose
-/// schema does not compile stops the submit and worker functions at start, not this.
+/// the configuration alone, the tools not built (a test holds the names equal to those of the
+/// tools built), so a function that needs only the names, the scheduler, links no schema
+/// validator (BENCHMARKS.md, "Init time and package size"). A tool whose schema does not
+/// compile stops the submit and worker functions at start, not this.
 pub fn allowed(config: &Config) -> crate::domain::task::Allowed {
     let t = &config.tools;
     let mut tools: Vec<String> = ToolRegistry::BUILTIN.iter().map(|name| name.to_string()).collect();
@@ -169,16 +169,6 @@ pub fn allowed(config: &Config) -> crate::domain::task::Allowed {
     }
     tools.extend(t.http_tools.iter().map(|spec| spec.name.clone()));
     crate::domain::task::Allowed { models: model_ids(config), tools, mcp_servers: t.mcp_servers.clone() }
-}
-
-/// What a request may choose from, from the deployment's tools already built (the submit
-/// path has them).
-pub fn allowed_of(config: &Config, tools: &ToolRegistry) -> crate::domain::task::Allowed {
-    crate::domain::task::Allowed {
-        models: model_ids(config),
-        tools: tools.names(),
-        mcp_servers: config.tools.mcp_servers.clone(),
-    }
 }
 
 /// Whether a model endpoint is configured, so tasks can run (`/ready` reports it).
@@ -295,8 +285,8 @@ mod tests {
             let config =
                 Config::from_lookup(|k| vars[..n].iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string()))
                     .unwrap();
-            let built = allowed_of(&config, &tool_schemas(&config).unwrap());
-            assert_eq!(allowed(&config), built, "with the first {n} settings");
+            let built = tool_schemas(&config).unwrap().names();
+            assert_eq!(allowed(&config).tools, built, "with the first {n} settings");
         }
         assert_eq!(ToolRegistry::builtin().names(), ToolRegistry::BUILTIN);
     }
