@@ -559,4 +559,17 @@ mod tests {
         assert!(!env.contains_key("ANTHROPIC_API_KEY") && !env.contains_key("AGENTQ_TOOL_SIGNING_SECRET"));
         assert_eq!(env["AGENTQ_DLQ_URLS"].split(',').count(), 3, "!Join resolves");
     }
+
+    #[test]
+    fn the_notifiers_stream_filters_pass_appended_events_and_new_tasks_only() {
+        let sources = template().stream_sources().unwrap();
+        let notifier = sources.iter().find(|s| s.function == "notifier").expect("the notifier reads the stream");
+        let record = |name: &str, pk: &str, sk: &str| serde_json::json!({"eventName": name, "dynamodb": {"Keys": {"pk": {"S": pk}, "sk": {"S": sk}}}});
+        let passes = |r: &serde_json::Value| notifier.filters.iter().any(|p| crate::streams::matches(p, r));
+        assert!(passes(&record("INSERT", "TASK#01J", "EVT#000002")));
+        assert!(passes(&record("INSERT", "TASK#01J", "META")), "a new task: its first event");
+        assert!(!passes(&record("MODIFY", "TASK#01J", "META")), "a task's later writes");
+        assert!(!passes(&record("INSERT", "TENANT#acme", "META")));
+        assert!(!passes(&record("INSERT", "TASK#01J", "STEP#00001#TOOL#t")));
+    }
 }

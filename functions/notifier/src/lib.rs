@@ -1,10 +1,12 @@
 //! The notifier: webhooks from the durable record. Two event sources feed it:
 //!
 //! - **The task table's stream** (DynamoDB Streams, new images, filtered to inserted `EVT#`
-//!   items): each event appended to a task's log is fanned out to delivery jobs on the
-//!   webhook queue. Because the stream is fed by the write itself, a worker that dies just
-//!   after writing a task's end still has its webhook sent. A batch whose jobs cannot be
-//!   queued is reported failed from its first record, and the stream gives it again.
+//!   items and inserted tasks): each event appended to a task's log is fanned out to
+//!   delivery jobs on the webhook queue, and a new task's first event (`task.queued`, which
+//!   is derived from the task's item, not stored) with it. Because the stream is fed by the
+//!   write itself, a worker that dies just after writing a task's end still has its webhook
+//!   sent. A batch whose jobs cannot be queued is reported failed from its first record, and
+//!   the stream gives it again.
 //! - **The webhook queue**: each job is one signed attempt. A failed attempt stays in the
 //!   queue, hidden until its next attempt is due (the retry schedule, by
 //!   `ApproximateReceiveCount`); after the last, the queue's redrive policy moves it to the
@@ -16,6 +18,7 @@ use agentq::domain::events::TaskEvent;
 use agentq::domain::webhooks::{DeliveryJob, RetrySchedule};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::{DeliveryQueue, Requeue};
+use agentq::store::inserted_event;
 use agentq::usecases::webhooks::{self, NotifierStore, Outcome};
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -46,32 +49,22 @@ pub async fn handle(n: &Notifier, event: LambdaEvent<Value>) -> Result<Value, la
     Ok(json!({"batchItemFailures": failures}))
 }
 
-/// The stored form of an event, as the stream shows it.
-#[derive(serde::Deserialize)]
-struct EventImage {
-    sk: String,
-    data: String,
-}
-
-/// The task events among the stream's records: inserted `EVT#` items (the event source's
-/// filter passes only those; anything else is ignored here too).
+/// The task events among the stream's records: inserted `EVT#` items and inserted tasks
+/// (the event source's filter passes only those; anything else is ignored here too).
 pub fn task_events(event: StreamEvent) -> Vec<TaskEvent> {
     event
         .records
         .into_iter()
         .filter(|r| r.event_name == "INSERT")
-        .filter_map(|r| {
-            let image: EventImage = serde_dynamo::from_item(r.change.new_image).ok()?;
-            if !image.sk.starts_with("EVT#") {
-                return None;
-            }
-            match serde_json::from_str(&image.data) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    // Retrying cannot mend it: say so, and let the rest through.
-                    tracing::error!(error = %e, sk = image.sk, "a stored event does not parse; it is not delivered");
-                    None
-                }
+        .filter_map(|r| match inserted_event(r.change.new_image) {
+            Ok(event) => event,
+            Err(e) => {
+                // Retrying cannot mend it: say so, and let the rest through.
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    "a stored event does not read; it is not delivered"
+                );
+                None
             }
         })
         .collect()

@@ -1,8 +1,11 @@
-//! A task's event log: what happened to it, in order, each event written in the same
-//! transaction as the change it reports, so the log never says more or less than the record.
-//! Events are numbered per task from 1 (`seq`, contiguous) and carry a globally unique id
-//! (`evt_<ULID>`), the id a webhook delivery of the event carries too, so a receiver can drop
-//! a duplicate.
+//! A task's event log: what happened to it, in order. Events are numbered per task from 1
+//! (`seq`) and carry a globally unique id (`evt_<ULID>`), the id a webhook delivery of the
+//! event carries too, so a receiver can drop a duplicate.
+//!
+//! The first event, `task.queued` at seq 1, says only what the task's own record says and
+//! never changes (its id is `evt_` and the task's id): a store may derive it from the task
+//! instead of writing it ([`TaskEvent::accepted`]), so the log can never lack it or hold it
+//! for a task that does not exist.
 //!
 //! Content (prompts, answers, tool results) is never in an event, only referred to: a client
 //! reads it from `GET /v1/tasks/{id}/steps`.
@@ -113,6 +116,13 @@ impl TaskEvent {
         Self::new(task.task_id, seq, EventKind::Queued, now, data)
     }
 
+    /// A task's first event: it was accepted. All of it comes from the task's record as the
+    /// submit wrote it (id, priority, creation time), so it reads the same whenever it is
+    /// derived from the task, the id included.
+    pub fn accepted(task: &TaskRecord) -> Self {
+        Self { id: format!("evt_{}", task.task_id), ..Self::queued(task, 1, task.created_at) }
+    }
+
     /// A worker started (or resumed) the task.
     pub fn started(task: &TaskRecord, seq: u32, now: OffsetDateTime) -> Self {
         let data = json!({"task_id": task.task_id, "status": "running", "attempt": task.attempts, "spent": spent(&task.spend)});
@@ -198,6 +208,17 @@ mod tests {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
         assert_eq!(EventKind::ending(TaskStatus::Failed), EventKind::Failed);
+    }
+
+    #[test]
+    fn a_tasks_first_event_is_the_same_every_time_it_is_derived_from_the_task() {
+        let request = crate::domain::task::TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap();
+        let task = TaskRecord::new(request, "acme", crate::now());
+        let first = TaskEvent::accepted(&task);
+        assert_eq!((first.seq, first.kind, first.time), (1, EventKind::Queued, task.created_at));
+        assert_eq!(first.id, format!("evt_{}", task.task_id));
+        assert_eq!(first.data["status"], "queued");
+        assert_eq!(TaskEvent::accepted(&task), first);
     }
 
     #[test]

@@ -549,6 +549,10 @@ async fn a_tasks_log_numbers_every_change_in_order(store: &dyn Store) {
     let ids: std::collections::HashSet<String> =
         store.events(task.task_id, 0, 100).await.unwrap().events.into_iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), 4, "every event has its own id");
+    let first = store.events(task.task_id, 0, 1).await.unwrap();
+    assert_eq!(first.events, [TaskEvent::accepted(&task)], "the first event is the task's, whoever reads it");
+    assert_eq!(first.next, Some(1));
+    assert!(store.events(TaskId::new(), 0, 10).await.unwrap().events.is_empty(), "an unknown task has no log");
 
     // The transitions other functions make write to the log too.
     let cancelled = admitted(store, &t, now).await;

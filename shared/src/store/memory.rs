@@ -265,7 +265,7 @@ impl TaskCreate for MemoryStore {
         state.move_active(&task.tenant_id, 1, task.created_at);
         state.due.insert(task.task_id, task.created_at + self.reconcile_after);
         state.tasks.insert(task.task_id, (task.clone(), None));
-        state.append(TaskEvent::queued(task, 1, task.created_at))?;
+        state.append(TaskEvent::accepted(task))?;
         Ok(Admitted::Created)
     }
 
@@ -298,7 +298,7 @@ impl TaskCreate for MemoryStore {
         let mut held = task.clone();
         held.held = true;
         state.tasks.insert(task.task_id, (held, None));
-        state.append(TaskEvent::queued(task, 1, task.created_at))?;
+        state.append(TaskEvent::accepted(task))?;
         Ok(Admitted::Created)
     }
 

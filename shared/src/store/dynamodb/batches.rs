@@ -15,12 +15,11 @@ use super::{
     s, sdk_error, task_key, tenant_key, unavailable,
 };
 use crate::domain::batch::BatchRecord;
-use crate::domain::events::TaskEvent;
 use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
 use crate::store::{AdmittedMany, BatchKey, BatchStore, IDEMPOTENCY_WINDOW, Idempotency, StoreError};
 
-/// Tasks per transaction: two writes each (the task and its first event), within DynamoDB's
-/// 100 actions and 4 MB.
+/// Tasks per transaction (one write each: a task's first event is derived from its item),
+/// well within DynamoDB's 100 actions and 4 MB.
 const ADMIT_CHUNK: usize = 25;
 
 /// Reads of the count before a batch gives up taking slots (it moved under each one).
@@ -78,7 +77,7 @@ impl DynamoStore {
         Ok(0)
     }
 
-    /// Stores `tasks` (their slots taken) with their first events in one transaction. Slots
+    /// Stores `tasks` (their slots taken) in one transaction. Slots
     /// of tasks not stored are given back; a transaction whose answer was lost is looked up
     /// by its first task (stored: done; unknown: the slots are kept, as for one submit).
     async fn create_many(&self, tasks: &[TaskRecord]) -> Result<(), StoreError> {
@@ -103,17 +102,11 @@ impl DynamoStore {
         Err(failed)
     }
 
-    /// The writes that store `tasks`: each one's item and first event (long prompts are
-    /// stored first).
+    /// The writes that store `tasks`: each one's item (long prompts are stored first).
     async fn new_tasks_writes(&self, tasks: &[TaskRecord]) -> Result<Vec<TransactWriteItem>, StoreError> {
         // A chunk's at once: at most `ADMIT_CHUNK`.
         let puts = futures::future::try_join_all(tasks.iter().map(|task| self.new_task_put(task))).await?;
-        let mut items = Vec::with_capacity(2 * tasks.len());
-        for (task, put) in tasks.iter().zip(puts) {
-            items.push(TransactWriteItem::builder().put(put).build());
-            items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
-        }
-        Ok(items)
+        Ok(puts.into_iter().map(|put| TransactWriteItem::builder().put(put).build()).collect())
     }
 }
 

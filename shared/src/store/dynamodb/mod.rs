@@ -14,7 +14,7 @@
 //! | `BREAKER#<model>`  | `META`              | until when the model's circuit is open (any instance) |
 //! | `TASK#<id>`        | `STEP#<n>`          | a model answer a fork inherited (or recorded before answers went in their events) |
 //! | `TASK#<id>`        | `STEP#<n>#TOOL#<u>` | a recorded tool result (or an approval's decision) |
-//! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log; a `task.step` event carries its model answer (`step_sk`, `step` or `step_ref`) |
+//! | `TASK#<id>`        | `EVT#<seq>`         | an event of the task's log from seq 2 (the first is derived from `META`); a `task.step` event carries its model answer (`step_sk`, `step` or `step_ref`) |
 //! | `TASK#<id>`        | `DLV#<seq>#<target>#<id>` | an attempt to deliver an event (webhooks) |
 //! | `TENANT#<t>`       | `WEBHOOK#<id>`      | a webhook endpoint                      |
 //! | `TENANT#<t>`       | `SCHEDULE#<id>`     | a schedule (while active, `open`: `SCHEDULES`, next tick) |
@@ -31,7 +31,10 @@
 //! more units a step. Steps are read from both kinds of item, merged in step order. And what
 //! needs no transaction is not in one: a long prompt's item is a plain write before the task's
 //! (an orphan, if the task is then not stored, which nothing reads and TTL removes, as S3's
-//! lifecycle does a spilled prompt), and a model step is its progress, then its event.
+//! lifecycle does a spilled prompt), and a model step is its progress, then its event. A task's
+//! first event is not stored at all: it is derived from the task's item (by the log's reader,
+//! and by the notifier from the stream's insert of that item), so a submit without an
+//! idempotency key is one plain put, its index entries billed once instead of twice.
 
 mod batches;
 mod breakers;
@@ -410,6 +413,30 @@ struct EventItem {
     step_ref: Option<String>,
 }
 
+/// The task event a new item of the table reports, read from the table's stream (a new
+/// image): an inserted `EVT#` item is the event it holds, an inserted task's item
+/// (`TASK#<id>`, `META`) is the task's first event, derived as the log derives it
+/// ([`TaskEvent::accepted`]); any other item reports none. An item that does not read as
+/// what its keys say is an error: trying again cannot mend it.
+pub fn inserted_event(image: serde_dynamo::Item) -> Result<Option<TaskEvent>, StoreError> {
+    #[derive(Deserialize)]
+    struct Keys {
+        pk: String,
+        sk: String,
+    }
+    let keys: Keys = serde_dynamo::from_item(image.clone()).context("a stream image's keys").map_err(unavailable)?;
+    if keys.sk.starts_with("EVT#") {
+        let item: EventItem = serde_dynamo::from_item(image).context("an event item").map_err(unavailable)?;
+        let event = serde_json::from_str(&item.data).context("a stored event").map_err(unavailable)?;
+        Ok(Some(event))
+    } else if keys.sk == META && keys.pk.starts_with("TASK#") {
+        let item: TaskItem = serde_dynamo::from_item(image).context("a task's item").map_err(unavailable)?;
+        Ok(Some(TaskEvent::accepted(&item.record)))
+    } else {
+        Ok(None)
+    }
+}
+
 impl EventItem {
     /// The step this event carries, as if it were stored on its own.
     fn into_step(self) -> Option<StepItem> {
@@ -518,49 +545,47 @@ impl DynamoStore {
         outcome
     }
 
-    /// The transaction that creates an admitted task: its item (a long prompt stored first,
-    /// so a submit refused at the cap stores nothing), its idempotency key, its first event.
+    /// The write that creates an admitted task: its item (a long prompt stored first, so a
+    /// submit refused at the cap stores nothing), and with its idempotency key in one
+    /// transaction if it has one. Its first event is derived from the item
+    /// ([`TaskEvent::accepted`]), not written: without a key a task is one plain put, half
+    /// the units of a transaction, its index entries included.
     async fn create(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        let mut items = vec![TransactWriteItem::builder().put(self.new_task_put(task).await?).build()];
-        if let Some(idem) = admission.idempotency {
-            let now = task.created_at.unix_timestamp();
-            let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
-            let put = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(idem_key(&task.tenant_id, idem.key)))
-                .item("sk", s(META))
-                .item("task_id", s(task.task_id.to_string()))
-                .item("request_hash", s(idem.request_hash))
-                .item("expires_at", n(expires))
-                // An expired key is free again even before TTL deletes it.
-                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
-                .expression_attribute_values(":now", n(now))
-                .build()
-                .context("building a put")
-                .map_err(unavailable)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        // The log's first event, with the record it reports.
-        items.push(self.event_put(&TaskEvent::queued(task, 1, task.created_at))?);
+        let put = self.new_task_put(task).await?;
+        let Some(idem) = admission.idempotency else {
+            return self.put_alone(put).await.map(|()| Admitted::Created);
+        };
+        let now = task.created_at.unix_timestamp();
+        let expires = (task.created_at + IDEMPOTENCY_WINDOW).unix_timestamp();
+        let key = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(idem_key(&task.tenant_id, idem.key)))
+            .item("sk", s(META))
+            .item("task_id", s(task.task_id.to_string()))
+            .item("request_hash", s(idem.request_hash))
+            .item("expires_at", n(expires))
+            // An expired key is free again even before TTL deletes it.
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(now))
+            .build()
+            .context("building a put")
+            .map_err(unavailable)?;
+        let items = vec![TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().put(key).build()];
         match self.transact(items).await {
             Ok(()) => Ok(Admitted::Created),
             Err(TransactError::Store(e)) => Err(e),
             // The key is the part after the task's item.
-            Err(TransactError::Condition(failed)) => match admission.idempotency {
-                Some(idem) if failed.get(1).copied().unwrap_or(false) => {
-                    match self.idempotent_answer(&task.tenant_id, idem).await? {
-                        // It expired or vanished between our write and our read: try again.
-                        Admitted::Created => Err(StoreError::Conflict),
-                        seen => Ok(seen),
-                    }
+            Err(TransactError::Condition(failed)) if failed.get(1).copied().unwrap_or(false) => {
+                match self.idempotent_answer(&task.tenant_id, idem).await? {
+                    // It expired or vanished between our write and our read: try again.
+                    Admitted::Created => Err(StoreError::Conflict),
+                    seen => Ok(seen),
                 }
-                _ => Err(StoreError::Conflict),
-            },
+            }
+            Err(TransactError::Condition(_)) => Err(StoreError::Conflict),
         }
     }
 
-    /// What a stored idempotency key says of a request: the task it created (`Replayed`), a
-    /// different request under the key (`KeyReused`), or nothing stored (`Created`: go on).
     async fn idempotent_answer(&self, tenant: &str, idem: Idempotency<'_>) -> Result<Admitted, StoreError> {
         Ok(match self.stored_key(tenant, idem.key, "task_id").await? {
             Some((hash, Some(id))) if hash == idem.request_hash => match id.parse() {
@@ -1317,24 +1342,34 @@ impl TaskRead for DynamoStore {
     }
 
     async fn events(&self, id: TaskId, after: u32, limit: usize) -> Result<EventPage, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-            .expression_attribute_values(":pk", s(task_key(id)))
-            .expression_attribute_values(":from", s(event_key(after.saturating_add(1))))
-            .expression_attribute_values(":to", s(event_key(999_999)))
-            .consistent_read(true)
-            // One more than asked tells whether more follow.
-            .limit(limit as i32 + 1)
-            .send()
-            .await
-            .map_err(|e| sdk_error("Query", e))?;
+        let stored = async {
+            self.client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(task_key(id)))
+                .expression_attribute_values(":from", s(event_key(after.saturating_add(1))))
+                .expression_attribute_values(":to", s(event_key(999_999)))
+                .consistent_read(true)
+                // One more than asked tells whether more follow.
+                .limit(limit as i32 + 1)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))
+        };
+        // The first page begins with the task's first event, derived from its item (a task
+        // stored before that was so has it stored, and it is read as any other).
+        let task = async { if after == 0 { self.task_item(id).await } else { Ok(None) } };
+        let (out, task) = futures::try_join!(stored, task)?;
         let mut events = Vec::new();
         for i in out.items.unwrap_or_default() {
             let item: EventItem = from_item(i)?;
             events.push(serde_json::from_str::<TaskEvent>(&item.data).context("a stored event").map_err(unavailable)?);
+        }
+        if let Some(task) = task
+            && events.first().is_none_or(|e| e.seq != 1)
+        {
+            events.insert(0, TaskEvent::accepted(&task.record));
         }
         let more = events.len() > limit;
         events.truncate(limit);
@@ -2290,5 +2325,48 @@ mod tests {
         let e = Expr::default().set("#a = :a").add("#n :one").remove("#r").when("#a = :x").when("#b < :y");
         assert_eq!(e.update_expression(), "SET #a = :a ADD #n :one REMOVE #r");
         assert_eq!(e.condition().unwrap(), "(#a = :x) AND (#b < :y)");
+    }
+
+    #[test]
+    fn a_new_tasks_stream_image_is_its_first_event_and_an_event_items_is_its_event() {
+        let request = crate::domain::task::TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap();
+        let task = TaskRecord::new(request, "acme", crate::now());
+        let stored = TaskItem {
+            pk: task_key(task.task_id),
+            sk: META.into(),
+            tasks_pk: Some(tasks_index("acme")),
+            gsi1pk: None,
+            gsi1sk: None,
+            record: task.clone(),
+            lease_owner: None,
+            lease_until: None,
+            expires_at: 1,
+            prompt_ref: None,
+            prompt_apart: false,
+            result_ref: None,
+            open_pk: Some(open_shard(task.task_id)),
+            due_at: Some(1),
+        };
+        fn image(v: &impl Serialize) -> serde_dynamo::Item {
+            serde_dynamo::to_item(v).unwrap()
+        }
+        assert_eq!(inserted_event(image(&stored)).unwrap(), Some(TaskEvent::accepted(&task)));
+        let started = TaskEvent::started(&task, 2, crate::now());
+        let event = EventItem {
+            pk: task_key(task.task_id),
+            sk: event_key(2),
+            data: serde_json::to_string(&started).unwrap(),
+            expires_at: 1,
+            step_sk: None,
+            step: None,
+            step_ref: None,
+        };
+        assert_eq!(inserted_event(image(&event)).unwrap(), Some(started));
+        let tenant: serde_dynamo::Item =
+            HashMap::from([("pk".to_owned(), s("TENANT#acme")), ("sk".to_owned(), s(META))]).into();
+        assert_eq!(inserted_event(tenant).unwrap(), None, "not a task's");
+        let broken: serde_dynamo::Item =
+            HashMap::from([("pk".to_owned(), s(task_key(task.task_id))), ("sk".to_owned(), s(event_key(3)))]).into();
+        assert!(inserted_event(broken).is_err(), "an event item without its event says so");
     }
 }
