@@ -55,8 +55,9 @@ for line in sys.stdin:
     op = d["operation"].removesuffix("Output")
     if op.startswith(("Get", "Query", "BatchGet")):
         continue
-    # A task starts with its submit (rate limit, running slot, then its transaction).
-    if d.get("function") == "submit" and (not tasks or any(w[:2] == ("submit", "Tx") for w in tasks[-1])):
+    # A task starts with the first write of its submit (rate limit, running slot, the task):
+    # a submit write after writes of the worker belongs to the next task.
+    if d.get("function") == "submit" and (not tasks or any(w[0] == "worker" for w in tasks[-1])):
         tasks.append([])
     if tasks:
         tasks[-1].append((d["function"], short(op), d["total"], d["total"] - d["table"]))

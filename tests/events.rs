@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agentq::domain::tenant::Limits;
 use agentq_tests::{CalculatorScript, TestApp};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use wiremock::Mock;
 use wiremock::matchers::method;
@@ -54,5 +55,31 @@ async fn events_are_the_tenants_own_and_bad_cursors_are_refused() {
     assert_eq!((status, body["code"].as_str()), (400, Some("validation_failed")));
     let (_, queued) = events(&app, &id, &[]).await;
     assert_eq!(queued["events"][0]["type"], "task.queued");
+    app.drain().await;
+}
+
+#[tokio::test]
+async fn a_task_stored_with_its_first_event_written_shows_that_event_once() {
+    // Before the first event was derived from the task's item, submit wrote it as `EVT#000001`.
+    let app = TestApp::spawn().await;
+    let id = app.submit("stored the old way").await;
+    let (_, derived) = events(&app, &id, &[]).await;
+    assert_eq!(derived["events"][0]["id"], format!("evt_{id}"), "derived from the task: {derived}");
+    let mut written = derived["events"][0].clone();
+    written["id"] = "evt_01M0000000000000000000WRTN".into();
+    app.dynamodb
+        .put_item()
+        .table_name(&app.table)
+        .item("pk", AttributeValue::S(format!("TASK#{id}")))
+        .item("sk", AttributeValue::S("EVT#000001".into()))
+        .item("data", AttributeValue::S(written.to_string()))
+        .item("expires_at", AttributeValue::N("4102444800".into()))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = events(&app, &id, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["events"][0], written, "the stored one, once");
     app.drain().await;
 }

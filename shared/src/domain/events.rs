@@ -81,7 +81,7 @@ impl EventKind {
 /// One event of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
-    /// Unique across all tasks: `evt_<ULID>`.
+    /// Unique across all tasks: `evt_<ULID>` (a task's first event: `evt_<task id>`).
     pub id: String,
     pub task_id: TaskId,
     /// 1 for the task's first event, then in order; a seq a claim reserved for a worker that
