@@ -886,10 +886,9 @@ impl DynamoStore {
     /// The slot is given back by a plain update of its own after the transaction, as a submit
     /// takes it by one before the task is written: inside the transaction it cost two units
     /// more, and held the tenant's count item for the transaction's length while every submit
-    /// of the tenant updates that item, so submits conflicted with ends and waited (0.7
-    /// retries a submit in the bench, 20 clients of one tenant). A count left one too high by
-    /// a crash between the two writes is set right by the reconciler's repair, as a
-    /// submit's is.
+    /// of the tenant updates that item, so a submit and an end could conflict and one of them
+    /// wait and retry. A count left one too high by a crash between the two writes is set
+    /// right by the reconciler's repair, as a submit's is.
     async fn terminal(
         &self,
         task: &TaskRecord,
