@@ -586,6 +586,8 @@ impl DynamoStore {
         }
     }
 
+    /// What a stored idempotency key says of a request: the task it created (`Replayed`), a
+    /// different request under the key (`KeyReused`), or nothing stored (`Created`: go on).
     async fn idempotent_answer(&self, tenant: &str, idem: Idempotency<'_>) -> Result<Admitted, StoreError> {
         Ok(match self.stored_key(tenant, idem.key, "task_id").await? {
             Some((hash, Some(id))) if hash == idem.request_hash => match id.parse() {
