@@ -37,6 +37,7 @@
 //! records of the batch finish normally. (The deployed build keeps `panic = "unwind"` for this.)
 
 mod meter;
+mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,7 +66,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::FutureExt as _;
 use lambda_runtime::LambdaEvent;
-pub use meter::{TENANT_TTL, TenantCache};
+pub use tenants::{TENANT_TTL, TenantCache};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -145,7 +146,7 @@ pub struct Worker {
     pub queue: Arc<dyn TaskQueue>,
     pub requeue: Arc<dyn Requeue>,
     pub settings: WorkerSettings,
-    /// Tenants' per-minute model limits, as this instance last read them.
+    /// Tenants' limits as this instance last read them (model metering, held lines).
     pub tenants: TenantCache,
 }
 
@@ -745,9 +746,13 @@ async fn wait(run: &Run<'_>, pending: Vec<PendingCall>) -> Disposition {
     }
 }
 
-/// The task's slot is free: the tenant's oldest held task, if any, takes it.
+/// The task's slot is free: the tenant's oldest held task, if any, takes it. Only a tenant
+/// that holds work is asked (its limits from the instance's cache, which the run's start read).
 async fn start_held(run: &Run<'_>) {
     let worker = run.worker;
+    if !worker.tenants.holds(worker.store.as_ref(), &run.task.tenant_id).await {
+        return;
+    }
     agentq::usecases::held::start_held(
         worker.store.as_ref(),
         worker.queue.as_ref(),
