@@ -1,7 +1,8 @@
 //! The notifier: webhooks from the durable record. Two event sources feed it:
 //!
 //! - **The task table's stream** (DynamoDB Streams, new images, filtered to inserted `EVT#`
-//!   items and inserted tasks): each event appended to a task's log is fanned out to
+//!   items and inserted tasks): each event appended to a task's log (two from an end written
+//!   with the answer before it) is fanned out to
 //!   delivery jobs on the webhook queue, and a new task's first event (`task.queued`, which
 //!   is derived from the task's item, not stored) with it. Because the stream is fed by the
 //!   write itself, a worker that dies just after writing a task's end still has its webhook
@@ -18,7 +19,7 @@ use agentq::domain::events::TaskEvent;
 use agentq::domain::webhooks::{DeliveryJob, RetrySchedule};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::{DeliveryQueue, Requeue};
-use agentq::store::inserted_event;
+use agentq::store::inserted_events;
 use agentq::usecases::webhooks::{self, NotifierStore, Outcome};
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -56,15 +57,15 @@ pub fn task_events(event: StreamEvent) -> Vec<TaskEvent> {
         .records
         .into_iter()
         .filter(|r| r.event_name == "INSERT")
-        .filter_map(|r| match inserted_event(r.change.new_image) {
-            Ok(event) => event,
+        .flat_map(|r| match inserted_events(r.change.new_image) {
+            Ok(events) => events,
             Err(e) => {
                 // Retrying cannot mend it: say so, and let the rest through.
                 tracing::error!(
                     error = format!("{:#}", anyhow::Error::from(e)),
                     "a stored event does not read; it is not delivered"
                 );
-                None
+                Vec::new()
             }
         })
         .collect()

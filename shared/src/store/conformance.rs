@@ -794,6 +794,14 @@ async fn a_runs_last_answer_is_recorded_with_its_end_or_not_at_all(store: &dyn S
     assert_eq!(store.steps(task.task_id).await.unwrap(), [Step::Model(first), Step::Model(last)]);
     let log: Vec<EventKind> = kinds(store, task.task_id, 0).await.into_iter().map(|(_, kind)| kind).collect();
     assert_eq!(log, [EventKind::Queued, EventKind::Step, EventKind::Step, EventKind::Succeeded]);
+    // Written together, read apart: from any seq, one page at a time, each once.
+    let (answered, ended) = (made.event.seq + 1, made.event.seq + 2);
+    assert_eq!(kinds(store, task.task_id, answered).await, [(ended, EventKind::Succeeded)]);
+    assert_eq!(kinds(store, task.task_id, ended).await, []);
+    let page = store.events(task.task_id, made.event.seq, 1).await.unwrap();
+    assert_eq!((page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), page.next), (vec![answered], Some(answered)));
+    let page = store.events(task.task_id, answered, 1).await.unwrap();
+    assert_eq!((page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), page.next), (vec![ended], None));
     let ended = store.get(task.task_id).await.unwrap().unwrap();
     assert_eq!((ended.status, ended.spend.step, ended.spend.usage.cost_nanos), (TaskStatus::Succeeded, 2, 300));
     count_is_true(store, &t, now).await;

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use dynamodb::{DynamoStore, inserted_event};
+pub use dynamodb::{DynamoStore, inserted_events};
 pub use memory::MemoryStore;
 
 use crate::domain::approval::{Decision, PendingCall};

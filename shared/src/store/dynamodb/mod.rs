@@ -399,6 +399,12 @@ fn event_key(seq: u32) -> String {
 
 /// A stored event: the [`TaskEvent`] as JSON text; a `task.step` event also holds the model
 /// answer it announces (as a [`StepItem`] would: its sort key, its JSON text or a pointer).
+///
+/// A task's end written with the answer that ended its run is one item: the answer's
+/// `task.step` event and the answer, as any step's, with the end's event (the next seq) in
+/// `end`. Inside the ending transaction every item costs twice, so the two events in one item
+/// are two write units fewer a task; readers give them back as two events
+/// ([`EventItem::events`]), and a read after the answer's seq reads its item too, for the end.
 #[derive(Serialize, Deserialize)]
 struct EventItem {
     pk: String,
@@ -411,14 +417,16 @@ struct EventItem {
     step: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     step_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
 }
 
-/// The task event a new item of the table reports, read from the table's stream (a new
-/// image): an inserted `EVT#` item is the event it holds, an inserted task's item
-/// (`TASK#<id>`, `META`) is the task's first event, derived as the log derives it
-/// ([`TaskEvent::accepted`]); any other item reports none. An item that does not read as
-/// what its keys say is an error: trying again cannot mend it.
-pub fn inserted_event(image: serde_dynamo::Item) -> Result<Option<TaskEvent>, StoreError> {
+/// The task events a new item of the table reports, read from the table's stream (a new
+/// image): an inserted `EVT#` item is the events it holds (one, or an answer and the end
+/// written with it), an inserted task's item (`TASK#<id>`, `META`) is the task's first event,
+/// derived as the log derives it ([`TaskEvent::accepted`]); any other item reports none. An
+/// item that does not read as what its keys say is an error: trying again cannot mend it.
+pub fn inserted_events(image: serde_dynamo::Item) -> Result<Vec<TaskEvent>, StoreError> {
     #[derive(Deserialize)]
     struct Keys {
         pk: String,
@@ -427,21 +435,60 @@ pub fn inserted_event(image: serde_dynamo::Item) -> Result<Option<TaskEvent>, St
     let keys: Keys = serde_dynamo::from_item(image.clone()).context("a stream image's keys").map_err(unavailable)?;
     if keys.sk.starts_with("EVT#") {
         let item: EventItem = serde_dynamo::from_item(image).context("an event item").map_err(unavailable)?;
-        let event = serde_json::from_str(&item.data).context("a stored event").map_err(unavailable)?;
-        Ok(Some(event))
+        item.events()
     } else if keys.sk == META && keys.pk.starts_with("TASK#") {
         let item: TaskItem = serde_dynamo::from_item(image).context("a task's item").map_err(unavailable)?;
-        Ok(Some(TaskEvent::accepted(&item.record)))
+        Ok(vec![TaskEvent::accepted(&item.record)])
     } else {
-        Ok(None)
+        Ok(Vec::new())
     }
 }
 
 impl EventItem {
+    /// The events the item holds, in order: its own, then the end written with it, if any
+    /// (whose spending, the same as the answer's event's, is stored once).
+    fn events(&self) -> Result<Vec<TaskEvent>, StoreError> {
+        let task: TaskId = self
+            .pk
+            .strip_prefix("TASK#")
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| unavailable(anyhow::anyhow!("an event item outside a task: {}", self.pk)))?;
+        let parse = |json: &str| serde_json::from_str::<serde_json::Value>(json).context("a stored event");
+        let own = parse(&self.data).map_err(unavailable)?;
+        let mut events = Vec::with_capacity(2);
+        if let Some(end) = &self.end {
+            let mut end = parse(end).map_err(unavailable)?;
+            if let (Some(data), Some(spent)) = (end["data"].as_object_mut(), own["data"].get("spent")) {
+                data.entry("spent").or_insert_with(|| spent.clone());
+            }
+            events.push(end);
+        }
+        events.insert(0, own);
+        events
+            .into_iter()
+            .map(|e| TaskEvent::from_stored(task, e).context("a stored event").map_err(unavailable))
+            .collect()
+    }
+
     /// The step this event carries, as if it were stored on its own.
     fn into_step(self) -> Option<StepItem> {
         let sk = self.step_sk?;
         Some(StepItem { pk: self.pk, sk, data: self.step, data_ref: self.step_ref, expires_at: self.expires_at })
+    }
+}
+
+/// What a task's end appends to its log: the end's event, and the answer that ended the run
+/// with its `task.step` event when the run is recorded with its end (one item, see
+/// [`EventItem`]).
+#[derive(Clone, Copy)]
+struct Ending<'a> {
+    event: &'a TaskEvent,
+    answer: Option<(&'a ModelStep, &'a TaskEvent)>,
+}
+
+impl<'a> From<&'a TaskEvent> for Ending<'a> {
+    fn from(event: &'a TaskEvent) -> Self {
+        Self { event, answer: None }
     }
 }
 
@@ -895,11 +942,12 @@ impl DynamoStore {
         &self,
         task: &TaskRecord,
         task_update: Expr,
-        ending: &TaskEvent,
+        end: Ending<'_>,
         spend: &Spend,
         now: OffsetDateTime,
         extra: Vec<TransactWriteItem>,
     ) -> Result<(), StoreError> {
+        let ending = end.event;
         let total = &spend.usage;
         let status = match ending.kind {
             EventKind::Succeeded => TaskStatus::Succeeded,
@@ -955,10 +1003,24 @@ impl DynamoStore {
             .iter()
             .enumerate()
             .fold(day, |e, (i, (m, c))| e.add(format!("#{} :m{i}", model_cost_attr(m))).val(&format!(":m{i}"), n(*c)));
+        let end_put = match end.answer {
+            None => self.event_item_put(ending)?,
+            // Under the answer's seq, so a seq written before refuses the whole end.
+            Some((step, announced)) => {
+                let mut end = ending.to_stored();
+                if let Some(data) = end["data"].as_object_mut()
+                    && data.get("spent") == announced.data.get("spent")
+                {
+                    data.remove("spent");
+                }
+                let item = EventItem { end: Some(end.to_string()), ..self.event_item(announced)? };
+                self.put_new(&self.carrying(item, task.task_id, &Step::Model(step.clone())).await?)?
+            }
+        };
         let mut items = vec![
             TransactWriteItem::builder().update(task_update.on(&self.table, task_key(task.task_id), META)?).build(),
             self.counter(&task.tenant_id, &format!("USAGE#{}", day_of(now)), day)?,
-            self.event_put(ending)?,
+            TransactWriteItem::builder().put(end_put).build(),
         ];
         items.extend(extra);
         self.transact(items).await?;
@@ -982,24 +1044,25 @@ impl DynamoStore {
         Ok(EventItem {
             pk: task_key(event.task_id),
             sk: event_key(event.seq),
-            data: serde_json::to_string(event).context("serializing an event").map_err(unavailable)?,
+            // Without what the key gives back (`TaskEvent::to_stored`).
+            data: event.to_stored().to_string(),
             expires_at: (crate::now() + self.retention).unix_timestamp(),
             step_sk: None,
             step: None,
             step_ref: None,
+            end: None,
         })
     }
 
     /// The put of a `task.step` event holding the model answer it announces.
     async fn step_event_put(&self, id: TaskId, step: &Step, event: &TaskEvent) -> Result<Put, StoreError> {
+        self.put_new(&self.carrying(self.event_item(event)?, id, step).await?)
+    }
+
+    /// `item` holding `step` too, as its own item would (its JSON text, or a pointer to S3).
+    async fn carrying(&self, item: EventItem, id: TaskId, step: &Step) -> Result<EventItem, StoreError> {
         let stored = self.step_item(id, step).await?;
-        let item = EventItem {
-            step_sk: Some(stored.sk),
-            step: stored.data,
-            step_ref: stored.data_ref,
-            ..self.event_item(event)?
-        };
-        self.put_new(&item)
+        Ok(EventItem { step_sk: Some(stored.sk), step: stored.data, step_ref: stored.data_ref, ..item })
     }
 
     /// The put of a step item, never over an existing one.
@@ -1302,7 +1365,7 @@ impl TaskCreate for DynamoStore {
             .into_iter()
             .collect();
         let ending = TaskEvent::ended(task.task_id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
-        self.terminal(task, update, &ending, &task.spend, now, extra).await
+        self.terminal(task, update, (&ending).into(), &task.spend, now, extra).await
     }
 }
 
@@ -1358,11 +1421,13 @@ impl TaskRead for DynamoStore {
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
                 .expression_attribute_values(":pk", s(task_key(id)))
-                .expression_attribute_values(":from", s(event_key(after.saturating_add(1))))
+                // From `after`'s own item: an answer's holds the end written with it, the next.
+                .expression_attribute_values(":from", s(event_key(after)))
                 .expression_attribute_values(":to", s(event_key(999_999)))
                 .consistent_read(true)
-                // One more than asked tells whether more follow.
-                .limit(limit as i32 + 1)
+                // One more than asked tells whether more follow, past `after`'s item (every
+                // other item holds at least one event after it).
+                .limit(limit as i32 + 2)
                 .send()
                 .await
                 .map_err(|e| sdk_error("Query", e))
@@ -1374,7 +1439,7 @@ impl TaskRead for DynamoStore {
         let mut events = Vec::new();
         for i in out.items.unwrap_or_default() {
             let item: EventItem = from_item(i)?;
-            events.push(serde_json::from_str::<TaskEvent>(&item.data).context("a stored event").map_err(unavailable)?);
+            events.extend(item.events()?.into_iter().filter(|e| e.seq > after));
         }
         if let Some(task) = task
             && events.first().is_none_or(|e| e.seq != 1)
@@ -1520,7 +1585,9 @@ impl TaskCancel for DynamoStore {
                     let error = cancelled_error();
                     let ending =
                         TaskEvent::ended(id, task.events + 1, TaskStatus::Cancelled, &task.spend, Some(&error), now);
-                    self.terminal(&task, update, &ending, &task.spend, now, vec![]).await.map(|()| Cancelled::Now)
+                    self.terminal(&task, update, (&ending).into(), &task.spend, now, vec![])
+                        .await
+                        .map(|()| Cancelled::Now)
                 }
                 _ => self
                     .update_task(
@@ -1625,12 +1692,8 @@ impl TaskRun for DynamoStore {
             // The pointer is written with the rest of the terminal state.
             update = update.set("#result_ref = :result_ref").val(":result_ref", s(key));
         }
-        let mut extra = Vec::new();
-        if let Some((step, event)) = &f.last_step {
-            let put = self.step_event_put(task.task_id, &Step::Model(step.clone()), event).await?;
-            extra.push(TransactWriteItem::builder().put(put).build());
-        }
-        self.terminal(task, update, &f.event, &f.spend, f.now, extra).await
+        let end = Ending { event: &f.event, answer: f.last_step.as_ref().map(|(step, event)| (step, event)) };
+        self.terminal(task, update, end, &f.spend, f.now, vec![]).await
     }
 
     async fn record_model_step(
@@ -1825,7 +1888,7 @@ impl TaskDeadLetter for DynamoStore {
             &task,
         );
         let ending = TaskEvent::ended(id, task.events + 1, TaskStatus::Failed, &task.spend, Some(error), now);
-        match self.terminal(&task, update, &ending, &task.spend, now, vec![]).await {
+        match self.terminal(&task, update, (&ending).into(), &task.spend, now, vec![]).await {
             Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
@@ -2338,7 +2401,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_tasks_stream_image_is_its_first_event_and_an_event_items_is_its_event() {
+    fn a_new_tasks_stream_image_is_its_first_event_and_an_event_items_are_its_events() {
         let request = crate::domain::task::TaskRequest::parse(br#"{"prompt":"hi"}"#, &Default::default()).unwrap();
         let task = TaskRecord::new(request, "acme", crate::now());
         let stored = TaskItem {
@@ -2360,7 +2423,7 @@ mod tests {
         fn image(v: &impl Serialize) -> serde_dynamo::Item {
             serde_dynamo::to_item(v).unwrap()
         }
-        assert_eq!(inserted_event(image(&stored)).unwrap(), Some(TaskEvent::accepted(&task)));
+        assert_eq!(inserted_events(image(&stored)).unwrap(), vec![TaskEvent::accepted(&task)]);
         let started = TaskEvent::started(&task, 2, crate::now());
         let event = EventItem {
             pk: task_key(task.task_id),
@@ -2370,13 +2433,32 @@ mod tests {
             step_sk: None,
             step: None,
             step_ref: None,
+            end: None,
         };
-        assert_eq!(inserted_event(image(&event)).unwrap(), Some(started));
+        assert_eq!(inserted_events(image(&event)).unwrap(), vec![started.clone()]);
+        // An answer written with the end after it: both, the answer's first.
+        let step = ModelStep {
+            step: 1,
+            model: "m".into(),
+            content: vec![],
+            stop_reason: crate::llm::StopReason::EndTurn,
+            usage: Default::default(),
+            call: None,
+        };
+        let answered = TaskEvent::step(task.task_id, 3, &step, &task.spend, crate::now());
+        let ended = TaskEvent::ended(task.task_id, 4, TaskStatus::Succeeded, &task.spend, None, crate::now());
+        let end = EventItem {
+            sk: event_key(3),
+            data: serde_json::to_string(&answered).unwrap(),
+            end: Some(serde_json::to_string(&ended).unwrap()),
+            ..event
+        };
+        assert_eq!(inserted_events(image(&end)).unwrap(), vec![answered, ended]);
         let tenant: serde_dynamo::Item =
             HashMap::from([("pk".to_owned(), s("TENANT#acme")), ("sk".to_owned(), s(META))]).into();
-        assert_eq!(inserted_event(tenant).unwrap(), None, "not a task's");
+        assert_eq!(inserted_events(tenant).unwrap(), vec![], "not a task's");
         let broken: serde_dynamo::Item =
             HashMap::from([("pk".to_owned(), s(task_key(task.task_id))), ("sk".to_owned(), s(event_key(3)))]).into();
-        assert!(inserted_event(broken).is_err(), "an event item without its event says so");
+        assert!(inserted_events(broken).is_err(), "an event item without its event says so");
     }
 }
