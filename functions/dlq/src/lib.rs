@@ -26,6 +26,9 @@ pub struct Sweeper {
     pub dlqs: Vec<String>,
 }
 
+/// How long the scheduled sweep reads the queues, within the function's timeout.
+pub const SWEEP_BUDGET: Duration = Duration::from_secs(40);
+
 /// One sweep of every dead-letter queue, within `budget`.
 pub async fn sweep(s: &Sweeper, budget: Duration) -> anyhow::Result<(usize, usize)> {
     Ok(agentq::usecases::deadletter::sweep(s.dead.as_ref(), s.store.as_ref(), &s.dlqs, budget).await?)
@@ -33,7 +36,7 @@ pub async fn sweep(s: &Sweeper, budget: Duration) -> anyhow::Result<(usize, usiz
 
 /// Handles the scheduled event.
 pub async fn handle(s: &Sweeper, _event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
-    let (seen, marked) = sweep(s, Duration::from_secs(40)).await?;
+    let (seen, marked) = sweep(s, SWEEP_BUDGET).await?;
     if seen > 0 {
         tracing::warn!(dead_messages = seen, tasks_marked = marked, "dead-letter queues swept");
     }
