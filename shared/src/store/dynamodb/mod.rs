@@ -927,10 +927,11 @@ impl DynamoStore {
             .on(&self.table, tenant_key(tenant), "ACTIVE")
     }
 
-    /// Moves `task` (as it was read) to the terminal state `ending` reports, with
-    /// `task_update` (whose condition states when that is allowed), appends `ending` to its
-    /// log and adds the usage the tenant's counters have not seen yet (`total` beyond what
-    /// `task.counted` says) to the day, atomically; then gives the task's running slot back.
+    /// Moves `task` (as it was read) to the terminal state `end.event` reports, with
+    /// `task_update` (whose condition states when that is allowed), appends the end to its
+    /// log (with the answer that ended the run, in one item, when `end` has one) and adds the
+    /// usage the tenant's counters have not seen yet (`total` beyond what `task.counted` says)
+    /// to the day, atomically; then gives the task's running slot back.
     ///
     /// The slot is given back by a plain update of its own after the transaction, as a submit
     /// takes it by one before the task is written: inside the transaction it cost two units
