@@ -95,6 +95,16 @@ pub struct TaskEvent {
     pub data: Value,
 }
 
+/// Where a task's steps are read (an event points to content, never holds it).
+fn steps_url(task: TaskId) -> String {
+    format!("/v1/tasks/{task}/steps")
+}
+
+/// Where a task is read.
+fn task_url(task: TaskId) -> String {
+    format!("/v1/tasks/{task}")
+}
+
 /// A task's spending as events show it: model calls, tokens and dollars so far.
 fn spent(spend: &Spend) -> Value {
     json!({
@@ -145,7 +155,7 @@ impl TaskEvent {
             "tool_calls": tools,
             "usage": {"input_tokens": step.usage.input_tokens, "output_tokens": step.usage.output_tokens, "cost_usd": step.usage.cost_usd()},
             "spent": spent(spend),
-            "steps_url": format!("/v1/tasks/{task}/steps"),
+            "steps_url": steps_url(task),
         });
         Self::new(task, seq, EventKind::Step, now, data)
     }
@@ -165,7 +175,7 @@ impl TaskEvent {
             "status": "waiting_for_input",
             "pending": calls,
             "waiting_until": until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "task_url": format!("/v1/tasks/{task}"),
+            "task_url": task_url(task),
         });
         Self::new(task, seq, EventKind::WaitingForInput, now, data)
     }
@@ -189,8 +199,7 @@ impl TaskEvent {
         error: Option<&TaskError>,
         now: OffsetDateTime,
     ) -> Self {
-        let mut data =
-            json!({"task_id": task, "status": status, "spent": spent(spend), "task_url": format!("/v1/tasks/{task}")});
+        let mut data = json!({"task_id": task, "status": status, "spent": spent(spend), "task_url": task_url(task)});
         if let Some(error) = error {
             data["error"] = json!(error);
         }
@@ -209,14 +218,10 @@ impl TaskEvent {
             fields.remove("task_id");
         }
         if let Some(data) = stored.get_mut("data").and_then(Value::as_object_mut) {
-            let id = self.task_id.to_string();
             for (field, derived) in Self::derived(self.task_id, self.kind) {
                 if data.get(field).and_then(Value::as_str) == Some(derived.as_str()) {
                     data.remove(field);
                 }
-            }
-            if data.get("task_id").and_then(Value::as_str) == Some(id.as_str()) {
-                data.remove("task_id");
             }
         }
         stored
@@ -230,7 +235,6 @@ impl TaskEvent {
             fields.entry("task_id").or_insert_with(|| json!(task));
         }
         if let (Some(kind), Some(data)) = (kind, stored.get_mut("data").and_then(Value::as_object_mut)) {
-            data.entry("task_id").or_insert_with(|| json!(task));
             for (field, derived) in Self::derived(task, kind) {
                 data.entry(field).or_insert(Value::String(derived));
             }
@@ -238,15 +242,18 @@ impl TaskEvent {
         serde_json::from_value(stored)
     }
 
-    /// The links an event of `kind` carries in its data, built from its task's id.
+    /// What the data of an event of `kind` holds that is built from its task's id: the id
+    /// itself (every kind) and the link the kind carries.
     fn derived(task: TaskId, kind: EventKind) -> Vec<(&'static str, String)> {
+        let mut fields = vec![("task_id", task.to_string())];
         match kind {
-            EventKind::Step => vec![("steps_url", format!("/v1/tasks/{task}/steps"))],
+            EventKind::Step => fields.push(("steps_url", steps_url(task))),
             EventKind::WaitingForInput | EventKind::Succeeded | EventKind::Failed | EventKind::Cancelled => {
-                vec![("task_url", format!("/v1/tasks/{task}"))]
+                fields.push(("task_url", task_url(task)));
             }
-            EventKind::Queued | EventKind::Started | EventKind::Resumed => vec![],
+            EventKind::Queued | EventKind::Started | EventKind::Resumed => {}
         }
+        fields
     }
 }
 

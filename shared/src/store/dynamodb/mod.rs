@@ -455,17 +455,18 @@ impl EventItem {
             .ok_or_else(|| unavailable(anyhow::anyhow!("an event item outside a task: {}", self.pk)))?;
         let parse = |json: &str| serde_json::from_str::<serde_json::Value>(json).context("a stored event");
         let own = parse(&self.data).map_err(unavailable)?;
-        let mut events = Vec::with_capacity(2);
-        if let Some(end) = &self.end {
-            let mut end = parse(end).map_err(unavailable)?;
-            if let (Some(data), Some(spent)) = (end["data"].as_object_mut(), own["data"].get("spent")) {
-                data.entry("spent").or_insert_with(|| spent.clone());
+        let end = match &self.end {
+            Some(end) => {
+                let mut end = parse(end).map_err(unavailable)?;
+                if let (Some(data), Some(spent)) = (end["data"].as_object_mut(), own["data"].get("spent")) {
+                    data.entry("spent").or_insert_with(|| spent.clone());
+                }
+                Some(end)
             }
-            events.push(end);
-        }
-        events.insert(0, own);
-        events
-            .into_iter()
+            None => None,
+        };
+        std::iter::once(own)
+            .chain(end)
             .map(|e| TaskEvent::from_stored(task, e).context("a stored event").map_err(unavailable))
             .collect()
     }
