@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use agentq::domain::tenant::Limits;
-use agentq::store::TenantAdmin;
+use agentq::store::{TaskReconcile as _, TenantAdmin};
 use agentq_tests::{CalculatorScript, TestApp, answer, body_json, message, prompt_of};
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -143,6 +143,32 @@ async fn a_tenant_over_its_monthly_budget_is_refused_with_budget_exhausted() {
     let body = body_json(refused.body());
     assert_eq!(body["code"], "budget_exhausted");
     assert!(body["detail"].as_str().unwrap().contains("0.0045"), "{body}");
+    assert_count_is_true(&app, "thrifty").await;
+    app.drain().await;
+}
+
+/// The tenant's running count equals its open tasks: no slot was kept by a refused submit.
+async fn assert_count_is_true(app: &TestApp, tenant: &str) {
+    let never = Duration::from_secs(10 * 365 * 86_400);
+    let drift = app.store.repair_counts(never, agentq::now()).await.unwrap();
+    assert!(drift.iter().all(|r| r.tenant != tenant), "a refused submit kept a running slot: {drift:?}");
+}
+
+#[tokio::test]
+async fn a_request_refused_as_invalid_spends_neither_the_rate_limit_nor_a_running_slot() {
+    let app = TestApp::spawn().await;
+    let key = app.tenant("sloppy", limits(0.01, 1, 1, None)).await;
+    for bad in [json!({"prompt": 5}), json!({"prompt": "hi", "webhook": {"url": "ftp://example.com"}})] {
+        let r = app.post_as(&key, &bad, &[]).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    assert_count_is_true(&app, "sloppy").await;
+    let first = app.post_as(&key, &json!({"prompt": "valid"}), &[]).await;
+    assert_eq!(first.status(), 202, "the burst of one is whole");
+    assert_eq!(first.headers()["ratelimit-remaining"], "0");
+    let second = app.post_as(&key, &json!({"prompt": "again"}), &[]).await;
+    assert_eq!(body_json(second.body())["code"], "rate_limited");
+    assert_count_is_true(&app, "sloppy").await;
     app.drain().await;
 }
 

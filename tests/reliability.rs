@@ -13,7 +13,7 @@ use agentq::agent::{Tool, ToolContext, ToolError, ToolRegistry};
 use agentq::domain::task::{Priority, TaskMessage, TaskRecord, TaskRequest};
 use agentq::llm::ToolSpec;
 use agentq::queue::SqsQueue;
-use agentq::store::{Admission, Lease, TaskCreate as _, TaskRead as _, TaskRun as _};
+use agentq::store::{Admission, Lease, Slot, TaskCreate as _, TaskRead as _, TaskRun as _};
 use agentq_tests::{
     MAX_RECEIVE_COUNT, RECONCILE_AFTER, TestApp, answer, body_json, message, prompt_of, tool_result_of,
 };
@@ -126,7 +126,7 @@ async fn a_running_task_is_put_off_while_its_lease_is_live_and_sent_again_a_grac
     // Stored as a submit would, its message lost; it falls due, then a runner claims it.
     let request = TaskRequest::parse(json!({"prompt": "at work"}).to_string().as_bytes(), &Default::default()).unwrap();
     let task = TaskRecord::new(request, "acme", agentq::now());
-    app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None }).await.unwrap();
+    app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None, slot: Slot::Take }).await.unwrap();
     let id = task.task_id.to_string();
     app.track(&id);
     tokio::time::sleep(RECONCILE_AFTER + Duration::from_millis(500)).await;
@@ -386,7 +386,10 @@ async fn dead_tasks(app: &TestApp, n: usize) -> Vec<String> {
                 TaskRequest::parse(json!({"prompt": format!("dead {i}")}).to_string().as_bytes(), &Default::default())
                     .unwrap();
             let task = TaskRecord::new(request, "acme", agentq::now());
-            app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None }).await.unwrap();
+            app.store
+                .admit(&task, Admission { max_running: u32::MAX, idempotency: None, slot: Slot::Take })
+                .await
+                .unwrap();
             let lease = Lease { owner: "died".into(), until: agentq::now() - time::Duration::seconds(1) };
             app.store.claim(task.task_id, &lease, agentq::now()).await.unwrap();
             let body = serde_json::to_string(&TaskMessage {
@@ -431,7 +434,10 @@ async fn a_filtered_list_examines_a_bounded_number_of_tasks_per_page_and_misses_
                 TaskRequest::parse(json!({"prompt": format!("hay {i}")}).to_string().as_bytes(), &Default::default())
                     .unwrap();
             let task = TaskRecord::new(request, "acme", agentq::now());
-            app.store.admit(&task, Admission { max_running: u32::MAX, idempotency: None }).await.unwrap();
+            app.store
+                .admit(&task, Admission { max_running: u32::MAX, idempotency: None, slot: Slot::Take })
+                .await
+                .unwrap();
         }))
         .await;
     }

@@ -444,7 +444,12 @@ pub async fn stranded(h: &Harness, tasks: usize) -> anyhow::Result<Report> {
             &Default::default(),
         )?;
         let task = agentq::domain::task::TaskRecord::new(request, &h.tenant, agentq::now());
-        h.store.admit(&task, agentq::store::Admission { max_running: u32::MAX, idempotency: None }).await?;
+        h.store
+            .admit(
+                &task,
+                agentq::store::Admission { max_running: u32::MAX, idempotency: None, slot: agentq::store::Slot::Take },
+            )
+            .await?;
         prompts.push((task.task_id.to_string(), prompt));
     }
     let ids: Vec<String> = prompts.iter().map(|(id, _)| id.clone()).collect();

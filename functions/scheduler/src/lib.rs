@@ -18,7 +18,7 @@ use agentq::domain::schedule::{Overlap, ScheduleRecord, ScheduleRun, ScheduleSta
 use agentq::domain::task::{Allowed, TaskRecord};
 use agentq::observe::metrics::{self, Unit};
 use agentq::queue::TaskQueue;
-use agentq::store::{Admission, Idempotency, ScheduleStore, StoreError, TenantRead, UsageRead, month_of};
+use agentq::store::{Admission, Idempotency, ScheduleStore, Slot, StoreError, TenantRead, UsageRead, month_of};
 use agentq::usecases::admit::{self, Accepted, AdmitStore, Refused};
 use lambda_runtime::LambdaEvent;
 use serde_json::{Value, json};
@@ -169,6 +169,7 @@ async fn tick_once(
     let admission = Admission {
         max_running: tenant.limits.max_running,
         idempotency: Some(Idempotency { key: &key, request_hash: &schedule.schedule_id }),
+        slot: Slot::Take,
     };
     let run = |task: &TaskRecord| ScheduleRun { at: tick, task_id: Some(task.task_id), skipped: None };
     match admit::admit_and_send(s.store.as_ref(), s.queue.as_ref(), task, admission, &tenant.limits).await {

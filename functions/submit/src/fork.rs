@@ -107,8 +107,12 @@ async fn create(
     });
     let fork_id = task.task_id;
     let limits = tenant.limits;
-    let response =
-        admit_and_send(app, task, Sent { body, idempotency, limits: &limits, rate: &rate, trace_id, span }).await?;
+    let response = admit_and_send(
+        app,
+        task,
+        Sent { body, idempotency, limits: &limits, rate: &rate, slot: agentq::store::Slot::Take, trace_id, span },
+    )
+    .await?;
     if !response.headers().contains_key("idempotent-replayed") {
         let listed = ForkRef { task_id: fork_id, from_step: request.from_step, created_at: now };
         if let Err(e) = app.store.note_fork(parent.task_id, &listed).await {

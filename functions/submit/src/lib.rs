@@ -34,7 +34,7 @@ use agentq::observe::telemetry::{self, traces};
 use agentq::outbound::webhook::SendPolicy;
 use agentq::queue::TaskQueue;
 use agentq::store::{
-    Admission, BatchStore, Idempotency, RateLimiter, ScheduleStore, StorePing, TaskInput, TenantRead, UsageRead,
+    Admission, BatchStore, Idempotency, RateLimiter, ScheduleStore, Slot, StorePing, TaskInput, TenantRead, UsageRead,
     month_of,
 };
 use agentq::usecases::admit::{self, Accepted as Admit, AdmitStore, Refused};
@@ -185,20 +185,13 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
     let limits = tenant.limits;
     let now = agentq::now();
 
-    let rate = app.store.take(&tenant.tenant_id, &limits, now).await?;
-    if !rate.allowed {
-        return Err(ApiError::RateLimited { limit: limits.burst, rate_per_sec: limits.rate_per_sec, decision: rate });
-    }
-
+    // Read and checked before anything is written: a request refused here costs no write.
     let body = json_body(req)?;
     let idempotency = idempotency_key(req)?;
     let request = TaskRequest::parse(body, &app.allowed).map_err(|e| match e {
         RequestError::NotJson(msg) => ApiError::MalformedJson(msg),
         RequestError::Invalid(errors) => ApiError::Validation(errors),
     })?;
-
-    within_budget(app, &tenant, now).await?;
-
     let webhook = request
         .webhook_url()
         .map(|url| {
@@ -209,9 +202,27 @@ async fn accept(app: &App, req: &Request, span: &tracing::Span, trace_id: &str) 
             Ok::<_, ApiError>(TaskWebhook { url: url.to_string(), secret: new_secret().expose().to_owned() })
         })
         .transpose()?;
+
+    // The rate limit and the task's running slot, in one write of the tenant's counters.
+    let entry = app.store.take_with_slot(&tenant.tenant_id, &limits, now).await?;
+    if !entry.rate.allowed {
+        return Err(ApiError::RateLimited {
+            limit: limits.burst,
+            rate_per_sec: limits.rate_per_sec,
+            decision: entry.rate,
+        });
+    }
+    if let Err(e) = within_budget(app, &tenant, now).await {
+        if entry.slot == Slot::Taken {
+            app.store.give_slot_back(&tenant.tenant_id).await;
+        }
+        return Err(e);
+    }
+
     let mut task = TaskRecord::new(request, &tenant.tenant_id, now);
     task.webhook = webhook;
-    admit_and_send(app, task, Sent { body, idempotency, limits: &limits, rate: &rate, trace_id, span }).await
+    let sent = Sent { body, idempotency, limits: &limits, rate: &entry.rate, slot: entry.slot, trace_id, span };
+    admit_and_send(app, task, sent).await
 }
 
 /// Refuses new work (402) once the tenant's monthly budget is spent.
@@ -244,6 +255,8 @@ pub(crate) struct Sent<'a> {
     pub idempotency: Option<&'a str>,
     pub limits: &'a agentq::domain::tenant::Limits,
     pub rate: &'a agentq::store::RateDecision,
+    /// The task's running slot, as the rate limit's write left it.
+    pub slot: Slot,
     pub trace_id: &'a str,
     pub span: &'a tracing::Span,
 }
@@ -255,7 +268,7 @@ pub(crate) async fn admit_and_send(
     mut task: TaskRecord,
     sent: Sent<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    let Sent { body, idempotency, limits, rate, trace_id, span } = sent;
+    let Sent { body, idempotency, limits, rate, slot, trace_id, span } = sent;
     task.trace_id = (!trace_id.is_empty()).then(|| trace_id.to_owned());
     let id = task.task_id;
     span.record("task_id", tracing::field::display(id));
@@ -263,6 +276,7 @@ pub(crate) async fn admit_and_send(
     let admission = Admission {
         max_running: limits.max_running,
         idempotency: idempotency.zip(hash.as_deref()).map(|(key, request_hash)| Idempotency { key, request_hash }),
+        slot,
     };
     let accepted = admit::admit_and_send(app.store.as_ref(), app.queue.as_ref(), task, admission, limits)
         .await

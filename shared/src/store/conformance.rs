@@ -10,9 +10,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, StepAck, StoreError,
-    TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin, UsageRead, Wait,
-    WebhookStore, day_of, month_of,
+    Admission, Admitted, Cancelled, Claim, Finish, Idempotency, Lease, Progress, RateLimiter, Slot, StepAck,
+    StoreError, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile, TaskRun, TenantAdmin,
+    UsageRead, Wait, WebhookStore, day_of, month_of,
 };
 use super::{BatchKey, BatchStore, Metered, ModelMeter, ScheduleStore, minute_of, minute_start};
 use crate::domain::approval::{Action, Decision, PendingCall};
@@ -73,6 +73,7 @@ pub async fn run(store: &dyn Store, reconcile_after: Duration) {
     concurrent_admissions_of_one_tenant_all_land_and_count_once(store).await;
     open_tasks_fall_due_after_their_grace_and_ended_ones_never(store, reconcile_after).await;
     the_rate_limit_allows_its_burst_then_refuses(store).await;
+    a_submits_request_and_slot_are_taken_together_and_a_slot_unused_is_given_back(store).await;
     a_tasks_log_numbers_every_change_in_order(store).await;
     endpoints_are_the_tenants_own_and_attempts_read_in_order(store).await;
     a_waiting_task_holds_no_slot_and_resumes_once_with_its_decisions(store).await;
@@ -92,7 +93,7 @@ async fn a_long_prompt_is_read_back_whole_by_the_worker_a_fork_and_a_batch(store
     let body = serde_json::to_vec(&serde_json::json!({"prompt": long})).unwrap();
     let request = TaskRequest::parse(&body, &Default::default()).expect("a valid request");
     let task = TaskRecord::new(request.clone(), &t, now);
-    let admission = Admission { max_running: 1_000, idempotency: None };
+    let admission = Admission { max_running: 1_000, idempotency: None, slot: Slot::Take };
     assert_eq!(store.admit(&task, admission).await.unwrap(), Admitted::Created);
     assert_eq!(store.get_with_prompt(task.task_id).await.unwrap().unwrap().prompt, long, "as a fork reads it");
     let Claim::Claimed(claimed) =
@@ -148,7 +149,7 @@ fn record(tenant: &str, at: OffsetDateTime) -> TaskRecord {
 
 async fn admitted(store: &dyn Store, tenant: &str, at: OffsetDateTime) -> TaskRecord {
     let task = record(tenant, at);
-    let admission = Admission { max_running: 1_000, idempotency: None };
+    let admission = Admission { max_running: 1_000, idempotency: None, slot: Slot::Take };
     assert_eq!(store.admit(&task, admission).await.expect("admit"), Admitted::Created);
     task
 }
@@ -371,7 +372,7 @@ async fn an_unqueued_task_fails_and_frees_its_key(store: &dyn Store) {
     let (t, now) = (tenant(store).await, crate::now());
     let task = record(&t, now);
     let idem = Idempotency { key: "k1", request_hash: "h1" };
-    let admission = Admission { max_running: 10, idempotency: Some(idem) };
+    let admission = Admission { max_running: 10, idempotency: Some(idem), slot: Slot::Take };
     assert_eq!(store.admit(&task, admission).await.unwrap(), Admitted::Created);
     let error = TaskError::new(ErrorCode::EnqueueFailed, "queue down");
     store.fail_unqueued(&task, &error, Some("k1"), now).await.unwrap();
@@ -437,12 +438,16 @@ async fn usage_is_counted_once_through_failure_redrive_and_success(store: &dyn S
 
 async fn admission_keeps_the_cap_and_the_idempotency_key(store: &dyn Store) {
     let (t, now) = (tenant(store).await, crate::now());
-    let capped = Admission { max_running: 1, idempotency: None };
+    let capped = Admission { max_running: 1, idempotency: None, slot: Slot::Take };
     let first = record(&t, now);
     assert_eq!(store.admit(&first, capped).await.unwrap(), Admitted::Created);
     assert_eq!(store.admit(&record(&t, now), capped).await.unwrap(), Admitted::ConcurrencyLimited { max: 1 });
     assert_eq!(store.cancel(first.task_id, now).await.unwrap(), Cancelled::Now);
-    let keyed = Admission { max_running: 1, idempotency: Some(Idempotency { key: "order-1", request_hash: "same" }) };
+    let keyed = Admission {
+        max_running: 1,
+        idempotency: Some(Idempotency { key: "order-1", request_hash: "same" }),
+        slot: Slot::Take,
+    };
     let original = record(&t, now);
     assert_eq!(store.admit(&original, keyed).await.unwrap(), Admitted::Created, "a slot freed by the cancel");
     assert_eq!(store.admit(&record(&t, now), keyed).await.unwrap(), Admitted::Replayed(original.task_id));
@@ -456,7 +461,7 @@ async fn admission_keeps_the_cap_and_the_idempotency_key(store: &dyn Store) {
 
 async fn concurrent_admissions_of_one_tenant_all_land_and_count_once(store: &dyn Store) {
     let (t, now) = (tenant(store).await, crate::now());
-    let open = Admission { max_running: 100, idempotency: None };
+    let open = Admission { max_running: 100, idempotency: None, slot: Slot::Take };
     let tasks: Vec<TaskRecord> = (0..20).map(|_| record(&t, now)).collect();
     let admitted = futures::future::join_all(tasks.iter().map(|task| store.admit(task, open))).await;
     assert!(admitted.iter().all(|a| matches!(a, Ok(Admitted::Created))), "{admitted:?}");
@@ -516,6 +521,49 @@ async fn the_rate_limit_allows_its_burst_then_refuses(store: &dyn Store) {
     assert!(!refused.allowed);
     assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1));
     assert!(store.take(&t, &limits, now + Duration::from_millis(1001)).await.unwrap().allowed, "a second refills one");
+}
+
+async fn a_submits_request_and_slot_are_taken_together_and_a_slot_unused_is_given_back(store: &dyn Store) {
+    let (t, now) = (tenant(store).await, crate::now());
+    let limits = Limits { rate_per_sec: 1.0, burst: 5, max_running: 1, ..Limits::default() };
+    let entry = store.take_with_slot(&t, &limits, now).await.unwrap();
+    assert_eq!((entry.rate.allowed, entry.rate.remaining, entry.slot), (true, 4, Slot::Taken));
+    let taken = Admission { max_running: 1, idempotency: None, slot: entry.slot };
+    let task = record(&t, now);
+    assert_eq!(store.admit(&task, taken).await.unwrap(), Admitted::Created);
+    count_is_true(store, &t, now).await;
+
+    let at_cap = store.take_with_slot(&t, &limits, now).await.unwrap();
+    assert_eq!((at_cap.rate.allowed, at_cap.rate.remaining, at_cap.slot), (true, 3, Slot::Full), "the request alone");
+    let full = Admission { slot: at_cap.slot, ..taken };
+    assert_eq!(store.admit(&record(&t, now), full).await.unwrap(), Admitted::ConcurrencyLimited { max: 1 });
+    count_is_true(store, &t, now).await;
+
+    assert_eq!(store.cancel(task.task_id, now).await.unwrap(), Cancelled::Now);
+    let unused = store.take_with_slot(&t, &limits, now).await.unwrap();
+    assert_eq!((unused.rate.allowed, unused.slot), (true, Slot::Taken), "the cancel freed the slot");
+    store.give_slot_back(&t).await;
+    count_is_true(store, &t, now).await;
+
+    // A replayed key's request took a slot with its request: the replay gives it back.
+    let keyed = Admission { idempotency: Some(Idempotency { key: "entry-1", request_hash: "same" }), ..taken };
+    let entry = store.take_with_slot(&t, &limits, now).await.unwrap();
+    let original = record(&t, now);
+    assert_eq!(store.admit(&original, Admission { slot: entry.slot, ..keyed }).await.unwrap(), Admitted::Created);
+    assert_eq!(store.cancel(original.task_id, now).await.unwrap(), Cancelled::Now);
+    let entry = store.take_with_slot(&t, &limits, now).await.unwrap();
+    assert_eq!((entry.rate.remaining, entry.slot), (0, Slot::Taken));
+    let again = store.admit(&record(&t, now), Admission { slot: entry.slot, ..keyed }).await.unwrap();
+    assert_eq!(again, Admitted::Replayed(original.task_id));
+    count_is_true(store, &t, now).await;
+
+    let refused = store.take_with_slot(&t, &limits, now).await.unwrap();
+    assert_eq!((refused.rate.allowed, refused.slot), (false, Slot::Take), "over the rate, no slot either");
+    count_is_true(store, &t, now).await;
+    let later = store.take_with_slot(&t, &limits, now + Duration::from_millis(1001)).await.unwrap();
+    assert_eq!((later.rate.allowed, later.slot), (true, Slot::Taken), "a second refills one");
+    store.give_slot_back(&t).await;
+    count_is_true(store, &t, now).await;
 }
 
 async fn kinds(store: &dyn Store, id: TaskId, after: u32) -> Vec<(u32, EventKind)> {
@@ -852,10 +900,16 @@ async fn held_tasks_take_no_slot_and_start_in_line_as_slots_free(store: &dyn Sto
     let limits = Limits { max_running: 1, ..Limits::default() };
     store.put_tenant(&crate::domain::tenant::Tenant { tenant_id: t.clone(), limits, created_at: now }).await.unwrap();
     let first = record(&t, now);
-    assert_eq!(store.admit(&first, Admission { max_running: 1, idempotency: None }).await.unwrap(), Admitted::Created);
+    assert_eq!(
+        store.admit(&first, Admission { max_running: 1, idempotency: None, slot: Slot::Take }).await.unwrap(),
+        Admitted::Created
+    );
     let (a, b) = (record(&t, now + Duration::from_millis(1)), record(&t, now + Duration::from_millis(2)));
     for held in [&a, &b] {
-        assert_eq!(store.hold(held, Admission { max_running: 1, idempotency: None }).await.unwrap(), Admitted::Created);
+        assert_eq!(
+            store.hold(held, Admission { max_running: 1, idempotency: None, slot: Slot::Take }).await.unwrap(),
+            Admitted::Created
+        );
     }
     count_is_true(store, &t, now).await;
     assert!(store.get(a.task_id).await.unwrap().unwrap().held);

@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, AttemptPage, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage,
-    Finish, Gcra, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES, StepAck,
-    StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead, TaskReconcile,
-    TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error, day_of, month_of,
+    Admission, Admitted, AttemptPage, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Entry,
+    EventPage, Finish, Gcra, IDEMPOTENCY_WINDOW, Lease, Page, Progress, RateDecision, RateLimiter, STEP_PAGE_BYTES,
+    Slot, StepAck, StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput, TaskRead,
+    TaskReconcile, TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, WebhookStore, attempt_key, cancelled_error,
+    day_of, month_of,
 };
 use super::{AdmittedMany, BatchKey, BatchStore, Idempotency, ScheduleStore};
 use crate::domain::approval::Decision;
@@ -205,7 +206,9 @@ impl MemoryStore {
 
     /// Stores a queued task as the submit path would, with no limits in the way.
     pub async fn insert(&self, task: &TaskRecord) {
-        self.admit(task, Admission { max_running: u32::MAX, idempotency: None }).await.expect("inserting a task");
+        self.admit(task, Admission { max_running: u32::MAX, idempotency: None, slot: Slot::Take })
+            .await
+            .expect("inserting a task");
     }
 
     /// Tasks the tenant has queued or running, by the counter admissions check.
@@ -242,18 +245,32 @@ impl MemoryStore {
 impl TaskCreate for MemoryStore {
     async fn admit(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
         let mut state = self.lock()?;
+        // A slot the caller took is the created task's, or given back.
+        let taken = admission.slot == Slot::Taken;
+        let unslot = |state: &mut State| {
+            if taken {
+                state.move_active(&task.tenant_id, -1, task.created_at);
+            }
+        };
         if let Some(idem) = admission.idempotency {
             let key = (task.tenant_id.clone(), idem.key.to_owned());
-            if let Some((id, hash, expires)) = state.idempotency.get(&key) {
-                if *expires > task.created_at {
-                    return Ok(if *hash == idem.request_hash { Admitted::Replayed(*id) } else { Admitted::KeyReused });
-                }
+            if let Some((id, hash, expires)) = state.idempotency.get(&key).cloned()
+                && expires > task.created_at
+            {
+                unslot(&mut state);
+                return Ok(if hash == idem.request_hash { Admitted::Replayed(id) } else { Admitted::KeyReused });
             }
         }
-        if state.active.get(&task.tenant_id).copied().unwrap_or(0) >= i64::from(admission.max_running) {
+        let full = match admission.slot {
+            Slot::Taken => false,
+            Slot::Full => true,
+            Slot::Take => state.active.get(&task.tenant_id).copied().unwrap_or(0) >= i64::from(admission.max_running),
+        };
+        if full {
             return Ok(Admitted::ConcurrencyLimited { max: admission.max_running });
         }
         if state.tasks.contains_key(&task.task_id) {
+            unslot(&mut state);
             return Err(StoreError::Conflict);
         }
         if let Some(idem) = admission.idempotency {
@@ -262,7 +279,9 @@ impl TaskCreate for MemoryStore {
                 (task.task_id, idem.request_hash.to_owned(), task.created_at + IDEMPOTENCY_WINDOW),
             );
         }
-        state.move_active(&task.tenant_id, 1, task.created_at);
+        if !taken {
+            state.move_active(&task.tenant_id, 1, task.created_at);
+        }
         state.due.insert(task.task_id, task.created_at + self.reconcile_after);
         state.tasks.insert(task.task_id, (task.clone(), None));
         state.append(TaskEvent::accepted(task))?;
@@ -799,6 +818,25 @@ impl RateLimiter for MemoryStore {
         Ok(decision)
     }
 
+    async fn take_with_slot(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<Entry, StoreError> {
+        let mut state = self.lock()?;
+        let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
+        let (next, rate) = Gcra::new(limits).decide(state.buckets.get(tenant).copied(), now_us);
+        let Some(tat) = next else { return Ok(Entry { rate, slot: Slot::Take }) };
+        state.buckets.insert(tenant.to_owned(), tat);
+        if state.active.get(tenant).copied().unwrap_or(0) >= i64::from(limits.max_running) {
+            return Ok(Entry { rate, slot: Slot::Full });
+        }
+        state.move_active(tenant, 1, now);
+        Ok(Entry { rate, slot: Slot::Taken })
+    }
+
+    async fn give_slot_back(&self, tenant: &str) {
+        if let Ok(mut state) = self.lock() {
+            state.move_active(tenant, -1, crate::now());
+        }
+    }
+
     async fn take_up_to(
         &self,
         tenant: &str,
@@ -821,7 +859,7 @@ impl BatchStore for MemoryStore {
     async fn admit_many(&self, tasks: &[TaskRecord], max_running: u32) -> Result<AdmittedMany, StoreError> {
         let mut admitted = 0;
         for task in tasks {
-            match self.admit(task, Admission { max_running, idempotency: None }).await {
+            match self.admit(task, Admission { max_running, idempotency: None, slot: Slot::Take }).await {
                 Ok(Admitted::Created) => admitted += 1,
                 Ok(_) => break,
                 Err(_) if admitted > 0 => return Ok(AdmittedMany { admitted, interrupted: true }),

@@ -118,6 +118,30 @@ pub struct Admission<'a> {
     /// Tasks the tenant may have queued or running at once.
     pub max_running: u32,
     pub idempotency: Option<Idempotency<'a>>,
+    /// The task's running slot: taken by admission, or looked at already with the caller's
+    /// rate limit ([`RateLimiter::take_with_slot`]).
+    pub slot: Slot,
+}
+
+/// A new task's running slot, as admission finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Slot {
+    /// Admission takes one, if the tenant has one free.
+    #[default]
+    Take,
+    /// The caller took one for this task: admission keeps it for the task it creates and
+    /// gives it back otherwise (a replay, a reused key, a failed write).
+    Taken,
+    /// The caller found the tenant at its cap a moment ago: admission does not ask again.
+    Full,
+}
+
+/// A submit's rate-limit answer and, if it was allowed, whether a running slot came with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entry {
+    pub rate: RateDecision,
+    /// [`Slot::Taken`] or [`Slot::Full`] when allowed; [`Slot::Take`] when refused.
+    pub slot: Slot,
 }
 
 /// An `Idempotency-Key` and the fingerprint of the request that carried it.
@@ -543,6 +567,19 @@ pub fn meter_allows(limits: &Limits, requests: u64, tokens: u64) -> bool {
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
     async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError>;
+
+    /// A submit's way in: one request of the rate limit and, with it, one of the tenant's
+    /// running slots under `limits.max_running`, in one write where the store can (the two
+    /// counters share an item). A refused request takes neither; an allowed one at the cap
+    /// takes the request only ([`Slot::Full`]). A slot taken here belongs to the task the
+    /// caller admits next with [`Slot::Taken`], or is given back with
+    /// [`give_slot_back`](Self::give_slot_back) if the request goes no further.
+    async fn take_with_slot(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<Entry, StoreError>;
+
+    /// Gives back a slot [`take_with_slot`](Self::take_with_slot) took for a request refused
+    /// before admission. Failing that, the count is one too high until the reconciler's
+    /// repair: logged, not the caller's error.
+    async fn give_slot_back(&self, tenant: &str);
 
     /// Takes up to `want` requests' worth at once (a batch's items); returns how many the
     /// limit allows now.

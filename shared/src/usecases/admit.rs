@@ -16,7 +16,7 @@ use crate::domain::task::{ErrorCode, TaskError, TaskMessage, TaskRecord, TaskSta
 use crate::domain::tenant::{Limits, OverCap};
 use crate::observe::telemetry::traces;
 use crate::queue::{QueueError, TaskQueue};
-use crate::store::{Admission, Admitted, StoreError, TaskCreate, TaskRead};
+use crate::store::{Admission, Admitted, Slot, StoreError, TaskCreate, TaskRead};
 
 /// What admission reads and writes.
 pub trait AdmitStore: TaskCreate + TaskRead {}
@@ -62,7 +62,10 @@ pub async fn admit_and_send(
     // look finds the winner's task.
     let mut admitted = store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
     if matches!(admitted, Err(StoreError::Conflict)) {
-        admitted = store.admit(&task, admission).instrument(tracing::info_span!("store.admit")).await;
+        // The first try gave back a slot the caller took: this one takes its own.
+        let again =
+            Admission { slot: if admission.slot == Slot::Taken { Slot::Take } else { admission.slot }, ..admission };
+        admitted = store.admit(&task, again).instrument(tracing::info_span!("store.admit")).await;
     }
     match admitted? {
         Admitted::Created => {}

@@ -46,7 +46,7 @@ mod tests {
     use crate::domain::approval::{Action, PendingCall};
     use crate::domain::task::{TaskRequest, TaskStatus};
     use crate::queue::MemoryQueue;
-    use crate::store::{Admission, Claim, Lease, MemoryStore, TaskCreate, TaskRead, TaskRun, Wait};
+    use crate::store::{Admission, Claim, Lease, MemoryStore, Slot, TaskCreate, TaskRead, TaskRun, Wait};
 
     #[tokio::test]
     async fn a_decided_task_is_queued_again_with_a_message_and_cannot_be_decided_twice() {
@@ -54,7 +54,7 @@ mod tests {
         let now = crate::now();
         let request = TaskRequest::parse(br#"{"prompt":"x"}"#, &Default::default()).unwrap();
         let task = TaskRecord::new(request, "acme", now);
-        store.admit(&task, Admission { max_running: 5, idempotency: None }).await.unwrap();
+        store.admit(&task, Admission { max_running: 5, idempotency: None, slot: Slot::Take }).await.unwrap();
         let lease = Lease { owner: "w".into(), until: now + std::time::Duration::from_secs(60) };
         let Claim::Claimed(claimed) = store.claim(task.task_id, &lease, now).await.unwrap() else { panic!() };
         let call =

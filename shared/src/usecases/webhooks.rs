@@ -252,7 +252,7 @@ mod tests {
     use crate::domain::task::{Allowed, TaskRequest};
     use crate::domain::webhooks::TaskWebhook;
     use crate::queue::MemoryDeliveryQueue;
-    use crate::store::{Admission, MemoryStore, TaskCreate as _};
+    use crate::store::{Admission, MemoryStore, Slot, TaskCreate as _};
 
     async fn task(store: &MemoryStore, tenant: &str, webhook: bool) -> TaskRecord {
         let request = TaskRequest::parse(br#"{"prompt":"hi"}"#, &Allowed::default()).unwrap();
@@ -263,7 +263,7 @@ mod tests {
                 secret: crate::domain::webhooks::new_secret().expose().to_owned(),
             });
         }
-        store.admit(&t, Admission { max_running: 100, idempotency: None }).await.unwrap();
+        store.admit(&t, Admission { max_running: 100, idempotency: None, slot: Slot::Take }).await.unwrap();
         t
     }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::Retryable as _;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit as _, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    DynamoStore, Expr, META, TaskItem, TransactError, contention_pause, from_item, idem_key, item, millis, n, number,
-    s, sdk_error, task_key, tenant_key, unavailable,
+    COUNTERS, DynamoStore, Expr, META, TaskItem, TransactError, contention_pause, from_item, idem_key, item, millis, n,
+    number, s, sdk_error, task_key, tenant_key, unavailable,
 };
 use crate::domain::batch::BatchRecord;
 use crate::domain::task::{TaskId, TaskRecord, TaskStatus};
@@ -54,7 +54,7 @@ impl DynamoStore {
         now: OffsetDateTime,
     ) -> Result<usize, StoreError> {
         for attempt in 0..TAKE_ATTEMPTS {
-            let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
+            let active = number(self.get_item(tenant_key(tenant), COUNTERS).await?.as_ref(), "active").unwrap_or(0);
             let k = ((i64::from(max_running) - active).max(0) as usize).min(want);
             if k == 0 {
                 return Ok(0);
@@ -66,7 +66,7 @@ impl DynamoStore {
                 .val(":k", n(k))
                 .val(":now_ms", n(millis(now)))
                 .val(":limit", n(i64::from(max_running) - k as i64))
-                .on(&self.table, tenant_key(tenant), "ACTIVE")?;
+                .on(&self.table, tenant_key(tenant), COUNTERS)?;
             match self.update_contended(take).await {
                 Ok(()) => return Ok(k),
                 // The count moved under us (other submits): look again.

@@ -5,8 +5,7 @@
 //! | `TASK#<id>`        | `META`              | a task (`tasks`: `TASKS#<tenant>`, task id; while open, `open`: `OPEN#<shard>`, due time) |
 //! | `TASK#<id>`        | `PROMPT`            | a prompt over [`PROMPT_APART`] bytes, written once |
 //! | `TENANT#<t>`       | `META`              | a tenant and its limits (GSI1: `TENANTS`, tenant) |
-//! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running                 |
-//! | `TENANT#<t>`       | `BUCKET`            | the rate limit's theoretical arrival time |
+//! | `TENANT#<t>`       | `ACTIVE`            | tasks queued or running, and the rate limit's theoretical arrival time (one write takes both) |
 //! | `TENANT#<t>`       | `USAGE#<YYYY-MM-DD>`| tasks finished, tokens and cost per day (a month's, summed: its budget) |
 //! | `KEY#<sha256>`     | `META`              | an API key (GSI1: `KEYS`, key id)       |
 //! | `IDEM#<t>#<key>`   | `META`              | an idempotency key, 24 h (a task's or a batch's) |
@@ -58,9 +57,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, EventPage, Finish, Gcra,
-    IDEMPOTENCY_WINDOW, Idempotency, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter,
-    STEP_PAGE_BYTES, StepAck, StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput,
+    Admission, Admitted, Cancelled, Claim, CountRepair, DEFAULT_RECONCILE_AFTER, DayUsage, Entry, EventPage, Finish,
+    Gcra, IDEMPOTENCY_WINDOW, Idempotency, LIST_EXAMINE_LIMIT, Lease, Page, Progress, RateDecision, RateLimiter,
+    STEP_PAGE_BYTES, Slot, StepAck, StepPage, StoreError, StorePing, TaskCancel, TaskCreate, TaskDeadLetter, TaskInput,
     TaskRead, TaskReconcile, TaskRun, TenantAdmin, TenantRead, UsageRead, Wait, cancelled_error, day_of,
 };
 use crate::domain::approval::Decision;
@@ -74,6 +73,10 @@ use crate::store::blobs::{Blobs, INLINE_LIMIT};
 
 const META: &str = "META";
 const PROMPT: &str = "PROMPT";
+/// The item a tenant's submit counters share: the running count (`active`) and the rate
+/// limit's bucket (`tat`), so a submit takes both in one write. (Tables older than this kept
+/// the bucket in a `BUCKET` item of its own, left unused: its tenant starts with a full burst.)
+const COUNTERS: &str = "ACTIVE";
 /// Prompts longer than this (bytes) are kept in their own item: a task's item without one is
 /// 0.6–0.9 KB, so a longer prompt would make every write of it cost a unit more per KB.
 const PROMPT_APART: usize = 256;
@@ -565,8 +568,15 @@ impl DynamoStore {
     /// created is given back; one lost to a crash between the two writes is set right by the
     /// reconciler's count repair once the tenant's count is quiet.
     async fn admit_as(&self, task: &TaskRecord, admission: Admission<'_>) -> Result<Admitted, StoreError> {
-        // A held task takes no slot: its count moves when it leaves the line.
-        if !task.held && !self.take_slot_now(&task.tenant_id, admission.max_running, task.created_at).await? {
+        // A held task takes no slot: its count moves when it leaves the line. A submit took its
+        // slot with its rate limit, or found the tenant at its cap then.
+        let free = match admission.slot {
+            _ if task.held => true,
+            Slot::Taken => true,
+            Slot::Full => false,
+            Slot::Take => self.take_slot_now(&task.tenant_id, admission.max_running, task.created_at).await?,
+        };
+        if !free {
             // At the cap; but a request seen before is answered as before, whatever the count.
             return Ok(match admission.idempotency {
                 Some(idem) => match self.idempotent_answer(&task.tenant_id, idem).await? {
@@ -911,7 +921,7 @@ impl DynamoStore {
             .val(":one", n(1))
             .val(":now_ms", n(millis(now)))
             .val(":max", n(max_running))
-            .on(&self.table, tenant_key(tenant), "ACTIVE")
+            .on(&self.table, tenant_key(tenant), COUNTERS)
     }
 
     /// The running count moved by `by`, stamped so the reconciler knows when it last moved.
@@ -925,7 +935,7 @@ impl DynamoStore {
             .set("#updated_ms = :now_ms")
             .val(":by", n(by))
             .val(":now_ms", n(millis(now)))
-            .on(&self.table, tenant_key(tenant), "ACTIVE")
+            .on(&self.table, tenant_key(tenant), COUNTERS)
     }
 
     /// Moves `task` (as it was read) to the terminal state `end.event` reports, with
@@ -1266,7 +1276,7 @@ impl TaskCreate for DynamoStore {
         if holding_only && limits.over_cap != crate::domain::tenant::OverCap::Hold {
             return Ok(Vec::new());
         }
-        let active = number(self.get_item(tenant_key(tenant), "ACTIVE").await?.as_ref(), "active").unwrap_or(0);
+        let active = number(self.get_item(tenant_key(tenant), COUNTERS).await?.as_ref(), "active").unwrap_or(0);
         let free = (i64::from(limits.max_running) - active).max(0);
         if free == 0 {
             return Ok(Vec::new());
@@ -2030,7 +2040,7 @@ impl TaskReconcile for DynamoStore {
         }
         let mut repairs = Vec::new();
         for (tenant, truth) in open {
-            let item = self.get_item(tenant_key(&tenant), "ACTIVE").await?;
+            let item = self.get_item(tenant_key(&tenant), COUNTERS).await?;
             let counted = number(item.as_ref(), "active").unwrap_or(0);
             if counted == truth {
                 continue;
@@ -2056,7 +2066,7 @@ impl TaskReconcile for DynamoStore {
                     }
                     (false, _) => e.when("attribute_not_exists(#pk)"),
                 };
-                let u = e.on(&self.table, tenant_key(&tenant), "ACTIVE")?;
+                let u = e.on(&self.table, tenant_key(&tenant), COUNTERS)?;
                 repaired = match self.send_update(u, ReturnValue::None).await {
                     Ok(_) => true,
                     Err(StoreError::Conflict | StoreError::Contended) => false,
@@ -2172,39 +2182,55 @@ impl TenantAdmin for DynamoStore {
     }
 }
 
-#[async_trait]
-impl RateLimiter for DynamoStore {
-    async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
-        // The bucket is one number (see `Gcra`), so a request is one atomic conditional
-        // update: `tat + interval` while the bucket is in use, `now + interval` when it has
-        // refilled (tat < now). Concurrent requests never invalidate each other's reads, as
-        // nothing is read first; a refused one learns the stored value from the failure.
+impl DynamoStore {
+    /// One request of the rate limit and, when `slot_max` is given, one running slot under
+    /// it, in one conditional update of the tenant's counters.
+    ///
+    /// The bucket is one number (see `Gcra`), so a request is one atomic conditional update:
+    /// `tat + interval` while the bucket is in use, `now + interval` when it has refilled
+    /// (tat < now). Concurrent requests never invalidate each other's reads, as nothing is
+    /// read first; a refused one learns the stored values from the failure: the bucket's (the
+    /// limit refuses, or the other branch applies now) and the count's (at the cap, the
+    /// request is taken alone).
+    async fn take_counters(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        mut slot_max: Option<u32>,
+        now: OffsetDateTime,
+    ) -> Result<Entry, StoreError> {
         let gcra = Gcra::new(limits);
         let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
-        let bucket = |e: Expr| e.on(&self.table, tenant_key(tenant), "BUCKET");
+        let mut full = false;
         let mut seen: Option<i64> = None;
-        for attempt in 0..4 {
+        for attempt in 0..6 {
             let busy = seen.is_some_and(|tat| tat >= now_us);
-            let update = if busy {
+            let mut e = if busy {
                 // In use: spend one interval of what is left, if the burst allows.
-                bucket(
-                    Expr::default()
-                        .set("#tat = #tat + :interval")
-                        .when("#tat >= :now AND #tat <= :last")
-                        .val(":interval", n(gcra.interval_us))
-                        .val(":now", n(now_us))
-                        .val(":last", n(now_us + gcra.tolerance_us - gcra.interval_us)),
-                )?
+                Expr::default()
+                    .set("#tat = #tat + :interval")
+                    .when("#tat >= :now AND #tat <= :last")
+                    .val(":interval", n(gcra.interval_us))
+                    .val(":now", n(now_us))
+                    .val(":last", n(now_us + gcra.tolerance_us - gcra.interval_us))
             } else {
                 // Idle (or never used): the burst is whole again.
-                bucket(
-                    Expr::default()
-                        .set("#tat = :next")
-                        .when("attribute_not_exists(#tat) OR #tat < :now")
-                        .val(":next", n(now_us + gcra.interval_us))
-                        .val(":now", n(now_us)),
-                )?
+                Expr::default()
+                    .set("#tat = :next")
+                    .when("attribute_not_exists(#tat) OR #tat < :now")
+                    .val(":next", n(now_us + gcra.interval_us))
+                    .val(":now", n(now_us))
             };
+            if let Some(max) = slot_max {
+                e = e
+                    .add("#active :one")
+                    .set("#updated_ms = :now_ms")
+                    .when("attribute_not_exists(#active) OR #active < :max")
+                    .val(":one", n(1))
+                    .val(":now_ms", n(millis(now)))
+                    .val(":max", n(max));
+            }
+            let update = e.on(&self.table, tenant_key(tenant), COUNTERS)?;
             let sent = self
                 .client
                 .update_item()
@@ -2218,11 +2244,17 @@ impl RateLimiter for DynamoStore {
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
                 .await;
-            match sent {
+            let slot = |taken: bool| match (taken, full) {
+                (true, _) => Slot::Taken,
+                (false, true) => Slot::Full,
+                (false, false) => Slot::Take,
+            };
+            let old = match sent {
                 Ok(out) => {
                     let tat = number(out.attributes.as_ref(), "tat").unwrap_or(now_us + gcra.interval_us);
                     // The decision as of the value before ours.
-                    return Ok(gcra.decide(Some(tat - gcra.interval_us), now_us).1);
+                    let rate = gcra.decide(Some(tat - gcra.interval_us), now_us).1;
+                    return Ok(Entry { rate, slot: slot(slot_max.is_some()) });
                 }
                 Err(e) => {
                     let old = match e.as_service_error() {
@@ -2230,35 +2262,53 @@ impl RateLimiter for DynamoStore {
                             aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
                                 ex,
                             ),
-                        ) => ex.item().map(|i| number(Some(i), "tat")),
+                        ) => ex.item().cloned(),
                         _ => None,
                     };
                     match (old, sdk_error("UpdateItem", e)) {
-                        (Some(tat), _) => {
-                            let decision = gcra.decide(tat, now_us).1;
-                            if !decision.allowed {
-                                return Ok(decision);
-                            }
-                            // The other branch applies now (the bucket went idle, or came
-                            // into use, between our two guesses).
-                            seen = tat.or(Some(now_us - 1));
+                        (Some(old), _) => old,
+                        (None, StoreError::Contended) => {
+                            tokio::time::sleep(contention_pause(attempt)).await;
+                            continue;
                         }
-                        (None, StoreError::Contended) => tokio::time::sleep(contention_pause(attempt)).await,
                         // The failure did not say what it found (an emulator may not): look.
                         (None, StoreError::Conflict) => {
-                            let tat = number(self.get_item(tenant_key(tenant), "BUCKET").await?.as_ref(), "tat");
-                            let decision = gcra.decide(tat, now_us).1;
-                            if !decision.allowed {
-                                return Ok(decision);
-                            }
-                            seen = tat.or(Some(now_us - 1));
+                            self.get_item(tenant_key(tenant), COUNTERS).await?.unwrap_or_default()
                         }
                         (None, other) => return Err(other),
                     }
                 }
+            };
+            let tat = number(Some(&old), "tat");
+            let rate = gcra.decide(tat, now_us).1;
+            if !rate.allowed {
+                return Ok(Entry { rate, slot: Slot::Take });
             }
+            if slot_max.is_some_and(|max| number(Some(&old), "active").is_some_and(|a| a >= i64::from(max))) {
+                // At the cap: the request is taken alone.
+                slot_max = None;
+                full = true;
+            }
+            // Else the other branch applies now (the bucket went idle, or came into use,
+            // between our two guesses).
+            seen = tat.or(Some(now_us - 1));
         }
         Err(StoreError::Contended)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for DynamoStore {
+    async fn take(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<RateDecision, StoreError> {
+        Ok(self.take_counters(tenant, limits, None, now).await?.rate)
+    }
+
+    async fn take_with_slot(&self, tenant: &str, limits: &Limits, now: OffsetDateTime) -> Result<Entry, StoreError> {
+        self.take_counters(tenant, limits, Some(limits.max_running), now).await
+    }
+
+    async fn give_slot_back(&self, tenant: &str) {
+        DynamoStore::give_slot_back(self, tenant).await
     }
 
     async fn take_up_to(
@@ -2272,7 +2322,7 @@ impl RateLimiter for DynamoStore {
         let gcra = Gcra::new(limits);
         let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
         for attempt in 0..8 {
-            let tat = number(self.get_item(tenant_key(tenant), "BUCKET").await?.as_ref(), "tat");
+            let tat = number(self.get_item(tenant_key(tenant), COUNTERS).await?.as_ref(), "tat");
             let (granted, next) = gcra.decide_many(tat, now_us, want);
             if granted == 0 {
                 return Ok(0);
@@ -2282,7 +2332,7 @@ impl RateLimiter for DynamoStore {
                 Some(seen) => e.when("#tat = :seen").val(":seen", n(seen)),
                 None => e.when("attribute_not_exists(#tat)"),
             };
-            match self.send_update(e.on(&self.table, tenant_key(tenant), "BUCKET")?, ReturnValue::None).await {
+            match self.send_update(e.on(&self.table, tenant_key(tenant), COUNTERS)?, ReturnValue::None).await {
                 Ok(_) => return Ok(granted),
                 Err(StoreError::Conflict | StoreError::Contended) => {
                     tokio::time::sleep(contention_pause(attempt)).await
