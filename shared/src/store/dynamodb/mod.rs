@@ -102,6 +102,10 @@ pub struct DynamoStore {
     retention: Duration,
     reconcile_after: Duration,
     blobs: Option<std::sync::Arc<dyn Blobs>>,
+    /// The last value of each tenant's rate-limit bucket this instance saw (microseconds): a
+    /// lower bound of the stored one, which only grows, so while it is still ahead of now the
+    /// bucket is in use and a submit's update says so at its first try.
+    buckets_seen: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -542,7 +546,14 @@ impl DynamoStore {
     }
 
     pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
-        Self { client, table: table.into(), retention, reconcile_after: DEFAULT_RECONCILE_AFTER, blobs: None }
+        Self {
+            client,
+            table: table.into(),
+            retention,
+            reconcile_after: DEFAULT_RECONCILE_AFTER,
+            blobs: None,
+            buckets_seen: Default::default(),
+        }
     }
 
     /// Keeps content too large for an item in `blobs`. Without blobs, such content is refused.
@@ -2202,7 +2213,9 @@ impl DynamoStore {
         let gcra = Gcra::new(limits);
         let now_us = (now.unix_timestamp_nanos() / 1_000) as i64;
         let mut full = false;
-        let mut seen: Option<i64> = None;
+        // A value seen ahead of now means the bucket is in use (it only grows); one behind it
+        // may be stale, so the first guess is then that the bucket is idle.
+        let mut seen: Option<i64> = self.bucket_seen(tenant, None, now_us);
         for attempt in 0..6 {
             let busy = seen.is_some_and(|tat| tat >= now_us);
             let mut e = if busy {
@@ -2252,6 +2265,7 @@ impl DynamoStore {
             let old = match sent {
                 Ok(out) => {
                     let tat = number(out.attributes.as_ref(), "tat").unwrap_or(now_us + gcra.interval_us);
+                    self.bucket_seen(tenant, Some(tat), now_us);
                     // The decision as of the value before ours.
                     let rate = gcra.decide(Some(tat - gcra.interval_us), now_us).1;
                     return Ok(Entry { rate, slot: slot(slot_max.is_some()) });
@@ -2280,6 +2294,7 @@ impl DynamoStore {
                 }
             };
             let tat = number(Some(&old), "tat");
+            self.bucket_seen(tenant, tat, now_us);
             let rate = gcra.decide(tat, now_us).1;
             if !rate.allowed {
                 return Ok(Entry { rate, slot: Slot::Take });
@@ -2294,6 +2309,22 @@ impl DynamoStore {
             seen = tat.or(Some(now_us - 1));
         }
         Err(StoreError::Contended)
+    }
+}
+
+impl DynamoStore {
+    /// Notes `tat` as the tenant's bucket seen now, if given; returns the last one seen.
+    fn bucket_seen(&self, tenant: &str, tat: Option<i64>, now_us: i64) -> Option<i64> {
+        let mut seen = self.buckets_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tat) = tat {
+            // Tenants whose buckets went idle tell nothing any more: the map stays small.
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| *t > now_us);
+            }
+            let last = seen.entry(tenant.to_owned()).or_insert(tat);
+            *last = (*last).max(tat);
+        }
+        seen.get(tenant).copied()
     }
 }
 
