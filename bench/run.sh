@@ -127,7 +127,7 @@ for scenario in "A_latency0ms 0" "B_latency200ms 200"; do
   tail -c +"$log_from" "$RUN/lambda.log" > "$RUN/scenario.log"
   stats=$(curl -sf "http://127.0.0.1:$LLM_PORT/stats")
   echo "$line" | "$VENV/bin/python" -c '
-import json, sys
+import json, re, sys
 d = json.loads(sys.stdin.read())
 d["system"] = "agentq"
 d["llm_stats"] = json.loads(sys.argv[1])
@@ -165,7 +165,17 @@ if polls:
     d["cpu_ms_submit_worker_one_poll"] = round(cpu["fn_submit"] + cpu["fn_worker"] + cpu["fn_status"] / polls, 2)
 # DynamoDB capacity consumed per task (ReturnConsumedCapacity, as the functions counted it).
 d["dynamodb_units_per_task"] = {k: round(v / d["tasks"], 2) for k, v in units.items()}
-print(json.dumps(d))' "$stats" "$before" "$after" "$RUN/scenario.log" >> "$results"
+# The largest process of each function so far (the stand-in logs every new peak, as Lambda
+# reports "Max Memory Used"), against the MemorySize the template gives it.
+peaks = {}
+for line in open(sys.argv[5], errors="replace"):
+    if "function process memory peak" in line:
+        f = dict(p.split("=", 1) for p in re.sub(r"\x1b\[[0-9;]*m", "", line).split() if "=" in p)
+        name, used, size = f.get("function"), f.get("max_memory_used_mb"), f.get("memory_size_mb")
+        if name and used and size:
+            peaks[name] = {"max_memory_used_mb": max(int(used), peaks.get(name, {}).get("max_memory_used_mb", 0)), "memory_size_mb": int(size)}
+d["memory"] = dict(sorted(peaks.items()))
+print(json.dumps(d))' "$stats" "$before" "$after" "$RUN/scenario.log" "$RUN/lambda.log" >> "$results"
   log "  $line"
   stop_bg fake-llm
 done
@@ -214,5 +224,8 @@ if cpu:
         if "cpu_ms_submit_worker_one_poll" in r:
             print(f"{r['label']}: functions' CPU per task as the issue counts it (submit + worker + one poll of "
                   f"{r['status_polls_per_task']}): {r['cpu_ms_submit_worker_one_poll']} ms")
+        if r.get("memory"):
+            print(f"{r['label']}: largest process, MB used / MemorySize: "
+                  + ", ".join(f"{f} {m['max_memory_used_mb']} / {m['memory_size_mb']}" for f, m in r["memory"].items()))
 PY
 exit $rc

@@ -172,15 +172,16 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let specs = template
-                .function_timeouts()
+                .function_settings()
                 .into_iter()
-                .map(|(name, timeout)| agentq_local::runtime::FunctionSpec {
-                    binary: bin_dir.join(&name),
+                .map(|f| agentq_local::runtime::FunctionSpec {
+                    binary: bin_dir.join(&f.binary),
                     env: env.clone(),
-                    timeout: overrides.get(&name).map_or(timeout, |s| Duration::from_secs(*s)),
+                    timeout: overrides.get(&f.binary).map_or(f.timeout, |s| Duration::from_secs(*s)),
+                    memory_mb: f.memory_mb,
                     instances,
                     max_instances,
-                    name,
+                    name: f.binary,
                 })
                 .collect();
             let router = agentq_local::runtime::Host::start(specs).router();

@@ -26,6 +26,8 @@ pub struct FunctionSpec {
     pub binary: PathBuf,
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// The function's memory: a process that uses more is stopped, as Lambda stops it.
+    pub memory_mb: u64,
     /// Processes started at once, kept warm.
     pub instances: usize,
     /// Processes at most: when every process is busy, an invocation starts another (as Lambda
@@ -272,7 +274,7 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue, load: Arc<
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", spec.binary.display()))
@@ -282,7 +284,10 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue, load: Arc<
     let pid = child.id().unwrap_or_default();
     tracing::info!(function = %spec.name, instance, pid, "function process started");
 
-    // Lambda stops a function that runs past its deadline; so do we.
+    // Lambda stops a function that runs past its deadline, or uses more memory than it was
+    // given; so do we. Each new peak of the process's memory is logged (`max_memory_used_mb`,
+    // Lambda's "Max Memory Used"), so a run shows what a function's `MemorySize` must hold.
+    let mut peak_mb = 0;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
@@ -290,6 +295,15 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue, load: Arc<
                 let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
                 if state.held.lock().await.values().any(|(_, deadline)| now_ms > deadline + 1_000) {
                     tracing::warn!(function = %spec.name, instance, pid, "invocation ran past its deadline; stopping the process");
+                    let _ = child.start_kill();
+                }
+                let Some(memory) = Memory::of(pid) else { continue };
+                if memory.peak_mb > peak_mb {
+                    peak_mb = memory.peak_mb;
+                    tracing::info!(function = %spec.name, instance, pid, max_memory_used_mb = peak_mb, memory_size_mb = spec.memory_mb, "function process memory peak");
+                }
+                if memory.resident_mb > spec.memory_mb {
+                    tracing::warn!(function = %spec.name, instance, pid, used_mb = memory.resident_mb, memory_size_mb = spec.memory_mb, "function process ran out of memory; stopping it");
                     let _ = child.start_kill();
                 }
             }
@@ -307,6 +321,30 @@ async fn run_once(spec: &FunctionSpec, instance: usize, queue: Queue, load: Arc<
         ))));
     }
     Ok(())
+}
+
+/// A process's memory, from `/proc/<pid>/status` (Linux), in MB as Lambda counts them (MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Memory {
+    /// Resident now (`VmRSS`).
+    resident_mb: u64,
+    /// The most it has been resident (`VmHWM`).
+    peak_mb: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+
+    fn parse(status: &str) -> Option<Self> {
+        let mb = |field: &str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+            let kb: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some(kb.div_ceil(1024))
+        };
+        Some(Self { resident_mb: mb("VmRSS:")?, peak_mb: mb("VmHWM:")? })
+    }
 }
 
 async fn next(State(state): State<Arc<Instance>>) -> Response {
@@ -412,4 +450,22 @@ pub fn read_env_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, 
             (k.trim().to_owned(), v)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_memory_is_read_in_mebibytes_rounded_up() {
+        let status = "Name:\tworker\nVmPeak:\t  900000 kB\nVmHWM:\t   40961 kB\nVmRSS:\t   30720 kB\nThreads:\t2\n";
+        assert_eq!(Memory::parse(status), Some(Memory { resident_mb: 30, peak_mb: 41 }));
+        assert_eq!(Memory::parse("Name:\tzombie\n"), None);
+    }
+
+    #[test]
+    fn this_process_memory_can_be_read() {
+        let m = Memory::of(std::process::id()).unwrap();
+        assert!(m.resident_mb > 0 && m.peak_mb >= m.resident_mb, "{m:?}");
+    }
 }

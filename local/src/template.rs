@@ -97,6 +97,14 @@ pub struct StreamSource {
     pub filters: Vec<serde_json::Value>,
 }
 
+/// What Lambda gives one function: its deadline and its memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSettings {
+    pub binary: String,
+    pub timeout: std::time::Duration,
+    pub memory_mb: u64,
+}
+
 /// An SQS event source mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqsSource {
@@ -405,13 +413,23 @@ impl Template {
         Ok(out)
     }
 
-    /// Every function's binary name and timeout (its own, or the global one).
-    pub fn function_timeouts(&self) -> Vec<(String, std::time::Duration)> {
-        let global = scalar(&self.doc["Globals"]["Function"]["Timeout"]).and_then(|t| t.parse().ok()).unwrap_or(3);
+    /// Every function's binary name, timeout and memory: its own, or the global one, a
+    /// parameter's default where it names one (`!Ref`).
+    pub fn function_settings(&self) -> Vec<FunctionSettings> {
+        let setting = |r: &Value, name: &str, default: u64| {
+            [&r["Properties"][name], &self.doc["Globals"]["Function"][name]]
+                .into_iter()
+                .find(|v| !v.is_null())
+                .and_then(|v| self.resolve(v, &HashMap::new()).ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         self.functions()
-            .map(|(_, binary, r)| {
-                let secs = scalar(&r["Properties"]["Timeout"]).and_then(|t| t.parse().ok()).unwrap_or(global);
-                (binary, std::time::Duration::from_secs(secs))
+            .map(|(_, binary, r)| FunctionSettings {
+                // Lambda's defaults: 3 s, 128 MB.
+                timeout: std::time::Duration::from_secs(setting(r, "Timeout", 3)),
+                memory_mb: setting(r, "MemorySize", 128),
+                binary,
             })
             .collect()
     }
@@ -490,6 +508,23 @@ mod tests {
             let timeout: u64 = scalar(&f["Properties"]["Timeout"]).unwrap().parse().unwrap();
             assert!(visibility >= 6 * timeout, "{}: {visibility} < 6 × {timeout}", q.name);
         }
+    }
+
+    #[test]
+    fn each_function_has_its_own_timeout_and_memory_or_the_global_ones_with_parameters_resolved() {
+        let t = Template::parse(
+            "Parameters:\n  Slow: {Type: Number, Default: 900}\n\
+             Globals:\n  Function: {Timeout: 10, MemorySize: 256}\n\
+             Resources:\n\
+             \x20 A: {Type: AWS::Serverless::Function, Metadata: {BuildProperties: {Binary: a}}, Properties: {}}\n\
+             \x20 B: {Type: AWS::Serverless::Function, Metadata: {BuildProperties: {Binary: b}}, Properties: {Timeout: !Ref Slow, MemorySize: 512}}\n",
+            "s",
+        )
+        .unwrap();
+        let settings = t.function_settings();
+        let of = |b: &str| settings.iter().find(|s| s.binary == b).unwrap().clone();
+        assert_eq!((of("a").timeout.as_secs(), of("a").memory_mb), (10, 256));
+        assert_eq!((of("b").timeout.as_secs(), of("b").memory_mb), (900, 512));
     }
 
     #[test]
