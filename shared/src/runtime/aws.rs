@@ -145,14 +145,26 @@ impl Intercept for CountRequests {
     }
 }
 
+/// DynamoDB and SQS answer every request with a few KB of JSON at most, and each call is
+/// bounded by its attempt timeout ([`AwsTimeouts`]), so the SDK's stalled-stream protection
+/// (a throughput watch on every body, meant for long transfers) only costs CPU there: ~8 % of
+/// a request's (`cargo run --profile profiling -p agentq-shared --example request_cpu`,
+/// BENCHMARKS.md). S3, which moves large bodies, keeps it.
 pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    let conf =
-        aws_sdk_dynamodb::config::Builder::from(config).interceptor(CountRequests).interceptor(CountCapacity).build();
+    let conf = aws_sdk_dynamodb::config::Builder::from(config)
+        .stalled_stream_protection(aws_sdk_dynamodb::config::StalledStreamProtectionConfig::disabled())
+        .interceptor(CountRequests)
+        .interceptor(CountCapacity)
+        .build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
+/// SQS as the functions use it (see [`dynamodb`] for stalled-stream protection).
 pub fn sqs(config: &SdkConfig) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::config::Builder::from(config).interceptor(CountRequests).build();
+    let conf = aws_sdk_sqs::config::Builder::from(config)
+        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled())
+        .interceptor(CountRequests)
+        .build();
     aws_sdk_sqs::Client::from_conf(conf)
 }
 
